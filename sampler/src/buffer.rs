@@ -1,0 +1,323 @@
+//! The in-memory index of buffered traces: what each trace's decision needs, and when it
+//! is due. Pure logic: time is passed in as milliseconds on the caller's monotonic clock.
+//!
+//! The spans themselves live in RocksDB (`storage`); an entry here is a few dozen bytes:
+//! trace-level facts ([`TraceStats`]), the running policy state ([`PolicyState`]) and
+//! deadlines. Deadlines sit in a min-heap with lazy invalidation: an entry whose
+//! deadline moved later is pushed back when it surfaces instead of being searched for.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use otel_tail_shared::otlp::TraceId;
+
+use crate::policy::{PolicyState, TraceStats};
+
+/// Timing rules, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferSettings {
+    /// Quiet time after a trace's last item before it is due.
+    pub decision_wait_ms: u64,
+    /// Once the root span is seen, the trace is due this long after it (if sooner).
+    pub after_root_ms: Option<u64>,
+    /// Most traces held at once.
+    pub capacity: usize,
+}
+
+/// What the buffer knows about one trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceEntry {
+    /// Span counts, bytes and time range.
+    pub stats: TraceStats,
+    /// Policy conditions met so far.
+    pub policy: PolicyState,
+    /// When the first item arrived.
+    pub first_seen_ms: u64,
+    /// When the trace is due for a decision.
+    pub deadline_ms: u64,
+    /// Deadline set by the root span (`u64::MAX` until seen).
+    root_deadline_ms: u64,
+    /// Earliest deadline queued in the heap for this trace.
+    scheduled_ms: u64,
+    /// Whether log records wait with the trace.
+    pub has_logs: bool,
+}
+
+/// Hasher for trace ids: they are random already, so their first 8 bytes are the hash.
+#[derive(Default)]
+pub struct TraceIdHasher(u64);
+
+impl Hasher for TraceIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+/// A map keyed by trace id with [`TraceIdHasher`].
+pub type TraceMap<V> = HashMap<TraceId, V, BuildHasherDefault<TraceIdHasher>>;
+
+/// What arrived for a trace in one request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Arrival {
+    /// Stats of the arriving spans, folded into the trace's.
+    pub stats: TraceStats,
+    /// Policy state of the arriving spans, merged into the trace's.
+    pub policy: PolicyState,
+    /// A root span (no parent) is among them.
+    pub root: bool,
+    /// Log records are among them.
+    pub logs: bool,
+}
+
+/// The index of active traces.
+pub struct TraceIndex {
+    settings: BufferSettings,
+    traces: TraceMap<TraceEntry>,
+    deadlines: BinaryHeap<Reverse<(u64, TraceId)>>,
+}
+
+impl TraceIndex {
+    /// An empty index.
+    pub fn new(settings: BufferSettings) -> Self {
+        TraceIndex {
+            settings,
+            traces: TraceMap::default(),
+            deadlines: BinaryHeap::new(),
+        }
+    }
+
+    /// Traces currently held.
+    pub fn len(&self) -> usize {
+        self.traces.len()
+    }
+
+    /// Whether no trace is held.
+    pub fn is_empty(&self) -> bool {
+        self.traces.is_empty()
+    }
+
+    /// The entry of `trace`, if held.
+    pub fn get(&self, trace: &TraceId) -> Option<&TraceEntry> {
+        self.traces.get(trace)
+    }
+
+    /// Folds an arrival into `trace` at `now_ms`, creating the entry if needed. When a new
+    /// trace would exceed the capacity, the trace nearest its deadline is removed and
+    /// returned so the caller decides it early.
+    pub fn observe(&mut self, trace: TraceId, arrival: &Arrival, now_ms: u64) -> Option<(TraceId, TraceEntry)> {
+        let mut evicted = None;
+        if !self.traces.contains_key(&trace) && self.traces.len() >= self.settings.capacity {
+            evicted = self.pop_earliest();
+        }
+        let wait = self.settings.decision_wait_ms;
+        let entry = self.traces.entry(trace).or_insert_with(|| TraceEntry {
+            stats: TraceStats {
+                min_start_unix_nano: u64::MAX,
+                ..TraceStats::default()
+            },
+            policy: PolicyState::default(),
+            first_seen_ms: now_ms,
+            deadline_ms: now_ms + wait,
+            root_deadline_ms: u64::MAX,
+            scheduled_ms: u64::MAX,
+            has_logs: false,
+        });
+        merge_stats(&mut entry.stats, &arrival.stats);
+        entry.policy.merge(&arrival.policy);
+        entry.has_logs |= arrival.logs;
+        if arrival.root {
+            if let Some(after_root) = self.settings.after_root_ms {
+                entry.root_deadline_ms = entry.root_deadline_ms.min(now_ms + after_root);
+            }
+        }
+        entry.deadline_ms = (now_ms + wait).min(entry.root_deadline_ms);
+        if entry.deadline_ms < entry.scheduled_ms {
+            entry.scheduled_ms = entry.deadline_ms;
+            self.deadlines.push(Reverse((entry.deadline_ms, trace)));
+        }
+        evicted
+    }
+
+    /// Removes and returns every trace whose deadline is at or before `now_ms`.
+    pub fn pop_due(&mut self, now_ms: u64, limit: usize) -> Vec<(TraceId, TraceEntry)> {
+        let mut due = Vec::new();
+        while due.len() < limit {
+            let Some(&Reverse((at, trace))) = self.deadlines.peek() else {
+                break;
+            };
+            if at > now_ms {
+                break;
+            }
+            self.deadlines.pop();
+            if let Some(found) = self.settle(at, trace, Some(now_ms)) {
+                due.push(found);
+            }
+        }
+        due
+    }
+
+    /// The earliest time any trace may become due, if any is held.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Removes `trace` (e.g. decided through another path).
+    pub fn remove(&mut self, trace: &TraceId) -> Option<TraceEntry> {
+        self.traces.remove(trace)
+    }
+
+    /// Removes every trace, earliest deadline first (used at shutdown and in tests).
+    pub fn drain(&mut self) -> Vec<(TraceId, TraceEntry)> {
+        let mut all = Vec::with_capacity(self.traces.len());
+        while let Some(found) = self.pop_earliest() {
+            all.push(found);
+        }
+        all
+    }
+
+    fn pop_earliest(&mut self) -> Option<(TraceId, TraceEntry)> {
+        while let Some(Reverse((at, trace))) = self.deadlines.pop() {
+            if let Some(found) = self.settle(at, trace, None) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// Handles a heap entry (`at`, `trace`) just popped: skips stale ones, re-queues a
+    /// trace whose deadline moved later (unless `now_ms` is `None`, which forces removal).
+    fn settle(&mut self, at: u64, trace: TraceId, now_ms: Option<u64>) -> Option<(TraceId, TraceEntry)> {
+        let entry = self.traces.get_mut(&trace)?;
+        if entry.scheduled_ms != at {
+            return None;
+        }
+        match now_ms {
+            Some(now) if entry.deadline_ms > now => {
+                entry.scheduled_ms = entry.deadline_ms;
+                self.deadlines.push(Reverse((entry.deadline_ms, trace)));
+                None
+            }
+            _ => self.traces.remove(&trace).map(|e| (trace, e)),
+        }
+    }
+}
+
+/// Folds `more` into `into`.
+pub fn merge_stats(into: &mut TraceStats, more: &TraceStats) {
+    if more.span_count == 0 {
+        return;
+    }
+    into.span_count += more.span_count;
+    into.bytes += more.bytes;
+    into.min_start_unix_nano = into.min_start_unix_nano.min(more.min_start_unix_nano);
+    into.max_end_unix_nano = into.max_end_unix_nano.max(more.max_end_unix_nano);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> BufferSettings {
+        BufferSettings {
+            decision_wait_ms: 1000,
+            after_root_ms: Some(100),
+            capacity: 3,
+        }
+    }
+
+    fn spans(n: u32) -> Arrival {
+        Arrival {
+            stats: TraceStats {
+                span_count: n,
+                bytes: 100 * n as u64,
+                min_start_unix_nano: 10,
+                max_end_unix_nano: 20,
+            },
+            ..Arrival::default()
+        }
+    }
+
+    #[test]
+    fn trace_is_due_decision_wait_after_its_last_span() {
+        let mut index = TraceIndex::new(settings());
+        index.observe([1; 16], &spans(1), 0);
+        index.observe([1; 16], &spans(2), 500);
+        assert!(index.pop_due(1000, 10).is_empty(), "deadline moved to 1500");
+        let due = index.pop_due(1500, 10);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.stats.span_count, 3);
+        assert_eq!(due[0].1.first_seen_ms, 0);
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn root_span_shortens_the_wait() {
+        let mut index = TraceIndex::new(settings());
+        index.observe([1; 16], &spans(1), 0);
+        let root = Arrival { root: true, ..spans(1) };
+        index.observe([1; 16], &root, 50);
+        assert_eq!(index.next_deadline(), Some(150));
+        assert_eq!(index.pop_due(150, 10).len(), 1);
+    }
+
+    #[test]
+    fn spans_after_the_root_do_not_extend_past_the_root_deadline() {
+        let mut index = TraceIndex::new(settings());
+        index.observe([1; 16], &Arrival { root: true, ..spans(1) }, 0);
+        index.observe([1; 16], &spans(1), 90);
+        assert_eq!(index.pop_due(100, 10).len(), 1);
+    }
+
+    #[test]
+    fn full_index_evicts_the_trace_nearest_its_deadline() {
+        let mut index = TraceIndex::new(settings());
+        assert!(index.observe([1; 16], &spans(1), 0).is_none());
+        assert!(index.observe([2; 16], &spans(1), 10).is_none());
+        assert!(index.observe([3; 16], &spans(1), 20).is_none());
+        index.observe([1; 16], &spans(1), 30);
+        let evicted = index.observe([4; 16], &spans(1), 40).expect("capacity reached");
+        assert_eq!(evicted.0, [2; 16]);
+        assert_eq!(index.len(), 3);
+        assert!(index.get(&[2; 16]).is_none());
+        // The stale heap entry of trace 1 (deadline 1000) is skipped; it is due at 1030.
+        assert_eq!(index.pop_due(1020, 10).iter().map(|d| d.0).collect::<Vec<_>>(), vec![[3; 16]]);
+        assert_eq!(index.pop_due(1030, 10).len(), 1);
+    }
+
+    #[test]
+    fn stats_and_flags_accumulate() {
+        let mut index = TraceIndex::new(settings());
+        let mut late_start = spans(1);
+        late_start.stats.min_start_unix_nano = 5;
+        late_start.stats.max_end_unix_nano = 50;
+        index.observe([9; 16], &spans(2), 0);
+        index.observe([9; 16], &late_start, 1);
+        index.observe([9; 16], &Arrival { logs: true, ..Arrival::default() }, 2);
+        let e = index.get(&[9; 16]).unwrap();
+        assert_eq!(e.stats.span_count, 3);
+        assert_eq!(e.stats.min_start_unix_nano, 5);
+        assert_eq!(e.stats.max_end_unix_nano, 50);
+        assert!(e.has_logs);
+    }
+
+    #[test]
+    fn pop_due_respects_limit_and_drain_empties() {
+        let mut index = TraceIndex::new(BufferSettings { capacity: 100, ..settings() });
+        for i in 0..10u8 {
+            index.observe([i + 1; 16], &spans(1), i as u64);
+        }
+        assert_eq!(index.pop_due(5000, 4).len(), 4);
+        assert_eq!(index.drain().len(), 6);
+        assert!(index.is_empty());
+        assert!(index.next_deadline().is_none());
+    }
+}

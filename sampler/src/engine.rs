@@ -1,0 +1,621 @@
+//! The sampler's core: takes validated OTLP requests, buffers spans durably, keeps the
+//! trace index and decision cache, decides due traces and moves kept ones to the export
+//! queue.
+//!
+//! Concurrency: receivers call [`Engine::ingest_traces`] / [`Engine::ingest_logs`] on
+//! blocking threads. Grouping, encoding and policy observation happen outside any lock; one
+//! mutex guards the index and cache together with the RocksDB write of buffered spans, so a
+//! trace can never be decided between its spans being written and being indexed. Kept
+//! traces are read back and queued after the lock is released: by then their id is in the
+//! decision cache, so later spans take the late path instead of the buffer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, gauge, histogram};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+use otel_tail_shared::config::SamplerConfig;
+use otel_tail_shared::exporter::ExportRequest;
+use otel_tail_shared::otlp::{self, TraceId};
+use otel_tail_shared::receiver::{Accepted, IngestError};
+use otel_tail_shared::telemetry::names;
+use prost::Message;
+use rocksdb::WriteBatch;
+
+use crate::buffer::{Arrival, BufferSettings, TraceEntry, TraceIndex};
+use crate::decision::{Cached, DecisionCache, Kept};
+use crate::export_queue::ExportQueues;
+use crate::policy::{PolicyEngine, PolicyError, TraceStats, apply_sampling_probability};
+use crate::storage::{BufferedKind, Storage, StorageError};
+
+/// Span attribute naming the policy that kept a trace (as the Collector records it).
+pub const POLICY_ATTRIBUTE: &str = "tailsampling.policy";
+
+/// Most traces decided in one pass of the decider.
+const DECIDE_BATCH: usize = 4096;
+/// Kept or dropped traces moved out of the buffer per RocksDB write.
+const FINISH_CHUNK: usize = 256;
+/// Back-off suggested to clients while a limit is reached.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Where the engine reads the time used for deadlines.
+enum Clock {
+    /// Milliseconds since the engine started.
+    Real(Instant),
+    /// Milliseconds set by the owner.
+    Manual(Arc<AtomicU64>),
+}
+
+/// Index and cache, guarded together.
+struct State {
+    index: TraceIndex,
+    cache: DecisionCache,
+}
+
+/// A decided trace whose buffered data still has to be queued or forgotten.
+struct Decided {
+    trace: TraceId,
+    /// Buffer sequence at decision time: only items staged before it belong to this decision.
+    watermark: u64,
+    kept: Option<Kept>,
+    spans: u32,
+}
+
+/// The sampler core. Shared as `Arc<Engine>`.
+pub struct Engine {
+    storage: Arc<Storage>,
+    queues: Arc<ExportQueues>,
+    policies: RwLock<PolicyEngine>,
+    state: Mutex<State>,
+    clock: Clock,
+    max_storage_bytes: u64,
+    storage_bytes: AtomicU64,
+}
+
+impl Engine {
+    /// Builds the engine over opened storage and queues. Call [`Engine::recover`] next.
+    pub fn new(config: &SamplerConfig, storage: Arc<Storage>, queues: Arc<ExportQueues>) -> Result<Engine, PolicyError> {
+        let policies = PolicyEngine::new(&config.policies, config.sample_on_first_match)?;
+        let settings = BufferSettings {
+            decision_wait_ms: config.decision_wait.as_millis() as u64,
+            after_root_ms: config.decision_wait_after_root_received.map(|d| d.as_millis() as u64),
+            capacity: config.num_traces,
+        };
+        Ok(Engine {
+            storage,
+            queues,
+            policies: RwLock::new(policies),
+            state: Mutex::new(State {
+                index: TraceIndex::new(settings),
+                cache: DecisionCache::new(
+                    config.decision_cache.sampled_cache_size,
+                    config.decision_cache.non_sampled_cache_size,
+                ),
+            }),
+            clock: Clock::Real(Instant::now()),
+            max_storage_bytes: config.max_storage_bytes,
+            storage_bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// Replaces the clock with one the caller advances (tests of the shell's timing).
+    pub fn with_manual_clock(mut self, millis: Arc<AtomicU64>) -> Self {
+        self.clock = Clock::Manual(millis);
+        self
+    }
+
+    fn now_ms(&self) -> u64 {
+        match &self.clock {
+            Clock::Real(start) => start.elapsed().as_millis() as u64,
+            Clock::Manual(ms) => ms.load(Ordering::SeqCst),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Traces currently buffered.
+    pub fn active_traces(&self) -> usize {
+        self.state().index.len()
+    }
+
+    /// Rebuilds the index from what RocksDB still buffers (after a restart or crash). Every
+    /// recovered trace gets a fresh `decision_wait`, so its late spans can still join it.
+    pub fn recover(&self) -> Result<usize, StorageError> {
+        let now = self.now_ms();
+        let mut full = Vec::new();
+        let mut corrupt = 0usize;
+        {
+            let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state();
+            self.storage.scan_buffer(|trace, kind, payload| {
+                let arrival = match kind {
+                    BufferedKind::Spans => match ResourceSpans::decode(payload) {
+                        Ok(rs) => arrival_of(&policies, &rs),
+                        Err(_) => {
+                            corrupt += 1;
+                            return;
+                        }
+                    },
+                    BufferedKind::Logs => Arrival {
+                        logs: true,
+                        ..Arrival::default()
+                    },
+                };
+                full.extend(state.index.observe(trace, &arrival, now));
+            })?;
+        }
+        if corrupt > 0 {
+            tracing::warn!(corrupt, "skipped buffered values that could not be decoded");
+        }
+        let recovered = self.active_traces() + full.len();
+        let evicted = {
+            let mut state = self.state();
+            self.decide_locked(&mut state, full)
+        };
+        self.finish_all(&evicted)?;
+        gauge!(names::TRACES_ACTIVE).set(self.active_traces() as f64);
+        Ok(recovered)
+    }
+
+    /// Refuses new data while the export queue or the buffer is over its bound.
+    fn admit(&self) -> Result<(), IngestError> {
+        if self.queues.is_full() {
+            return Err(IngestError::Overloaded {
+                retry_after: RETRY_AFTER,
+                reason: "export queue full",
+            });
+        }
+        if self.storage_bytes.load(Ordering::Relaxed) >= self.max_storage_bytes {
+            return Err(IngestError::Overloaded {
+                retry_after: RETRY_AFTER,
+                reason: "buffer storage full",
+            });
+        }
+        Ok(())
+    }
+
+    /// Refreshes the storage size figure used for admission and the gauges.
+    pub fn refresh_storage_bytes(&self) {
+        let bytes = self.storage.approximate_bytes();
+        self.storage_bytes.store(bytes, Ordering::Relaxed);
+        gauge!(names::STORAGE_BYTES).set(bytes as f64);
+    }
+
+    /// Buffers the spans of a request (durably, before returning) or routes them by a cached
+    /// decision when their trace was decided already.
+    pub fn ingest_traces(&self, request: ExportTraceServiceRequest) -> Result<Accepted, IngestError> {
+        self.admit()?;
+        let groups = split_traces(request);
+        let prepared: Vec<(TraceId, ResourceSpans, Arrival, Vec<u8>)> = {
+            let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+            groups
+                .into_iter()
+                .map(|(trace, rs)| {
+                    let arrival = arrival_of(&policies, &rs);
+                    let payload = rs.encode_to_vec();
+                    (trace, rs, arrival, payload)
+                })
+                .collect()
+        };
+        let now = self.now_ms();
+        let mut late_kept = Vec::new();
+        let mut late_dropped = 0u64;
+        let evicted;
+        {
+            let mut state = self.state();
+            let mut batch = WriteBatch::default();
+            let mut buffered = Vec::with_capacity(prepared.len());
+            for (trace, rs, arrival, payload) in prepared {
+                match state.cache.get(&trace) {
+                    Some(Cached::Sampled(kept)) => late_kept.push((rs, kept)),
+                    Some(Cached::NotSampled) => late_dropped += u64::from(arrival.stats.span_count),
+                    None => {
+                        self.storage.stage_buffered(&mut batch, &trace, BufferedKind::Spans, &payload);
+                        buffered.push((trace, arrival));
+                    }
+                }
+            }
+            self.storage.write(batch).map_err(|e| IngestError::Unavailable(e.to_string()))?;
+            let mut full = Vec::new();
+            for (trace, arrival) in &buffered {
+                full.extend(state.index.observe(*trace, arrival, now));
+            }
+            evicted = self.decide_locked(&mut state, full);
+        }
+        if late_dropped > 0 {
+            counter!(names::LATE_SPANS, "decision" => "not_sampled").increment(late_dropped);
+            counter!(names::SPANS_DROPPED).increment(late_dropped);
+        }
+        if !late_kept.is_empty() {
+            let mut resource_spans = Vec::with_capacity(late_kept.len());
+            let mut spans = 0u64;
+            for (mut rs, kept) in late_kept {
+                spans += annotate_kept(&mut rs, &kept);
+                resource_spans.push(rs);
+            }
+            self.queues
+                .enqueue(&ExportRequest::Traces(ExportTraceServiceRequest { resource_spans }))
+                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+            counter!(names::LATE_SPANS, "decision" => "sampled").increment(spans);
+            counter!(names::SPANS_KEPT).increment(spans);
+        }
+        if !evicted.is_empty() {
+            counter!(names::TRACES_EVICTED).increment(evicted.len() as u64);
+            self.finish_all(&evicted)
+                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+        }
+        Ok(Accepted::default())
+    }
+
+    /// Buffers log records that carry a trace id with their trace (or routes them by a
+    /// cached decision); passes the others through to the export queue.
+    pub fn ingest_logs(&self, request: ExportLogsServiceRequest) -> Result<Accepted, IngestError> {
+        self.admit()?;
+        let (with_trace, without_trace) = split_logs(request);
+        let now = self.now_ms();
+        let mut late_kept = Vec::new();
+        let mut late_dropped = 0u64;
+        let evicted;
+        {
+            let mut state = self.state();
+            let mut batch = WriteBatch::default();
+            let mut buffered = Vec::new();
+            for (trace, rl) in with_trace {
+                match state.cache.get(&trace) {
+                    Some(Cached::Sampled(_)) => late_kept.push(rl),
+                    Some(Cached::NotSampled) => late_dropped += log_records(&rl) as u64,
+                    None => {
+                        self.storage
+                            .stage_buffered(&mut batch, &trace, BufferedKind::Logs, &rl.encode_to_vec());
+                        buffered.push(trace);
+                    }
+                }
+            }
+            self.storage.write(batch).map_err(|e| IngestError::Unavailable(e.to_string()))?;
+            let arrival = Arrival {
+                logs: true,
+                ..Arrival::default()
+            };
+            let mut full = Vec::new();
+            for trace in buffered {
+                full.extend(state.index.observe(trace, &arrival, now));
+            }
+            evicted = self.decide_locked(&mut state, full);
+        }
+        if late_dropped > 0 {
+            counter!(names::LOGS_DROPPED).increment(late_dropped);
+        }
+        let mut passthrough = without_trace.resource_logs;
+        passthrough.extend(late_kept);
+        if !passthrough.is_empty() {
+            self.queues
+                .enqueue(&ExportRequest::Logs(ExportLogsServiceRequest {
+                    resource_logs: passthrough,
+                }))
+                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+        }
+        if !evicted.is_empty() {
+            counter!(names::TRACES_EVICTED).increment(evicted.len() as u64);
+            self.finish_all(&evicted)
+                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+        }
+        Ok(Accepted::default())
+    }
+
+    /// Passes metrics through to the export queue unchanged.
+    pub fn ingest_metrics(&self, request: ExportMetricsServiceRequest) -> Result<Accepted, IngestError> {
+        self.admit()?;
+        if !request.resource_metrics.is_empty() {
+            self.queues
+                .enqueue(&ExportRequest::Metrics(request))
+                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+        }
+        Ok(Accepted::default())
+    }
+
+    /// Decides every trace whose deadline has passed; returns how many were decided.
+    pub fn decide_due(&self) -> Result<usize, StorageError> {
+        let mut total = 0;
+        loop {
+            let now = self.now_ms();
+            let decided = {
+                let mut state = self.state();
+                let due = state.index.pop_due(now, DECIDE_BATCH);
+                for (_, entry) in &due {
+                    histogram!(names::DECISION_LATENCY)
+                        .record(now.saturating_sub(entry.deadline_ms) as f64 / 1000.0);
+                }
+                self.decide_locked(&mut state, due)
+            };
+            if decided.is_empty() {
+                return Ok(total);
+            }
+            total += decided.len();
+            self.finish_all(&decided)?;
+        }
+    }
+
+    /// Milliseconds until the next trace may be due (bounded by `max`).
+    pub fn next_due_in(&self, max: Duration) -> Duration {
+        let now = self.now_ms();
+        match self.state().index.next_deadline() {
+            Some(at) => Duration::from_millis(at.saturating_sub(now)).min(max),
+            None => max,
+        }
+    }
+
+    /// Decides traces just removed from the index and caches the decisions. Runs under the
+    /// state lock that removed them, so no span can slip in between removal and caching.
+    fn decide_locked(&self, state: &mut State, traces: Vec<(TraceId, TraceEntry)>) -> Vec<Decided> {
+        let now_unix = unix_nanos();
+        let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
+        let mut decided = Vec::with_capacity(traces.len());
+        for (trace, entry) in traces {
+            let decision = policies.decide(&trace, &entry.policy, &entry.stats, now_unix);
+            let kept = decision.sampled.then(|| Kept {
+                policy: decision.policy.unwrap_or_else(|| "unknown".into()),
+                probability: decision.probability,
+            });
+            let label_policy = kept.as_ref().map(|k| k.policy.to_string()).unwrap_or_default();
+            let label_decision = if kept.is_some() { "sampled" } else { "not_sampled" };
+            counter!(names::TRACES_DECIDED, "decision" => label_decision, "policy" => label_policy).increment(1);
+            state.cache.insert(
+                trace,
+                match &kept {
+                    Some(k) => Cached::Sampled(k.clone()),
+                    None => Cached::NotSampled,
+                },
+            );
+            decided.push(Decided {
+                trace,
+                watermark: self.storage.next_seq(),
+                kept,
+                spans: entry.stats.span_count,
+            });
+        }
+        gauge!(names::TRACES_ACTIVE).set(state.index.len() as f64);
+        decided
+    }
+
+    /// Moves decided traces out of the buffer, a chunk per RocksDB write.
+    fn finish_all(&self, decided: &[Decided]) -> Result<(), StorageError> {
+        for chunk in decided.chunks(FINISH_CHUNK) {
+            self.finish(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Moves kept traces from the buffer to the export queue and forgets dropped ones, in
+    /// one atomic write.
+    fn finish(&self, decided: &[Decided]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let mut resource_spans = Vec::new();
+        let mut resource_logs = Vec::new();
+        let mut kept_spans = 0u64;
+        let mut dropped_spans = 0u64;
+        for d in decided {
+            match &d.kept {
+                Some(kept) => {
+                    for (kind, payload) in self.storage.read_trace(&d.trace, d.watermark)? {
+                        match kind {
+                            BufferedKind::Spans => {
+                                let mut rs = ResourceSpans::decode(payload.as_slice())
+                                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                                kept_spans += annotate_kept(&mut rs, kept);
+                                resource_spans.push(rs);
+                            }
+                            BufferedKind::Logs => resource_logs.push(
+                                ResourceLogs::decode(payload.as_slice())
+                                    .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+                            ),
+                        }
+                    }
+                }
+                None => dropped_spans += u64::from(d.spans),
+            }
+            self.storage.stage_forget(&mut batch, &d.trace, d.watermark);
+        }
+        let mut staged = Vec::new();
+        if !resource_spans.is_empty() {
+            let request = ExportRequest::Traces(ExportTraceServiceRequest { resource_spans });
+            staged.push(self.queues.stage(&mut batch, &request));
+        }
+        if !resource_logs.is_empty() {
+            let request = ExportRequest::Logs(ExportLogsServiceRequest { resource_logs });
+            staged.push(self.queues.stage(&mut batch, &request));
+        }
+        self.storage.write(batch)?;
+        for s in staged {
+            self.queues.committed(s);
+        }
+        counter!(names::SPANS_KEPT).increment(kept_spans);
+        counter!(names::SPANS_DROPPED).increment(dropped_spans);
+        Ok(())
+    }
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Splits a request into one `ResourceSpans` per (trace, input resource), each holding only
+/// that trace's spans under their original scopes.
+pub fn split_traces(request: ExportTraceServiceRequest) -> Vec<(TraceId, ResourceSpans)> {
+    let mut out = Vec::new();
+    for rs in request.resource_spans {
+        let mut per_trace: HashMap<TraceId, Vec<ScopeSpans>> = HashMap::new();
+        let mut order = Vec::new();
+        for ss in rs.scope_spans {
+            let mut per_scope: HashMap<TraceId, Vec<_>> = HashMap::new();
+            let mut scope_order = Vec::new();
+            for span in ss.spans {
+                let Some(trace) = otlp::trace_id(&span.trace_id) else {
+                    continue;
+                };
+                per_scope
+                    .entry(trace)
+                    .or_insert_with(|| {
+                        scope_order.push(trace);
+                        Vec::new()
+                    })
+                    .push(span);
+            }
+            for trace in scope_order {
+                let spans = per_scope.remove(&trace).unwrap_or_default();
+                per_trace
+                    .entry(trace)
+                    .or_insert_with(|| {
+                        order.push(trace);
+                        Vec::new()
+                    })
+                    .push(ScopeSpans {
+                        scope: ss.scope.clone(),
+                        spans,
+                        schema_url: ss.schema_url.clone(),
+                    });
+            }
+        }
+        for trace in order {
+            let scope_spans = per_trace.remove(&trace).unwrap_or_default();
+            out.push((
+                trace,
+                ResourceSpans {
+                    resource: rs.resource.clone(),
+                    scope_spans,
+                    schema_url: rs.schema_url.clone(),
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// Splits log records into those with a trace id (grouped per trace and resource) and the
+/// rest, which keep their original grouping.
+pub fn split_logs(request: ExportLogsServiceRequest) -> (Vec<(TraceId, ResourceLogs)>, ExportLogsServiceRequest) {
+    let mut with_trace = Vec::new();
+    let mut without = ExportLogsServiceRequest::default();
+    for rl in request.resource_logs {
+        let mut per_trace: HashMap<TraceId, Vec<ScopeLogs>> = HashMap::new();
+        let mut order = Vec::new();
+        let mut rest_scopes = Vec::new();
+        for sl in rl.scope_logs {
+            let mut rest = Vec::new();
+            let mut per_scope: HashMap<TraceId, Vec<_>> = HashMap::new();
+            let mut scope_order = Vec::new();
+            for record in sl.log_records {
+                match otlp::trace_id(&record.trace_id) {
+                    Some(trace) => per_scope
+                        .entry(trace)
+                        .or_insert_with(|| {
+                            scope_order.push(trace);
+                            Vec::new()
+                        })
+                        .push(record),
+                    None => rest.push(record),
+                }
+            }
+            for trace in scope_order {
+                per_trace
+                    .entry(trace)
+                    .or_insert_with(|| {
+                        order.push(trace);
+                        Vec::new()
+                    })
+                    .push(ScopeLogs {
+                        scope: sl.scope.clone(),
+                        log_records: per_scope.remove(&trace).unwrap_or_default(),
+                        schema_url: sl.schema_url.clone(),
+                    });
+            }
+            if !rest.is_empty() {
+                rest_scopes.push(ScopeLogs {
+                    scope: sl.scope,
+                    log_records: rest,
+                    schema_url: sl.schema_url,
+                });
+            }
+        }
+        for trace in order {
+            with_trace.push((
+                trace,
+                ResourceLogs {
+                    resource: rl.resource.clone(),
+                    scope_logs: per_trace.remove(&trace).unwrap_or_default(),
+                    schema_url: rl.schema_url.clone(),
+                },
+            ));
+        }
+        if !rest_scopes.is_empty() {
+            without.resource_logs.push(ResourceLogs {
+                resource: rl.resource,
+                scope_logs: rest_scopes,
+                schema_url: rl.schema_url,
+            });
+        }
+    }
+    (with_trace, without)
+}
+
+/// What one trace's group of spans contributes to the index.
+fn arrival_of(policies: &PolicyEngine, rs: &ResourceSpans) -> Arrival {
+    let mut arrival = Arrival {
+        stats: TraceStats {
+            min_start_unix_nano: u64::MAX,
+            ..TraceStats::default()
+        },
+        ..Arrival::default()
+    };
+    for ss in &rs.scope_spans {
+        for span in &ss.spans {
+            policies.observe_span(&mut arrival.policy, rs.resource.as_ref(), span);
+            arrival.stats.span_count += 1;
+            arrival.stats.bytes += span.encoded_len() as u64;
+            arrival.stats.min_start_unix_nano = arrival.stats.min_start_unix_nano.min(span.start_time_unix_nano);
+            arrival.stats.max_end_unix_nano = arrival.stats.max_end_unix_nano.max(span.end_time_unix_nano);
+            arrival.root |= span.parent_span_id.is_empty();
+        }
+    }
+    arrival
+}
+
+/// Marks every span with the keeping policy and, where defined, the sampling probability.
+/// Returns the number of spans.
+fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
+    let mut n = 0;
+    for ss in &mut rs.scope_spans {
+        for span in &mut ss.spans {
+            span.attributes.retain(|kv| kv.key != POLICY_ATTRIBUTE);
+            span.attributes.push(KeyValue {
+                key: POLICY_ATTRIBUTE.to_owned(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(kept.policy.to_string())),
+                }),
+            });
+            if let Some(p) = kept.probability {
+                span.trace_state = apply_sampling_probability(&span.trace_state, p);
+            }
+            n += 1;
+        }
+    }
+    n
+}
+
+fn log_records(rl: &ResourceLogs) -> usize {
+    rl.scope_logs.iter().map(|sl| sl.log_records.len()).sum()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! The `otel-tail-sampler` library: durable trace buffer, tail-sampling policies,
+//! decisions and the export queue. The binary in `main.rs` is a thin shell over [`run`].
+//!
+//! Data path: receivers (`otel_tail_shared::receiver`) → [`engine::Engine`] (groups spans by
+//! trace, appends them to RocksDB with the WAL on, updates the [`buffer`] index and running
+//! [`policy`] state) → decider task (decides due traces, caches decisions in [`decision`])
+//! → [`export_queue`] (disk-backed, retried) → exporters.
+
+pub mod buffer;
+pub mod decision;
+pub mod engine;
+pub mod export_queue;
+pub mod policy;
+pub mod storage;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use otel_tail_shared::config::Config;
+use otel_tail_shared::exporter::Exporter;
+use otel_tail_shared::receiver::{self, Accepted, BoundAddrs, Ingest, IngestError};
+use otel_tail_shared::telemetry::{self, Health};
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+use crate::export_queue::ExportQueues;
+use crate::storage::Storage;
+
+/// Longest time spent flushing the export queue after receivers stop on shutdown; what is
+/// left stays on disk for the next start.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(20);
+/// Longest pause of the decider between passes.
+const DECIDER_TICK: Duration = Duration::from_millis(100);
+
+/// The receivers' view of the engine: runs each request on a blocking thread, since it
+/// writes to RocksDB before acknowledging.
+struct SamplerIngest(Arc<Engine>);
+
+impl SamplerIngest {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        request: T,
+        f: fn(&Engine, T) -> Result<Accepted, IngestError>,
+    ) -> Result<Accepted, IngestError> {
+        let engine = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&engine, request))
+            .await
+            .map_err(|e| IngestError::Unavailable(format!("ingest task failed: {e}")))?
+    }
+}
+
+impl Ingest for SamplerIngest {
+    async fn traces(&self, request: ExportTraceServiceRequest) -> Result<Accepted, IngestError> {
+        self.blocking(request, Engine::ingest_traces).await
+    }
+
+    async fn logs(&self, request: ExportLogsServiceRequest) -> Result<Accepted, IngestError> {
+        self.blocking(request, Engine::ingest_logs).await
+    }
+
+    async fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<Accepted, IngestError> {
+        self.blocking(request, Engine::ingest_metrics).await
+    }
+}
+
+/// Where the running sampler listens, for the start-up banner.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// OTLP receivers.
+    pub receivers: BoundAddrs,
+    /// Admin endpoint.
+    pub admin: SocketAddr,
+}
+
+/// Runs a standalone sampler until `shutdown` completes, then stops receiving, decides
+/// nothing more, flushes the export queue for at most [`SHUTDOWN_DRAIN`] and returns; what
+/// is undecided stays buffered on disk. `on_ready` gets the bound addresses and the
+/// exporter descriptions once everything listens.
+pub async fn run(
+    config: Config,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    on_ready: impl FnOnce(&Listening, &[String]) + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let storage_dir = config.sampler.storage_dir.clone();
+    let storage = Arc::new(
+        Storage::open(&storage_dir, config.sampler.sync_writes)
+            .with_context(|| format!("opening storage in {}", storage_dir.display()))?,
+    );
+    let exporters = Exporter::from_config(&config.exporter, &storage_dir.join("export.jsonl"))
+        .context("configuring exporters")?;
+    let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).context("opening export queue")?;
+    let engine = Arc::new(Engine::new(&config.sampler, storage, queues.clone()).context("building policies")?);
+    let recovered = engine.recover().context("rebuilding the trace index from storage")?;
+    if recovered > 0 {
+        tracing::info!(traces = recovered, "resumed buffered traces from storage");
+    }
+    engine.refresh_storage_bytes();
+
+    let health = Health::default();
+    let admin_listener = tokio::net::TcpListener::bind(config.telemetry.admin_endpoint)
+        .await
+        .with_context(|| format!("binding admin endpoint {}", config.telemetry.admin_endpoint))?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin = tokio::spawn(telemetry::admin::serve(
+        admin_listener,
+        metrics,
+        health.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let (queue_stop_tx, queue_stop_rx) = watch::channel(false);
+    let sender = tokio::spawn(queues.clone().run(stopped(queue_stop_rx), SHUTDOWN_DRAIN));
+    let decider = tokio::spawn(decide_loop(engine.clone(), stop_rx.clone()));
+
+    let descriptions = queues.describe();
+    let ready_health = health.clone();
+    let served = receiver::serve(
+        &config.receiver,
+        Arc::new(SamplerIngest(engine.clone())),
+        move |receivers| {
+            let listening = Listening {
+                receivers,
+                admin: admin_addr,
+            };
+            on_ready(&listening, &descriptions);
+            ready_health.set_ready(true);
+        },
+        shutdown,
+    )
+    .await;
+    health.set_ready(false);
+    tracing::info!("receivers stopped; flushing decided data");
+    let _ = stop_tx.send(true);
+    let _ = decider.await;
+    let _ = queue_stop_tx.send(true);
+    let _ = sender.await;
+    let _ = admin.await;
+    tracing::info!(buffered_traces = engine.active_traces(), "stopped; undecided traces stay buffered on disk");
+    served.context("serving OTLP receivers")
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Decides due traces until stopped; also refreshes the storage-size figure once a second.
+async fn decide_loop(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
+    let mut last_refresh = tokio::time::Instant::now();
+    loop {
+        let pause = engine.next_due_in(DECIDER_TICK).max(Duration::from_millis(5));
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let e = engine.clone();
+        let refresh = last_refresh.elapsed() >= Duration::from_secs(1);
+        if refresh {
+            last_refresh = tokio::time::Instant::now();
+        }
+        let result = tokio::task::spawn_blocking(move || {
+            if refresh {
+                e.refresh_storage_bytes();
+            }
+            e.decide_due()
+        })
+        .await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "deciding traces failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "decider task failed"),
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! The configuration model shared by both binaries.
+//!
+//! One YAML file, every key defaulted, unknown keys rejected. Loading goes
+//! text → `${env:NAME}` expansion → YAML → JSON value → typed structs through
+//! `serde_path_to_error`, so an error names the full key path (`sampler.policies[2].latency`).
+//! Checks across fields run in [`Config::validate`] after parsing.
+
+pub mod policy;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use policy::PolicyConfig;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `${env:NAME}` named a variable that is not set.
+    #[error("config references environment variable {0} which is not set")]
+    MissingEnv(String),
+    /// The text is not YAML.
+    #[error("config is not valid YAML: {0}")]
+    Yaml(String),
+    /// A key is unknown or a value has the wrong type.
+    #[error("invalid config at `{path}`: {message}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// An error for the key at `path`.
+    pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where OTLP data is accepted.
+    pub receiver: ReceiverConfig,
+    /// Buffering and tail-sampling decisions (sampler only).
+    pub sampler: SamplerConfig,
+    /// Where kept and passed-through data goes (sampler only).
+    pub exporter: ExporterConfig,
+    /// Self-observability: admin endpoint and logs.
+    pub telemetry: TelemetryConfig,
+}
+
+impl Config {
+    /// Loads and validates the file at `path`, expanding `${env:NAME}` from the process
+    /// environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_yaml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates YAML text; `env` resolves `${env:NAME}` references so tests can
+    /// pass a map instead of the process environment.
+    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let expanded = expand_env(text, env)?;
+        let value: serde_json::Value = if expanded.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_saphyr::from_str(&expanded).map_err(|e| ConfigError::Yaml(e.to_string()))?
+        };
+        let value = if value.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            value
+        };
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Invalid {
+                path,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks value ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.receiver.max_request_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "receiver.max_request_bytes",
+                "must be greater than 0",
+            ));
+        }
+        self.sampler.validate()?;
+        self.exporter.validate()?;
+        Ok(())
+    }
+
+    /// The effective configuration as YAML, for `--print-config`.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Replaces every `${env:NAME}` (and `${NAME}`) with the variable's value, like the
+/// OpenTelemetry Collector's confmap. `$$` escapes a literal `$`.
+pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                out.push('$');
+                rest = after;
+                continue;
+            };
+            let reference = &body[..end];
+            let name = reference.strip_prefix("env:").unwrap_or(reference);
+            let (name, default) = match name.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (name, None),
+            };
+            let value = match (env(name), default) {
+                (Some(v), _) => v,
+                (None, Some(d)) => d.to_owned(),
+                (None, None) => return Err(ConfigError::MissingEnv(name.to_owned())),
+            };
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// OTLP receivers (`receiver.*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverConfig {
+    /// OTLP/gRPC listen address.
+    pub grpc_endpoint: SocketAddr,
+    /// OTLP/HTTP listen address.
+    pub http_endpoint: SocketAddr,
+    /// Largest accepted request after decompression, in bytes; checked while reading so an
+    /// oversized or gzip-bomb body is refused before it is held in memory.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            grpc_endpoint: ([0, 0, 0, 0], 4317).into(),
+            http_endpoint: ([0, 0, 0, 0], 4318).into(),
+            max_request_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Tail-sampling settings (`sampler.*`). The keys that the OpenTelemetry Collector's
+/// `tail_sampling` processor uses keep its names and meaning, so its block can be pasted here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerConfig {
+    /// Directory of the RocksDB buffer and export queue.
+    pub storage_dir: PathBuf,
+    /// Buffered bytes on disk above which receivers throttle clients (retryable errors).
+    pub max_storage_bytes: u64,
+    /// fsync the WAL on every write. Off: acknowledged data survives a process crash
+    /// (`kill -9`) but not a power loss.
+    pub sync_writes: bool,
+    /// Quiet time after a trace's last span before it is decided.
+    #[serde(with = "humantime_serde")]
+    pub decision_wait: Duration,
+    /// Once the root span is seen, decide after this long instead (if shorter).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub decision_wait_after_root_received: Option<Duration>,
+    /// Bound on traces held at once; when full the trace nearest its deadline is decided early.
+    pub num_traces: usize,
+    /// Accepted for Collector compatibility; a sizing hint this implementation does not need.
+    pub expected_new_traces_per_sec: u64,
+    /// Sizes of the caches that let late spans follow an earlier decision.
+    pub decision_cache: DecisionCacheConfig,
+    /// Stop evaluating at the first policy that samples.
+    pub sample_on_first_match: bool,
+    /// Policies in the Collector `tail_sampling` syntax.
+    pub policies: Vec<PolicyConfig>,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            storage_dir: PathBuf::from("otel-tail-data"),
+            max_storage_bytes: 4 * 1024 * 1024 * 1024,
+            sync_writes: false,
+            decision_wait: Duration::from_secs(30),
+            decision_wait_after_root_received: None,
+            num_traces: 50_000,
+            expected_new_traces_per_sec: 0,
+            decision_cache: DecisionCacheConfig::default(),
+            sample_on_first_match: false,
+            policies: Vec::new(),
+        }
+    }
+}
+
+impl SamplerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.decision_wait.is_zero() {
+            return Err(ConfigError::invalid("sampler.decision_wait", "must be greater than 0"));
+        }
+        if self.num_traces == 0 {
+            return Err(ConfigError::invalid("sampler.num_traces", "must be greater than 0"));
+        }
+        for (i, p) in self.policies.iter().enumerate() {
+            p.validate(&format!("sampler.policies[{i}]"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `sampler.decision_cache.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionCacheConfig {
+    /// Trace ids remembered as kept.
+    pub sampled_cache_size: usize,
+    /// Trace ids remembered as dropped.
+    pub non_sampled_cache_size: usize,
+}
+
+impl Default for DecisionCacheConfig {
+    fn default() -> Self {
+        DecisionCacheConfig {
+            sampled_cache_size: 100_000,
+            non_sampled_cache_size: 100_000,
+        }
+    }
+}
+
+/// Downstream exporters (`exporter.*`). Any combination may be set; with none the sampler
+/// writes to a file under its storage directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExporterConfig {
+    /// OTLP/gRPC exporter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpGrpcExporterConfig>,
+    /// OTLP/HTTP exporter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlphttp: Option<OtlpHttpExporterConfig>,
+    /// OTLP JSON lines file exporter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileExporterConfig>,
+    /// Disk-backed queue in front of every exporter.
+    pub queue: QueueConfig,
+    /// Retry and backoff of failed exports.
+    pub retry: RetryConfig,
+}
+
+impl ExporterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(otlp) = &self.otlp {
+            if otlp.endpoint.is_empty() {
+                return Err(ConfigError::invalid("exporter.otlp.endpoint", "must not be empty"));
+            }
+        }
+        if let Some(http) = &self.otlphttp {
+            if !http.endpoint.starts_with("http://") {
+                return Err(ConfigError::invalid(
+                    "exporter.otlphttp.endpoint",
+                    "must be an http:// URL (TLS for OTLP/HTTP is not supported yet)",
+                ));
+            }
+        }
+        if self.queue.max_bytes == 0 {
+            return Err(ConfigError::invalid("exporter.queue.max_bytes", "must be greater than 0"));
+        }
+        if self.retry.initial_interval.is_zero() || self.retry.max_interval < self.retry.initial_interval {
+            return Err(ConfigError::invalid(
+                "exporter.retry",
+                "initial_interval must be > 0 and max_interval >= initial_interval",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Payload compression on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip, the OTLP default.
+    #[default]
+    Gzip,
+    /// No compression.
+    None,
+}
+
+/// `exporter.otlp.tls`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Plaintext gRPC (no TLS).
+    pub insecure: bool,
+}
+
+/// `exporter.otlp`: OTLP/gRPC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpGrpcExporterConfig {
+    /// `host:port` or URL of the downstream OTLP/gRPC receiver.
+    pub endpoint: String,
+    /// Extra request metadata, e.g. an API key.
+    pub headers: BTreeMap<String, String>,
+    /// Transport security.
+    pub tls: TlsConfig,
+    /// Request compression.
+    pub compression: Compression,
+    /// Per-request deadline.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// `exporter.otlphttp`: OTLP/HTTP protobuf.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpHttpExporterConfig {
+    /// Base URL; `/v1/traces`, `/v1/logs` and `/v1/metrics` are appended.
+    pub endpoint: String,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// Request compression.
+    pub compression: Compression,
+    /// Per-request deadline.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for OtlpGrpcExporterConfig {
+    fn default() -> Self {
+        OtlpGrpcExporterConfig {
+            endpoint: String::new(),
+            headers: BTreeMap::new(),
+            tls: TlsConfig::default(),
+            compression: Compression::Gzip,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for OtlpHttpExporterConfig {
+    fn default() -> Self {
+        OtlpHttpExporterConfig {
+            endpoint: String::new(),
+            headers: BTreeMap::new(),
+            compression: Compression::Gzip,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `exporter.file`: one OTLP JSON export request per line, like the Collector's file exporter.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileExporterConfig {
+    /// File to append to.
+    pub path: PathBuf,
+}
+
+/// `exporter.queue`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Bytes queued on disk per exporter above which receivers throttle clients.
+    pub max_bytes: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// `exporter.retry`: exponential backoff between attempts; a server's RetryInfo or
+/// `Retry-After` overrides the computed delay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// First delay after a failure.
+    #[serde(with = "humantime_serde")]
+    pub initial_interval: Duration,
+    /// Longest delay between attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_interval: Duration::from_millis(500),
+            max_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `telemetry.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Admin HTTP address: `/metrics`, `/healthz`, `/readyz`.
+    pub admin_endpoint: SocketAddr,
+    /// Log filter (`info`, `debug`, or a `tracing` directive); `RUST_LOG` wins when set.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            admin_endpoint: ([0, 0, 0, 0], 8888).into(),
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::policy::{PolicyType, StatusCodeName};
+use super::*;
+
+/// The Collector `tail_sampling` block with every policy type, shared with the end-to-end tests.
+const COLLECTOR_BLOCK: &str =
+    include_str!("../../../integration-tests/testdata/collector-tail-sampling.yaml");
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml(text, &no_env)
+}
+
+fn invalid_path(text: &str) -> String {
+    match load(text) {
+        Err(ConfigError::Invalid { path, .. }) => path,
+        other => panic!("expected an invalid-config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = load("").unwrap();
+    assert_eq!(c.receiver.grpc_endpoint.port(), 4317);
+    assert_eq!(c.receiver.http_endpoint.port(), 4318);
+    assert_eq!(c.receiver.max_request_bytes, 64 * 1024 * 1024);
+    assert_eq!(c.sampler.decision_wait, Duration::from_secs(30));
+    assert_eq!(c.sampler.num_traces, 50_000);
+    assert!(c.sampler.policies.is_empty());
+    assert!(!c.sampler.sample_on_first_match);
+    assert_eq!(c.telemetry.admin_endpoint.port(), 8888);
+    assert!(c.exporter.otlp.is_none() && c.exporter.otlphttp.is_none() && c.exporter.file.is_none());
+}
+
+#[test]
+fn comment_only_file_gives_defaults() {
+    let c = load("# nothing configured\n").unwrap();
+    assert_eq!(c.sampler.num_traces, 50_000);
+}
+
+#[test]
+fn env_references_are_expanded() {
+    let env: HashMap<&str, &str> = [("OTLP_HOST", "collector.example:4317"), ("WAIT", "5s")].into();
+    let text = "exporter:\n  otlp:\n    endpoint: ${env:OTLP_HOST}\n\
+                sampler:\n  decision_wait: ${WAIT}\n  num_traces: ${env:TRACES:-1234}\n";
+    let c = Config::from_yaml(text, &|name| env.get(name).map(|v| v.to_string())).unwrap();
+    assert_eq!(c.exporter.otlp.unwrap().endpoint, "collector.example:4317");
+    assert_eq!(c.sampler.decision_wait, Duration::from_secs(5));
+    assert_eq!(c.sampler.num_traces, 1234);
+}
+
+#[test]
+fn missing_env_variable_is_named() {
+    let err = load("exporter:\n  otlp:\n    endpoint: ${env:NOPE_NOT_SET}\n").unwrap_err();
+    match err {
+        ConfigError::MissingEnv(name) => assert_eq!(name, "NOPE_NOT_SET"),
+        other => panic!("expected MissingEnv, got {other:?}"),
+    }
+}
+
+#[test]
+fn dollar_dollar_escapes_a_literal_dollar() {
+    let c = load("telemetry:\n  log_level: \"info$$x\"\n").unwrap();
+    assert_eq!(c.telemetry.log_level, "info$x");
+}
+
+#[test]
+fn unknown_top_level_key_is_rejected() {
+    let err = load("recevier: {}\n").unwrap_err();
+    assert!(err.to_string().contains("recevier"), "{err}");
+}
+
+#[test]
+fn unknown_nested_key_names_its_path() {
+    let path = invalid_path("sampler:\n  decision_wiat: 1s\n");
+    assert!(path.starts_with("sampler"), "{path}");
+}
+
+#[test]
+fn unknown_key_in_a_policy_names_the_policy() {
+    let text = "sampler:\n  policies:\n    - name: a\n      type: always_sample\n    - name: b\n      type: latency\n      latency: {threshold_ms: 5, treshold_typo: 1}\n";
+    let err = load(text).unwrap_err();
+    let ConfigError::Invalid { path, message } = &err else {
+        panic!("expected Invalid, got {err:?}")
+    };
+    assert!(path.starts_with("sampler.policies[1]"), "{path}");
+    assert!(message.contains("treshold_typo"), "{message}");
+}
+
+#[test]
+fn unknown_policy_type_is_rejected_at_its_key() {
+    let text = "sampler:\n  policies:\n    - name: a\n      type: ottl_condition\n";
+    let err = load(text).unwrap_err();
+    let ConfigError::Invalid { path, message } = &err else {
+        panic!("expected Invalid, got {err:?}")
+    };
+    assert_eq!(path, "sampler.policies[0].type");
+    assert!(message.contains("ottl_condition"), "{message}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    assert_eq!(invalid_path("receiver:\n  max_request_bytes: 0\n"), "receiver.max_request_bytes");
+    assert_eq!(invalid_path("sampler:\n  num_traces: 0\n"), "sampler.num_traces");
+    assert!(invalid_path("sampler:\n  num_traces: lots\n").starts_with("sampler.num_traces"));
+    assert!(invalid_path("receiver:\n  grpc_endpoint: not-an-address\n").starts_with("receiver.grpc_endpoint"));
+}
+
+#[test]
+fn policy_value_errors_name_the_key() {
+    let cases = [
+        (
+            "- {name: p, type: probabilistic, probabilistic: {sampling_percentage: -1}}",
+            "sampler.policies[0].probabilistic.sampling_percentage",
+        ),
+        (
+            "- {name: s, type: string_attribute, string_attribute: {key: k, values: [ok, '(unclosed'], enabled_regex_matching: true}}",
+            "sampler.policies[0].string_attribute.values[1]",
+        ),
+        (
+            "- {name: r, type: rate_limiting, rate_limiting: {spans_per_second: 0}}",
+            "sampler.policies[0].rate_limiting.spans_per_second",
+        ),
+        ("- {name: l, type: latency}", "sampler.policies[0].latency"),
+        (
+            "- {name: l, type: latency, latency: {threshold_ms: 1}, span_count: {min_spans: 1}}",
+            "sampler.policies[0].span_count",
+        ),
+        ("- {name: '', type: always_sample}", "sampler.policies[0].name"),
+        (
+            "- {name: n, type: numeric_attribute, numeric_attribute: {key: k}}",
+            "sampler.policies[0].numeric_attribute.min_value",
+        ),
+        (
+            "- {name: sc, type: status_code, status_code: {status_codes: []}}",
+            "sampler.policies[0].status_code.status_codes",
+        ),
+        (
+            "- {name: a, type: and, and: {and_sub_policy: [{name: x, type: always_sample}, {name: y, type: drop, drop: {drop_sub_policy: [{name: z, type: always_sample}]}}]}}",
+            "sampler.policies[0].and.and_sub_policy[1].type",
+        ),
+        (
+            "- {name: n, type: not, not: {not_sub_policy: {name: x, type: always_sample, correlate: true}}}",
+            "sampler.policies[0].not.not_sub_policy.correlate",
+        ),
+        (
+            "- {name: c, type: composite, composite: {max_total_spans_per_second: 10, composite_sub_policy: [{name: x, type: always_sample}], rate_allocation: [{policy: y, percent: 10}]}}",
+            "sampler.policies[0].composite.rate_allocation[0].policy",
+        ),
+        (
+            "- {name: c, type: composite, composite: {max_total_spans_per_second: 10, composite_sub_policy: [{name: x, type: always_sample}, {name: y, type: always_sample}], rate_allocation: [{policy: x, percent: 60}, {policy: y, percent: 60}]}}",
+            "sampler.policies[0].composite.rate_allocation",
+        ),
+    ];
+    for (policy, want) in cases {
+        let text = format!("sampler:\n  policies:\n  {policy}\n");
+        assert_eq!(invalid_path(&text), want, "for {policy}");
+    }
+}
+
+#[test]
+fn unknown_status_code_is_rejected() {
+    let text = "sampler:\n  policies:\n  - {name: s, type: status_code, status_code: {status_codes: [FAILED]}}\n";
+    assert!(invalid_path(text).starts_with("sampler.policies[0].status_code.status_codes"));
+}
+
+#[test]
+fn collector_tail_sampling_block_loads_unchanged() {
+    let c = load(COLLECTOR_BLOCK).unwrap();
+    let s = &c.sampler;
+    assert_eq!(s.decision_wait, Duration::from_secs(10));
+    assert_eq!(s.num_traces, 100);
+    assert_eq!(s.expected_new_traces_per_sec, 10);
+    assert_eq!(s.decision_cache.sampled_cache_size, 100_000);
+    assert_eq!(s.decision_cache.non_sampled_cache_size, 100_000);
+
+    let types: Vec<PolicyType> = s.policies.iter().map(|p| p.policy_type).collect();
+    for ty in [
+        PolicyType::AlwaysSample,
+        PolicyType::Latency,
+        PolicyType::NumericAttribute,
+        PolicyType::Probabilistic,
+        PolicyType::StatusCode,
+        PolicyType::StringAttribute,
+        PolicyType::BooleanAttribute,
+        PolicyType::SpanCount,
+        PolicyType::TraceState,
+        PolicyType::TraceFlags,
+        PolicyType::RateLimiting,
+        PolicyType::BytesLimiting,
+        PolicyType::And,
+        PolicyType::Not,
+        PolicyType::Drop,
+        PolicyType::Composite,
+    ] {
+        assert!(types.contains(&ty), "the collector block lacks a {ty:?} policy");
+    }
+
+    let by_name = |name: &str| s.policies.iter().find(|p| p.name == name).unwrap();
+    let latency = by_name("test-policy-2").latency.as_ref().unwrap();
+    assert_eq!((latency.threshold_ms, latency.upper_threshold_ms), (5000, 10000));
+    let prob = by_name("test-policy-4").probabilistic.as_ref().unwrap();
+    assert_eq!(prob.hash_salt, "custom-salt");
+    assert_eq!(prob.sampling_percentage, 0.1);
+    let codes = &by_name("test-policy-5").status_code.as_ref().unwrap().status_codes;
+    assert_eq!(codes, &[StatusCodeName::Error, StatusCodeName::Unset]);
+    let regex = by_name("test-policy-7").string_attribute.as_ref().unwrap();
+    assert!(regex.enabled_regex_matching);
+    assert_eq!(regex.cache_max_size, 10);
+    assert_eq!(regex.values, ["value1", "val*"]);
+    let bytes = by_name("test-policy-9").bytes_limiting.as_ref().unwrap();
+    assert_eq!((bytes.bytes_per_second, bytes.burst_capacity), (1_024_000, 2_048_000));
+    let inverted = by_name("test-policy-15").numeric_attribute.as_ref().unwrap();
+    assert_eq!((inverted.min_value, inverted.max_value, inverted.invert_match), (Some(400), None, true));
+
+    let and = by_name("and-policy-1").and.as_ref().unwrap();
+    assert_eq!(and.and_sub_policy.len(), 2);
+    let not = by_name("not-policy-1").not.as_ref().unwrap();
+    assert_eq!(not.not_sub_policy.name, "test-not-policy-1");
+    assert_eq!(
+        not.not_sub_policy.string_attribute.as_ref().unwrap().values,
+        ["/health", "/ready"]
+    );
+    let drop = by_name("drop-policy-1").drop.as_ref().unwrap();
+    assert_eq!(
+        drop.drop_sub_policy[0].string_attribute.as_ref().unwrap().values,
+        ["\\/health", "\\/metrics"]
+    );
+    let composite = by_name("composite-policy-1").composite.as_ref().unwrap();
+    assert_eq!(composite.max_total_spans_per_second, 1000);
+    assert_eq!(composite.policy_order.len(), 3);
+    assert_eq!(composite.composite_sub_policy.len(), 3);
+    assert_eq!(composite.rate_allocation[1].policy, "test-composite-policy-2");
+    assert_eq!(composite.rate_allocation[1].percent, 25);
+}
+
+#[test]
+fn printed_config_loads_back_identically() {
+    let c = load(COLLECTOR_BLOCK).unwrap();
+    let printed = c.to_yaml();
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n---\n{printed}"));
+    assert_eq!(again.sampler.policies, c.sampler.policies);
+    assert_eq!(again.sampler.num_traces, c.sampler.num_traces);
+    assert_eq!(again.sampler.decision_wait, c.sampler.decision_wait);
+}
+
+#[test]
+fn correlate_flag_is_accepted_and_printed() {
+    let text = "sampler:\n  policies:\n  - {name: errors, type: status_code, correlate: true, status_code: {status_codes: [ERROR]}}\n";
+    let c = load(text).unwrap();
+    assert_eq!(c.sampler.policies[0].correlate, Some(true));
+    assert!(c.to_yaml().contains("correlate: true"));
+    let plain = load("sampler:\n  policies:\n  - {name: all, type: always_sample}\n").unwrap();
+    assert!(!plain.to_yaml().contains("correlate"));
+}

@@ -1,0 +1,17 @@
+//! Pieces shared by the `otel-tail-router` and `otel-tail-sampler` binaries.
+//!
+//! - [`config`]: the one YAML configuration model, its defaults, `${env:NAME}`
+//!   expansion and validation with errors that name the offending key.
+//! - [`receiver`]: OTLP/gRPC and OTLP/HTTP receivers that enforce size limits before
+//!   allocation, validate ids, and answer with OTLP-spec status codes. They hand decoded
+//!   requests to an [`receiver::Ingest`] implementation supplied by the binary.
+//! - [`exporter`]: clients that send one OTLP export request downstream (gRPC, HTTP, file)
+//!   and classify failures as retryable or permanent. Queueing lives with the caller.
+//! - [`telemetry`]: self-metric names, logging set-up and the admin HTTP endpoint.
+//! - [`otlp`]: small helpers over the OTLP data model (ids, signals, request merging).
+
+pub mod config;
+pub mod exporter;
+pub mod otlp;
+pub mod receiver;
+pub mod telemetry;

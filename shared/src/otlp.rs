@@ -1,0 +1,213 @@
+//! Small helpers over the OTLP data model: ids, signals, validation, counting and merging.
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+
+use crate::receiver::Accepted;
+
+/// A 16-byte trace id. All-zero ids are invalid per the OTLP spec.
+pub type TraceId = [u8; 16];
+
+/// The three OTLP signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// Spans.
+    Traces,
+    /// Log records.
+    Logs,
+    /// Metric data points.
+    Metrics,
+}
+
+impl Signal {
+    /// Label value used in metrics and paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Logs => "logs",
+            Signal::Metrics => "metrics",
+        }
+    }
+
+    /// OTLP/HTTP path of the signal.
+    pub fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Logs => "/v1/logs",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+}
+
+/// Parses a trace id: exactly 16 bytes, not all zero.
+pub fn trace_id(bytes: &[u8]) -> Option<TraceId> {
+    let id: TraceId = bytes.try_into().ok()?;
+    (id != [0; 16]).then_some(id)
+}
+
+fn valid_span_id(bytes: &[u8]) -> bool {
+    bytes.len() == 8 && bytes != [0; 8]
+}
+
+/// Removes spans whose trace id or span id is malformed (wrong length or all zero) and
+/// empty containers left behind; returns what was refused for `partial_success`.
+pub fn sanitize_traces(request: &mut ExportTraceServiceRequest) -> Accepted {
+    let mut bad_trace = 0i64;
+    let mut bad_span = 0i64;
+    for rs in &mut request.resource_spans {
+        for ss in &mut rs.scope_spans {
+            ss.spans.retain(|span| {
+                if trace_id(&span.trace_id).is_none() {
+                    bad_trace += 1;
+                    false
+                } else if !valid_span_id(&span.span_id) {
+                    bad_span += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+    }
+    request.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
+    let mut accepted = Accepted::default();
+    if bad_trace > 0 {
+        accepted.merge(Accepted {
+            rejected: bad_trace,
+            message: format!("{bad_trace} span(s) with an all-zero or non-16-byte trace_id"),
+        });
+    }
+    if bad_span > 0 {
+        accepted.merge(Accepted {
+            rejected: bad_span,
+            message: format!("{bad_span} span(s) with an all-zero or non-8-byte span_id"),
+        });
+    }
+    accepted
+}
+
+/// Removes log records whose trace id is present but malformed (not 16 bytes). An empty or
+/// all-zero trace id means "no trace" and is kept.
+pub fn sanitize_logs(request: &mut ExportLogsServiceRequest) -> Accepted {
+    let mut bad = 0i64;
+    for rl in &mut request.resource_logs {
+        for sl in &mut rl.scope_logs {
+            sl.log_records.retain(|log| {
+                let ok = log.trace_id.is_empty() || log.trace_id.len() == 16;
+                if !ok {
+                    bad += 1;
+                }
+                ok
+            });
+        }
+        rl.scope_logs.retain(|sl| !sl.log_records.is_empty());
+    }
+    request.resource_logs.retain(|rl| !rl.scope_logs.is_empty());
+    if bad == 0 {
+        return Accepted::default();
+    }
+    Accepted {
+        rejected: bad,
+        message: format!("{bad} log record(s) with a trace_id that is not 16 bytes"),
+    }
+}
+
+/// Number of spans in a request.
+pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum()
+}
+
+/// Number of log records in a request.
+pub fn log_count(request: &ExportLogsServiceRequest) -> usize {
+    request
+        .resource_logs
+        .iter()
+        .flat_map(|rl| &rl.scope_logs)
+        .map(|sl| sl.log_records.len())
+        .sum()
+}
+
+/// Number of data points in a request (summaries, histograms and gauges count one per point).
+pub fn data_point_count(request: &ExportMetricsServiceRequest) -> usize {
+    request
+        .resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|m| match &m.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn span(trace: Vec<u8>, span_id: Vec<u8>) -> Span {
+        Span {
+            trace_id: trace,
+            span_id,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sanitize_rejects_bad_ids_and_keeps_the_rest() {
+        let mut req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![
+                        span(vec![1; 16], vec![1; 8]),
+                        span(vec![0; 16], vec![1; 8]),
+                        span(vec![1; 15], vec![1; 8]),
+                        span(vec![1; 16], vec![0; 8]),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let accepted = sanitize_traces(&mut req);
+        assert_eq!(accepted.rejected, 3);
+        assert!(accepted.message.contains("trace_id"), "{}", accepted.message);
+        assert!(accepted.message.contains("span_id"), "{}", accepted.message);
+        assert_eq!(span_count(&req), 1);
+    }
+
+    #[test]
+    fn sanitize_drops_empty_containers() {
+        let mut req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span(vec![0; 16], vec![1; 8])],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        sanitize_traces(&mut req);
+        assert!(req.resource_spans.is_empty());
+    }
+
+    #[test]
+    fn trace_id_parsing() {
+        assert!(trace_id(&[0; 16]).is_none());
+        assert!(trace_id(&[1; 8]).is_none());
+        assert_eq!(trace_id(&[7; 16]), Some([7; 16]));
+    }
+}

@@ -1,0 +1,123 @@
+//! OTLP receivers: gRPC ([`grpc`]) and HTTP ([`http`]) front ends over one [`Ingest`] sink.
+//!
+//! Both enforce `receiver.max_request_bytes` on the decompressed payload while reading it,
+//! validate ids (spans with a malformed trace or span id are rejected through
+//! `partial_success`, the rest is kept), and map [`IngestError`] to the status codes the
+//! OTLP specification prescribes: throttling is retryable (gRPC `UNAVAILABLE` with
+//! `RetryInfo`, HTTP 503 with `Retry-After`), malformed input is not (gRPC
+//! `INVALID_ARGUMENT`, HTTP 400 with a `google.rpc.Status` body).
+
+pub mod grpc;
+pub mod http;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+use crate::config::ReceiverConfig;
+
+/// Items of a request that were accepted or refused individually.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// Items (spans, log records or data points) refused while the rest was kept.
+    pub rejected: i64,
+    /// Why they were refused; empty when nothing was.
+    pub message: String,
+}
+
+impl Accepted {
+    /// Adds `other`'s refusals to this one's.
+    pub fn merge(&mut self, other: Accepted) {
+        self.rejected += other.rejected;
+        if !other.message.is_empty() {
+            if !self.message.is_empty() {
+                self.message.push_str("; ");
+            }
+            self.message.push_str(&other.message);
+        }
+    }
+}
+
+/// Why a whole request was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// A buffer or queue is full: the client should retry after `retry_after`.
+    #[error("overloaded ({reason}), retry after {retry_after:?}")]
+    Overloaded {
+        /// Suggested client back-off.
+        retry_after: Duration,
+        /// Which limit was reached.
+        reason: &'static str,
+    },
+    /// The payload is malformed; retrying it will not help.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A transient internal failure (e.g. storage error); retryable.
+    #[error("internal error: {0}")]
+    Unavailable(String),
+}
+
+/// The sink receivers deliver decoded, id-validated requests to. Implemented by the
+/// sampler (buffer) and, later, the router (forwarder). An `Ok` means the data is durable.
+pub trait Ingest: Send + Sync + 'static {
+    /// Takes spans.
+    fn traces(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> impl Future<Output = Result<Accepted, IngestError>> + Send;
+    /// Takes log records.
+    fn logs(
+        &self,
+        request: ExportLogsServiceRequest,
+    ) -> impl Future<Output = Result<Accepted, IngestError>> + Send;
+    /// Takes metric data points.
+    fn metrics(
+        &self,
+        request: ExportMetricsServiceRequest,
+    ) -> impl Future<Output = Result<Accepted, IngestError>> + Send;
+}
+
+/// The addresses the receivers actually listen on (differs from the config with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// OTLP/gRPC.
+    pub grpc: SocketAddr,
+    /// OTLP/HTTP.
+    pub http: SocketAddr,
+}
+
+/// Binds both receivers and serves them until `shutdown` completes; in-flight requests
+/// finish first. Returns once both have stopped. `on_bound` is told the real addresses as
+/// soon as the sockets are bound (before any request is served).
+pub async fn serve<I: Ingest>(
+    config: &ReceiverConfig,
+    ingest: Arc<I>,
+    on_bound: impl FnOnce(BoundAddrs),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_endpoint).await?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_endpoint).await?;
+    on_bound(BoundAddrs {
+        grpc: grpc_listener.local_addr()?,
+        http: http_listener.local_addr()?,
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let grpc = grpc::serve(grpc_listener, config.max_request_bytes, ingest.clone(), wait_stop(stop_rx.clone()));
+    let http = http::serve(http_listener, config.max_request_bytes, ingest, wait_stop(stop_rx));
+    let (g, h) = tokio::join!(grpc, http);
+    g?;
+    h
+}
+
+async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stopped| *stopped).await;
+}
