@@ -133,7 +133,7 @@ fn policy_value_errors_name_the_key() {
         ),
         ("- {name: '', type: always_sample}", "sampler.policies[0].name"),
         (
-            "- {name: n, type: numeric_attribute, numeric_attribute: {key: k}}",
+            "- {name: num, type: numeric_attribute, numeric_attribute: {key: k}}",
             "sampler.policies[0].numeric_attribute.min_value",
         ),
         (
@@ -141,19 +141,19 @@ fn policy_value_errors_name_the_key() {
             "sampler.policies[0].status_code.status_codes",
         ),
         (
-            "- {name: a, type: and, and: {and_sub_policy: [{name: x, type: always_sample}, {name: y, type: drop, drop: {drop_sub_policy: [{name: z, type: always_sample}]}}]}}",
+            "- {name: a, type: and, and: {and_sub_policy: [{name: x1, type: always_sample}, {name: x2, type: drop, drop: {drop_sub_policy: [{name: x3, type: always_sample}]}}]}}",
             "sampler.policies[0].and.and_sub_policy[1].type",
         ),
         (
-            "- {name: n, type: not, not: {not_sub_policy: {name: x, type: always_sample, correlate: true}}}",
+            "- {name: inv, type: not, not: {not_sub_policy: {name: x, type: always_sample, correlate: true}}}",
             "sampler.policies[0].not.not_sub_policy.correlate",
         ),
         (
-            "- {name: c, type: composite, composite: {max_total_spans_per_second: 10, composite_sub_policy: [{name: x, type: always_sample}], rate_allocation: [{policy: y, percent: 10}]}}",
+            "- {name: c, type: composite, composite: {max_total_spans_per_second: 10, composite_sub_policy: [{name: x, type: always_sample}], rate_allocation: [{policy: other, percent: 10}]}}",
             "sampler.policies[0].composite.rate_allocation[0].policy",
         ),
         (
-            "- {name: c, type: composite, composite: {max_total_spans_per_second: 10, composite_sub_policy: [{name: x, type: always_sample}, {name: y, type: always_sample}], rate_allocation: [{policy: x, percent: 60}, {policy: y, percent: 60}]}}",
+            "- {name: c, type: composite, composite: {max_total_spans_per_second: 10, composite_sub_policy: [{name: x, type: always_sample}, {name: x2, type: always_sample}], rate_allocation: [{policy: x, percent: 60}, {policy: x2, percent: 60}]}}",
             "sampler.policies[0].composite.rate_allocation",
         ),
     ];
