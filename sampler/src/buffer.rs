@@ -193,21 +193,22 @@ impl TraceIndex {
         None
     }
 
-    /// Handles a heap entry (`at`, `trace`) just popped: skips stale ones, re-queues a
-    /// trace whose deadline moved later (unless `now_ms` is `None`, which forces removal).
+    /// Handles a heap entry (`at`, `trace`) just popped: skips stale ones and re-queues a
+    /// trace whose deadline moved later than `at`. A trace whose deadline is at or before
+    /// `now_ms` is removed and returned; with `now_ms` `None` (eviction) a trace is
+    /// returned once its heap entry matches its real deadline, i.e. the earliest deadline.
     fn settle(&mut self, at: u64, trace: TraceId, now_ms: Option<u64>) -> Option<(TraceId, TraceEntry)> {
         let entry = self.traces.get_mut(&trace)?;
         if entry.scheduled_ms != at {
             return None;
         }
-        match now_ms {
-            Some(now) if entry.deadline_ms > now => {
-                entry.scheduled_ms = entry.deadline_ms;
-                self.deadlines.push(Reverse((entry.deadline_ms, trace)));
-                None
-            }
-            _ => self.traces.remove(&trace).map(|e| (trace, e)),
+        let limit = now_ms.unwrap_or(at);
+        if entry.deadline_ms > limit {
+            entry.scheduled_ms = entry.deadline_ms;
+            self.deadlines.push(Reverse((entry.deadline_ms, trace)));
+            return None;
         }
+        self.traces.remove(&trace).map(|e| (trace, e))
     }
 }
 

@@ -39,10 +39,9 @@ pub struct DecisionCache {
 impl DecisionCache {
     /// Caches of the given sizes; a size of 0 disables that cache.
     pub fn new(sampled: usize, not_sampled: usize) -> Self {
-        let make = |n: usize| NonZeroUsize::new(n).map(|n| LruCache::with_hasher(n, Default::default()));
         DecisionCache {
-            sampled: make(sampled),
-            not_sampled: make(not_sampled),
+            sampled: bounded_lru(sampled),
+            not_sampled: bounded_lru(not_sampled),
         }
     }
 
@@ -78,6 +77,10 @@ impl DecisionCache {
             .and_then(|c| c.get(trace))
             .map(|_| Cached::NotSampled)
     }
+}
+
+fn bounded_lru<V>(size: usize) -> Option<IdLru<V>> {
+    NonZeroUsize::new(size).map(|n| LruCache::with_hasher(n, Default::default()))
 }
 
 #[cfg(test)]

@@ -600,6 +600,7 @@ fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
             span.attributes.retain(|kv| kv.key != POLICY_ATTRIBUTE);
             span.attributes.push(KeyValue {
                 key: POLICY_ATTRIBUTE.to_owned(),
+                key_strindex: 0,
                 value: Some(AnyValue {
                     value: Some(any_value::Value::StringValue(kept.policy.to_string())),
                 }),

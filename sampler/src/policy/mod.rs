@@ -1,1 +1,700 @@
-//! Being written.
+//! The tail-sampling policy engine: the OpenTelemetry Collector `tail_sampling` processor's
+//! policies and final-decision rules, evaluated incrementally.
+//!
+//! Every policy input that depends on span contents (attribute, status code, tracestate and
+//! trace-flag conditions: "does any span or its resource match?") is compiled to one bit of
+//! [`PolicyState`]; [`PolicyEngine::observe_span`] sets the bits as spans arrive. The other
+//! inputs are trace-level facts the buffer keeps anyway ([`TraceStats`]) or the trace id. So
+//! [`PolicyEngine::decide`] never needs the spans again, and a trace costs 8 bytes of state.
+//!
+//! The engine is pure logic: the caller passes the time, which drives the `rate_limiting`,
+//! `bytes_limiting` and `composite` budgets.
+//!
+//! Semantics follow the Collector (`internal/sampling/*.go`, `processor.go`):
+//! - policies yield Sampled, NotSampled, InvertSampled / InvertNotSampled (`invert_match`), or
+//!   Dropped (`drop`); the final decision is: any Dropped → not sampled; else any
+//!   InvertNotSampled → not sampled; else any Sampled or InvertSampled → sampled; else not;
+//! - `sample_on_first_match` stops at the first Sampled;
+//! - `probabilistic` samples when FNV-1a-64(salt ‖ trace id) ≤ percentage/100 · 2^64
+//!   (percentages above 100 sample everything);
+//! - `latency` compares `max_end - min_start` of the whole trace, truncated to milliseconds;
+//! - `rate_limiting` / `bytes_limiting` are token buckets (rate per second, burst twice that or
+//!   `burst_capacity`), starting full;
+//! - `composite` spends per-second budgets: the first sub-policy that samples keeps the trace if
+//!   its own share and the total still have room, otherwise the composite does not sample.
+//!
+//! Where this differs from the Collector, on purpose:
+//! - a `composite_sub_policy` not named in `rate_allocation` shares what the listed ones leave
+//!   (the Collector gives it no budget at all, contradicting its own README), and the total
+//!   budget counts spans across all sub-policies;
+//! - the reported probability is that of the first sampling policy in config order, and only
+//!   when every policy that sampled the trace defines one (a trace also kept by, say, an error
+//!   policy would have been kept anyway, so it carries no adjusted count).
+
+mod limiter;
+mod predicate;
+#[cfg(test)]
+mod tests;
+mod tracestate;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use otel_tail_shared::config::PolicyConfig;
+use otel_tail_shared::config::policy::{PolicyType, StatusCodeName};
+use otel_tail_shared::otlp::TraceId;
+use regex::Regex;
+
+pub use tracestate::apply_sampling_probability;
+
+use limiter::{SecondWindow, TokenBucket};
+use predicate::{Predicate, StringMatcher};
+
+/// Most span-level conditions a policy set may use: one bit each of [`PolicyState`].
+pub const MAX_SPAN_CONDITIONS: usize = 64;
+
+/// The Collector's salt for `probabilistic` when `hash_salt` is empty.
+const DEFAULT_HASH_SALT: &str = "default-hash-seed";
+
+/// Running, per-trace policy state: which span-level conditions some span has met so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyState {
+    /// Bit `i` set: span-level condition `i` matched a span or its resource.
+    matched: u64,
+}
+
+impl PolicyState {
+    /// Folds in the state of more spans of the same trace (for example one request's spans,
+    /// observed before the trace's entry was locked).
+    pub fn merge(&mut self, other: &PolicyState) {
+        self.matched |= other.matched;
+    }
+
+    /// The raw bits, to persist or hand a trace's state to another node running the same
+    /// policies (bits mean nothing under a different policy list).
+    pub fn to_bits(self) -> u64 {
+        self.matched
+    }
+
+    /// A state from [`PolicyState::to_bits`].
+    pub fn from_bits(bits: u64) -> Self {
+        PolicyState { matched: bits }
+    }
+}
+
+/// Trace-level facts maintained by the buffer for every trace.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TraceStats {
+    /// Spans received for the trace.
+    pub span_count: u32,
+    /// Encoded size of the trace's spans.
+    pub bytes: u64,
+    /// Earliest span start; `u64::MAX` when no span yet.
+    pub min_start_unix_nano: u64,
+    /// Latest span end.
+    pub max_end_unix_nano: u64,
+}
+
+/// The outcome for one trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Keep (export) the trace.
+    pub sampled: bool,
+    /// Name of the top-level policy that decided to keep (None if dropped).
+    pub policy: Option<Arc<str>>,
+    /// Effective sampling probability, when the deciding policy defines one (`probabilistic`).
+    pub probability: Option<f64>,
+}
+
+/// Why a policy set cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// More span-level conditions than [`PolicyState`] has bits.
+    #[error(
+        "the policies use {found} span-level conditions (attribute, status_code, trace_state, \
+         trace_flags policies, including sub-policies); at most {MAX_SPAN_CONDITIONS} are supported"
+    )]
+    TooManySpanConditions {
+        /// How many the configuration needs.
+        found: usize,
+    },
+    /// A policy lacks the block its `type` needs (the config was not validated).
+    #[error("policy `{policy}` of type `{policy_type}` has no `{policy_type}` block")]
+    MissingBlock {
+        /// The policy's name.
+        policy: String,
+        /// Its type.
+        policy_type: &'static str,
+    },
+    /// A `string_attribute` regular expression does not compile.
+    #[error("policy `{policy}`: invalid regular expression `{pattern}`: {source}")]
+    Regex {
+        /// The policy's name.
+        policy: String,
+        /// The expression.
+        pattern: String,
+        /// The compiler's complaint.
+        source: regex::Error,
+    },
+    /// A `drop` policy below the top level.
+    #[error("policy `{policy}`: `drop` is only allowed as a top-level policy")]
+    NestedDrop {
+        /// The policy's name.
+        policy: String,
+    },
+}
+
+/// What one policy says about a trace (the Collector's `Decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Sampled,
+    NotSampled,
+    InvertSampled,
+    InvertNotSampled,
+    Dropped,
+}
+
+impl Verdict {
+    const COUNT: usize = 5;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether a compound policy counts this as its sub-policy sampling.
+    fn is_negative(self) -> bool {
+        matches!(self, Verdict::NotSampled | Verdict::InvertNotSampled)
+    }
+}
+
+/// A verdict with the sampling probability it implies, if any.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    verdict: Verdict,
+    probability: Option<f64>,
+}
+
+impl Outcome {
+    fn of(verdict: Verdict) -> Self {
+        Outcome {
+            verdict,
+            probability: None,
+        }
+    }
+
+    fn sampled_if(hit: bool) -> Self {
+        Outcome::of(if hit {
+            Verdict::Sampled
+        } else {
+            Verdict::NotSampled
+        })
+    }
+}
+
+/// The inputs of one decision.
+struct Facts<'a> {
+    trace_id: &'a TraceId,
+    state: &'a PolicyState,
+    stats: &'a TraceStats,
+    now_unix_nano: u64,
+}
+
+/// A compiled policy.
+#[derive(Debug)]
+enum Node {
+    AlwaysSample,
+    Latency {
+        lower_ms: i64,
+        upper_ms: i64,
+    },
+    Probabilistic {
+        salt: Vec<u8>,
+        threshold: Option<u64>,
+        probability: f64,
+    },
+    SpanCondition {
+        bit: u32,
+        invert: bool,
+    },
+    SpanCount {
+        min: i64,
+        max: i64,
+    },
+    RateLimiting(TokenBucket),
+    BytesLimiting(TokenBucket),
+    And(Vec<Node>),
+    Not(Box<Node>),
+    Drop(Vec<Node>),
+    Composite(Composite),
+}
+
+/// A compiled `composite` policy and its per-second counters.
+#[derive(Debug)]
+struct Composite {
+    max_total: i64,
+    window: SecondWindow,
+    total_in_window: i64,
+    subs: Vec<CompositeSub>,
+}
+
+#[derive(Debug)]
+struct CompositeSub {
+    node: Node,
+    allocated: i64,
+    sampled_in_window: i64,
+}
+
+/// One top-level policy.
+#[derive(Debug)]
+struct TopPolicy {
+    name: Arc<str>,
+    node: Node,
+}
+
+/// Evaluates a policy set: folds spans into [`PolicyState`] and decides traces.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    policies: Vec<TopPolicy>,
+    conditions: Vec<Predicate>,
+    sample_on_first_match: bool,
+}
+
+impl PolicyEngine {
+    /// Compiles `policies` (already validated by the config loader; structural problems are
+    /// still reported rather than trusted).
+    pub fn new(
+        policies: &[PolicyConfig],
+        sample_on_first_match: bool,
+    ) -> Result<Self, PolicyError> {
+        let mut conditions = Vec::new();
+        let compiled = policies
+            .iter()
+            .map(|cfg| {
+                Ok(TopPolicy {
+                    name: Arc::from(cfg.name.as_str()),
+                    node: compile(cfg, &mut conditions, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>, PolicyError>>()?;
+        if conditions.len() > MAX_SPAN_CONDITIONS {
+            return Err(PolicyError::TooManySpanConditions {
+                found: conditions.len(),
+            });
+        }
+        Ok(PolicyEngine {
+            policies: compiled,
+            conditions,
+            sample_on_first_match,
+        })
+    }
+
+    /// Folds one span (with its resource) into the trace's state. Called once per span as it
+    /// arrives.
+    pub fn observe_span(&self, state: &mut PolicyState, resource: Option<&Resource>, span: &Span) {
+        for (i, condition) in self.conditions.iter().enumerate() {
+            let bit = 1u64 << i;
+            if state.matched & bit == 0 && condition.matches(resource, span) {
+                state.matched |= bit;
+            }
+        }
+    }
+
+    /// Decides a trace. `now_unix_nano` drives the rate_limiting/bytes_limiting/composite
+    /// budgets.
+    pub fn decide(
+        &mut self,
+        trace_id: &TraceId,
+        state: &PolicyState,
+        stats: &TraceStats,
+        now_unix_nano: u64,
+    ) -> Decision {
+        let facts = Facts {
+            trace_id,
+            state,
+            stats,
+            now_unix_nano,
+        };
+        // First policy (index) and its probability for each verdict.
+        let mut first: [Option<(usize, Option<f64>)>; Verdict::COUNT] = [None; Verdict::COUNT];
+        let mut sampled_without_probability = false;
+        for (i, policy) in self.policies.iter_mut().enumerate() {
+            let outcome = evaluate(&mut policy.node, &facts);
+            let slot = &mut first[outcome.verdict.index()];
+            if slot.is_none() {
+                *slot = Some((i, outcome.probability));
+            }
+            if outcome.verdict == Verdict::Sampled && outcome.probability.is_none() {
+                sampled_without_probability = true;
+            }
+            if self.sample_on_first_match && outcome.verdict == Verdict::Sampled {
+                break;
+            }
+        }
+        let not_sampled = Decision {
+            sampled: false,
+            policy: None,
+            probability: None,
+        };
+        if first[Verdict::Dropped.index()].is_some()
+            || first[Verdict::InvertNotSampled.index()].is_some()
+        {
+            return not_sampled;
+        }
+        if let Some((i, probability)) = first[Verdict::Sampled.index()] {
+            return Decision {
+                sampled: true,
+                policy: Some(self.policies[i].name.clone()),
+                probability: probability.filter(|_| !sampled_without_probability),
+            };
+        }
+        if let Some((i, _)) = first[Verdict::InvertSampled.index()] {
+            return Decision {
+                sampled: true,
+                policy: Some(self.policies[i].name.clone()),
+                probability: None,
+            };
+        }
+        not_sampled
+    }
+
+    /// Policy names, for metric labels.
+    pub fn policy_names(&self) -> Vec<Arc<str>> {
+        self.policies.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+/// Compiles one policy, registering its span-level conditions in `conditions`.
+fn compile(
+    cfg: &PolicyConfig,
+    conditions: &mut Vec<Predicate>,
+    top: bool,
+) -> Result<Node, PolicyError> {
+    let ty = cfg.policy_type;
+    let missing = || PolicyError::MissingBlock {
+        policy: cfg.name.clone(),
+        policy_type: ty.as_str(),
+    };
+    let mut condition = |predicate: Predicate, invert: bool| {
+        let bit = conditions.len() as u32;
+        conditions.push(predicate);
+        Node::SpanCondition { bit, invert }
+    };
+    Ok(match ty {
+        PolicyType::AlwaysSample => Node::AlwaysSample,
+        PolicyType::Latency => {
+            let c = cfg.latency.as_ref().ok_or_else(missing)?;
+            Node::Latency {
+                lower_ms: c.threshold_ms,
+                upper_ms: c.upper_threshold_ms,
+            }
+        }
+        PolicyType::NumericAttribute => {
+            let c = cfg.numeric_attribute.as_ref().ok_or_else(missing)?;
+            let predicate = Predicate::Numeric {
+                key: c.key.clone(),
+                min: c.min_value.unwrap_or(i64::MIN),
+                max: c.max_value.unwrap_or(i64::MAX),
+            };
+            condition(predicate, c.invert_match)
+        }
+        PolicyType::Probabilistic => {
+            let c = cfg.probabilistic.as_ref().ok_or_else(missing)?;
+            let ratio = (c.sampling_percentage / 100.0).clamp(0.0, 1.0);
+            let salt = if c.hash_salt.is_empty() {
+                DEFAULT_HASH_SALT
+            } else {
+                c.hash_salt.as_str()
+            };
+            Node::Probabilistic {
+                salt: salt.as_bytes().to_vec(),
+                // None: never samples. `as` saturates, so ratio 1 gives u64::MAX.
+                threshold: (ratio > 0.0).then_some((ratio * 18_446_744_073_709_551_616.0) as u64),
+                probability: ratio,
+            }
+        }
+        PolicyType::StatusCode => {
+            let c = cfg.status_code.as_ref().ok_or_else(missing)?;
+            let codes = c.status_codes.iter().fold(0u8, |mask, code| {
+                let code = match code {
+                    StatusCodeName::Unset => 0,
+                    StatusCodeName::Ok => 1,
+                    StatusCodeName::Error => 2,
+                };
+                mask | 1 << code
+            });
+            condition(Predicate::StatusCode { codes }, false)
+        }
+        PolicyType::StringAttribute => {
+            let c = cfg.string_attribute.as_ref().ok_or_else(missing)?;
+            let matcher = if c.enabled_regex_matching {
+                let regexes = c
+                    .values
+                    .iter()
+                    .map(|pattern| {
+                        Regex::new(pattern).map_err(|source| PolicyError::Regex {
+                            policy: cfg.name.clone(),
+                            pattern: pattern.clone(),
+                            source,
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                StringMatcher::Regex(regexes)
+            } else {
+                StringMatcher::Exact(c.values.iter().filter(|v| !v.is_empty()).cloned().collect())
+            };
+            condition(
+                Predicate::String {
+                    key: c.key.clone(),
+                    matcher,
+                },
+                c.invert_match,
+            )
+        }
+        PolicyType::BooleanAttribute => {
+            let c = cfg.boolean_attribute.as_ref().ok_or_else(missing)?;
+            let predicate = Predicate::Boolean {
+                key: c.key.clone(),
+                value: c.value,
+            };
+            condition(predicate, c.invert_match)
+        }
+        PolicyType::SpanCount => {
+            let c = cfg.span_count.as_ref().ok_or_else(missing)?;
+            Node::SpanCount {
+                min: i64::from(c.min_spans),
+                max: i64::from(c.max_spans),
+            }
+        }
+        PolicyType::TraceState => {
+            let c = cfg.trace_state.as_ref().ok_or_else(missing)?;
+            let values: HashSet<String> = c
+                .values
+                .iter()
+                .filter(|v| !v.is_empty() && c.key.len() + v.len() < 256)
+                .cloned()
+                .collect();
+            condition(
+                Predicate::TraceState {
+                    key: c.key.clone(),
+                    values,
+                },
+                false,
+            )
+        }
+        PolicyType::TraceFlags => condition(Predicate::TraceFlagsSampled, false),
+        PolicyType::RateLimiting => {
+            let c = cfg.rate_limiting.as_ref().ok_or_else(missing)?;
+            let rate = c.spans_per_second as f64;
+            Node::RateLimiting(TokenBucket::new(rate, 2.0 * rate))
+        }
+        PolicyType::BytesLimiting => {
+            let c = cfg.bytes_limiting.as_ref().ok_or_else(missing)?;
+            let rate = c.bytes_per_second as f64;
+            let burst = if c.burst_capacity > 0 {
+                c.burst_capacity as f64
+            } else {
+                2.0 * rate
+            };
+            Node::BytesLimiting(TokenBucket::new(rate, burst))
+        }
+        PolicyType::And => {
+            let c = cfg.and.as_ref().ok_or_else(missing)?;
+            Node::And(compile_all(&c.and_sub_policy, conditions)?)
+        }
+        PolicyType::Not => {
+            let c = cfg.not.as_ref().ok_or_else(missing)?;
+            Node::Not(Box::new(compile(&c.not_sub_policy, conditions, false)?))
+        }
+        PolicyType::Drop => {
+            if !top {
+                return Err(PolicyError::NestedDrop {
+                    policy: cfg.name.clone(),
+                });
+            }
+            let c = cfg.drop.as_ref().ok_or_else(missing)?;
+            Node::Drop(compile_all(&c.drop_sub_policy, conditions)?)
+        }
+        PolicyType::Composite => {
+            let c = cfg.composite.as_ref().ok_or_else(missing)?;
+            let max_total = c.max_total_spans_per_second;
+            let subs_len = c.composite_sub_policy.len().max(1) as i64;
+            let listed_percent: i64 = c.rate_allocation.iter().map(|a| a.percent.max(0)).sum();
+            let unlisted = c
+                .composite_sub_policy
+                .iter()
+                .filter(|s| !c.rate_allocation.iter().any(|a| a.policy == s.name))
+                .count()
+                .max(1) as i64;
+            let leftover_share = max_total * (100 - listed_percent).max(0) / 100 / unlisted;
+            let subs = c
+                .composite_sub_policy
+                .iter()
+                .map(|sub| {
+                    let allocated = match c.rate_allocation.iter().find(|a| a.policy == sub.name) {
+                        Some(a) if a.percent > 0 => max_total * a.percent / 100,
+                        Some(_) => max_total / subs_len,
+                        None => leftover_share,
+                    };
+                    Ok(CompositeSub {
+                        node: compile(sub, conditions, false)?,
+                        allocated,
+                        sampled_in_window: 0,
+                    })
+                })
+                .collect::<Result<Vec<_>, PolicyError>>()?;
+            Node::Composite(Composite {
+                max_total,
+                window: SecondWindow::new(),
+                total_in_window: 0,
+                subs,
+            })
+        }
+    })
+}
+
+fn compile_all(
+    subs: &[PolicyConfig],
+    conditions: &mut Vec<Predicate>,
+) -> Result<Vec<Node>, PolicyError> {
+    subs.iter()
+        .map(|sub| compile(sub, conditions, false))
+        .collect()
+}
+
+/// Evaluates one compiled policy.
+fn evaluate(node: &mut Node, facts: &Facts<'_>) -> Outcome {
+    match node {
+        Node::AlwaysSample => Outcome::of(Verdict::Sampled),
+        Node::Latency { lower_ms, upper_ms } => {
+            let stats = facts.stats;
+            if stats.min_start_unix_nano == u64::MAX {
+                return Outcome::of(Verdict::NotSampled);
+            }
+            let nanos = stats
+                .max_end_unix_nano
+                .saturating_sub(stats.min_start_unix_nano);
+            let ms = i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX);
+            let hit = if *upper_ms == 0 {
+                ms >= *lower_ms
+            } else {
+                *lower_ms < ms && ms <= *upper_ms
+            };
+            Outcome::sampled_if(hit)
+        }
+        Node::Probabilistic {
+            salt,
+            threshold,
+            probability,
+        } => {
+            let hit = threshold
+                .is_some_and(|t| fnv1a_64(&[salt.as_slice(), facts.trace_id.as_slice()]) <= t);
+            Outcome {
+                verdict: if hit {
+                    Verdict::Sampled
+                } else {
+                    Verdict::NotSampled
+                },
+                probability: Some(*probability),
+            }
+        }
+        Node::SpanCondition { bit, invert } => {
+            let matched = facts.state.matched & (1u64 << *bit) != 0;
+            match (*invert, matched) {
+                (false, hit) => Outcome::sampled_if(hit),
+                (true, true) => Outcome::of(Verdict::InvertNotSampled),
+                (true, false) => Outcome::of(Verdict::InvertSampled),
+            }
+        }
+        Node::SpanCount { min, max } => {
+            let count = i64::from(facts.stats.span_count);
+            Outcome::sampled_if(count >= *min && (*max == 0 || count <= *max))
+        }
+        Node::RateLimiting(bucket) => {
+            let spans = f64::from(facts.stats.span_count);
+            Outcome::sampled_if(bucket.try_take(spans, facts.now_unix_nano))
+        }
+        Node::BytesLimiting(bucket) => {
+            let bytes = facts.stats.bytes as f64;
+            Outcome::sampled_if(bucket.try_take(bytes, facts.now_unix_nano))
+        }
+        Node::And(subs) => {
+            let mut probability: Option<f64> = None;
+            for sub in subs.iter_mut() {
+                let outcome = evaluate(sub, facts);
+                if outcome.verdict.is_negative() {
+                    return Outcome::of(Verdict::NotSampled);
+                }
+                if let Some(p) = outcome.probability {
+                    probability = Some(probability.unwrap_or(1.0) * p);
+                }
+            }
+            Outcome {
+                verdict: Verdict::Sampled,
+                probability,
+            }
+        }
+        Node::Not(sub) => {
+            let outcome = evaluate(sub, facts);
+            match outcome.verdict {
+                Verdict::Sampled => Outcome::of(Verdict::NotSampled),
+                Verdict::NotSampled => Outcome::of(Verdict::Sampled),
+                other => Outcome::of(other),
+            }
+        }
+        Node::Drop(subs) => {
+            for sub in subs.iter_mut() {
+                if evaluate(sub, facts).verdict.is_negative() {
+                    return Outcome::of(Verdict::NotSampled);
+                }
+            }
+            Outcome::of(Verdict::Dropped)
+        }
+        Node::Composite(composite) => composite.evaluate(facts),
+    }
+}
+
+impl Composite {
+    fn evaluate(&mut self, facts: &Facts<'_>) -> Outcome {
+        if self.window.advance(facts.now_unix_nano) {
+            self.total_in_window = 0;
+            for sub in &mut self.subs {
+                sub.sampled_in_window = 0;
+            }
+        }
+        let spans = i64::from(facts.stats.span_count);
+        for sub in &mut self.subs {
+            let outcome = evaluate(&mut sub.node, facts);
+            if matches!(outcome.verdict, Verdict::Sampled | Verdict::InvertSampled) {
+                let sub_after = sub.sampled_in_window + spans;
+                let total_after = self.total_in_window + spans;
+                if sub_after <= sub.allocated && total_after <= self.max_total {
+                    sub.sampled_in_window = sub_after;
+                    self.total_in_window = total_after;
+                    return Outcome {
+                        verdict: Verdict::Sampled,
+                        probability: outcome.probability,
+                    };
+                }
+                // Over budget: not sampled, and the budget is left for smaller traces.
+                return Outcome::of(Verdict::NotSampled);
+            }
+        }
+        Outcome::of(Verdict::NotSampled)
+    }
+}
+
+/// FNV-1a 64-bit over the concatenation of `parts` (Go's `hash/fnv` `New64a`).
+fn fnv1a_64(parts: &[&[u8]]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET_BASIS;
+    for part in parts {
+        for &byte in *part {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    }
+    hash
+}

@@ -85,7 +85,10 @@ impl Config {
         let value: serde_json::Value = if expanded.trim().is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
-            serde_saphyr::from_str(&expanded).map_err(|e| ConfigError::Yaml(e.to_string()))?
+            // YAML 1.2 booleans only, as the Collector's parser: a policy named `n` stays a string.
+            let options = serde_saphyr::options! { strict_booleans: true };
+            serde_saphyr::from_str_with_options(&expanded, options)
+                .map_err(|e| ConfigError::Yaml(e.to_string()))?
         };
         let value = if value.is_null() {
             serde_json::Value::Object(Default::default())
@@ -239,8 +242,15 @@ impl SamplerConfig {
         if self.num_traces == 0 {
             return Err(ConfigError::invalid("sampler.num_traces", "must be greater than 0"));
         }
+        let mut names = std::collections::HashSet::new();
         for (i, p) in self.policies.iter().enumerate() {
             p.validate(&format!("sampler.policies[{i}]"))?;
+            if !names.insert(p.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("sampler.policies[{i}].name"),
+                    format!("duplicate policy name `{}`", p.name),
+                ));
+            }
         }
         Ok(())
     }
@@ -287,18 +297,16 @@ pub struct ExporterConfig {
 
 impl ExporterConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(otlp) = &self.otlp {
-            if otlp.endpoint.is_empty() {
-                return Err(ConfigError::invalid("exporter.otlp.endpoint", "must not be empty"));
-            }
+        if self.otlp.as_ref().is_some_and(|otlp| otlp.endpoint.is_empty()) {
+            return Err(ConfigError::invalid("exporter.otlp.endpoint", "must not be empty"));
         }
-        if let Some(http) = &self.otlphttp {
-            if !http.endpoint.starts_with("http://") {
+        if let Some(http) = &self.otlphttp
+            && !http.endpoint.starts_with("http://")
+        {
                 return Err(ConfigError::invalid(
                     "exporter.otlphttp.endpoint",
-                    "must be an http:// URL (TLS for OTLP/HTTP is not supported yet)",
-                ));
-            }
+                "must be an http:// URL (TLS for OTLP/HTTP is not supported yet)",
+            ));
         }
         if self.queue.max_bytes == 0 {
             return Err(ConfigError::invalid("exporter.queue.max_bytes", "must be greater than 0"));

@@ -343,11 +343,17 @@ impl PolicyConfig {
     fn present_blocks(&self) -> Vec<PolicyType> {
         let blocks = [
             (PolicyType::Latency, self.latency.is_some()),
-            (PolicyType::NumericAttribute, self.numeric_attribute.is_some()),
+            (
+                PolicyType::NumericAttribute,
+                self.numeric_attribute.is_some(),
+            ),
             (PolicyType::Probabilistic, self.probabilistic.is_some()),
             (PolicyType::StatusCode, self.status_code.is_some()),
             (PolicyType::StringAttribute, self.string_attribute.is_some()),
-            (PolicyType::BooleanAttribute, self.boolean_attribute.is_some()),
+            (
+                PolicyType::BooleanAttribute,
+                self.boolean_attribute.is_some(),
+            ),
             (PolicyType::SpanCount, self.span_count.is_some()),
             (PolicyType::TraceState, self.trace_state.is_some()),
             (PolicyType::RateLimiting, self.rate_limiting.is_some()),
@@ -357,13 +363,20 @@ impl PolicyConfig {
             (PolicyType::Drop, self.drop.is_some()),
             (PolicyType::Composite, self.composite.is_some()),
         ];
-        blocks.into_iter().filter(|(_, present)| *present).map(|(t, _)| t).collect()
+        blocks
+            .into_iter()
+            .filter(|(_, present)| *present)
+            .map(|(t, _)| t)
+            .collect()
     }
 
     fn validate_at(&self, path: &str, level: Level) -> Result<(), ConfigError> {
         let ty = self.policy_type;
         if level == Level::Top && self.name.trim().is_empty() {
-            return Err(ConfigError::invalid(format!("{path}.name"), "must not be empty"));
+            return Err(ConfigError::invalid(
+                format!("{path}.name"),
+                "must not be empty",
+            ));
         }
         if level == Level::Nested && self.correlate.is_some() {
             return Err(ConfigError::invalid(
@@ -381,7 +394,10 @@ impl PolicyConfig {
             if block != ty {
                 return Err(ConfigError::invalid(
                     format!("{path}.{}", block.as_str()),
-                    format!("is not used by a policy of type `{}`; remove it", ty.as_str()),
+                    format!(
+                        "is not used by a policy of type `{}`; remove it",
+                        ty.as_str()
+                    ),
                 ));
             }
         }
@@ -395,8 +411,12 @@ impl PolicyConfig {
         match ty {
             PolicyType::AlwaysSample | PolicyType::TraceFlags => Ok(()),
             PolicyType::Latency => validate_latency(self.latency.as_ref(), &block),
-            PolicyType::NumericAttribute => validate_numeric(self.numeric_attribute.as_ref(), &block),
-            PolicyType::Probabilistic => validate_probabilistic(self.probabilistic.as_ref(), &block),
+            PolicyType::NumericAttribute => {
+                validate_numeric(self.numeric_attribute.as_ref(), &block)
+            }
+            PolicyType::Probabilistic => {
+                validate_probabilistic(self.probabilistic.as_ref(), &block)
+            }
             PolicyType::StatusCode => validate_status_code(self.status_code.as_ref(), &block),
             PolicyType::StringAttribute => validate_string(self.string_attribute.as_ref(), &block),
             PolicyType::BooleanAttribute => match &self.boolean_attribute {
@@ -406,7 +426,9 @@ impl PolicyConfig {
             PolicyType::SpanCount => validate_span_count(self.span_count.as_ref(), &block),
             PolicyType::TraceState => validate_trace_state(self.trace_state.as_ref(), &block),
             PolicyType::RateLimiting => match &self.rate_limiting {
-                Some(c) => require_positive(c.spans_per_second, &format!("{block}.spans_per_second")),
+                Some(c) => {
+                    require_positive(c.spans_per_second, &format!("{block}.spans_per_second"))
+                }
                 None => Ok(()),
             },
             PolicyType::BytesLimiting => validate_bytes(self.bytes_limiting.as_ref(), &block),
@@ -431,14 +453,20 @@ impl PolicyConfig {
 
 fn require_key(key: &str, block: &str) -> Result<(), ConfigError> {
     if key.is_empty() {
-        return Err(ConfigError::invalid(format!("{block}.key"), "must not be empty"));
+        return Err(ConfigError::invalid(
+            format!("{block}.key"),
+            "must not be empty",
+        ));
     }
     Ok(())
 }
 
 fn require_positive(value: i64, path: &str) -> Result<(), ConfigError> {
     if value <= 0 {
-        return Err(ConfigError::invalid(path, format!("must be greater than 0, got {value}")));
+        return Err(ConfigError::invalid(
+            path,
+            format!("must be greater than 0, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -446,7 +474,10 @@ fn require_positive(value: i64, path: &str) -> Result<(), ConfigError> {
 fn validate_latency(cfg: Option<&LatencyConfig>, block: &str) -> Result<(), ConfigError> {
     let Some(c) = cfg else { return Ok(()) };
     if c.threshold_ms < 0 {
-        return Err(ConfigError::invalid(format!("{block}.threshold_ms"), "must not be negative"));
+        return Err(ConfigError::invalid(
+            format!("{block}.threshold_ms"),
+            "must not be negative",
+        ));
     }
     if c.upper_threshold_ms != 0 && c.upper_threshold_ms < c.threshold_ms {
         return Err(ConfigError::invalid(
@@ -473,7 +504,10 @@ fn validate_numeric(cfg: Option<&NumericAttributeConfig>, block: &str) -> Result
     }
 }
 
-fn validate_probabilistic(cfg: Option<&ProbabilisticConfig>, block: &str) -> Result<(), ConfigError> {
+fn validate_probabilistic(
+    cfg: Option<&ProbabilisticConfig>,
+    block: &str,
+) -> Result<(), ConfigError> {
     let Some(c) = cfg else { return Ok(()) };
     if !c.sampling_percentage.is_finite() || c.sampling_percentage < 0.0 {
         return Err(ConfigError::invalid(
@@ -502,7 +536,10 @@ fn validate_string(cfg: Option<&StringAttributeConfig>, block: &str) -> Result<(
     let Some(c) = cfg else { return Ok(()) };
     require_key(&c.key, block)?;
     if c.values.is_empty() {
-        return Err(ConfigError::invalid(format!("{block}.values"), "must not be empty"));
+        return Err(ConfigError::invalid(
+            format!("{block}.values"),
+            "must not be empty",
+        ));
     }
     if c.enabled_regex_matching {
         for (i, value) in c.values.iter().enumerate() {
@@ -520,7 +557,10 @@ fn validate_string(cfg: Option<&StringAttributeConfig>, block: &str) -> Result<(
 fn validate_span_count(cfg: Option<&SpanCountConfig>, block: &str) -> Result<(), ConfigError> {
     let Some(c) = cfg else { return Ok(()) };
     if c.min_spans < 0 {
-        return Err(ConfigError::invalid(format!("{block}.min_spans"), "must not be negative"));
+        return Err(ConfigError::invalid(
+            format!("{block}.min_spans"),
+            "must not be negative",
+        ));
     }
     if c.max_spans != 0 && c.max_spans < c.min_spans {
         return Err(ConfigError::invalid(
@@ -535,7 +575,10 @@ fn validate_trace_state(cfg: Option<&TraceStateConfig>, block: &str) -> Result<(
     let Some(c) = cfg else { return Ok(()) };
     require_key(&c.key, block)?;
     if c.values.is_empty() {
-        return Err(ConfigError::invalid(format!("{block}.values"), "must not be empty"));
+        return Err(ConfigError::invalid(
+            format!("{block}.values"),
+            "must not be empty",
+        ));
     }
     Ok(())
 }
@@ -554,7 +597,10 @@ fn validate_bytes(cfg: Option<&BytesLimitingConfig>, block: &str) -> Result<(), 
 
 fn validate_subs(subs: &[PolicyConfig], path: &str) -> Result<(), ConfigError> {
     if subs.is_empty() {
-        return Err(ConfigError::invalid(path, "must list at least one sub-policy"));
+        return Err(ConfigError::invalid(
+            path,
+            "must list at least one sub-policy",
+        ));
     }
     for (i, sub) in subs.iter().enumerate() {
         sub.validate_at(&format!("{path}[{i}]"), Level::Nested)?;
@@ -581,10 +627,17 @@ fn validate_composite(cfg: Option<&CompositeConfig>, block: &str) -> Result<(), 
     let mut total = 0i64;
     for (i, alloc) in c.rate_allocation.iter().enumerate() {
         let path = format!("{block}.rate_allocation[{i}]");
-        if !c.composite_sub_policy.iter().any(|s| s.name == alloc.policy) {
+        if !c
+            .composite_sub_policy
+            .iter()
+            .any(|s| s.name == alloc.policy)
+        {
             return Err(ConfigError::invalid(
                 format!("{path}.policy"),
-                format!("`{}` is not the name of a composite_sub_policy", alloc.policy),
+                format!(
+                    "`{}` is not the name of a composite_sub_policy",
+                    alloc.policy
+                ),
             ));
         }
         if !(0..=100).contains(&alloc.percent) {

@@ -34,7 +34,9 @@ fn empty_file_gives_defaults() {
     assert!(c.sampler.policies.is_empty());
     assert!(!c.sampler.sample_on_first_match);
     assert_eq!(c.telemetry.admin_endpoint.port(), 8888);
-    assert!(c.exporter.otlp.is_none() && c.exporter.otlphttp.is_none() && c.exporter.file.is_none());
+    assert!(
+        c.exporter.otlp.is_none() && c.exporter.otlphttp.is_none() && c.exporter.file.is_none()
+    );
 }
 
 #[test]
@@ -105,10 +107,19 @@ fn unknown_policy_type_is_rejected_at_its_key() {
 
 #[test]
 fn bad_values_name_their_key() {
-    assert_eq!(invalid_path("receiver:\n  max_request_bytes: 0\n"), "receiver.max_request_bytes");
-    assert_eq!(invalid_path("sampler:\n  num_traces: 0\n"), "sampler.num_traces");
+    assert_eq!(
+        invalid_path("receiver:\n  max_request_bytes: 0\n"),
+        "receiver.max_request_bytes"
+    );
+    assert_eq!(
+        invalid_path("sampler:\n  num_traces: 0\n"),
+        "sampler.num_traces"
+    );
     assert!(invalid_path("sampler:\n  num_traces: lots\n").starts_with("sampler.num_traces"));
-    assert!(invalid_path("receiver:\n  grpc_endpoint: not-an-address\n").starts_with("receiver.grpc_endpoint"));
+    assert!(
+        invalid_path("receiver:\n  grpc_endpoint: not-an-address\n")
+            .starts_with("receiver.grpc_endpoint")
+    );
 }
 
 #[test]
@@ -131,7 +142,10 @@ fn policy_value_errors_name_the_key() {
             "- {name: l, type: latency, latency: {threshold_ms: 1}, span_count: {min_spans: 1}}",
             "sampler.policies[0].span_count",
         ),
-        ("- {name: '', type: always_sample}", "sampler.policies[0].name"),
+        (
+            "- {name: '', type: always_sample}",
+            "sampler.policies[0].name",
+        ),
         (
             "- {name: num, type: numeric_attribute, numeric_attribute: {key: k}}",
             "sampler.policies[0].numeric_attribute.min_value",
@@ -198,25 +212,48 @@ fn collector_tail_sampling_block_loads_unchanged() {
         PolicyType::Drop,
         PolicyType::Composite,
     ] {
-        assert!(types.contains(&ty), "the collector block lacks a {ty:?} policy");
+        assert!(
+            types.contains(&ty),
+            "the collector block lacks a {ty:?} policy"
+        );
     }
 
     let by_name = |name: &str| s.policies.iter().find(|p| p.name == name).unwrap();
     let latency = by_name("test-policy-2").latency.as_ref().unwrap();
-    assert_eq!((latency.threshold_ms, latency.upper_threshold_ms), (5000, 10000));
+    assert_eq!(
+        (latency.threshold_ms, latency.upper_threshold_ms),
+        (5000, 10000)
+    );
     let prob = by_name("test-policy-4").probabilistic.as_ref().unwrap();
     assert_eq!(prob.hash_salt, "custom-salt");
     assert_eq!(prob.sampling_percentage, 0.1);
-    let codes = &by_name("test-policy-5").status_code.as_ref().unwrap().status_codes;
+    let codes = &by_name("test-policy-5")
+        .status_code
+        .as_ref()
+        .unwrap()
+        .status_codes;
     assert_eq!(codes, &[StatusCodeName::Error, StatusCodeName::Unset]);
     let regex = by_name("test-policy-7").string_attribute.as_ref().unwrap();
     assert!(regex.enabled_regex_matching);
     assert_eq!(regex.cache_max_size, 10);
     assert_eq!(regex.values, ["value1", "val*"]);
     let bytes = by_name("test-policy-9").bytes_limiting.as_ref().unwrap();
-    assert_eq!((bytes.bytes_per_second, bytes.burst_capacity), (1_024_000, 2_048_000));
-    let inverted = by_name("test-policy-15").numeric_attribute.as_ref().unwrap();
-    assert_eq!((inverted.min_value, inverted.max_value, inverted.invert_match), (Some(400), None, true));
+    assert_eq!(
+        (bytes.bytes_per_second, bytes.burst_capacity),
+        (1_024_000, 2_048_000)
+    );
+    let inverted = by_name("test-policy-15")
+        .numeric_attribute
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (
+            inverted.min_value,
+            inverted.max_value,
+            inverted.invert_match
+        ),
+        (Some(400), None, true)
+    );
 
     let and = by_name("and-policy-1").and.as_ref().unwrap();
     assert_eq!(and.and_sub_policy.len(), 2);
@@ -228,14 +265,21 @@ fn collector_tail_sampling_block_loads_unchanged() {
     );
     let drop = by_name("drop-policy-1").drop.as_ref().unwrap();
     assert_eq!(
-        drop.drop_sub_policy[0].string_attribute.as_ref().unwrap().values,
+        drop.drop_sub_policy[0]
+            .string_attribute
+            .as_ref()
+            .unwrap()
+            .values,
         ["\\/health", "\\/metrics"]
     );
     let composite = by_name("composite-policy-1").composite.as_ref().unwrap();
     assert_eq!(composite.max_total_spans_per_second, 1000);
     assert_eq!(composite.policy_order.len(), 3);
     assert_eq!(composite.composite_sub_policy.len(), 3);
-    assert_eq!(composite.rate_allocation[1].policy, "test-composite-policy-2");
+    assert_eq!(
+        composite.rate_allocation[1].policy,
+        "test-composite-policy-2"
+    );
     assert_eq!(composite.rate_allocation[1].percent, 25);
 }
 
@@ -257,4 +301,18 @@ fn correlate_flag_is_accepted_and_printed() {
     assert!(c.to_yaml().contains("correlate: true"));
     let plain = load("sampler:\n  policies:\n  - {name: all, type: always_sample}\n").unwrap();
     assert!(!plain.to_yaml().contains("correlate"));
+}
+
+#[test]
+fn duplicate_policy_names_are_refused() {
+    let yaml = "sampler:\n  policies:\n    - {name: a, type: always_sample}\n    - {name: a, type: always_sample}\n";
+    let err = Config::from_yaml(yaml, &|_| None).unwrap_err().to_string();
+    assert!(err.contains("sampler.policies[1].name"), "{err}");
+}
+
+#[test]
+fn yaml_1_1_boolean_words_stay_strings() {
+    let yaml = "sampler:\n  policies:\n    - {name: n, type: always_sample}\n";
+    let config = Config::from_yaml(yaml, &|_| None).unwrap();
+    assert_eq!(config.sampler.policies[0].name, "n");
 }
