@@ -49,11 +49,12 @@ impl GrpcExporter {
     /// Validates `config` and prepares a lazily connecting channel.
     pub fn new(config: &OtlpGrpcExporterConfig) -> Result<GrpcExporter, ExporterBuildError> {
         let uri = endpoint_uri(&config.endpoint, config.tls.insecure)?;
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| ExporterBuildError::InvalidEndpoint {
-            key: ENDPOINT_KEY,
-            endpoint: config.endpoint.clone(),
-            reason: e.to_string(),
-        })?;
+        let endpoint =
+            Endpoint::from_shared(uri).map_err(|e| ExporterBuildError::InvalidEndpoint {
+                key: ENDPOINT_KEY,
+                endpoint: config.endpoint.clone(),
+                reason: e.to_string(),
+            })?;
         let endpoint = endpoint
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
@@ -69,7 +70,8 @@ impl GrpcExporter {
                 };
                 let key = AsciiMetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
                     .map_err(|e| invalid(e.to_string()))?;
-                let value = AsciiMetadataValue::try_from(value.as_str()).map_err(|e| invalid(e.to_string()))?;
+                let value = AsciiMetadataValue::try_from(value.as_str())
+                    .map_err(|e| invalid(e.to_string()))?;
                 Ok((key, value))
             })
             .collect::<Result<Vec<_>, ExporterBuildError>>()?;
@@ -84,30 +86,54 @@ impl GrpcExporter {
 
     /// The URI requests go to (`http://host:port`).
     pub fn endpoint(&self) -> String {
-        self.endpoint.uri().to_string().trim_end_matches('/').to_owned()
+        self.endpoint
+            .uri()
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned()
     }
 
     /// Sends one request; see the module docs for how failures are classified.
     pub async fn export(&self, request: &ExportRequest) -> Result<(), ExportError> {
-        let channel = self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone();
+        let channel = self
+            .channel
+            .get_or_init(|| self.endpoint.connect_lazy())
+            .clone();
         let signal = request.signal();
         let (rejected, message) = match request {
             ExportRequest::Traces(r) => {
-                let mut client = self.compressed(TraceServiceClient::new(channel), TraceServiceClient::send_compressed);
-                let response = client.export(self.request(r.clone())).await.map_err(classify_status)?;
+                let mut client = self.compressed(
+                    TraceServiceClient::new(channel),
+                    TraceServiceClient::send_compressed,
+                );
+                let response = client
+                    .export(self.request(r.clone()))
+                    .await
+                    .map_err(classify_status)?;
                 let partial = response.into_inner().partial_success.unwrap_or_default();
                 (partial.rejected_spans, partial.error_message)
             }
             ExportRequest::Logs(r) => {
-                let mut client = self.compressed(LogsServiceClient::new(channel), LogsServiceClient::send_compressed);
-                let response = client.export(self.request(r.clone())).await.map_err(classify_status)?;
+                let mut client = self.compressed(
+                    LogsServiceClient::new(channel),
+                    LogsServiceClient::send_compressed,
+                );
+                let response = client
+                    .export(self.request(r.clone()))
+                    .await
+                    .map_err(classify_status)?;
                 let partial = response.into_inner().partial_success.unwrap_or_default();
                 (partial.rejected_log_records, partial.error_message)
             }
             ExportRequest::Metrics(r) => {
-                let mut client =
-                    self.compressed(MetricsServiceClient::new(channel), MetricsServiceClient::send_compressed);
-                let response = client.export(self.request(r.clone())).await.map_err(classify_status)?;
+                let mut client = self.compressed(
+                    MetricsServiceClient::new(channel),
+                    MetricsServiceClient::send_compressed,
+                );
+                let response = client
+                    .export(self.request(r.clone()))
+                    .await
+                    .map_err(classify_status)?;
                 let partial = response.into_inner().partial_success.unwrap_or_default();
                 (partial.rejected_data_points, partial.error_message)
             }

@@ -78,8 +78,10 @@ impl HttpExporter {
                     name: name.clone(),
                     reason,
                 };
-                let header = HeaderName::try_from(name.as_str()).map_err(|e| invalid(e.to_string()))?;
-                let value = HeaderValue::try_from(value.as_str()).map_err(|e| invalid(e.to_string()))?;
+                let header =
+                    HeaderName::try_from(name.as_str()).map_err(|e| invalid(e.to_string()))?;
+                let value =
+                    HeaderValue::try_from(value.as_str()).map_err(|e| invalid(e.to_string()))?;
                 Ok((header, value))
             })
             .collect::<Result<Vec<_>, ExporterBuildError>>()?;
@@ -150,7 +152,11 @@ impl HttpExporter {
             retry_after: None,
             message: format!("cannot reach {}: {e}", self.endpoint),
         };
-        let response = self.client.request(request).await.map_err(|e| network(&error_chain(&e)))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| network(&error_chain(&e)))?;
         let (parts, body) = response.into_parts();
         let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
             .collect()
@@ -163,7 +169,11 @@ impl HttpExporter {
 }
 
 /// Classifies a non-2xx response per the OTLP/HTTP spec.
-fn classify_response(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> ExportError {
+fn classify_response(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> ExportError {
     let detail = response_message(body);
     let message = if detail.is_empty() {
         format!("HTTP {status}")
@@ -171,7 +181,10 @@ fn classify_response(status: StatusCode, retry_after: Option<Duration>, body: &[
         format!("HTTP {status}: {detail}")
     };
     match status.as_u16() {
-        429 | 502 | 503 | 504 => ExportError::Retryable { retry_after, message },
+        429 | 502 | 503 | 504 => ExportError::Retryable {
+            retry_after,
+            message,
+        },
         _ => ExportError::Permanent(message),
     }
 }
@@ -183,7 +196,9 @@ fn response_message(body: &[u8]) -> String {
     {
         return status.message;
     }
-    String::from_utf8_lossy(&body[..body.len().min(512)]).trim().to_owned()
+    String::from_utf8_lossy(&body[..body.len().min(512)])
+        .trim()
+        .to_owned()
 }
 
 /// `rejected_<items>` and `error_message` of a successful response's `partial_success`.
@@ -218,8 +233,13 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::fast());
-    encoder.write_all(data).expect("writing to a Vec cannot fail");
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder
+        .write_all(data)
+        .expect("writing to a Vec cannot fail");
     encoder.finish().expect("writing to a Vec cannot fail")
 }
 

@@ -174,7 +174,12 @@ impl Exporter {
 fn record_partial_rejection(exporter: &'static str, signal: Signal, rejected: i64, message: &str) {
     if rejected <= 0 {
         if !message.is_empty() {
-            tracing::warn!(exporter, signal = signal.as_str(), message, "downstream warning on export");
+            tracing::warn!(
+                exporter,
+                signal = signal.as_str(),
+                message,
+                "downstream warning on export"
+            );
         }
         return;
     }
@@ -193,3 +198,6 @@ fn record_partial_rejection(exporter: &'static str, signal: Signal, rejected: i6
     )
     .increment(rejected as u64);
 }
+
+#[cfg(test)]
+mod tests;
