@@ -1,1 +1,200 @@
-//! Being written.
+//! OTLP/gRPC receiver: the generated `TraceService`, `LogsService` and `MetricsService`
+//! servers over one [`Ingest`] sink.
+//!
+//! Size limits are tonic's: the 5-byte gRPC frame header is checked against
+//! `max_request_bytes` before the message is buffered, and gzip messages are decompressed
+//! into a buffer capped at the same size. tonic answers those failures with codes the OTLP
+//! specification does not use (`OUT_OF_RANGE` for an over-size frame, `INTERNAL` for
+//! undecodable bytes), so [`DecodeStatus`] rewrites them to `RESOURCE_EXHAUSTED` and
+//! `INVALID_ARGUMENT` on the way out.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::HeaderValue;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tonic::codec::CompressionEncoding;
+use tonic::codegen::Service;
+use tonic::server::NamedService;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::events::{self, Transport, reason};
+use super::signal::{OtlpRequest, accept};
+use super::{Ingest, IngestError};
+use crate::otlp::Signal;
+
+/// Serves OTLP/gRPC on `listener` until `shutdown` completes, then lets in-flight calls
+/// finish. Requests whose (decompressed) message exceeds `max_request_bytes` are refused
+/// with `RESOURCE_EXHAUSTED` without being buffered whole.
+pub async fn serve<I: Ingest>(
+    listener: tokio::net::TcpListener,
+    max_request_bytes: usize,
+    ingest: Arc<I>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let receiver = Arc::new(GrpcReceiver { ingest });
+    let traces = TraceServiceServer::from_arc(receiver.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    let logs = LogsServiceServer::from_arc(receiver.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    let metrics = MetricsServiceServer::from_arc(receiver)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(DecodeStatus::new(traces, Signal::Traces))
+        .add_service(DecodeStatus::new(logs, Signal::Logs))
+        .add_service(DecodeStatus::new(metrics, Signal::Metrics))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// The service implementations: decode is tonic's, everything after is [`accept`].
+struct GrpcReceiver<I> {
+    ingest: Arc<I>,
+}
+
+impl<I: Ingest> GrpcReceiver<I> {
+    async fn export<R: OtlpRequest>(&self, request: R) -> Result<Response<R::Response>, Status> {
+        match accept(&*self.ingest, request, Transport::Grpc).await {
+            Ok(accepted) => Ok(Response::new(R::response(&accepted))),
+            Err(error) => Err(status_of(&error)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<I: Ingest> TraceService for GrpcReceiver<I> {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        GrpcReceiver::export(self, request.into_inner()).await
+    }
+}
+
+#[tonic::async_trait]
+impl<I: Ingest> LogsService for GrpcReceiver<I> {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        GrpcReceiver::export(self, request.into_inner()).await
+    }
+}
+
+#[tonic::async_trait]
+impl<I: Ingest> MetricsService for GrpcReceiver<I> {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        GrpcReceiver::export(self, request.into_inner()).await
+    }
+}
+
+/// The gRPC status for a request the sink refused: throttling is retryable and says when
+/// to retry (`RetryInfo`), as the OTLP specification asks.
+fn status_of(error: &IngestError) -> Status {
+    match error {
+        IngestError::Overloaded { retry_after, .. } => Status::with_error_details(
+            Code::Unavailable,
+            error.to_string(),
+            ErrorDetails::with_retry_info(Some(*retry_after)),
+        ),
+        IngestError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        IngestError::Unavailable(_) => Status::unavailable(error.to_string()),
+    }
+}
+
+/// Wraps a generated service to give request-decoding failures the OTLP status codes and
+/// count them.
+///
+/// tonic reports a failure to decode the request as a headers-only response before the
+/// handler runs: `OUT_OF_RANGE` when the frame announces more than the size limit,
+/// `RESOURCE_EXHAUSTED` when gzip output exceeds it, `INTERNAL` for undecodable protobuf,
+/// corrupt gzip or bad framing. The handlers never answer `OUT_OF_RANGE` or `INTERNAL`
+/// themselves ([`status_of`]), so those codes in response headers always mean a bad request.
+#[derive(Debug, Clone)]
+struct DecodeStatus<S> {
+    inner: S,
+    signal: Signal,
+}
+
+impl<S> DecodeStatus<S> {
+    fn new(inner: S, signal: Signal) -> Self {
+        DecodeStatus { inner, signal }
+    }
+}
+
+impl<S: NamedService> NamedService for DecodeStatus<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for DecodeStatus<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let signal = self.signal;
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            rewrite_decode_status(response.headers_mut(), signal);
+            Ok(response)
+        })
+    }
+}
+
+/// Rewrites the `grpc-status` of a decoding failure (see [`DecodeStatus`]) and counts it.
+fn rewrite_decode_status(headers: &mut http::HeaderMap, signal: Signal) {
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(Code::from_i32)
+    else {
+        return;
+    };
+    let (code, refusal) = match code {
+        Code::OutOfRange => (Code::ResourceExhausted, reason::TOO_LARGE),
+        Code::ResourceExhausted => (code, reason::TOO_LARGE),
+        Code::Internal => (Code::InvalidArgument, reason::MALFORMED),
+        _ => return,
+    };
+    headers.insert("grpc-status", HeaderValue::from(code as i32));
+    events::request_refused(signal, Transport::Grpc, refusal);
+}

@@ -1,1 +1,612 @@
-//! Being written.
+//! OTLP/HTTP receiver: `POST /v1/traces`, `/v1/logs` and `/v1/metrics` over HTTP/1.1 and
+//! cleartext HTTP/2, with protobuf or OTLP JSON bodies, plain or gzip.
+//!
+//! The body is read through a cap of `max_request_bytes` (a `Content-Length` above it is
+//! refused before reading), and gzip is inflated chunk by chunk into a buffer that never
+//! grows past the same cap, so a gzip bomb costs at most the cap. Responses use the
+//! request's encoding: the `Export*ServiceResponse` on success, a `google.rpc.Status`
+//! naming the problem on failure.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tonic::Code;
+
+use super::events::{self, Transport, reason};
+use super::signal::{OtlpRequest, accept, ingest_error_reason};
+use super::{Accepted, Ingest, IngestError};
+use crate::otlp::Signal;
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+/// Serves OTLP/HTTP on `listener` until `shutdown` completes, then lets in-flight requests
+/// finish. Bodies larger than `max_request_bytes` (compressed or decompressed) get 413.
+pub async fn serve<I: Ingest>(
+    listener: tokio::net::TcpListener,
+    max_request_bytes: usize,
+    ingest: Arc<I>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let receiver = Arc::new(HttpReceiver {
+        ingest,
+        max_request_bytes,
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let receiver = receiver.clone();
+        async move { Ok::<_, Infallible>(receiver.handle(request).await) }
+    });
+    serve_connections(listener, service, shutdown).await
+}
+
+/// Accepts connections on `listener` and serves each with `service` (HTTP/1.1 or h2c,
+/// detected per connection) until `shutdown` completes; then stops accepting, asks open
+/// connections to close once idle, and waits for them. Shared with the admin endpoint.
+pub(crate) async fn serve_connections<S>(
+    listener: tokio::net::TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer lets hyper enforce its header-read timeout against slow clients.
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Responses are small and final: send them without waiting for more data.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "setting TCP_NODELAY failed");
+        }
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service.clone())
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The OTLP/HTTP request handler.
+struct HttpReceiver<I> {
+    ingest: Arc<I>,
+    max_request_bytes: usize,
+}
+
+impl<I: Ingest> HttpReceiver<I> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match request.uri().path() {
+            "/v1/traces" => self.export::<ExportTraceServiceRequest>(request).await,
+            "/v1/logs" => self.export::<ExportLogsServiceRequest>(request).await,
+            "/v1/metrics" => self.export::<ExportMetricsServiceRequest>(request).await,
+            path => refusal_response(&Refusal::NotFound(path.to_owned()), Encoding::Json),
+        }
+    }
+
+    async fn export<R: OtlpRequest>(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        // Errors are answered in the request's encoding when it is one we speak, else JSON.
+        let encoding = Encoding::of(request.headers());
+        let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
+        let (encoding, compression, declared) = match self.check_headers(&request, encoding) {
+            Ok(negotiated) => negotiated,
+            Err(refusal) => return refuse(R::SIGNAL, &refusal, reply_encoding),
+        };
+        let outcome = async {
+            let body = self
+                .read_body(request.into_body(), declared, compression)
+                .await?;
+            let decoded = decode::<R>(&body, encoding)?;
+            drop(body);
+            accept(&*self.ingest, decoded, Transport::Http)
+                .await
+                .map_err(Refusal::Ingest)
+        };
+        match outcome.await {
+            Ok(accepted) => success_response::<R>(&accepted, encoding),
+            // The sink's refusals were counted by `accept`.
+            Err(refusal @ Refusal::Ingest(_)) => refusal_response(&refusal, encoding),
+            Err(refusal) => refuse(R::SIGNAL, &refusal, encoding),
+        }
+    }
+
+    /// Checks method, media type, content coding and declared length before any body byte
+    /// is read; returns the negotiated encodings and the declared length.
+    fn check_headers(
+        &self,
+        request: &Request<Incoming>,
+        encoding: Result<Encoding, Refusal>,
+    ) -> Result<(Encoding, Compression, Option<u64>), Refusal> {
+        if request.method() != Method::POST {
+            return Err(Refusal::MethodNotAllowed(request.method().clone()));
+        }
+        let headers = request.headers();
+        let encoding = encoding?;
+        let compression = Compression::of(headers)?;
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_request_bytes as u64) {
+            return Err(Refusal::TooLarge {
+                limit: self.max_request_bytes,
+            });
+        }
+        Ok((encoding, compression, declared))
+    }
+
+    /// Reads the body through the size cap and inflates it if gzip. `declared` is the
+    /// `Content-Length`, already checked against the cap, used to size the buffer once.
+    async fn read_body(
+        &self,
+        mut body: Incoming,
+        declared: Option<u64>,
+        compression: Compression,
+    ) -> Result<Vec<u8>, Refusal> {
+        let limit = self.max_request_bytes;
+        let mut raw = CappedBuffer::new(declared.map_or(0, |length| length as usize), limit);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| Refusal::BodyRead(error.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                raw.extend(data)?;
+            }
+        }
+        match compression {
+            Compression::None => Ok(raw.bytes),
+            Compression::Gzip => gunzip(&raw.bytes, limit),
+        }
+    }
+}
+
+/// A byte buffer that refuses to hold more than `limit` bytes and whose allocation never
+/// exceeds it either (it grows by doubling, clamped to the limit).
+struct CappedBuffer {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl CappedBuffer {
+    fn new(capacity: usize, limit: usize) -> Self {
+        CappedBuffer {
+            bytes: Vec::with_capacity(capacity.min(limit)),
+            limit,
+        }
+    }
+
+    fn extend(&mut self, data: &[u8]) -> Result<(), Refusal> {
+        let needed = self.bytes.len() + data.len();
+        if needed > self.limit {
+            return Err(Refusal::TooLarge { limit: self.limit });
+        }
+        if needed > self.bytes.capacity() {
+            let target = (self.bytes.capacity() * 2)
+                .max(MIN_GROWTH)
+                .max(needed)
+                .min(self.limit);
+            self.bytes.reserve_exact(target - self.bytes.len());
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Smallest step a [`CappedBuffer`] grows by, and the inflation chunk size.
+const MIN_GROWTH: usize = 16 * 1024;
+
+/// Inflates a gzip body (one or more members) into at most `limit` bytes, stopping as soon
+/// as the output would exceed it.
+fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
+    let mut decoder = flate2::read::MultiGzDecoder::new(compressed);
+    let mut out = CappedBuffer::new(compressed.len().saturating_mul(4), limit);
+    let mut chunk = [0u8; MIN_GROWTH];
+    loop {
+        let read = decoder
+            .read(&mut chunk)
+            .map_err(|error| Refusal::Malformed(format!("invalid gzip body: {error}")))?;
+        if read == 0 {
+            return Ok(out.bytes);
+        }
+        out.extend(&chunk[..read])?;
+    }
+}
+
+/// Decodes an export request in the given encoding.
+fn decode<R: OtlpRequest>(body: &[u8], encoding: Encoding) -> Result<R, Refusal> {
+    let signal = R::SIGNAL.as_str();
+    match encoding {
+        Encoding::Protobuf => R::decode(body).map_err(|error| {
+            Refusal::Malformed(format!("invalid OTLP protobuf {signal} request: {error}"))
+        }),
+        Encoding::Json => serde_json::from_slice(body).map_err(|error| {
+            Refusal::Malformed(format!("invalid OTLP JSON {signal} request: {error}"))
+        }),
+    }
+}
+
+/// The body encoding of a request, and so of its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    /// From `Content-Type`, ignoring parameters such as `charset`.
+    fn of(headers: &HeaderMap) -> Result<Self, Refusal> {
+        let value = headers
+            .get(CONTENT_TYPE)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let media_type = value.split(';').next().unwrap_or_default().trim();
+        if media_type.eq_ignore_ascii_case(PROTOBUF) {
+            Ok(Encoding::Protobuf)
+        } else if media_type.eq_ignore_ascii_case(JSON) {
+            Ok(Encoding::Json)
+        } else {
+            Err(Refusal::UnsupportedMediaType(value))
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => PROTOBUF,
+            Encoding::Json => JSON,
+        }
+    }
+}
+
+/// The content coding of a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+}
+
+impl Compression {
+    /// From `Content-Encoding`; absent or `identity` means none.
+    fn of(headers: &HeaderMap) -> Result<Self, Refusal> {
+        let Some(value) = headers.get(CONTENT_ENCODING) else {
+            return Ok(Compression::None);
+        };
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let coding = value.trim();
+        if coding.is_empty() || coding.eq_ignore_ascii_case("identity") {
+            Ok(Compression::None)
+        } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            Ok(Compression::Gzip)
+        } else {
+            Err(Refusal::UnsupportedEncoding(value.into_owned()))
+        }
+    }
+}
+
+/// Why a request was refused whole.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("no OTLP endpoint at {0}; use /v1/traces, /v1/logs or /v1/metrics")]
+    NotFound(String),
+    #[error("method {0} not allowed; OTLP/HTTP requests use POST")]
+    MethodNotAllowed(Method),
+    #[error("unsupported Content-Type {0:?}; use application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    #[error("unsupported Content-Encoding {0:?}; use gzip or none")]
+    UnsupportedEncoding(String),
+    #[error("request body exceeds the limit of {limit} bytes (receiver.max_request_bytes)")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Malformed(String),
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Ingest(IngestError),
+}
+
+impl Refusal {
+    fn http_status(&self) -> StatusCode {
+        match self {
+            Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::UnsupportedMediaType(_) | Refusal::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Malformed(_)
+            | Refusal::BodyRead(_)
+            | Refusal::Ingest(IngestError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Refusal::Ingest(IngestError::Overloaded { .. } | IngestError::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// The `google.rpc.Code` carried in the `Status` body.
+    fn rpc_code(&self) -> Code {
+        match self {
+            Refusal::NotFound(_) => Code::NotFound,
+            Refusal::MethodNotAllowed(_) => Code::Unimplemented,
+            Refusal::UnsupportedMediaType(_)
+            | Refusal::UnsupportedEncoding(_)
+            | Refusal::Malformed(_)
+            | Refusal::BodyRead(_)
+            | Refusal::Ingest(IngestError::Invalid(_)) => Code::InvalidArgument,
+            Refusal::TooLarge { .. } => Code::ResourceExhausted,
+            Refusal::Ingest(IngestError::Overloaded { .. } | IngestError::Unavailable(_)) => {
+                Code::Unavailable
+            }
+        }
+    }
+
+    /// The `reason` label under which the refusal is counted; `None` for paths that are
+    /// not an OTLP endpoint at all.
+    fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Refusal::NotFound(_) => return None,
+            Refusal::MethodNotAllowed(_) => reason::METHOD_NOT_ALLOWED,
+            Refusal::UnsupportedMediaType(_) => reason::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::UnsupportedEncoding(_) => reason::UNSUPPORTED_ENCODING,
+            Refusal::TooLarge { .. } => reason::TOO_LARGE,
+            Refusal::Malformed(_) => reason::MALFORMED,
+            Refusal::BodyRead(_) => reason::BODY_READ,
+            Refusal::Ingest(error) => ingest_error_reason(error),
+        })
+    }
+
+    /// `Retry-After` in whole seconds (rounded up, at least 1) when throttling.
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Refusal::Ingest(IngestError::Overloaded { retry_after, .. }) => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Counts a refusal of a request to a known endpoint and builds its response.
+fn refuse(signal: Signal, refusal: &Refusal, encoding: Encoding) -> Response<Full<Bytes>> {
+    if let Some(label) = refusal.reason() {
+        events::request_refused(signal, Transport::Http, label);
+    }
+    refusal_response(refusal, encoding)
+}
+
+/// An error response: the status code and a `google.rpc.Status` body in `encoding`.
+fn refusal_response(refusal: &Refusal, encoding: Encoding) -> Response<Full<Bytes>> {
+    let code = refusal.rpc_code() as i32;
+    let message = refusal.to_string();
+    let body = match encoding {
+        Encoding::Protobuf => tonic_types::pb::Status {
+            code,
+            message,
+            details: Vec::new(),
+        }
+        .encode_to_vec(),
+        Encoding::Json => serde_json::json!({ "code": code, "message": message })
+            .to_string()
+            .into_bytes(),
+    };
+    let mut response = response(refusal.http_status(), encoding, body);
+    if let Some(seconds) = refusal.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if matches!(refusal, Refusal::MethodNotAllowed(_)) {
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+    }
+    response
+}
+
+/// 200 with the `Export*ServiceResponse`, carrying `partial_success` when items were refused.
+fn success_response<R: OtlpRequest>(
+    accepted: &Accepted,
+    encoding: Encoding,
+) -> Response<Full<Bytes>> {
+    let body = match encoding {
+        Encoding::Protobuf => R::response(accepted).encode_to_vec(),
+        Encoding::Json => json_response::<R>(accepted).into_bytes(),
+    };
+    response(StatusCode::OK, encoding, body)
+}
+
+/// The OTLP JSON export response. Written by hand rather than through serde so that it
+/// follows OTLP JSON to the letter: int64 counters as strings, absent (not null)
+/// `partialSuccess` when everything was accepted.
+fn json_response<R: OtlpRequest>(accepted: &Accepted) -> String {
+    if accepted.rejected == 0 && accepted.message.is_empty() {
+        return "{}".to_owned();
+    }
+    let mut partial = serde_json::Map::new();
+    partial.insert(
+        R::REJECTED_JSON_FIELD.to_owned(),
+        accepted.rejected.to_string().into(),
+    );
+    partial.insert("errorMessage".to_owned(), accepted.message.clone().into());
+    serde_json::json!({ "partialSuccess": partial }).to_string()
+}
+
+fn response(status: StatusCode, encoding: Encoding, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(encoding.content_type()),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn gunzip_round_trips_within_the_limit() {
+        let data: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        assert_eq!(gunzip(&gzip(&data), data.len()).unwrap(), data);
+    }
+
+    #[test]
+    fn gunzip_stops_at_the_limit_without_growing_past_it() {
+        let data = vec![0u8; 10 * 1024 * 1024];
+        let error = gunzip(&gzip(&data), 1024 * 1024).unwrap_err();
+        assert!(
+            matches!(error, Refusal::TooLarge { limit } if limit == 1024 * 1024),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn capped_buffer_never_allocates_past_its_limit() {
+        let limit = 100_000;
+        let mut buffer = CappedBuffer::new(0, limit);
+        for _ in 0..limit / 1000 {
+            buffer.extend(&[7; 1000]).unwrap();
+            assert!(
+                buffer.bytes.capacity() <= limit,
+                "{}",
+                buffer.bytes.capacity()
+            );
+        }
+        assert_eq!(buffer.bytes.len(), limit);
+        assert!(matches!(buffer.extend(&[7]), Err(Refusal::TooLarge { .. })));
+        assert_eq!(CappedBuffer::new(usize::MAX, 10).bytes.capacity(), 10);
+    }
+
+    #[test]
+    fn gunzip_reads_concatenated_members() {
+        let mut body = gzip(b"hello ");
+        body.extend(gzip(b"world"));
+        assert_eq!(gunzip(&body, 100).unwrap(), b"hello world");
+    }
+
+    #[test]
+    fn gunzip_rejects_corrupt_input() {
+        let error = gunzip(b"definitely not gzip", 100).unwrap_err();
+        assert!(
+            matches!(&error, Refusal::Malformed(message) if message.contains("gzip")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn content_type_parameters_and_case_are_ignored() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert_eq!(Encoding::of(&headers).unwrap(), Encoding::Json);
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        assert_eq!(Encoding::of(&headers).unwrap(), Encoding::Protobuf);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(matches!(
+            Encoding::of(&headers),
+            Err(Refusal::UnsupportedMediaType(_))
+        ));
+        assert!(matches!(
+            Encoding::of(&HeaderMap::new()),
+            Err(Refusal::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn content_encoding_accepts_gzip_and_identity_only() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(Compression::of(&headers).unwrap(), Compression::None);
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("identity"));
+        assert_eq!(Compression::of(&headers).unwrap(), Compression::None);
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("GZIP"));
+        assert_eq!(Compression::of(&headers).unwrap(), Compression::Gzip);
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("br"));
+        assert!(matches!(
+            Compression::of(&headers),
+            Err(Refusal::UnsupportedEncoding(_))
+        ));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let overloaded = |millis| {
+            Refusal::Ingest(IngestError::Overloaded {
+                retry_after: Duration::from_millis(millis),
+                reason: "test",
+            })
+        };
+        assert_eq!(overloaded(0).retry_after_secs(), Some(1));
+        assert_eq!(overloaded(1500).retry_after_secs(), Some(2));
+        assert_eq!(overloaded(3000).retry_after_secs(), Some(3));
+        assert_eq!(Refusal::Malformed(String::new()).retry_after_secs(), None);
+    }
+
+    #[test]
+    fn json_response_follows_otlp_json() {
+        assert_eq!(
+            json_response::<ExportTraceServiceRequest>(&Accepted::default()),
+            "{}"
+        );
+        let partial = Accepted {
+            rejected: 2,
+            message: "bad ids".to_owned(),
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&json_response::<ExportLogsServiceRequest>(&partial)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"partialSuccess": {"rejectedLogRecords": "2", "errorMessage": "bad ids"}})
+        );
+    }
+}

@@ -7,8 +7,12 @@
 //! `RetryInfo`, HTTP 503 with `Retry-After`), malformed input is not (gRPC
 //! `INVALID_ARGUMENT`, HTTP 400 with a `google.rpc.Status` body).
 
+mod events;
 pub mod grpc;
 pub mod http;
+mod signal;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,184 @@
+//! What both transports do with a decoded export request, whatever its signal: validate
+//! ids, hand it to the [`Ingest`] sink, count the outcome, and build the OTLP response.
+
+use std::future::Future;
+
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+use super::events::{self, Transport, reason};
+use super::{Accepted, Ingest, IngestError};
+use crate::otlp::{self, Signal};
+
+/// An OTLP export request of one signal, with what the receivers need to know about it.
+pub(crate) trait OtlpRequest:
+    prost::Message + Default + serde::de::DeserializeOwned + Send + 'static
+{
+    /// The matching `Export*ServiceResponse`.
+    type Response: prost::Message + Default + Send + 'static;
+    /// The signal carried.
+    const SIGNAL: Signal;
+    /// Name of the refused-items counter inside `partialSuccess` in OTLP JSON.
+    const REJECTED_JSON_FIELD: &'static str;
+
+    /// Removes items with malformed ids; returns what was removed.
+    fn sanitize(&mut self) -> Accepted;
+    /// Number of items (spans, log records, data points).
+    fn item_count(&self) -> usize;
+    /// Hands the request to the matching [`Ingest`] method.
+    fn deliver<I: Ingest>(
+        self,
+        ingest: &I,
+    ) -> impl Future<Output = Result<Accepted, IngestError>> + Send;
+    /// The response carrying `accepted` as `partial_success` when anything was refused.
+    fn response(accepted: &Accepted) -> Self::Response;
+}
+
+/// Whether `accepted` must be reported through `partial_success`.
+fn is_partial(accepted: &Accepted) -> bool {
+    accepted.rejected > 0 || !accepted.message.is_empty()
+}
+
+impl OtlpRequest for ExportTraceServiceRequest {
+    type Response = ExportTraceServiceResponse;
+    const SIGNAL: Signal = Signal::Traces;
+    const REJECTED_JSON_FIELD: &'static str = "rejectedSpans";
+
+    fn sanitize(&mut self) -> Accepted {
+        otlp::sanitize_traces(self)
+    }
+
+    fn item_count(&self) -> usize {
+        otlp::span_count(self)
+    }
+
+    fn deliver<I: Ingest>(
+        self,
+        ingest: &I,
+    ) -> impl Future<Output = Result<Accepted, IngestError>> + Send {
+        ingest.traces(self)
+    }
+
+    fn response(accepted: &Accepted) -> Self::Response {
+        ExportTraceServiceResponse {
+            partial_success: is_partial(accepted).then(|| ExportTracePartialSuccess {
+                rejected_spans: accepted.rejected,
+                error_message: accepted.message.clone(),
+            }),
+        }
+    }
+}
+
+impl OtlpRequest for ExportLogsServiceRequest {
+    type Response = ExportLogsServiceResponse;
+    const SIGNAL: Signal = Signal::Logs;
+    const REJECTED_JSON_FIELD: &'static str = "rejectedLogRecords";
+
+    fn sanitize(&mut self) -> Accepted {
+        otlp::sanitize_logs(self)
+    }
+
+    fn item_count(&self) -> usize {
+        otlp::log_count(self)
+    }
+
+    fn deliver<I: Ingest>(
+        self,
+        ingest: &I,
+    ) -> impl Future<Output = Result<Accepted, IngestError>> + Send {
+        ingest.logs(self)
+    }
+
+    fn response(accepted: &Accepted) -> Self::Response {
+        ExportLogsServiceResponse {
+            partial_success: is_partial(accepted).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: accepted.rejected,
+                error_message: accepted.message.clone(),
+            }),
+        }
+    }
+}
+
+impl OtlpRequest for ExportMetricsServiceRequest {
+    type Response = ExportMetricsServiceResponse;
+    const SIGNAL: Signal = Signal::Metrics;
+    const REJECTED_JSON_FIELD: &'static str = "rejectedDataPoints";
+
+    /// Metric data points carry no ids that could be malformed.
+    fn sanitize(&mut self) -> Accepted {
+        Accepted::default()
+    }
+
+    fn item_count(&self) -> usize {
+        otlp::data_point_count(self)
+    }
+
+    fn deliver<I: Ingest>(
+        self,
+        ingest: &I,
+    ) -> impl Future<Output = Result<Accepted, IngestError>> + Send {
+        ingest.metrics(self)
+    }
+
+    fn response(accepted: &Accepted) -> Self::Response {
+        ExportMetricsServiceResponse {
+            partial_success: is_partial(accepted).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: accepted.rejected,
+                error_message: accepted.message.clone(),
+            }),
+        }
+    }
+}
+
+/// The `reason` label of a request refused by the sink.
+pub(crate) fn ingest_error_reason(error: &IngestError) -> &'static str {
+    match error {
+        IngestError::Overloaded { .. } => reason::OVERLOADED,
+        IngestError::Invalid(_) => reason::INVALID,
+        IngestError::Unavailable(_) => reason::UNAVAILABLE,
+    }
+}
+
+/// Validates ids, delivers the rest to `ingest` and records the outcome. `Ok` carries
+/// everything refused item by item (bad ids plus what the sink refused); `Err` means the
+/// whole request was refused. A request left empty by validation is not delivered.
+pub(crate) async fn accept<R: OtlpRequest, I: Ingest>(
+    ingest: &I,
+    mut request: R,
+    transport: Transport,
+) -> Result<Accepted, IngestError> {
+    let mut accepted = request.sanitize();
+    events::items_rejected(
+        R::SIGNAL,
+        reason::INVALID_ID,
+        non_negative(accepted.rejected),
+    );
+    let count = request.item_count() as u64;
+    if count == 0 {
+        return Ok(accepted);
+    }
+    match request.deliver(ingest).await {
+        Ok(refused) => {
+            let refused_count = non_negative(refused.rejected).min(count);
+            events::items_received(R::SIGNAL, count - refused_count);
+            events::items_rejected(R::SIGNAL, reason::REFUSED_BY_SINK, refused_count);
+            accepted.merge(refused);
+            Ok(accepted)
+        }
+        Err(error) => {
+            events::request_refused(R::SIGNAL, transport, ingest_error_reason(&error));
+            Err(error)
+        }
+    }
+}
+
+fn non_negative(count: i64) -> u64 {
+    u64::try_from(count).unwrap_or(0)
+}

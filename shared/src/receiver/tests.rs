@@ -1,0 +1,1159 @@
+//! End-to-end tests of both receivers: real servers on 127.0.0.1 port 0, real tonic and
+//! hyper clients, and a recording [`Ingest`] sink.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::AnyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point;
+use opentelemetry_proto::tonic::metrics::v1::{
+    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use tonic::Code;
+use tonic::codec::CompressionEncoding;
+use tonic_types::StatusExt;
+
+use super::{Accepted, BoundAddrs, Ingest, IngestError};
+use crate::config::ReceiverConfig;
+use crate::otlp;
+
+/// Cap used by most tests: small enough to exceed cheaply.
+const LIMIT: usize = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------
+
+/// An [`Ingest`] that stores what it is given, or refuses everything as overloaded.
+#[derive(Default)]
+struct RecordingIngest {
+    traces: Mutex<Vec<ExportTraceServiceRequest>>,
+    logs: Mutex<Vec<ExportLogsServiceRequest>>,
+    metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
+    overloaded: Mutex<Option<Duration>>,
+}
+
+impl RecordingIngest {
+    fn check_load(&self) -> Result<(), IngestError> {
+        match *self.overloaded.lock().unwrap() {
+            Some(retry_after) => Err(IngestError::Overloaded {
+                retry_after,
+                reason: "test buffer full",
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn spans(&self) -> Vec<Span> {
+        let traces = self.traces.lock().unwrap();
+        traces
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| ss.spans.clone())
+            .collect()
+    }
+
+    fn log_count(&self) -> usize {
+        self.logs.lock().unwrap().iter().map(otlp::log_count).sum()
+    }
+
+    fn data_point_count(&self) -> usize {
+        self.metrics
+            .lock()
+            .unwrap()
+            .iter()
+            .map(otlp::data_point_count)
+            .sum()
+    }
+}
+
+impl Ingest for RecordingIngest {
+    async fn traces(&self, request: ExportTraceServiceRequest) -> Result<Accepted, IngestError> {
+        self.check_load()?;
+        self.traces.lock().unwrap().push(request);
+        Ok(Accepted::default())
+    }
+
+    async fn logs(&self, request: ExportLogsServiceRequest) -> Result<Accepted, IngestError> {
+        self.check_load()?;
+        self.logs.lock().unwrap().push(request);
+        Ok(Accepted::default())
+    }
+
+    async fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<Accepted, IngestError> {
+        self.check_load()?;
+        self.metrics.lock().unwrap().push(request);
+        Ok(Accepted::default())
+    }
+}
+
+/// Both receivers running on ephemeral ports.
+struct Harness {
+    ingest: Arc<RecordingIngest>,
+    addrs: BoundAddrs,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Harness {
+    async fn start(max_request_bytes: usize) -> Harness {
+        let config = ReceiverConfig {
+            grpc_endpoint: ([127, 0, 0, 1], 0).into(),
+            http_endpoint: ([127, 0, 0, 1], 0).into(),
+            max_request_bytes,
+        };
+        let ingest = Arc::new(RecordingIngest::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let sink = ingest.clone();
+        let server = tokio::spawn(async move {
+            super::serve(
+                &config,
+                sink,
+                |addrs| {
+                    let _ = bound_tx.send(addrs);
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        let addrs = bound_rx.await.expect("receivers bound");
+        Harness {
+            ingest,
+            addrs,
+            stop,
+            server,
+        }
+    }
+
+    fn overload(&self, retry_after: Option<Duration>) {
+        *self.ingest.overloaded.lock().unwrap() = retry_after;
+    }
+
+    async fn traces_client(&self) -> TraceServiceClient<tonic::transport::Channel> {
+        TraceServiceClient::connect(format!("http://{}", self.addrs.grpc))
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, path: &str, content_type: &str, body: impl Into<Bytes>) -> Reply {
+        http_request(
+            self.addrs.http,
+            Method::POST,
+            path,
+            content_type,
+            None,
+            full(body),
+        )
+        .await
+    }
+
+    async fn post_gzip(&self, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
+        http_request(
+            self.addrs.http,
+            Method::POST,
+            path,
+            content_type,
+            Some("gzip"),
+            full(body),
+        )
+        .await
+    }
+
+    /// Stops the receivers and checks they shut down cleanly.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .expect("receivers stop promptly")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// An HTTP response, fully read.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn content_type(&self) -> &str {
+        self.headers
+            .get(CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_default()
+    }
+
+    /// The `google.rpc.Status` of a protobuf error response.
+    fn pb_status(&self) -> tonic_types::pb::Status {
+        assert_eq!(self.content_type(), "application/x-protobuf");
+        tonic_types::pb::Status::decode(self.body.clone()).expect("a google.rpc.Status body")
+    }
+
+    fn json(&self) -> serde_json::Value {
+        assert_eq!(self.content_type(), "application/json");
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+type TestBody = BoxBody<Bytes, std::convert::Infallible>;
+
+fn full(body: impl Into<Bytes>) -> TestBody {
+    Full::new(body.into()).boxed()
+}
+
+/// A body of unknown length, sent with chunked transfer encoding (no `Content-Length`).
+struct UnsizedBody(Option<Bytes>);
+
+impl hyper::body::Body for UnsizedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.take().map(|data| Ok(Frame::data(data))))
+    }
+}
+
+async fn http_request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    content_encoding: Option<&str>,
+    body: TestBody,
+) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<TestBody>();
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header(CONTENT_TYPE, content_type);
+    if let Some(encoding) = content_encoding {
+        request = request.header(CONTENT_ENCODING, encoding);
+    }
+    let response = client.request(request.body(body).unwrap()).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends one hand-built gRPC frame over HTTP/2 (for payloads a generated client cannot
+/// produce: truncated messages, gzip bombs) and returns the gRPC status code and message.
+async fn raw_grpc(addr: SocketAddr, method: &str, message: &[u8], gzip: bool) -> (Code, String) {
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(u8::from(gzip));
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(message);
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}{method}"))
+        .header(CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers");
+    if gzip {
+        request = request.header("grpc-encoding", "gzip");
+    }
+    let response = client
+        .request(request.body(full(frame)).unwrap())
+        .await
+        .unwrap();
+    let headers = response.headers().clone();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let field = |name: &str| {
+        headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let code = Code::from_i32(field("grpc-status").expect("grpc-status").parse().unwrap());
+    (code, field("grpc-message").unwrap_or_default())
+}
+
+const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+// ---------------------------------------------------------------------------------------
+// Payloads
+// ---------------------------------------------------------------------------------------
+
+fn span(trace_id: Vec<u8>, span_id: Vec<u8>, name: &str) -> Span {
+    Span {
+        trace_id,
+        span_id,
+        name: name.to_owned(),
+        kind: 2,
+        start_time_unix_nano: 1_700_000_000_000_000_000,
+        end_time_unix_nano: 1_700_000_000_100_000_000,
+        ..Default::default()
+    }
+}
+
+fn traces(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// `count` valid spans of trace `0x01..`, named `span-<i>`.
+fn good_traces(count: u8) -> ExportTraceServiceRequest {
+    traces(
+        (1..=count)
+            .map(|i| span(vec![1; 16], vec![i; 8], &format!("span-{i}")))
+            .collect(),
+    )
+}
+
+/// Two good spans around a zero trace id and a 15-byte one.
+fn traces_with_bad_ids() -> ExportTraceServiceRequest {
+    traces(vec![
+        span(vec![7; 16], vec![1; 8], "good-1"),
+        span(vec![0; 16], vec![2; 8], "zero-trace-id"),
+        span(vec![7; 15], vec![3; 8], "short-trace-id"),
+        span(vec![7; 16], vec![4; 8], "good-2"),
+    ])
+}
+
+fn logs(count: usize) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: (0..count)
+                    .map(|i| LogRecord {
+                        body: Some(AnyValue {
+                            value: Some(Value::StringValue(format!("log {i}"))),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn gauge(points: usize) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "queue.depth".to_owned(),
+                    data: Some(Data::Gauge(Gauge {
+                        data_points: (0..points)
+                            .map(|i| NumberDataPoint {
+                                value: Some(number_data_point::Value::AsInt(i as i64)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Spans whose encoding exceeds `bytes`.
+fn oversized_traces(bytes: usize) -> ExportTraceServiceRequest {
+    let mut request = good_traces(1);
+    request.resource_spans[0].scope_spans[0].spans[0].name = "x".repeat(bytes);
+    request
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// A valid single-member gzip stream of `mib` MiB of zeros, about 1/1000 of that size.
+///
+/// Compressing a GiB takes long in a debug build, so one MiB is compressed with a sync
+/// flush (byte-aligned block boundaries) and the steady-state block, which encodes a MiB of
+/// zeros following zeros, is repeated; the CRC is combined arithmetically.
+fn gzip_bomb(mib: usize) -> Vec<u8> {
+    use flate2::{Compress, Compression, Crc, FlushCompress};
+    let zeros = vec![0u8; 1 << 20];
+    let mut deflate = Compress::new(Compression::best(), false);
+    let mut block = |input: &[u8], flush| {
+        let mut out = Vec::with_capacity(64 * 1024);
+        deflate.compress_vec(input, &mut out, flush).unwrap();
+        assert!(out.len() < out.capacity(), "output buffer was large enough");
+        out
+    };
+    let first = block(&zeros, FlushCompress::Sync);
+    let steady = block(&zeros, FlushCompress::Sync);
+    assert_eq!(
+        block(&zeros, FlushCompress::Sync),
+        steady,
+        "steady state reached"
+    );
+    let finish = block(&[], FlushCompress::Finish);
+
+    let mut chunk_crc = Crc::new();
+    chunk_crc.update(&zeros);
+    let mut crc = Crc::new();
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    out.extend_from_slice(&first);
+    crc.combine(&chunk_crc);
+    for _ in 1..mib {
+        out.extend_from_slice(&steady);
+        crc.combine(&chunk_crc);
+    }
+    out.extend_from_slice(&finish);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&((mib as u64) << 20).to_le_bytes()[..4]);
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// gRPC
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn gzip_bomb_is_valid_gzip_of_zeros() {
+    use std::io::Read;
+    let bomb = gzip_bomb(4);
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(&bomb[..])
+        .read_to_end(&mut inflated)
+        .expect("valid gzip with a correct CRC");
+    assert_eq!(inflated.len(), 4 << 20);
+    assert!(inflated.iter().all(|&b| b == 0));
+    let big = gzip_bomb(1024);
+    assert!(
+        big.len() < 2 << 20,
+        "1 GiB of zeros compresses to {} bytes",
+        big.len()
+    );
+}
+
+#[tokio::test]
+async fn grpc_accepts_all_three_signals() {
+    let harness = Harness::start(LIMIT).await;
+    let endpoint = format!("http://{}", harness.addrs.grpc);
+
+    let response = harness
+        .traces_client()
+        .await
+        .export(good_traces(3))
+        .await
+        .unwrap();
+    assert_eq!(response.into_inner(), ExportTraceServiceResponse::default());
+    let response = LogsServiceClient::connect(endpoint.clone())
+        .await
+        .unwrap()
+        .export(logs(4))
+        .await
+        .unwrap();
+    assert_eq!(response.into_inner(), ExportLogsServiceResponse::default());
+    let response = MetricsServiceClient::connect(endpoint)
+        .await
+        .unwrap()
+        .export(gauge(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.into_inner(),
+        ExportMetricsServiceResponse::default()
+    );
+
+    assert_eq!(harness.ingest.traces.lock().unwrap()[0], good_traces(3));
+    assert_eq!(harness.ingest.log_count(), 4);
+    assert_eq!(harness.ingest.data_point_count(), 5);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_accepts_gzip() {
+    let harness = Harness::start(LIMIT).await;
+    let mut client = harness
+        .traces_client()
+        .await
+        .send_compressed(CompressionEncoding::Gzip);
+    client.export(good_traces(2)).await.unwrap();
+    assert_eq!(harness.ingest.spans().len(), 2);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_reports_bad_ids_through_partial_success() {
+    let harness = Harness::start(LIMIT).await;
+    let response = harness
+        .traces_client()
+        .await
+        .export(traces_with_bad_ids())
+        .await
+        .unwrap()
+        .into_inner();
+    let partial = response.partial_success.expect("partial_success");
+    assert_eq!(partial.rejected_spans, 2);
+    assert!(
+        partial.error_message.contains("trace_id"),
+        "{}",
+        partial.error_message
+    );
+    let names: Vec<_> = harness.ingest.spans().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["good-1", "good-2"]);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_truncated_message_is_invalid_argument_and_the_server_carries_on() {
+    let harness = Harness::start(LIMIT).await;
+    let encoded = good_traces(3).encode_to_vec();
+    let (code, message) = raw_grpc(
+        harness.addrs.grpc,
+        TRACE_EXPORT,
+        &encoded[..encoded.len() - 3],
+        false,
+    )
+    .await;
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.contains("decode"), "{message}");
+
+    harness
+        .traces_client()
+        .await
+        .export(good_traces(1))
+        .await
+        .unwrap();
+    assert_eq!(harness.ingest.spans().len(), 1);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_corrupt_gzip_is_invalid_argument() {
+    let harness = Harness::start(LIMIT).await;
+    let (code, message) =
+        raw_grpc(harness.addrs.grpc, TRACE_EXPORT, b"not gzip at all", true).await;
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_oversize_message_is_resource_exhausted() {
+    let harness = Harness::start(LIMIT).await;
+    let status = harness
+        .traces_client()
+        .await
+        .export(oversized_traces(LIMIT + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(harness.ingest.spans().is_empty());
+
+    harness
+        .traces_client()
+        .await
+        .export(good_traces(1))
+        .await
+        .unwrap();
+    assert_eq!(harness.ingest.spans().len(), 1);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_gzip_bomb_is_resource_exhausted() {
+    // The ~1 MB frame is within the limit; its 1 GiB of output is not.
+    let harness = Harness::start(4 << 20).await;
+    let (code, message) = raw_grpc(harness.addrs.grpc, TRACE_EXPORT, &gzip_bomb(1024), true).await;
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(harness.ingest.spans().is_empty());
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_overload_is_unavailable_with_retry_info() {
+    let harness = Harness::start(LIMIT).await;
+    harness.overload(Some(Duration::from_secs(3)));
+    let status = harness
+        .traces_client()
+        .await
+        .export(good_traces(1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let retry = status.get_details_retry_info().expect("RetryInfo detail");
+    assert_eq!(retry.retry_delay, Some(Duration::from_secs(3)));
+
+    harness.overload(None);
+    harness
+        .traces_client()
+        .await
+        .export(good_traces(1))
+        .await
+        .unwrap();
+    assert_eq!(harness.ingest.spans().len(), 1);
+    harness.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn http_protobuf_accepts_all_three_signals() {
+    let harness = Harness::start(LIMIT).await;
+    let reply = harness
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            good_traces(3).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.content_type(), "application/x-protobuf");
+    assert_eq!(
+        ExportTraceServiceResponse::decode(reply.body).unwrap(),
+        ExportTraceServiceResponse::default()
+    );
+    let reply = harness
+        .post(
+            "/v1/logs",
+            "application/x-protobuf",
+            logs(2).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = harness
+        .post(
+            "/v1/metrics",
+            "application/x-protobuf",
+            gauge(6).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    assert_eq!(harness.ingest.traces.lock().unwrap()[0], good_traces(3));
+    assert_eq!(harness.ingest.log_count(), 2);
+    assert_eq!(harness.ingest.data_point_count(), 6);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn http_accepts_h2c() {
+    let harness = Harness::start(LIMIT).await;
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let request = Request::post(format!("http://{}/v1/traces", harness.addrs.http))
+        .header(CONTENT_TYPE, "application/x-protobuf")
+        .body(full(good_traces(1).encode_to_vec()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(harness.ingest.spans().len(), 1);
+    harness.stop().await;
+}
+
+/// The OTLP specification's example trace (opentelemetry-proto `examples/trace.json`):
+/// upper-case hex ids, integer timestamps and enums.
+const SPEC_TRACE_JSON: &str = r#"{
+  "resourceSpans": [{
+    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "my.service"}}]},
+    "scopeSpans": [{
+      "scope": {"name": "my.library", "version": "1.0.0",
+                "attributes": [{"key": "my.scope.attribute", "value": {"stringValue": "some scope attribute"}}]},
+      "spans": [{
+        "traceId": "5B8EFFF798038103D269B633813FC60C",
+        "spanId": "EEE19B7EC3C1B174",
+        "parentSpanId": "EEE19B7EC3C1B173",
+        "name": "I'm a server span",
+        "startTimeUnixNano": 1544712660000000000,
+        "endTimeUnixNano": 1544712661000000000,
+        "kind": 2,
+        "attributes": [{"key": "my.span.attr", "value": {"stringValue": "some value"}}]
+      }]
+    }]
+  }]
+}"#;
+
+/// What the OpenTelemetry JS OTLP/HTTP JSON exporter sends: lower-case hex ids, int64
+/// timestamps as strings, `intValue` as a number, empty arrays, zero counters, a status.
+const JS_EXPORTER_TRACE_JSON: &str = r#"{"resourceSpans":[{"resource":{"attributes":[
+  {"key":"service.name","value":{"stringValue":"checkout"}},
+  {"key":"telemetry.sdk.language","value":{"stringValue":"nodejs"}}],"droppedAttributesCount":0},
+  "scopeSpans":[{"scope":{"name":"@opentelemetry/instrumentation-http","version":"0.52.1"},
+  "spans":[{"traceId":"4bf92f3577b34da6a3ce929d0e0e4736","spanId":"00f067aa0ba902b7",
+  "name":"GET /cart","kind":2,"startTimeUnixNano":"1718900000000000000",
+  "endTimeUnixNano":"1718900000123000000","attributes":[{"key":"http.response.status_code",
+  "value":{"intValue":500}},{"key":"retry","value":{"boolValue":false}}],"droppedAttributesCount":0,
+  "events":[{"attributes":[],"name":"cache miss","timeUnixNano":"1718900000050000000",
+  "droppedAttributesCount":0}],"droppedEventsCount":0,"status":{"code":2,"message":"boom"},
+  "links":[],"droppedLinksCount":0}]}]}]}"#;
+
+#[tokio::test]
+async fn http_json_traces_decode_per_otlp_json_rules() {
+    let harness = Harness::start(LIMIT).await;
+    for sample in [SPEC_TRACE_JSON, JS_EXPORTER_TRACE_JSON] {
+        let reply = harness.post("/v1/traces", "application/json", sample).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.json(), serde_json::json!({}));
+    }
+    let spans = harness.ingest.spans();
+    assert_eq!(spans.len(), 2);
+
+    let spec = &spans[0];
+    assert_eq!(
+        spec.trace_id,
+        [
+            0x5B, 0x8E, 0xFF, 0xF7, 0x98, 0x03, 0x81, 0x03, 0xD2, 0x69, 0xB6, 0x33, 0x81, 0x3F,
+            0xC6, 0x0C
+        ]
+    );
+    assert_eq!(
+        spec.span_id,
+        [0xEE, 0xE1, 0x9B, 0x7E, 0xC3, 0xC1, 0xB1, 0x74]
+    );
+    assert_eq!(
+        spec.parent_span_id,
+        [0xEE, 0xE1, 0x9B, 0x7E, 0xC3, 0xC1, 0xB1, 0x73]
+    );
+    assert_eq!(spec.kind, 2);
+    assert_eq!(spec.start_time_unix_nano, 1_544_712_660_000_000_000);
+
+    let js = &spans[1];
+    assert_eq!(js.trace_id[..4], [0x4b, 0xf9, 0x2f, 0x35]);
+    assert_eq!(js.end_time_unix_nano, 1_718_900_000_123_000_000);
+    assert_eq!(
+        js.attributes[0].value,
+        Some(AnyValue {
+            value: Some(Value::IntValue(500))
+        })
+    );
+    assert_eq!(js.events[0].time_unix_nano, 1_718_900_000_050_000_000);
+    assert_eq!(js.status.as_ref().unwrap().code, 2);
+    harness.stop().await;
+}
+
+/// The OTLP specification's example logs (`examples/logs.json`), with every AnyValue kind.
+const SPEC_LOGS_JSON: &str = r#"{"resourceLogs":[{"resource":{"attributes":[
+  {"key":"service.name","value":{"stringValue":"my.service"}}]},
+  "scopeLogs":[{"scope":{"name":"my.library","version":"1.0.0"},
+  "logRecords":[{"timeUnixNano":1544712660300000000,"observedTimeUnixNano":"1544712660300000000",
+  "severityNumber":10,"severityText":"Information",
+  "traceId":"5B8EFFF798038103D269B633813FC60C","spanId":"EEE19B7EC3C1B174",
+  "body":{"stringValue":"Example log record"},
+  "attributes":[
+    {"key":"string.attribute","value":{"stringValue":"some string"}},
+    {"key":"boolean.attribute","value":{"boolValue":true}},
+    {"key":"int.attribute","value":{"intValue":"10"}},
+    {"key":"double.attribute","value":{"doubleValue":637.704}},
+    {"key":"array.attribute","value":{"arrayValue":{"values":[{"stringValue":"many"},{"stringValue":"values"}]}}},
+    {"key":"map.attribute","value":{"kvlistValue":{"values":[{"key":"some.map.key","value":{"stringValue":"some value"}}]}}}
+  ]}]}]}]}"#;
+
+/// Metrics as the Collector writes them: int64 and fixed64 as strings (`asInt`, `count`,
+/// `bucketCounts`), integer enums, doubles as numbers.
+const METRICS_JSON: &str = r#"{"resourceMetrics":[{"resource":{"attributes":[
+  {"key":"service.name","value":{"stringValue":"my.service"}}]},
+  "scopeMetrics":[{"scope":{"name":"my.library"},"metrics":[
+    {"name":"my.counter","unit":"1","sum":{"aggregationTemporality":1,"isMonotonic":true,
+      "dataPoints":[{"asInt":"5","startTimeUnixNano":"1544712660300000000","timeUnixNano":"1544712660300000000"}]}},
+    {"name":"my.gauge","gauge":{"dataPoints":[{"asDouble":10,"timeUnixNano":1544712660300000000}]}},
+    {"name":"my.histogram","histogram":{"aggregationTemporality":2,"dataPoints":[
+      {"startTimeUnixNano":"1544712660300000000","timeUnixNano":"1544712660300000000",
+       "count":"3","sum":3,"bucketCounts":["1","1","1"],"explicitBounds":[1,2],"min":1,"max":1}]}}
+  ]}]}]}"#;
+
+#[tokio::test]
+async fn http_json_logs_and_metrics_decode_per_otlp_json_rules() {
+    let harness = Harness::start(LIMIT).await;
+    let reply = harness
+        .post(
+            "/v1/logs",
+            "application/json; charset=utf-8",
+            SPEC_LOGS_JSON,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = harness
+        .post("/v1/metrics", "application/json", METRICS_JSON)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+
+    let logs = harness.ingest.logs.lock().unwrap().clone();
+    let record = &logs[0].resource_logs[0].scope_logs[0].log_records[0];
+    assert_eq!(record.severity_number, 10);
+    assert_eq!(record.observed_time_unix_nano, 1_544_712_660_300_000_000);
+    assert_eq!(record.trace_id.len(), 16);
+    assert_eq!(record.attributes[2].key, "int.attribute");
+    assert_eq!(
+        record.attributes[2].value,
+        Some(AnyValue {
+            value: Some(Value::IntValue(10))
+        })
+    );
+    assert!(matches!(
+        &record.attributes[5].value,
+        Some(AnyValue { value: Some(Value::KvlistValue(list)) }) if list.values[0].key == "some.map.key"
+    ));
+
+    let metrics = harness.ingest.metrics.lock().unwrap().clone();
+    let decoded = &metrics[0].resource_metrics[0].scope_metrics[0].metrics;
+    let Some(Data::Sum(sum)) = &decoded[0].data else {
+        panic!("sum: {:?}", decoded[0])
+    };
+    assert_eq!(sum.aggregation_temporality, 1);
+    assert_eq!(
+        sum.data_points[0].value,
+        Some(number_data_point::Value::AsInt(5))
+    );
+    let Some(Data::Gauge(gauge)) = &decoded[1].data else {
+        panic!("gauge: {:?}", decoded[1])
+    };
+    assert_eq!(
+        gauge.data_points[0].value,
+        Some(number_data_point::Value::AsDouble(10.0))
+    );
+    let Some(Data::Histogram(histogram)) = &decoded[2].data else {
+        panic!("histogram: {:?}", decoded[2])
+    };
+    assert_eq!(histogram.data_points[0].count, 3);
+    assert_eq!(histogram.data_points[0].bucket_counts, [1, 1, 1]);
+    assert_eq!(histogram.data_points[0].explicit_bounds, [1.0, 2.0]);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn http_accepts_gzip_bodies() {
+    let harness = Harness::start(LIMIT).await;
+    let reply = harness
+        .post_gzip(
+            "/v1/traces",
+            "application/x-protobuf",
+            gzip(&good_traces(2).encode_to_vec()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = harness
+        .post_gzip(
+            "/v1/traces",
+            "application/json",
+            gzip(SPEC_TRACE_JSON.as_bytes()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(harness.ingest.spans().len(), 3);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn http_reports_bad_ids_through_partial_success() {
+    let harness = Harness::start(LIMIT).await;
+    let reply = harness
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            traces_with_bad_ids().encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let partial = ExportTraceServiceResponse::decode(reply.body)
+        .unwrap()
+        .partial_success
+        .unwrap();
+    assert_eq!(partial.rejected_spans, 2);
+
+    let json = serde_json::to_string(&traces_with_bad_ids()).unwrap();
+    let reply = harness.post("/v1/traces", "application/json", json).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["partialSuccess"]["rejectedSpans"], "2");
+    assert!(
+        body["partialSuccess"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("trace_id")
+    );
+
+    let names: Vec<_> = harness.ingest.spans().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["good-1", "good-2", "good-1", "good-2"]);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn http_truncated_protobuf_is_400_with_a_status_body() {
+    let harness = Harness::start(LIMIT).await;
+    let encoded = good_traces(3).encode_to_vec();
+    let reply = harness
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            encoded[..encoded.len() - 3].to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let status = reply.pb_status();
+    assert_eq!(status.code, Code::InvalidArgument as i32);
+    assert!(status.message.contains("protobuf"), "{}", status.message);
+    assert!(harness.ingest.spans().is_empty());
+
+    let reply = harness
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            good_traces(1).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(harness.ingest.spans().len(), 1);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn http_invalid_json_is_400_with_a_json_status() {
+    let harness = Harness::start(LIMIT).await;
+    let reply = harness
+        .post("/v1/traces", "application/json", r#"{"resourceSpans": [{"#)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let body = reply.json();
+    assert_eq!(body["code"], 3);
+    assert!(body["message"].as_str().unwrap().contains("JSON"), "{body}");
+
+    // A trace id that is not hex is malformed too, and the message says where.
+    let bad_hex = SPEC_TRACE_JSON.replace("5B8EFFF798038103D269B633813FC60C", "not-hex");
+    let reply = harness
+        .post("/v1/traces", "application/json", bad_hex)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.json()["message"].as_str().unwrap().contains("line"));
+    assert!(harness.ingest.spans().is_empty());
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn http_refuses_unsupported_types_encodings_methods_and_paths() {
+    let harness = Harness::start(LIMIT).await;
+    let reply = harness.post("/v1/traces", "text/plain", "hello").await;
+    assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("text/plain")
+    );
+
+    let body = full(good_traces(1).encode_to_vec());
+    let reply = http_request(
+        harness.addrs.http,
+        Method::POST,
+        "/v1/traces",
+        "application/x-protobuf",
+        Some("br"),
+        body,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(reply.pb_status().message.contains("br"));
+
+    let reply = http_request(
+        harness.addrs.http,
+        Method::GET,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        full(Bytes::new()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.headers.get(http::header::ALLOW).unwrap(), "POST");
+
+    let reply = harness
+        .post("/v1/profiles", "application/x-protobuf", Bytes::new())
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(harness.ingest.spans().is_empty());
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn http_oversize_body_is_413() {
+    let harness = Harness::start(LIMIT).await;
+    let encoded = oversized_traces(LIMIT + 1).encode_to_vec();
+
+    // Declared by Content-Length: refused before reading.
+    let reply = harness
+        .post("/v1/traces", "application/x-protobuf", encoded.clone())
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.pb_status().code, Code::ResourceExhausted as i32);
+
+    // Chunked, length unknown: refused while reading.
+    let body = UnsizedBody(Some(encoded.into())).boxed();
+    let reply = http_request(
+        harness.addrs.http,
+        Method::POST,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        body,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(harness.ingest.spans().is_empty());
+
+    let reply = harness
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            good_traces(1).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn http_gzip_bomb_is_413() {
+    // The ~1 MB body is within the limit; its 1 GiB of output is not.
+    let harness = Harness::start(4 << 20).await;
+    let reply = harness
+        .post_gzip("/v1/traces", "application/x-protobuf", gzip_bomb(1024))
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(reply.pb_status().message.contains("limit"));
+    assert!(harness.ingest.spans().is_empty());
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn http_overload_is_503_with_retry_after() {
+    let harness = Harness::start(LIMIT).await;
+    harness.overload(Some(Duration::from_millis(1500)));
+    let reply = harness
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            good_traces(1).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.headers.get(RETRY_AFTER).unwrap(), "2");
+    assert_eq!(reply.pb_status().code, Code::Unavailable as i32);
+
+    harness.overload(None);
+    let reply = harness
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            good_traces(1).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    harness.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Self-metrics
+// ---------------------------------------------------------------------------------------
+
+/// A current-thread runtime (the `tokio::test` default) runs the servers on this thread,
+/// so a thread-local recorder sees everything they record.
+#[tokio::test]
+async fn receivers_count_accepted_rejected_and_refused() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let harness = Harness::start(LIMIT).await;
+
+    harness
+        .traces_client()
+        .await
+        .export(traces_with_bad_ids())
+        .await
+        .unwrap();
+    let reply = harness
+        .post(
+            "/v1/logs",
+            "application/x-protobuf",
+            logs(3).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = harness.post("/v1/traces", "application/json", "{").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let encoded = good_traces(1).encode_to_vec();
+    let (code, _) = raw_grpc(harness.addrs.grpc, TRACE_EXPORT, &encoded[..5], false).await;
+    assert_eq!(code, Code::InvalidArgument);
+    harness.overload(Some(Duration::from_secs(1)));
+    let reply = harness
+        .post(
+            "/v1/metrics",
+            "application/x-protobuf",
+            gauge(2).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    harness.stop().await;
+
+    let rendered = handle.render();
+    for line in [
+        "otel_tail_spans_received_total 2",
+        "otel_tail_spans_rejected_total{reason=\"invalid_id\"} 2",
+        "otel_tail_items_rejected_total{signal=\"traces\",reason=\"invalid_id\"} 2",
+        "otel_tail_log_records_received_total 3",
+        "otel_tail_requests_refused_total{signal=\"traces\",transport=\"http\",reason=\"malformed\"} 1",
+        "otel_tail_requests_refused_total{signal=\"traces\",transport=\"grpc\",reason=\"malformed\"} 1",
+        "otel_tail_requests_refused_total{signal=\"metrics\",transport=\"http\",reason=\"overloaded\"} 1",
+    ] {
+        assert!(
+            rendered.lines().any(|l| l == line),
+            "missing {line:?} in\n{rendered}"
+        );
+    }
+}
