@@ -88,6 +88,7 @@ pub async fn run(
     on_ready: impl FnOnce(&Listening, &[String]) + Send,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    register_metrics();
     let storage_dir = config.sampler.storage_dir.clone();
     let storage = Arc::new(
         Storage::open(&storage_dir, config.sampler.sync_writes)
@@ -145,6 +146,27 @@ pub async fn run(
     let _ = admin.await;
     tracing::info!(buffered_traces = engine.active_traces(), "stopped; undecided traces stay buffered on disk");
     served.context("serving OTLP receivers")
+}
+
+/// Makes the main counters visible on `/metrics` from the start, at zero, so dashboards and
+/// alerts see a series before the first event.
+fn register_metrics() {
+    use metrics::counter;
+    use otel_tail_shared::telemetry::names;
+    for name in [
+        names::SPANS_RECEIVED,
+        names::SPANS_KEPT,
+        names::SPANS_DROPPED,
+        names::TRACES_EVICTED,
+        names::LOGS_RECEIVED,
+        names::DATA_POINTS_RECEIVED,
+    ] {
+        counter!(name).increment(0);
+    }
+    for decision in ["sampled", "not_sampled"] {
+        counter!(names::LATE_SPANS, "decision" => decision).increment(0);
+    }
+    counter!(names::SPANS_REJECTED, "reason" => "invalid_id").increment(0);
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
