@@ -9,9 +9,14 @@
 //!   and classify failures as retryable or permanent. Queueing lives with the caller.
 //! - [`telemetry`]: self-metric names, logging set-up and the admin HTTP endpoint.
 //! - [`otlp`]: small helpers over the OTLP data model (ids, signals, request merging).
+//! - [`ring`]: the consistent-hash ring (virtual nodes over xxh3) that assigns traces and keys to samplers.
+//! - [`split`]: regroups an encoded OTLP request per owner by walking the wire format, copying items as-is.
 
 pub mod config;
 pub mod exporter;
+pub mod membership;
 pub mod otlp;
 pub mod receiver;
+pub mod ring;
+pub mod split;
 pub mod telemetry;
