@@ -59,6 +59,8 @@ impl ConfigError {
 pub struct Config {
     /// Where OTLP data is accepted.
     pub receiver: ReceiverConfig,
+    /// Cluster membership and forwarding; no seeds means standalone.
+    pub cluster: ClusterConfig,
     /// Buffering and tail-sampling decisions (sampler only).
     pub sampler: SamplerConfig,
     /// Where kept and passed-through data goes (sampler only).
@@ -114,6 +116,7 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        self.cluster.validate()?;
         self.sampler.validate()?;
         self.exporter.validate()?;
         Ok(())
@@ -184,6 +187,120 @@ impl Default for ReceiverConfig {
             http_endpoint: ([0, 0, 0, 0], 4318).into(),
             max_request_bytes: 64 * 1024 * 1024,
         }
+    }
+}
+
+/// Cluster membership and forwarding (`cluster.*`). With no `seeds` and no `dns_seed` a
+/// node runs standalone and owns everything.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Stable, unique node name (the pod name). Empty: `$POD_NAME`, else `$HOSTNAME`, else
+    /// the gossip address.
+    pub node_id: String,
+    /// UDP address SWIM gossip binds to.
+    pub gossip_endpoint: SocketAddr,
+    /// Address other nodes reach this one at: an IP (`${env:POD_IP}`) or `ip:port`. Empty:
+    /// the gossip endpoint's address. Its port defaults to the gossip endpoint's.
+    pub advertise_address: String,
+    /// Internal OTLP/gRPC endpoint samplers accept forwarded data and handoffs on.
+    pub forward_endpoint: SocketAddr,
+    /// Static seeds, `host:port` of other nodes' gossip endpoints.
+    pub seeds: Vec<String>,
+    /// A DNS name (`name` or `name:port`) resolved periodically into seeds, e.g. the
+    /// chart's headless Service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_seed: Option<String>,
+    /// Shared secret sealing every gossip packet. Unset: packets are not authenticated
+    /// (allowed for local use, logged as a warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// File holding the secret (e.g. a mounted Kubernetes Secret); wins over `secret`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Virtual nodes per sampler on the consistent-hash ring.
+    pub virtual_nodes: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: String::new(),
+            gossip_endpoint: ([0, 0, 0, 0], 7946).into(),
+            advertise_address: String::new(),
+            forward_endpoint: ([0, 0, 0, 0], 4319).into(),
+            seeds: Vec::new(),
+            dns_seed: None,
+            secret: None,
+            secret_file: None,
+            virtual_nodes: 512,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this node runs alone (no seeds of any kind).
+    pub fn is_standalone(&self) -> bool {
+        self.seeds.is_empty() && self.dns_seed.is_none()
+    }
+
+    /// The secret, read from `secret_file` when set (trailing newline trimmed).
+    pub fn load_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        if let Some(path) = &self.secret_file {
+            let text = std::fs::read(path).map_err(|e| {
+                ConfigError::invalid("cluster.secret_file", format!("cannot read {}: {e}", path.display()))
+            })?;
+            let trimmed = text.strip_suffix(b"\n").unwrap_or(&text).to_vec();
+            if trimmed.is_empty() {
+                return Err(ConfigError::invalid("cluster.secret_file", "file is empty"));
+            }
+            return Ok(Some(trimmed));
+        }
+        Ok(self.secret.as_ref().map(|s| s.as_bytes().to_vec()))
+    }
+
+    /// The advertised gossip address: `advertise_address` (IP or `ip:port`) or the gossip
+    /// endpoint itself.
+    pub fn advertise(&self) -> Result<SocketAddr, ConfigError> {
+        let text = self.advertise_address.trim();
+        if text.is_empty() {
+            return Ok(self.gossip_endpoint);
+        }
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        text.parse::<std::net::IpAddr>()
+            .map(|ip| SocketAddr::new(ip, self.gossip_endpoint.port()))
+            .map_err(|_| ConfigError::invalid("cluster.advertise_address", format!("`{text}` is not an IP address or ip:port")))
+    }
+
+    /// The node id: `node_id`, else `$POD_NAME`, else `$HOSTNAME`, else the advertised address.
+    pub fn resolved_node_id(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+        if !self.node_id.is_empty() {
+            return Ok(self.node_id.clone());
+        }
+        for var in ["POD_NAME", "HOSTNAME"] {
+            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+                return Ok(v);
+            }
+        }
+        Ok(self.advertise()?.to_string())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.advertise()?;
+        if self.virtual_nodes == 0 {
+            return Err(ConfigError::invalid("cluster.virtual_nodes", "must be greater than 0"));
+        }
+        if self.secret.as_deref() == Some("") {
+            return Err(ConfigError::invalid("cluster.secret", "must not be empty (omit it to disable authentication)"));
+        }
+        for (i, seed) in self.seeds.iter().enumerate() {
+            if seed.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(ConfigError::invalid(format!("cluster.seeds[{i}]"), format!("`{seed}` is not host:port")));
+            }
+        }
+        Ok(())
     }
 }
 
