@@ -53,7 +53,7 @@ fn request(first_trace: u64) -> ExportTraceServiceRequest {
                     kv("http.route", "/api/orders/{id}"),
                     kv("user.id", &format!("user-{}", trace % 9973)),
                 ],
-                status: (trace % 50 == 0 && s == 3).then(|| Status {
+                status: (trace.is_multiple_of(50) && s == 3).then(|| Status {
                     code: status::StatusCode::Error as i32,
                     message: "boom".to_owned(),
                 }),
@@ -117,7 +117,7 @@ fn main() {
             }
             eng.ingest_traces(r).expect("ingest");
             spans += SPANS_PER_REQUEST;
-            if i % 20 == 0 {
+            if i.is_multiple_of(20) {
                 clock.fetch_add(50, Ordering::SeqCst);
                 eng.decide_due().expect("decide");
             }

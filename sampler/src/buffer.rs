@@ -134,10 +134,10 @@ impl TraceIndex {
         merge_stats(&mut entry.stats, &arrival.stats);
         entry.policy.merge(&arrival.policy);
         entry.has_logs |= arrival.logs;
-        if arrival.root {
-            if let Some(after_root) = self.settings.after_root_ms {
-                entry.root_deadline_ms = entry.root_deadline_ms.min(now_ms + after_root);
-            }
+        if arrival.root
+            && let Some(after_root) = self.settings.after_root_ms
+        {
+            entry.root_deadline_ms = entry.root_deadline_ms.min(now_ms + after_root);
         }
         entry.deadline_ms = (now_ms + wait).min(entry.root_deadline_ms);
         if entry.deadline_ms < entry.scheduled_ms {
