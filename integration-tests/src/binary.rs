@@ -75,7 +75,10 @@ fn profile_dir() -> Result<PathBuf, HarnessError> {
         .parent()
         .ok_or_else(|| HarnessError::Build(format!("{} has no parent", exe.display())))?
         .to_path_buf();
-    if dir.file_name().is_some_and(|n| n == "deps" || n == "examples") {
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
         dir.pop();
     }
     Ok(dir)
@@ -93,7 +96,13 @@ fn build(root: &Path, profile_dir: &Path) -> Result<(), HarnessError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "-p", "otel-tail-sampler", "--bin", SAMPLER_BIN_NAME])
+        .args([
+            "build",
+            "-p",
+            "otel-tail-sampler",
+            "--bin",
+            SAMPLER_BIN_NAME,
+        ])
         .arg("--target-dir")
         .arg(target_dir);
     match profile.as_str() {

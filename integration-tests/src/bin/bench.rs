@@ -1,0 +1,256 @@
+//! `otel-tail-bench`: measures one sampler (release build) end to end and prints the
+//! figures; it asserts nothing.
+//!
+//! Phase 1, throughput: the sampler receives, persists, decides and exports (to an
+//! in-process OTLP/gRPC counting sink) while the load generator sends at maximum
+//! rate; policies keep roughly 2% of traces (errors + a 1% baseline). Printed:
+//! sustained spans/s accepted, kept spans exported, and spans/s per core (accepted
+//! spans divided by the sampler's own CPU seconds from `/proc/<pid>/stat`).
+//!
+//! Phase 2, memory: with a decision wait long enough that nothing is decided, load a
+//! fixed number of traces and print (RSS after − RSS before) / active traces.
+//!
+//! ```text
+//! cargo run --release -p otel-tail-integration-tests --bin otel-tail-bench -- [--seconds N] [--traces N]
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use otel_tail_integration_tests::generate::TraceShape;
+use otel_tail_integration_tests::load::{LoadConfig, LoadStats, run_load};
+use otel_tail_integration_tests::wait::poll_until;
+use otel_tail_integration_tests::{OtlpSink, SamplerProcess, SinkMode, procfs};
+use serde_json::json;
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "otel-tail-bench",
+    about = "Throughput and memory benchmark of otel-tail-sampler"
+)]
+struct Args {
+    /// Seconds of maximum-rate load in the throughput phase.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Traces loaded in the memory phase.
+    #[arg(long, default_value_t = 200_000)]
+    traces: u64,
+    /// Spans per trace in both phases.
+    #[arg(long, default_value_t = 10)]
+    spans_per_trace: usize,
+    /// Concurrent gRPC senders.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Spans per export request.
+    #[arg(long, default_value_t = 1000)]
+    batch_spans: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    println!(
+        "otel-tail-bench: {} cores visible, {} spans/trace, {} senders, {} spans/request",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        args.spans_per_trace,
+        args.concurrency,
+        args.batch_spans
+    );
+    throughput(&args).await?;
+    memory(&args).await?;
+    Ok(())
+}
+
+fn policies() -> serde_json::Value {
+    json!([
+        {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
+        {"name": "baseline", "type": "probabilistic", "probabilistic": {"sampling_percentage": 1}}
+    ])
+}
+
+async fn throughput(args: &Args) -> anyhow::Result<()> {
+    let sink = OtlpSink::start(SinkMode::Count).await?;
+    let sampler = SamplerProcess::start(json!({
+        "sampler": {
+            "decision_wait": "2s",
+            "num_traces": 1_000_000,
+            "policies": policies(),
+        },
+        "exporter": {"otlp": {"endpoint": sink.endpoint(), "tls": {"insecure": true}}},
+        "telemetry": {"log_level": "warn"},
+    }))
+    .await?;
+    let pid = sampler
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("sampler not running"))?;
+    println!("\n== throughput: {}s at maximum rate ==", args.seconds);
+    let cpu_before = procfs::cpu_seconds(pid)?;
+    let config = LoadConfig {
+        endpoint: sampler.grpc_endpoint(),
+        rate: 0.0,
+        duration: Duration::from_secs(args.seconds),
+        shape: TraceShape {
+            spans_per_trace: args.spans_per_trace,
+            error_share: 0.01,
+            logs_per_trace: 0,
+        },
+        metric_points_per_sec: 0,
+        concurrency: args.concurrency,
+        batch_spans: args.batch_spans,
+        seed: 42,
+        span_limit: 0,
+    };
+    let stats = Arc::new(LoadStats::default());
+    let (load, elapsed) = run_load(&config, Arc::clone(&stats)).await?;
+    let cpu_load = procfs::cpu_seconds(pid)? - cpu_before;
+    // Let every trace reach its decision and the exports drain.
+    let drain_started = Instant::now();
+    let drained = poll_until(
+        "active traces to reach 0",
+        Duration::from_secs(120),
+        || async {
+            let m = sampler.metrics().await?;
+            Ok((m.sum("otel_tail_traces_active", &[]) == 0.0).then_some(()))
+        },
+    )
+    .await;
+    let mut last = sink.counts().spans;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = sink.counts().spans;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let cpu_total = procfs::cpu_seconds(pid)? - cpu_before;
+    let metrics = sampler.metrics().await?;
+    let secs = elapsed.as_secs_f64();
+    let kept = sink.counts().spans;
+    println!("load duration           {secs:.1} s");
+    println!(
+        "spans sent / accepted   {} / {} (rejected {}, throttled requests {}, failed requests {})",
+        load.sent_spans, load.accepted_spans, load.rejected_spans, load.throttled, load.errors
+    );
+    println!(
+        "sustained accepted      {:.0} spans/s",
+        load.accepted_spans as f64 / secs
+    );
+    println!(
+        "kept spans exported     {kept} ({:.2}% of accepted){}",
+        100.0 * kept as f64 / load.accepted_spans.max(1) as f64,
+        if drained.is_err() {
+            "  [traces still active after 120 s]"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "sampler CPU             {cpu_load:.1} s during load, {cpu_total:.1} s including {:.1} s of drain",
+        drain_started.elapsed().as_secs_f64()
+    );
+    println!(
+        "spans/s per core        {:.0} (accepted spans / sampler CPU seconds, drain included)",
+        load.accepted_spans as f64 / cpu_total.max(f64::EPSILON)
+    );
+    println!(
+        "decided traces          {}",
+        metrics.sum("otel_tail_traces_decided_total", &[])
+    );
+    Ok(())
+}
+
+async fn memory(args: &Args) -> anyhow::Result<()> {
+    let sampler = SamplerProcess::start(json!({
+        "sampler": {
+            "decision_wait": "30m",
+            "num_traces": args.traces * 2,
+            "policies": policies(),
+        },
+        "telemetry": {"log_level": "warn"},
+    }))
+    .await?;
+    let pid = sampler
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("sampler not running"))?;
+    println!("\n== memory: {} traces held undecided ==", args.traces);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = procfs::rss_bytes(pid)?;
+    // Two halves with different seeds (distinct trace ids): the second half's RSS
+    // growth over its traces is the marginal cost per trace, without fixed costs
+    // such as RocksDB's memtables filling up once.
+    let half = args.traces / 2;
+    let (first_spans, first_active, first_elapsed) = load_traces(&sampler, args, half, 7).await?;
+    let rss_half = procfs::rss_bytes(pid)?;
+    let (second_spans, active, second_elapsed) = load_traces(&sampler, args, half, 8).await?;
+    let rss_after = procfs::rss_bytes(pid)?;
+    let metrics = sampler.metrics().await?;
+    println!(
+        "loaded                  {} spans in {:.1} s",
+        first_spans + second_spans,
+        (first_elapsed + second_elapsed).as_secs_f64()
+    );
+    println!("active traces           {first_active} after the first half, {active} at the end");
+    println!(
+        "RSS                     {:.1} MiB before, {:.1} MiB at half, {:.1} MiB after",
+        mib(rss_before),
+        mib(rss_half),
+        mib(rss_after)
+    );
+    println!(
+        "storage bytes           {}",
+        metrics.sum("otel_tail_storage_bytes", &[])
+    );
+    println!(
+        "RAM per active trace    {:.0} bytes ((RSS after - RSS before) / active traces)",
+        rss_after.saturating_sub(rss_before) as f64 / active.max(1.0)
+    );
+    println!(
+        "marginal RAM per trace  {:.0} bytes ((RSS after - RSS at half) / traces added in the second half)",
+        rss_after.saturating_sub(rss_half) as f64 / (active - first_active).max(1.0)
+    );
+    Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1_048_576.0
+}
+
+/// Sends `traces` whole traces at maximum rate, then waits (up to 60 s) until the
+/// active-trace gauge stops moving. Returns accepted spans, active traces, load time.
+async fn load_traces(
+    sampler: &SamplerProcess,
+    args: &Args,
+    traces: u64,
+    seed: u64,
+) -> anyhow::Result<(u64, f64, Duration)> {
+    let config = LoadConfig {
+        endpoint: sampler.grpc_endpoint(),
+        rate: 0.0,
+        duration: Duration::from_secs(600),
+        shape: TraceShape {
+            spans_per_trace: args.spans_per_trace,
+            error_share: 0.01,
+            logs_per_trace: 0,
+        },
+        metric_points_per_sec: 0,
+        concurrency: args.concurrency,
+        batch_spans: args.batch_spans,
+        seed,
+        span_limit: traces * args.spans_per_trace as u64,
+    };
+    let (load, elapsed) = run_load(&config, Arc::new(LoadStats::default())).await?;
+    let mut active = -1.0;
+    let settle_deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sampler.metrics().await?.sum("otel_tail_traces_active", &[]);
+        if now > 0.0 && now == active {
+            break;
+        }
+        active = now;
+    }
+    Ok((load.accepted_spans, active, elapsed))
+}

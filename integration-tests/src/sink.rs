@@ -1,0 +1,279 @@
+//! A real OTLP/gRPC receiver standing in for the downstream backend: it records
+//! (or just counts) everything the sampler exports, and can be stopped and started
+//! again on the same port to simulate an outage.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+use crate::HarnessError;
+use crate::export::{ExportedData, data_points};
+
+/// What the sink keeps of each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkMode {
+    /// Keep every request (for assertions on content).
+    Record,
+    /// Only count items (for the benchmark; constant memory).
+    Count,
+}
+
+/// Item counters of a sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkCounts {
+    /// Export requests received, all signals.
+    pub requests: u64,
+    /// Spans received.
+    pub spans: u64,
+    /// Log records received.
+    pub logs: u64,
+    /// Metric data points received.
+    pub data_points: u64,
+}
+
+#[derive(Debug)]
+struct Store {
+    mode: SinkMode,
+    data: Mutex<ExportedData>,
+    requests: AtomicU64,
+    spans: AtomicU64,
+    logs: AtomicU64,
+    data_points: AtomicU64,
+}
+
+/// Largest request the sink accepts (the sampler may batch generously).
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// A running (or stopped) OTLP/gRPC sink on a fixed `127.0.0.1` port.
+pub struct OtlpSink {
+    addr: SocketAddr,
+    store: Arc<Store>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl OtlpSink {
+    /// Starts a sink on a free port.
+    pub async fn start(mode: SinkMode) -> Result<Self, HarnessError> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| HarnessError::io("binding the OTLP sink", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| HarnessError::io("reading the sink address", e))?;
+        let store = Arc::new(Store {
+            mode,
+            data: Mutex::default(),
+            requests: AtomicU64::new(0),
+            spans: AtomicU64::new(0),
+            logs: AtomicU64::new(0),
+            data_points: AtomicU64::new(0),
+        });
+        let mut sink = Self {
+            addr,
+            store,
+            shutdown: None,
+            task: None,
+        };
+        sink.serve(listener);
+        Ok(sink)
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (tx, rx) = oneshot::channel::<()>();
+        let handler = Handler(Arc::clone(&self.store));
+        let router = tonic::transport::Server::builder()
+            .add_service(
+                TraceServiceServer::new(handler.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                LogsServiceServer::new(handler.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                MetricsServiceServer::new(handler)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            );
+        let incoming = TcpListenerStream::new(listener);
+        self.task = Some(tokio::spawn(async move {
+            let _ = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await;
+        }));
+        self.shutdown = Some(tx);
+    }
+
+    /// The sink's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://host:port`, as an `exporter.otlp.endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and closes the port (open connections are cut after a short
+    /// grace period), so clients see the backend as gone.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Serves again on the same port (retrying the bind for up to 10 s while the
+    /// old socket is released). Recorded data is kept.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(HarnessError::io(
+                        format!("re-binding the sink on {}", self.addr),
+                        e,
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        self.serve(listener);
+        Ok(())
+    }
+
+    /// A copy of everything recorded (empty in [`SinkMode::Count`]).
+    pub fn snapshot(&self) -> ExportedData {
+        self.store.data.lock().expect("sink lock").clone()
+    }
+
+    /// Item counters.
+    pub fn counts(&self) -> SinkCounts {
+        SinkCounts {
+            requests: self.store.requests.load(Ordering::Relaxed),
+            spans: self.store.spans.load(Ordering::Relaxed),
+            logs: self.store.logs.load(Ordering::Relaxed),
+            data_points: self.store.data_points.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for OtlpSink {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Handler(Arc<Store>);
+
+impl Handler {
+    fn record(&self, add: impl FnOnce(&mut ExportedData)) {
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+        if self.0.mode == SinkMode::Record {
+            add(&mut self.0.data.lock().expect("sink lock"));
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Handler {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let request = request.into_inner();
+        let spans: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        self.0.spans.fetch_add(spans as u64, Ordering::Relaxed);
+        self.record(|d| d.traces.push(request));
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Handler {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let request = request.into_inner();
+        let logs: usize = request
+            .resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs)
+            .map(|sl| sl.log_records.len())
+            .sum();
+        self.0.logs.fetch_add(logs as u64, Ordering::Relaxed);
+        self.record(|d| d.logs.push(request));
+        Ok(Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Handler {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let request = request.into_inner();
+        let points: usize = request
+            .resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .map(data_points)
+            .sum();
+        self.0
+            .data_points
+            .fetch_add(points as u64, Ordering::Relaxed);
+        self.record(|d| d.metrics.push(request));
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}

@@ -1,0 +1,105 @@
+//! End to end with the OpenTelemetry Python SDK (OTLP/HTTP and OTLP/gRPC exporters).
+//! Skipped, with a printed notice, when `python3` or the SDK packages are missing;
+//! `.ci/run` installs them.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use otel_tail_integration_tests::SamplerProcess;
+use otel_tail_integration_tests::binary::workspace_root;
+use serde_json::{Value, json};
+
+/// Modules the script needs for `transport`.
+fn python_has(transport: &str) -> bool {
+    let module = match transport {
+        "http" => "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        _ => "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    };
+    Command::new("python3")
+        .args(["-c", &format!("import opentelemetry.sdk.trace, {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+async fn python_error_traces_kept_whole(transport: &str) {
+    if !python_has(transport) {
+        eprintln!(
+            "NOTICE: skipping the Python SDK {transport} test: python3 with opentelemetry-sdk and \
+             the OTLP {transport} exporter is not installed \
+             (pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-grpc)"
+        );
+        return;
+    }
+    let sampler = SamplerProcess::start(json!({
+        "sampler": {"decision_wait": "1s", "policies": [
+            {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}}
+        ]},
+    }))
+    .await
+    .expect("sampler starts");
+    let endpoint = match transport {
+        "http" => sampler.http_endpoint(),
+        _ => sampler.grpc_endpoint(),
+    };
+    let script = workspace_root().join("integration-tests/python/send_traces.py");
+    let output = run_python_sender(&script, transport, &endpoint).await;
+    let sent: Value = serde_json::from_str(output.trim()).expect("script prints JSON");
+    let ids = |key: &str| -> BTreeSet<String> {
+        sent[key]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|v| v.as_str().expect("string").to_string())
+            .collect()
+    };
+    let errors = ids("error");
+    let ok = ids("ok");
+    assert_eq!(errors.len(), 10);
+    sampler
+        .wait_for_export("the Python error traces", Duration::from_secs(30), |d| {
+            errors.is_subset(&d.trace_ids())
+        })
+        .await
+        .expect("exported");
+    let data = sampler
+        .settle(Duration::from_secs(30))
+        .await
+        .expect("settles");
+    assert_eq!(data.trace_ids(), errors);
+    assert!(ok.is_disjoint(&data.trace_ids()));
+    for (trace, spans) in data.spans_by_trace() {
+        assert_eq!(spans.len(), 2, "trace {trace} whole");
+        for span in spans {
+            assert_eq!(span.policy().as_deref(), Some("errors"));
+            assert_eq!(span.service_name().as_deref(), Some("py-shop"));
+        }
+    }
+}
+
+/// Runs the Python sender (20 traces) on the blocking pool and returns its stdout.
+async fn run_python_sender(script: &Path, transport: &str, endpoint: &str) -> String {
+    let mut command = Command::new("python3");
+    command.arg(script).args([transport, endpoint, "20"]);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "python sender failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_over_http_error_traces_kept_whole() {
+    python_error_traces_kept_whole("http").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_over_grpc_error_traces_kept_whole() {
+    python_error_traces_kept_whole("grpc").await;
+}
