@@ -27,6 +27,7 @@ mod tests {
                         address: "1.2.3.4:5".into(),
                         role: v1::Role::Sampler as i32,
                         generation: 1,
+                        forward: String::new(),
                     }),
                     message: Some(v1::header::Message::Ping(v1::Ping { probe_number: 1 })),
                     ..Default::default()

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod exporter;
+pub mod forward;
 pub mod membership;
 pub mod otlp;
 pub mod receiver;

@@ -44,7 +44,7 @@ use tokio::{
 };
 
 pub use codec::MAX_NODE_ID_LEN;
-pub use identity::{NodeIdentity, Role};
+pub use identity::{DEFAULT_FORWARD_PORT, NodeIdentity, Role};
 pub use stats::PacketCounts;
 
 use identity::GossipIdentity;
@@ -108,6 +108,9 @@ pub struct MembershipConfig {
     pub node_id: String,
     /// Router or sampler.
     pub role: Role,
+    /// Samplers: the forward endpoint peers and routers should send to, published in
+    /// this node's identity ([`NodeIdentity::forward`]). `None` for routers.
+    pub forward: Option<SocketAddr>,
     /// Shared cluster secret; `None` sends and accepts unsealed datagrams only (local
     /// use; the caller should warn).
     pub secret: Option<Vec<u8>>,
@@ -138,6 +141,7 @@ impl MembershipConfig {
             advertise: bind,
             node_id: node_id.into(),
             role,
+            forward: None,
             secret: None,
             seeds: Vec::new(),
             dns_seeds: Vec::new(),
@@ -167,6 +171,7 @@ impl fmt::Debug for MembershipConfig {
             .field("advertise", &self.advertise)
             .field("node_id", &self.node_id)
             .field("role", &self.role)
+            .field("forward", &self.forward)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("seeds", &self.seeds)
             .field("dns_seeds", &self.dns_seeds)
@@ -286,7 +291,8 @@ impl Membership {
             advertise,
             config.role,
             generation,
-        );
+        )
+        .with_forward(config.forward);
         let stats = Arc::new(PacketStats::default());
         let node = Node::new(
             identity,

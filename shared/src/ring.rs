@@ -18,7 +18,7 @@
 //!   depend on the order in which gossip delivered the members;
 //! - SipHash of a 16-byte trace id costs several times xxh3's on the router's hot path.
 //!
-//! This ring places virtual node `i` of node `n` at `xxh3_64_with_seed(n, i)` and a key at
+//! This ring places virtual node `i` of node `n` at `xxh3_64(n ‖ i as 4 LE bytes)` and a key at
 //! `xxh3_64(key)`: a specified, stable, fast hash that needs no `Hash` framing. Points are
 //! kept in a sorted vector; ties between equal points are broken by node id, so the ring
 //! depends only on the set of members, never on the order they were added. A lookup is one
@@ -27,7 +27,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::otlp::TraceId;
 
@@ -211,8 +211,15 @@ impl Ring {
         for (member, node) in self.members.iter().enumerate() {
             let name = node.as_str().as_bytes();
             let member = u32::try_from(member).expect("fewer than 2^32 ring members");
+            // The index goes into the hashed bytes, not the seed: for short inputs xxh3 only
+            // XORs the seed in, so seeded points of ids differing in one bit would nearly
+            // coincide and one node would win almost every tie.
+            let mut input = Vec::with_capacity(name.len() + 4);
             for i in 0..self.vnodes {
-                points.push((xxh3_64_with_seed(name, u64::from(i)), member));
+                input.clear();
+                input.extend_from_slice(name);
+                input.extend_from_slice(&i.to_le_bytes());
+                points.push((xxh3_64(&input), member));
             }
         }
         // Members are sorted by id, so ordering ties by member index orders them by id.

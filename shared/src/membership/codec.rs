@@ -217,6 +217,7 @@ fn identity_to_proto(id: &GossipIdentity) -> pb::NodeIdentity {
             Some(Role::Sampler) => pb::Role::Sampler,
         } as i32,
         generation: id.generation(),
+        forward: id.forward().map(|a| a.to_string()).unwrap_or_default(),
     }
 }
 
@@ -244,7 +245,17 @@ fn any_identity_from_proto(
             });
         }
     };
+    let forward = if id.forward.is_empty() {
+        None
+    } else {
+        Some(
+            id.forward
+                .parse::<SocketAddr>()
+                .map_err(|_| CodecError::Address(id.forward.clone()))?,
+        )
+    };
     GossipIdentity::from_parts(Arc::from(id.node_id), address, role, id.generation)
+        .map(|identity| identity.with_forward(forward))
         .ok_or(CodecError::Identity("needs both a node id and a role"))
 }
 
@@ -442,7 +453,8 @@ mod tests {
         Header {
             src: node("router-0", 7946, Role::Router, 42),
             src_incarnation: 65_535,
-            dst: node("sampler-1", 7947, Role::Sampler, u64::MAX),
+            dst: node("sampler-1", 7947, Role::Sampler, u64::MAX)
+                .with_forward(Some(SocketAddr::from(([10, 0, 0, 8], 4319)))),
             message,
         }
     }
@@ -487,6 +499,20 @@ mod tests {
         assert!(matches!(
             codec.decode_header(&buf[..]),
             Err(CodecError::Identity(_))
+        ));
+    }
+
+    #[test]
+    fn forward_address_round_trips_and_must_be_ip_port() {
+        let forward = SocketAddr::from(([10, 0, 0, 7], 14319));
+        let member = Member::alive(node("s", 1, Role::Sampler, 1).with_forward(Some(forward)));
+        let mut proto = member_to_proto(&member);
+        assert_eq!(proto.identity.as_ref().unwrap().forward, "10.0.0.7:14319");
+        assert_eq!(member_from_proto(proto.clone()).unwrap(), member);
+        proto.identity.as_mut().unwrap().forward = "sampler-0.svc:4319".into();
+        assert!(matches!(
+            member_from_proto(proto),
+            Err(CodecError::Address(_))
         ));
     }
 

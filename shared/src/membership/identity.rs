@@ -13,6 +13,10 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 
 use foca::Identity;
 
+/// Port of a sampler's forward endpoint when its identity does not say
+/// (`cluster.forward_endpoint`'s default).
+pub const DEFAULT_FORWARD_PORT: u16 = 4319;
+
 /// What a node does in the cluster. Only samplers own a share of the ring; routers
 /// join to learn it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,6 +57,18 @@ pub struct NodeIdentity {
     pub role: Role,
     /// Start-up generation; a restarted node has a higher one than its previous self.
     pub generation: u64,
+    /// Samplers: the address peers and routers forward OTLP/gRPC and handoffs to. `None`
+    /// for routers (and nodes that did not say); see [`NodeIdentity::forward_addr`].
+    pub forward: Option<SocketAddr>,
+}
+
+impl NodeIdentity {
+    /// Where to forward data this node owns: its advertised forward address, else the
+    /// gossip address's IP on [`DEFAULT_FORWARD_PORT`].
+    pub fn forward_addr(&self) -> SocketAddr {
+        self.forward
+            .unwrap_or_else(|| SocketAddr::new(self.address.ip(), DEFAULT_FORWARD_PORT))
+    }
 }
 
 /// The identity type foca works with.
@@ -67,6 +83,7 @@ pub(crate) struct GossipIdentity {
     address: SocketAddr,
     role: Option<Role>,
     generation: u64,
+    forward: Option<SocketAddr>,
 }
 
 impl GossipIdentity {
@@ -77,7 +94,13 @@ impl GossipIdentity {
             address,
             role: Some(role),
             generation,
+            forward: None,
         }
+    }
+
+    /// The same identity advertising `forward` as its forward endpoint.
+    pub(crate) fn with_forward(self, forward: Option<SocketAddr>) -> Self {
+        Self { forward, ..self }
     }
 
     /// The placeholder used to announce ourselves to a seed address.
@@ -87,6 +110,7 @@ impl GossipIdentity {
             address,
             role: None,
             generation: 0,
+            forward: None,
         }
     }
 
@@ -109,6 +133,7 @@ impl GossipIdentity {
             address,
             role,
             generation,
+            forward: None,
         })
     }
 
@@ -128,6 +153,10 @@ impl GossipIdentity {
         self.generation
     }
 
+    pub(crate) fn forward(&self) -> Option<SocketAddr> {
+        self.forward
+    }
+
     /// The public view of a real node; `None` for a seed placeholder.
     pub(crate) fn to_public(&self) -> Option<NodeIdentity> {
         Some(NodeIdentity {
@@ -135,6 +164,7 @@ impl GossipIdentity {
             address: self.address,
             role: self.role?,
             generation: self.generation,
+            forward: self.forward,
         })
     }
 }
@@ -198,5 +228,16 @@ mod tests {
         assert!(GossipIdentity::from_parts(Arc::from(""), a, Some(Role::Sampler), 5).is_none());
         assert!(GossipIdentity::from_parts(Arc::from("n"), a, None, 5).is_none());
         assert!(GossipIdentity::from_parts(Arc::from(""), a, None, 7).is_none());
+    }
+
+    #[test]
+    fn forward_address_defaults_to_the_gossip_ip() {
+        let id = GossipIdentity::new(Arc::from("s-1"), addr(7946), Role::Sampler, 1);
+        let public = id.to_public().unwrap();
+        assert_eq!(public.forward_addr(), SocketAddr::from(([127, 0, 0, 1], DEFAULT_FORWARD_PORT)));
+        let forward = SocketAddr::from(([10, 1, 2, 3], 14319));
+        let public = id.with_forward(Some(forward)).to_public().unwrap();
+        assert_eq!(public.forward, Some(forward));
+        assert_eq!(public.forward_addr(), forward);
     }
 }

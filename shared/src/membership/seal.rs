@@ -129,6 +129,7 @@ mod tests {
                     address: "127.0.0.1:7946".into(),
                     role: pb::Role::Sampler as i32,
                     generation: 7,
+                    forward: String::new(),
                 }),
                 message: Some(pb::header::Message::Ping(pb::Ping { probe_number: 3 })),
                 ..Default::default()

@@ -119,7 +119,7 @@ impl<I: Ingest> MetricsService for GrpcReceiver<I> {
 
 /// The gRPC status for a request the sink refused: throttling is retryable and says when
 /// to retry (`RetryInfo`), as the OTLP specification asks.
-fn status_of(error: &IngestError) -> Status {
+pub(crate) fn status_of(error: &IngestError) -> Status {
     match error {
         IngestError::Overloaded { retry_after, .. } => Status::with_error_details(
             Code::Unavailable,
@@ -140,13 +140,13 @@ fn status_of(error: &IngestError) -> Status {
 /// corrupt gzip or bad framing. The handlers never answer `OUT_OF_RANGE` or `INTERNAL`
 /// themselves ([`status_of`]), so those codes in response headers always mean a bad request.
 #[derive(Debug, Clone)]
-struct DecodeStatus<S> {
+pub(crate) struct DecodeStatus<S> {
     inner: S,
     signal: Signal,
 }
 
 impl<S> DecodeStatus<S> {
-    fn new(inner: S, signal: Signal) -> Self {
+    pub(crate) fn new(inner: S, signal: Signal) -> Self {
         DecodeStatus { inner, signal }
     }
 }

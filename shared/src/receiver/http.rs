@@ -111,9 +111,9 @@ where
 }
 
 /// The OTLP/HTTP request handler.
-struct HttpReceiver<I> {
-    ingest: Arc<I>,
-    max_request_bytes: usize,
+pub(crate) struct HttpReceiver<I> {
+    pub(crate) ingest: Arc<I>,
+    pub(crate) max_request_bytes: usize,
 }
 
 impl<I: Ingest> HttpReceiver<I> {
@@ -151,10 +151,13 @@ impl<I: Ingest> HttpReceiver<I> {
             Err(refusal) => refuse(R::SIGNAL, &refusal, encoding),
         }
     }
+}
 
+/// Request reading, shared with the raw receiver ([`super::raw`]).
+impl<I> HttpReceiver<I> {
     /// Checks method, media type, content coding and declared length before any body byte
     /// is read; returns the negotiated encodings and the declared length.
-    fn check_headers(
+    pub(crate) fn check_headers(
         &self,
         request: &Request<Incoming>,
         encoding: Result<Encoding, Refusal>,
@@ -179,7 +182,7 @@ impl<I: Ingest> HttpReceiver<I> {
 
     /// Reads the body through the size cap and inflates it if gzip. `declared` is the
     /// `Content-Length`, already checked against the cap, used to size the buffer once.
-    async fn read_body(
+    pub(crate) async fn read_body(
         &self,
         mut body: Incoming,
         declared: Option<u64>,
@@ -253,7 +256,7 @@ fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
 }
 
 /// Decodes an export request in the given encoding.
-fn decode<R: OtlpRequest>(body: &[u8], encoding: Encoding) -> Result<R, Refusal> {
+pub(crate) fn decode<R: OtlpRequest>(body: &[u8], encoding: Encoding) -> Result<R, Refusal> {
     let signal = R::SIGNAL.as_str();
     match encoding {
         Encoding::Protobuf => R::decode(body).map_err(|error| {
@@ -267,14 +270,14 @@ fn decode<R: OtlpRequest>(body: &[u8], encoding: Encoding) -> Result<R, Refusal>
 
 /// The body encoding of a request, and so of its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
+pub(crate) enum Encoding {
     Protobuf,
     Json,
 }
 
 impl Encoding {
     /// From `Content-Type`, ignoring parameters such as `charset`.
-    fn of(headers: &HeaderMap) -> Result<Self, Refusal> {
+    pub(crate) fn of(headers: &HeaderMap) -> Result<Self, Refusal> {
         let value = headers
             .get(CONTENT_TYPE)
             .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
@@ -299,7 +302,7 @@ impl Encoding {
 
 /// The content coding of a request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compression {
+pub(crate) enum Compression {
     None,
     Gzip,
 }
@@ -324,7 +327,7 @@ impl Compression {
 
 /// Why a request was refused whole.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub(crate) enum Refusal {
     #[error("no OTLP endpoint at {0}; use /v1/traces, /v1/logs or /v1/metrics")]
     NotFound(String),
     #[error("method {0} not allowed; OTLP/HTTP requests use POST")]
@@ -405,7 +408,11 @@ impl Refusal {
 }
 
 /// Counts a refusal of a request to a known endpoint and builds its response.
-fn refuse(signal: Signal, refusal: &Refusal, encoding: Encoding) -> Response<Full<Bytes>> {
+pub(crate) fn refuse(
+    signal: Signal,
+    refusal: &Refusal,
+    encoding: Encoding,
+) -> Response<Full<Bytes>> {
     if let Some(label) = refusal.reason() {
         events::request_refused(signal, Transport::Http, label);
     }
@@ -413,7 +420,7 @@ fn refuse(signal: Signal, refusal: &Refusal, encoding: Encoding) -> Response<Ful
 }
 
 /// An error response: the status code and a `google.rpc.Status` body in `encoding`.
-fn refusal_response(refusal: &Refusal, encoding: Encoding) -> Response<Full<Bytes>> {
+pub(crate) fn refusal_response(refusal: &Refusal, encoding: Encoding) -> Response<Full<Bytes>> {
     let code = refusal.rpc_code() as i32;
     let message = refusal.to_string();
     let body = match encoding {
@@ -442,7 +449,7 @@ fn refusal_response(refusal: &Refusal, encoding: Encoding) -> Response<Full<Byte
 }
 
 /// 200 with the `Export*ServiceResponse`, carrying `partial_success` when items were refused.
-fn success_response<R: OtlpRequest>(
+pub(crate) fn success_response<R: OtlpRequest>(
     accepted: &Accepted,
     encoding: Encoding,
 ) -> Response<Full<Bytes>> {

@@ -10,6 +10,7 @@
 mod events;
 pub mod grpc;
 pub mod http;
+pub mod raw;
 mod signal;
 #[cfg(test)]
 mod tests;

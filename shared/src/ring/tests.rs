@@ -26,13 +26,19 @@ impl Ids {
 }
 
 fn nodes(n: usize) -> Vec<NodeId> {
-    (0..n)
-        .map(|i| NodeId::from(format!("otel-tail-sampler-{i}")))
-        .collect()
+    named_nodes("otel-tail-sampler-", n)
+}
+
+fn named_nodes(prefix: &str, n: usize) -> Vec<NodeId> {
+    (0..n).map(|i| NodeId::from(format!("{prefix}{i}"))).collect()
 }
 
 fn assert_balanced(n: usize) {
-    let ring = Ring::with_members(DEFAULT_VNODES, nodes(n));
+    assert_balanced_named("otel-tail-sampler-", n);
+}
+
+fn assert_balanced_named(prefix: &str, n: usize) {
+    let ring = Ring::with_members(DEFAULT_VNODES, named_nodes(prefix, n));
     let ids = Ids::trace_ids(42 + n as u64, 100_000);
     let mut counts = vec![0usize; n];
     for id in &ids {
@@ -48,6 +54,13 @@ fn assert_balanced(n: usize) {
             deviation * 100.0
         );
     }
+}
+
+#[test]
+fn short_node_ids_differing_in_one_bit_are_balanced_too() {
+    assert_balanced_named("s-", 3);
+    assert_balanced_named("", 3);
+    assert_balanced_named("sampler-", 10);
 }
 
 #[test]
@@ -144,7 +157,7 @@ fn owners_are_stable_across_builds() {
         .iter()
         .map(|id| ring.owner_index_of_trace(id).unwrap())
         .collect();
-    assert_eq!(owners, [2, 1, 1, 0, 2, 0, 2, 0, 0, 1, 1, 1]);
+    assert_eq!(owners, [1, 0, 0, 0, 1, 0, 0, 2, 1, 2, 2, 1]);
     assert_eq!(ring.owner_index_of_key(b"checkout\0pod-1"), Some(2));
 }
 

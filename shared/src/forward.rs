@@ -1,0 +1,314 @@
+//! Forwarding of already-encoded OTLP export requests to other nodes over OTLP/gRPC.
+//!
+//! The router regroups each request per owning sampler ([`crate::split`]) and hands each
+//! part to a [`Forwarder`], which sends the bytes as the body of the standard
+//! `opentelemetry.proto.collector.*.v1.*Service/Export` call without decoding or
+//! re-encoding them; only the small response is decoded. Samplers use the same forwarder
+//! for data they received but do not own, and for handoff.
+//!
+//! One lazily connected tonic [`Channel`] (one HTTP/2 connection, multiplexed) is kept per
+//! target address, so start-up never waits for a peer and a peer that restarts is
+//! reconnected on the next call. Failures are classified for the caller's retry logic
+//! ([`ForwardError`]) and every forwarded item is counted under
+//! [`names::FORWARDED_ITEMS`].
+
+mod codec;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use codec::ClientCodec;
+pub(crate) use codec::ServerCodec;
+
+use crate::membership::NodeIdentity;
+use crate::otlp::Signal;
+use crate::receiver::Accepted;
+
+/// Self-metric names and label values of forwarding.
+pub mod names {
+    /// Items (spans, log records, data points) forwarded to another node, by `signal` and
+    /// `outcome`. Counter.
+    pub const FORWARDED_ITEMS: &str = "otel_tail_forwarded_items_total";
+    /// `outcome`: the target accepted the items.
+    pub const OUTCOME_OK: &str = "ok";
+    /// `outcome`: the target is overloaded and asked to retry later.
+    pub const OUTCOME_THROTTLED: &str = "throttled";
+    /// `outcome`: the target refused the items for good (whole request or partial success).
+    pub const OUTCOME_REJECTED: &str = "rejected";
+    /// `outcome`: the target could not be reached or failed transiently.
+    pub const OUTCOME_FAILED: &str = "failed";
+}
+
+/// Back-off suggested to callers when a target throttles without saying for how long.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Where a cluster member accepts forwarded data: the forward address its identity
+/// carries ([`NodeIdentity::forward_addr`]). A sampler that advertised an unspecified IP
+/// (its bind address, `0.0.0.0:4319`) is reached at its gossip IP on that port instead.
+/// `None` when neither IP is usable, so nothing could reach it.
+pub fn forward_addr(identity: &NodeIdentity) -> Option<SocketAddr> {
+    let addr = identity.forward_addr();
+    let addr = if addr.ip().is_unspecified() {
+        SocketAddr::new(identity.address.ip(), addr.port())
+    } else {
+        addr
+    };
+    (!addr.ip().is_unspecified()).then_some(addr)
+}
+
+/// When forwarded requests are gzip-compressed.
+///
+/// The default is [`ForwardCompression::Never`]: gzip costs the router about 9 times the
+/// CPU of everything else it does per span (`cargo bench -p otel-tail-router`), while
+/// bandwidth between nodes of one cluster is rarely the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardCompression {
+    /// Never.
+    #[default]
+    Never,
+    /// Always.
+    Always,
+    /// Except to loopback addresses, where compression only costs CPU.
+    ExceptLoopback,
+}
+
+/// Settings of a [`Forwarder`].
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    /// Deadline of one call, connecting included; also sent as `grpc-timeout`.
+    pub timeout: Duration,
+    /// Deadline for establishing a connection to a target.
+    pub connect_timeout: Duration,
+    /// When to gzip requests.
+    pub compression: ForwardCompression,
+}
+
+impl Default for ForwarderConfig {
+    /// 5 s per call, 1 s to connect (peers are on the same network), no gzip.
+    fn default() -> Self {
+        ForwarderConfig {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            compression: ForwardCompression::default(),
+        }
+    }
+}
+
+/// Why a forwarded request was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The target is overloaded (`UNAVAILABLE` or `RESOURCE_EXHAUSTED` with `RetryInfo`):
+    /// retry after `retry_after`, not elsewhere.
+    #[error("target throttled, retry after {retry_after:?}")]
+    Throttled {
+        /// The delay the target asked for ([`DEFAULT_RETRY_AFTER`] when it named none).
+        retry_after: Duration,
+    },
+    /// The target refused the data for good (`INVALID_ARGUMENT`, or `RESOURCE_EXHAUSTED`
+    /// without `RetryInfo`: too large); resending it will not help.
+    #[error("target rejected the request: {0}")]
+    Rejected(String),
+    /// The target could not be reached, timed out, or failed otherwise; the data may be
+    /// sent again, possibly to another node.
+    #[error("target unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ForwardError {
+    /// The `outcome` label this error is counted under.
+    fn outcome(&self) -> &'static str {
+        match self {
+            ForwardError::Throttled { .. } => names::OUTCOME_THROTTLED,
+            ForwardError::Rejected(_) => names::OUTCOME_REJECTED,
+            ForwardError::Unavailable(_) => names::OUTCOME_FAILED,
+        }
+    }
+}
+
+/// A pool of lazily connected gRPC channels keyed by target address, sending encoded
+/// `Export*ServiceRequest` bytes. Share it (`Arc`) between all tasks: channels multiplex.
+#[derive(Debug)]
+pub struct Forwarder {
+    config: ForwarderConfig,
+    channels: RwLock<HashMap<SocketAddr, Channel>>,
+}
+
+impl Forwarder {
+    /// A forwarder with no connections yet. Must be used inside a tokio runtime, where
+    /// channels spawn their connection tasks.
+    pub fn new(config: ForwarderConfig) -> Self {
+        Forwarder {
+            config,
+            channels: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `body`, an encoded export request of `signal` holding `items` spans, log
+    /// records or data points, to the OTLP/gRPC server at `target`. `Ok` carries what the
+    /// target refused through `partial_success` (usually nothing).
+    pub async fn send(
+        &self,
+        target: SocketAddr,
+        signal: Signal,
+        body: Bytes,
+        items: usize,
+    ) -> Result<Accepted, ForwardError> {
+        let result = self.call(target, signal, body).await;
+        let items = items as u64;
+        let counter = |outcome: &'static str, count: u64| {
+            if count > 0 {
+                metrics::counter!(names::FORWARDED_ITEMS, "signal" => signal.as_str(), "outcome" => outcome)
+                    .increment(count);
+            }
+        };
+        match &result {
+            Ok(accepted) => {
+                let refused = u64::try_from(accepted.rejected).unwrap_or(0).min(items);
+                counter(names::OUTCOME_OK, items - refused);
+                counter(names::OUTCOME_REJECTED, refused);
+            }
+            Err(error) => {
+                tracing::debug!(%target, signal = signal.as_str(), %error, "forwarding failed");
+                counter(error.outcome(), items);
+            }
+        }
+        result
+    }
+
+    /// Drops the channels of targets for which `keep` is false (members that left), so
+    /// their connections close.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.channels
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|target, _| keep(target));
+    }
+
+    async fn call(
+        &self,
+        target: SocketAddr,
+        signal: Signal,
+        body: Bytes,
+    ) -> Result<Accepted, ForwardError> {
+        let mut grpc = tonic::client::Grpc::new(self.channel(target));
+        if self.gzip(target) {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        grpc.ready()
+            .await
+            .map_err(|error| ForwardError::Unavailable(format!("{target}: {error}")))?;
+        let mut request = tonic::Request::new(body);
+        request.set_timeout(self.config.timeout);
+        let path = PathAndQuery::from_static(export_path(signal));
+        let response = match signal {
+            Signal::Traces => grpc
+                .unary(
+                    request,
+                    path,
+                    ClientCodec::<ExportTraceServiceResponse>::default(),
+                )
+                .await
+                .map(|r| {
+                    let partial = r.into_inner().partial_success.unwrap_or_default();
+                    (partial.rejected_spans, partial.error_message)
+                }),
+            Signal::Logs => grpc
+                .unary(
+                    request,
+                    path,
+                    ClientCodec::<ExportLogsServiceResponse>::default(),
+                )
+                .await
+                .map(|r| {
+                    let partial = r.into_inner().partial_success.unwrap_or_default();
+                    (partial.rejected_log_records, partial.error_message)
+                }),
+            Signal::Metrics => grpc
+                .unary(
+                    request,
+                    path,
+                    ClientCodec::<ExportMetricsServiceResponse>::default(),
+                )
+                .await
+                .map(|r| {
+                    let partial = r.into_inner().partial_success.unwrap_or_default();
+                    (partial.rejected_data_points, partial.error_message)
+                }),
+        };
+        match response {
+            Ok((rejected, message)) => Ok(Accepted { rejected, message }),
+            Err(status) => Err(classify(target, &status)),
+        }
+    }
+
+    fn gzip(&self, target: SocketAddr) -> bool {
+        match self.config.compression {
+            ForwardCompression::Never => false,
+            ForwardCompression::Always => true,
+            ForwardCompression::ExceptLoopback => !target.ip().is_loopback(),
+        }
+    }
+
+    /// The channel to `target`, created (not yet connected) on first use.
+    fn channel(&self, target: SocketAddr) -> Channel {
+        if let Some(channel) = self
+            .channels
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&target)
+        {
+            return channel.clone();
+        }
+        self.channels
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(target)
+            .or_insert_with(|| {
+                Endpoint::from(
+                    http::Uri::try_from(format!("http://{target}"))
+                        .expect("a socket address forms a valid URI authority"),
+                )
+                .timeout(self.config.timeout)
+                .connect_timeout(self.config.connect_timeout)
+                .tcp_nodelay(true)
+                .connect_lazy()
+            })
+            .clone()
+    }
+}
+
+/// The gRPC method path of a signal's OTLP export call.
+pub fn export_path(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    }
+}
+
+/// Classifies a failed call (see [`ForwardError`]).
+fn classify(target: SocketAddr, status: &Status) -> ForwardError {
+    let retry_info = status.get_details_retry_info();
+    let message = format!("{target}: {}: {}", status.code(), status.message());
+    match (status.code(), retry_info) {
+        (Code::Unavailable | Code::ResourceExhausted, Some(info)) => ForwardError::Throttled {
+            retry_after: info.retry_delay.unwrap_or(DEFAULT_RETRY_AFTER),
+        },
+        (Code::InvalidArgument | Code::ResourceExhausted, _) => ForwardError::Rejected(message),
+        _ => ForwardError::Unavailable(message),
+    }
+}
