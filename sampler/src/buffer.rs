@@ -113,7 +113,12 @@ impl TraceIndex {
     /// Folds an arrival into `trace` at `now_ms`, creating the entry if needed. When a new
     /// trace would exceed the capacity, the trace nearest its deadline is removed and
     /// returned so the caller decides it early.
-    pub fn observe(&mut self, trace: TraceId, arrival: &Arrival, now_ms: u64) -> Option<(TraceId, TraceEntry)> {
+    pub fn observe(
+        &mut self,
+        trace: TraceId,
+        arrival: &Arrival,
+        now_ms: u64,
+    ) -> Option<(TraceId, TraceEntry)> {
         let mut evicted = None;
         if !self.traces.contains_key(&trace) && self.traces.len() >= self.settings.capacity {
             evicted = self.pop_earliest();
@@ -197,7 +202,12 @@ impl TraceIndex {
     /// trace whose deadline moved later than `at`. A trace whose deadline is at or before
     /// `now_ms` is removed and returned; with `now_ms` `None` (eviction) a trace is
     /// returned once its heap entry matches its real deadline, i.e. the earliest deadline.
-    fn settle(&mut self, at: u64, trace: TraceId, now_ms: Option<u64>) -> Option<(TraceId, TraceEntry)> {
+    fn settle(
+        &mut self,
+        at: u64,
+        trace: TraceId,
+        now_ms: Option<u64>,
+    ) -> Option<(TraceId, TraceEntry)> {
         let entry = self.traces.get_mut(&trace)?;
         if entry.scheduled_ms != at {
             return None;
@@ -264,7 +274,10 @@ mod tests {
     fn root_span_shortens_the_wait() {
         let mut index = TraceIndex::new(settings());
         index.observe([1; 16], &spans(1), 0);
-        let root = Arrival { root: true, ..spans(1) };
+        let root = Arrival {
+            root: true,
+            ..spans(1)
+        };
         index.observe([1; 16], &root, 50);
         assert_eq!(index.next_deadline(), Some(150));
         assert_eq!(index.pop_due(150, 10).len(), 1);
@@ -273,7 +286,14 @@ mod tests {
     #[test]
     fn spans_after_the_root_do_not_extend_past_the_root_deadline() {
         let mut index = TraceIndex::new(settings());
-        index.observe([1; 16], &Arrival { root: true, ..spans(1) }, 0);
+        index.observe(
+            [1; 16],
+            &Arrival {
+                root: true,
+                ..spans(1)
+            },
+            0,
+        );
         index.observe([1; 16], &spans(1), 90);
         assert_eq!(index.pop_due(100, 10).len(), 1);
     }
@@ -285,12 +305,21 @@ mod tests {
         assert!(index.observe([2; 16], &spans(1), 10).is_none());
         assert!(index.observe([3; 16], &spans(1), 20).is_none());
         index.observe([1; 16], &spans(1), 30);
-        let evicted = index.observe([4; 16], &spans(1), 40).expect("capacity reached");
+        let evicted = index
+            .observe([4; 16], &spans(1), 40)
+            .expect("capacity reached");
         assert_eq!(evicted.0, [2; 16]);
         assert_eq!(index.len(), 3);
         assert!(index.get(&[2; 16]).is_none());
         // The stale heap entry of trace 1 (deadline 1000) is skipped; it is due at 1030.
-        assert_eq!(index.pop_due(1020, 10).iter().map(|d| d.0).collect::<Vec<_>>(), vec![[3; 16]]);
+        assert_eq!(
+            index
+                .pop_due(1020, 10)
+                .iter()
+                .map(|d| d.0)
+                .collect::<Vec<_>>(),
+            vec![[3; 16]]
+        );
         assert_eq!(index.pop_due(1030, 10).len(), 1);
     }
 
@@ -302,7 +331,14 @@ mod tests {
         late_start.stats.max_end_unix_nano = 50;
         index.observe([9; 16], &spans(2), 0);
         index.observe([9; 16], &late_start, 1);
-        index.observe([9; 16], &Arrival { logs: true, ..Arrival::default() }, 2);
+        index.observe(
+            [9; 16],
+            &Arrival {
+                logs: true,
+                ..Arrival::default()
+            },
+            2,
+        );
         let e = index.get(&[9; 16]).unwrap();
         assert_eq!(e.stats.span_count, 3);
         assert_eq!(e.stats.min_start_unix_nano, 5);
@@ -312,7 +348,10 @@ mod tests {
 
     #[test]
     fn pop_due_respects_limit_and_drain_empties() {
-        let mut index = TraceIndex::new(BufferSettings { capacity: 100, ..settings() });
+        let mut index = TraceIndex::new(BufferSettings {
+            capacity: 100,
+            ..settings()
+        });
         for i in 0..10u8 {
             index.observe([i + 1; 16], &spans(1), i as u64);
         }

@@ -103,7 +103,11 @@ mod tests {
         assert_eq!(cache.get(&[1; 16]), Some(kept("a")));
         assert_eq!(cache.get(&[2; 16]), Some(Cached::NotSampled));
         cache.insert([4; 16], kept("c"));
-        assert_eq!(cache.get(&[3; 16]), None, "least recently used entry evicted");
+        assert_eq!(
+            cache.get(&[3; 16]),
+            None,
+            "least recently used entry evicted"
+        );
         cache.insert([5; 16], Cached::NotSampled);
         assert_eq!(cache.get(&[2; 16]), None);
     }

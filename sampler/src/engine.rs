@@ -81,11 +81,17 @@ pub struct Engine {
 
 impl Engine {
     /// Builds the engine over opened storage and queues. Call [`Engine::recover`] next.
-    pub fn new(config: &SamplerConfig, storage: Arc<Storage>, queues: Arc<ExportQueues>) -> Result<Engine, PolicyError> {
+    pub fn new(
+        config: &SamplerConfig,
+        storage: Arc<Storage>,
+        queues: Arc<ExportQueues>,
+    ) -> Result<Engine, PolicyError> {
         let policies = PolicyEngine::new(&config.policies, config.sample_on_first_match)?;
         let settings = BufferSettings {
             decision_wait_ms: config.decision_wait.as_millis() as u64,
-            after_root_ms: config.decision_wait_after_root_received.map(|d| d.as_millis() as u64),
+            after_root_ms: config
+                .decision_wait_after_root_received
+                .map(|d| d.as_millis() as u64),
             capacity: config.num_traces,
         };
         Ok(Engine {
@@ -188,11 +194,15 @@ impl Engine {
         let bytes = self.storage.approximate_bytes();
         self.storage_bytes.store(bytes, Ordering::Relaxed);
         gauge!(names::STORAGE_BYTES).set(bytes as f64);
+        gauge!(names::STORAGE_MEMORY_BYTES).set(self.storage.memory_bytes() as f64);
     }
 
     /// Buffers the spans of a request (durably, before returning) or routes them by a cached
     /// decision when their trace was decided already.
-    pub fn ingest_traces(&self, request: ExportTraceServiceRequest) -> Result<Accepted, IngestError> {
+    pub fn ingest_traces(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> Result<Accepted, IngestError> {
         self.admit()?;
         let groups = split_traces(request);
         let prepared: Vec<(TraceId, ResourceSpans, Arrival, Vec<u8>)> = {
@@ -219,12 +229,19 @@ impl Engine {
                     Some(Cached::Sampled(kept)) => late_kept.push((rs, kept)),
                     Some(Cached::NotSampled) => late_dropped += u64::from(arrival.stats.span_count),
                     None => {
-                        self.storage.stage_buffered(&mut batch, &trace, BufferedKind::Spans, &payload);
+                        self.storage.stage_buffered(
+                            &mut batch,
+                            &trace,
+                            BufferedKind::Spans,
+                            &payload,
+                        );
                         buffered.push((trace, arrival));
                     }
                 }
             }
-            self.storage.write(batch).map_err(|e| IngestError::Unavailable(e.to_string()))?;
+            self.storage
+                .write(batch)
+                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
             let mut full = Vec::new();
             for (trace, arrival) in &buffered {
                 full.extend(state.index.observe(*trace, arrival, now));
@@ -243,7 +260,9 @@ impl Engine {
                 resource_spans.push(rs);
             }
             self.queues
-                .enqueue(&ExportRequest::Traces(ExportTraceServiceRequest { resource_spans }))
+                .enqueue(&ExportRequest::Traces(ExportTraceServiceRequest {
+                    resource_spans,
+                }))
                 .map_err(|e| IngestError::Unavailable(e.to_string()))?;
             counter!(names::LATE_SPANS, "decision" => "sampled").increment(spans);
             counter!(names::SPANS_KEPT).increment(spans);
@@ -274,13 +293,19 @@ impl Engine {
                     Some(Cached::Sampled(_)) => late_kept.push(rl),
                     Some(Cached::NotSampled) => late_dropped += log_records(&rl) as u64,
                     None => {
-                        self.storage
-                            .stage_buffered(&mut batch, &trace, BufferedKind::Logs, &rl.encode_to_vec());
+                        self.storage.stage_buffered(
+                            &mut batch,
+                            &trace,
+                            BufferedKind::Logs,
+                            &rl.encode_to_vec(),
+                        );
                         buffered.push(trace);
                     }
                 }
             }
-            self.storage.write(batch).map_err(|e| IngestError::Unavailable(e.to_string()))?;
+            self.storage
+                .write(batch)
+                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
             let arrival = Arrival {
                 logs: true,
                 ..Arrival::default()
@@ -312,7 +337,10 @@ impl Engine {
     }
 
     /// Passes metrics through to the export queue unchanged.
-    pub fn ingest_metrics(&self, request: ExportMetricsServiceRequest) -> Result<Accepted, IngestError> {
+    pub fn ingest_metrics(
+        &self,
+        request: ExportMetricsServiceRequest,
+    ) -> Result<Accepted, IngestError> {
         self.admit()?;
         if !request.resource_metrics.is_empty() {
             self.queues
@@ -365,9 +393,17 @@ impl Engine {
                 policy: decision.policy.unwrap_or_else(|| "unknown".into()),
                 probability: decision.probability,
             });
-            let label_policy = kept.as_ref().map(|k| k.policy.to_string()).unwrap_or_default();
-            let label_decision = if kept.is_some() { "sampled" } else { "not_sampled" };
-            counter!(names::TRACES_DECIDED, "decision" => label_decision, "policy" => label_policy).increment(1);
+            let label_policy = kept
+                .as_ref()
+                .map(|k| k.policy.to_string())
+                .unwrap_or_default();
+            let label_decision = if kept.is_some() {
+                "sampled"
+            } else {
+                "not_sampled"
+            };
+            counter!(names::TRACES_DECIDED, "decision" => label_decision, "policy" => label_policy)
+                .increment(1);
             state.cache.insert(
                 trace,
                 match &kept {
@@ -504,7 +540,9 @@ pub fn split_traces(request: ExportTraceServiceRequest) -> Vec<(TraceId, Resourc
 
 /// Splits log records into those with a trace id (grouped per trace and resource) and the
 /// rest, which keep their original grouping.
-pub fn split_logs(request: ExportLogsServiceRequest) -> (Vec<(TraceId, ResourceLogs)>, ExportLogsServiceRequest) {
+pub fn split_logs(
+    request: ExportLogsServiceRequest,
+) -> (Vec<(TraceId, ResourceLogs)>, ExportLogsServiceRequest) {
     let mut with_trace = Vec::new();
     let mut without = ExportLogsServiceRequest::default();
     for rl in request.resource_logs {
@@ -583,8 +621,12 @@ fn arrival_of(policies: &PolicyEngine, rs: &ResourceSpans) -> Arrival {
             policies.observe_span(&mut arrival.policy, rs.resource.as_ref(), span);
             arrival.stats.span_count += 1;
             arrival.stats.bytes += span.encoded_len() as u64;
-            arrival.stats.min_start_unix_nano = arrival.stats.min_start_unix_nano.min(span.start_time_unix_nano);
-            arrival.stats.max_end_unix_nano = arrival.stats.max_end_unix_nano.max(span.end_time_unix_nano);
+            arrival.stats.min_start_unix_nano = arrival
+                .stats
+                .min_start_unix_nano
+                .min(span.start_time_unix_nano);
+            arrival.stats.max_end_unix_nano =
+                arrival.stats.max_end_unix_nano.max(span.end_time_unix_nano);
             arrival.root |= span.parent_span_id.is_empty();
         }
     }
@@ -618,5 +660,6 @@ fn log_records(rl: &ResourceLogs) -> usize {
     rl.scope_logs.iter().map(|sl| sl.log_records.len()).sum()
 }
 
+pub mod cluster;
 #[cfg(test)]
 mod tests;

@@ -5,8 +5,13 @@
 //! trace, appends them to RocksDB with the WAL on, updates the [`buffer`] index and running
 //! [`policy`] state) → decider task (decides due traces, caches decisions in [`decision`])
 //! → [`export_queue`] (disk-backed, retried) → exporters.
+//!
+//! With `cluster.seeds` or `cluster.dns_seed` set, [`cluster`] puts a ring in front of the
+//! engine: data owned by another sampler is forwarded to it, and traces move between
+//! samplers when the ring changes.
 
 pub mod buffer;
+pub mod cluster;
 pub mod decision;
 pub mod engine;
 pub mod export_queue;
@@ -76,12 +81,49 @@ pub struct Listening {
     pub receivers: BoundAddrs,
     /// Admin endpoint.
     pub admin: SocketAddr,
+    /// Cluster endpoints; `None` when standalone.
+    pub cluster: Option<ClusterAddrs>,
 }
 
-/// Runs a standalone sampler until `shutdown` completes, then stops receiving, decides
-/// nothing more, flushes the export queue for at most [`SHUTDOWN_DRAIN`] and returns; what
-/// is undecided stays buffered on disk. `on_ready` gets the bound addresses and the
-/// exporter descriptions once everything listens.
+/// A cluster node's identity and internal endpoints.
+#[derive(Debug, Clone)]
+pub struct ClusterAddrs {
+    /// Node id on the ring.
+    pub node_id: String,
+    /// Forward endpoint as advertised to peers (OTLP/gRPC and handoff).
+    pub forward: SocketAddr,
+    /// Bound gossip (UDP) address.
+    pub gossip: SocketAddr,
+}
+
+/// The running decider task.
+pub(crate) struct Decider {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Decider {
+    fn start(engine: Arc<Engine>) -> Decider {
+        let (stop, stop_rx) = watch::channel(false);
+        Decider {
+            stop,
+            task: tokio::spawn(decide_loop(engine, stop_rx)),
+        }
+    }
+
+    /// Stops deciding (a pass in progress completes) and waits for it.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Runs a sampler until `shutdown` completes, then stops receiving, decides nothing more,
+/// flushes the export queue and returns. Standalone, the flush takes at most
+/// [`SHUTDOWN_DRAIN`] and what is undecided stays buffered on disk; in a cluster the node
+/// first leaves and hands its undecided traces to their new owners (see
+/// [`cluster::SHUTDOWN_BUDGET`]). `on_ready` gets the bound addresses and the exporter
+/// descriptions once everything listens.
 pub async fn run(
     config: Config,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -96,9 +138,14 @@ pub async fn run(
     );
     let exporters = Exporter::from_config(&config.exporter, &storage_dir.join("export.jsonl"))
         .context("configuring exporters")?;
-    let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).context("opening export queue")?;
-    let engine = Arc::new(Engine::new(&config.sampler, storage, queues.clone()).context("building policies")?);
-    let recovered = engine.recover().context("rebuilding the trace index from storage")?;
+    let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter)
+        .context("opening export queue")?;
+    let engine = Arc::new(
+        Engine::new(&config.sampler, storage, queues.clone()).context("building policies")?,
+    );
+    let recovered = engine
+        .recover()
+        .context("rebuilding the trace index from storage")?;
     if recovered > 0 {
         tracing::info!(traces = recovered, "resumed buffered traces from storage");
     }
@@ -118,8 +165,34 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
     let (queue_stop_tx, queue_stop_rx) = watch::channel(false);
-    let sender = tokio::spawn(queues.clone().run(stopped(queue_stop_rx), SHUTDOWN_DRAIN));
-    let decider = tokio::spawn(decide_loop(engine.clone(), stop_rx.clone()));
+    let standalone = config.cluster.is_standalone();
+    let drain = if standalone {
+        SHUTDOWN_DRAIN
+    } else {
+        cluster::QUEUE_DRAIN
+    };
+    let sender = tokio::spawn(queues.clone().run(stopped(queue_stop_rx), drain));
+    let decider = Decider::start(engine.clone());
+
+    if !standalone {
+        let core = cluster::Core {
+            engine: engine.clone(),
+            queues: queues.clone(),
+            health: health.clone(),
+            admin: admin_addr,
+            decider,
+        };
+        let served = cluster::serve(&config, core, on_ready, shutdown).await;
+        let _ = queue_stop_tx.send(true);
+        let _ = sender.await;
+        let _ = stop_tx.send(true);
+        let _ = admin.await;
+        tracing::info!(
+            buffered_traces = engine.active_traces(),
+            "stopped; traces not handed off stay buffered on disk"
+        );
+        return served;
+    }
 
     let descriptions = queues.describe();
     let ready_health = health.clone();
@@ -130,6 +203,7 @@ pub async fn run(
             let listening = Listening {
                 receivers,
                 admin: admin_addr,
+                cluster: None,
             };
             on_ready(&listening, &descriptions);
             ready_health.set_ready(true);
@@ -139,12 +213,15 @@ pub async fn run(
     .await;
     health.set_ready(false);
     tracing::info!("receivers stopped; flushing decided data");
+    decider.stop().await;
     let _ = stop_tx.send(true);
-    let _ = decider.await;
     let _ = queue_stop_tx.send(true);
     let _ = sender.await;
     let _ = admin.await;
-    tracing::info!(buffered_traces = engine.active_traces(), "stopped; undecided traces stay buffered on disk");
+    tracing::info!(
+        buffered_traces = engine.active_traces(),
+        "stopped; undecided traces stay buffered on disk"
+    );
     served.context("serving OTLP receivers")
 }
 
@@ -169,7 +246,7 @@ fn register_metrics() {
     counter!(names::SPANS_REJECTED, "reason" => "invalid_id").increment(0);
 }
 
-async fn stopped(mut rx: watch::Receiver<bool>) {
+pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
@@ -177,7 +254,9 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 async fn decide_loop(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
     let mut last_refresh = tokio::time::Instant::now();
     loop {
-        let pause = engine.next_due_in(DECIDER_TICK).max(Duration::from_millis(5));
+        let pause = engine
+            .next_due_in(DECIDER_TICK)
+            .max(Duration::from_millis(5));
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(pause) => {}

@@ -15,7 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use otel_tail_shared::otlp::TraceId;
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions,
+};
 
 /// Column family of buffered traces.
 pub const CF_BUFFER: &str = "buffer";
@@ -63,7 +66,8 @@ pub struct Storage {
 impl Storage {
     /// Opens (or creates) the database in `dir`. `sync` fsyncs the WAL on every write.
     pub fn open(dir: &Path, sync: bool) -> Result<Storage, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -85,7 +89,10 @@ impl Storage {
         )?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(sync);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         Ok(Storage {
             db,
             write_options,
@@ -100,7 +107,9 @@ impl Storage {
 
     /// Handle of a column family created by [`Storage::open`].
     pub fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     /// A process-unique, increasing sequence number (seeded from the clock at open so it
@@ -116,7 +125,13 @@ impl Storage {
     }
 
     /// Adds one buffered item for `trace` to `batch`.
-    pub fn stage_buffered(&self, batch: &mut WriteBatch, trace: &TraceId, kind: BufferedKind, payload: &[u8]) {
+    pub fn stage_buffered(
+        &self,
+        batch: &mut WriteBatch,
+        trace: &TraceId,
+        kind: BufferedKind,
+        payload: &[u8],
+    ) {
         let mut key = [0u8; 24];
         key[..16].copy_from_slice(trace);
         key[16..].copy_from_slice(&self.next_seq().to_be_bytes());
@@ -138,11 +153,16 @@ impl Storage {
     }
 
     /// Reads what is buffered for `trace` with a sequence below `upto`, in arrival order.
-    pub fn read_trace(&self, trace: &TraceId, upto: u64) -> Result<Vec<(BufferedKind, Vec<u8>)>, StorageError> {
+    pub fn read_trace(
+        &self,
+        trace: &TraceId,
+        upto: u64,
+    ) -> Result<Vec<(BufferedKind, Vec<u8>)>, StorageError> {
         let mut out = Vec::new();
-        let iter = self
-            .db
-            .iterator_cf(self.cf(CF_BUFFER), IteratorMode::From(trace, Direction::Forward));
+        let iter = self.db.iterator_cf(
+            self.cf(CF_BUFFER),
+            IteratorMode::From(trace, Direction::Forward),
+        );
         for item in iter {
             let (key, value) = item?;
             if key.len() != 24 || &key[..16] != trace {
@@ -193,11 +213,27 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Bytes RocksDB holds in memory: memtables of every column family plus block cache.
+    pub fn memory_bytes(&self) -> u64 {
+        [CF_BUFFER, CF_QUEUE]
+            .iter()
+            .map(|cf| {
+                ["rocksdb.cur-size-all-mem-tables", "rocksdb.block-cache-usage"]
+                    .iter()
+                    .filter_map(|p| self.db.property_int_value_cf(self.cf(cf), *p).ok().flatten())
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+}
+
 fn split_value_ref(value: &[u8]) -> Result<(BufferedKind, &[u8]), StorageError> {
     let (&tag, payload) = value
         .split_first()
         .ok_or_else(|| StorageError::Corrupt("empty buffer value".into()))?;
-    let kind = BufferedKind::from_byte(tag).ok_or_else(|| StorageError::Corrupt(format!("unknown buffer tag {tag}")))?;
+    let kind = BufferedKind::from_byte(tag)
+        .ok_or_else(|| StorageError::Corrupt(format!("unknown buffer tag {tag}")))?;
     Ok((kind, payload))
 }
 
@@ -222,17 +258,30 @@ mod tests {
         storage.write(batch).unwrap();
         let watermark = storage.next_seq();
         let got = storage.read_trace(&a, watermark).unwrap();
-        assert_eq!(got, vec![(BufferedKind::Spans, b"one".to_vec()), (BufferedKind::Logs, b"two".to_vec())]);
+        assert_eq!(
+            got,
+            vec![
+                (BufferedKind::Spans, b"one".to_vec()),
+                (BufferedKind::Logs, b"two".to_vec())
+            ]
+        );
 
         let mut batch = WriteBatch::default();
         storage.stage_buffered(&mut batch, &a, BufferedKind::Spans, b"after");
         storage.write(batch).unwrap();
-        assert_eq!(storage.read_trace(&a, watermark).unwrap().len(), 2, "later item is beyond the watermark");
+        assert_eq!(
+            storage.read_trace(&a, watermark).unwrap().len(),
+            2,
+            "later item is beyond the watermark"
+        );
 
         let mut batch = WriteBatch::default();
         storage.stage_forget(&mut batch, &a, watermark);
         storage.write(batch).unwrap();
-        assert_eq!(storage.read_trace(&a, u64::MAX).unwrap(), vec![(BufferedKind::Spans, b"after".to_vec())]);
+        assert_eq!(
+            storage.read_trace(&a, u64::MAX).unwrap(),
+            vec![(BufferedKind::Spans, b"after".to_vec())]
+        );
         assert_eq!(storage.read_trace(&b, u64::MAX).unwrap().len(), 1);
     }
 
@@ -250,7 +299,9 @@ mod tests {
         let storage = Storage::open(dir.path(), true).unwrap();
         assert!(storage.next_seq() > first_seq);
         let mut seen = Vec::new();
-        storage.scan_buffer(|t, k, p| seen.push((t, k, p.to_vec()))).unwrap();
+        storage
+            .scan_buffer(|t, k, p| seen.push((t, k, p.to_vec())))
+            .unwrap();
         assert_eq!(seen, vec![([3; 16], BufferedKind::Spans, b"x".to_vec())]);
     }
 }

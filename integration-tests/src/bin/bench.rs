@@ -178,14 +178,17 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
     println!("\n== memory: {} traces held undecided ==", args.traces);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = procfs::rss_bytes(pid)?;
+    let rocks_before = rocksdb_memory(&sampler).await?;
     // Two halves with different seeds (distinct trace ids): the second half's RSS
     // growth over its traces is the marginal cost per trace, without fixed costs
     // such as RocksDB's memtables filling up once.
     let half = args.traces / 2;
     let (first_spans, first_active, first_elapsed) = load_traces(&sampler, args, half, 7).await?;
     let rss_half = procfs::rss_bytes(pid)?;
+    let rocks_half = rocksdb_memory(&sampler).await?;
     let (second_spans, active, second_elapsed) = load_traces(&sampler, args, half, 8).await?;
     let rss_after = procfs::rss_bytes(pid)?;
+    let rocks_after = rocksdb_memory(&sampler).await?;
     let metrics = sampler.metrics().await?;
     println!(
         "loaded                  {} spans in {:.1} s",
@@ -211,7 +214,24 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
         "marginal RAM per trace  {:.0} bytes ((RSS after - RSS at half) / traces added in the second half)",
         rss_after.saturating_sub(rss_half) as f64 / (active - first_active).max(1.0)
     );
+    println!(
+        "RocksDB memory          {:.1} MiB before, {:.1} MiB at half, {:.1} MiB after (memtables + block cache; bounded by config, not per trace)",
+        mib(rocks_before as u64),
+        mib(rocks_half as u64),
+        mib(rocks_after as u64)
+    );
+    let index_growth = (rss_after as f64 - rocks_after) - (rss_half as f64 - rocks_half);
+    println!(
+        "index RAM per trace     {:.0} bytes ((RSS - RocksDB memory) growth over the second half / traces added)",
+        index_growth.max(0.0) / (active - first_active).max(1.0)
+    );
     Ok(())
+}
+
+/// RocksDB's in-memory bytes as the sampler reports them (refreshed every second).
+async fn rocksdb_memory(sampler: &SamplerProcess) -> anyhow::Result<f64> {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    Ok(sampler.metrics().await?.sum("otel_tail_storage_memory_bytes", &[]))
 }
 
 fn mib(bytes: u64) -> f64 {

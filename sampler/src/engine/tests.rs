@@ -27,13 +27,22 @@ fn rig_in(dir: tempfile::TempDir, yaml: &str) -> Rig {
     let mut config = Config::from_yaml(yaml, &|_| None).unwrap();
     config.sampler.storage_dir = dir.path().join("db");
     let storage = Arc::new(Storage::open(&config.sampler.storage_dir, false).unwrap());
-    let exporters = otel_tail_shared::exporter::Exporter::from_config(&config.exporter, &dir.path().join("out.jsonl")).unwrap();
+    let exporters = otel_tail_shared::exporter::Exporter::from_config(
+        &config.exporter,
+        &dir.path().join("out.jsonl"),
+    )
+    .unwrap();
     let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
     let clock = Arc::new(AtomicU64::new(0));
     let engine = Engine::new(&config.sampler, storage, queues.clone())
         .unwrap()
         .with_manual_clock(clock.clone());
-    Rig { dir, clock, engine, queues }
+    Rig {
+        dir,
+        clock,
+        engine,
+        queues,
+    }
 }
 
 fn rig(yaml: &str) -> Rig {
@@ -94,7 +103,11 @@ impl Rig {
             let req: ExportLogsServiceRequest = serde_json::from_str(line).unwrap();
             for rl in req.resource_logs {
                 for sl in rl.scope_logs {
-                    out.extend(sl.log_records.iter().map(|r| r.trace_id.first().copied().unwrap_or(0)));
+                    out.extend(
+                        sl.log_records
+                            .iter()
+                            .map(|r| r.trace_id.first().copied().unwrap_or(0)),
+                    );
                 }
             }
         }
@@ -135,32 +148,55 @@ fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
 #[tokio::test]
 async fn error_traces_are_kept_whole_and_others_dropped() {
     let rig = rig(CONFIG);
-    rig.engine.ingest_traces(request(vec![span(1, 1, false), span(2, 1, false)])).unwrap();
+    rig.engine
+        .ingest_traces(request(vec![span(1, 1, false), span(2, 1, false)]))
+        .unwrap();
     rig.advance(500);
-    rig.engine.ingest_traces(request(vec![span(1, 2, true), span(1, 3, false)])).unwrap();
+    rig.engine
+        .ingest_traces(request(vec![span(1, 2, true), span(1, 3, false)]))
+        .unwrap();
     assert_eq!(rig.engine.active_traces(), 2);
     rig.advance(600);
-    assert_eq!(rig.engine.decide_due().unwrap(), 1, "trace 2 is due, trace 1 was extended");
+    assert_eq!(
+        rig.engine.decide_due().unwrap(),
+        1,
+        "trace 2 is due, trace 1 was extended"
+    );
     rig.advance(500);
     assert_eq!(rig.engine.decide_due().unwrap(), 1);
     assert_eq!(rig.engine.active_traces(), 0);
     let errors = "errors".to_string();
     assert_eq!(
         rig.exported_spans().await,
-        vec![(1, 1, errors.clone()), (1, 2, errors.clone()), (1, 3, errors)]
+        vec![
+            (1, 1, errors.clone()),
+            (1, 2, errors.clone()),
+            (1, 3, errors)
+        ]
     );
 }
 
 #[tokio::test]
 async fn late_spans_follow_the_cached_decision() {
     let rig = rig(CONFIG);
-    rig.engine.ingest_traces(request(vec![span(1, 1, true), span(2, 1, false)])).unwrap();
+    rig.engine
+        .ingest_traces(request(vec![span(1, 1, true), span(2, 1, false)]))
+        .unwrap();
     rig.advance(1000);
     assert_eq!(rig.engine.decide_due().unwrap(), 2);
-    rig.engine.ingest_traces(request(vec![span(1, 9, false), span(2, 9, false)])).unwrap();
-    assert_eq!(rig.engine.active_traces(), 0, "late spans are not buffered again");
+    rig.engine
+        .ingest_traces(request(vec![span(1, 9, false), span(2, 9, false)]))
+        .unwrap();
+    assert_eq!(
+        rig.engine.active_traces(),
+        0,
+        "late spans are not buffered again"
+    );
     let exported = rig.exported_spans().await;
-    assert_eq!(exported.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(), vec![(1, 1), (1, 9)]);
+    assert_eq!(
+        exported.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(),
+        vec![(1, 1), (1, 9)]
+    );
 }
 
 #[tokio::test]
@@ -168,9 +204,21 @@ async fn a_restart_resumes_buffered_traces() {
     let dir = tempfile::tempdir().unwrap();
     {
         let first = rig_in(dir, CONFIG);
-        first.engine.ingest_traces(request(vec![span(3, 1, true), span(3, 2, false), span(4, 1, false)])).unwrap();
+        first
+            .engine
+            .ingest_traces(request(vec![
+                span(3, 1, true),
+                span(3, 2, false),
+                span(4, 1, false),
+            ]))
+            .unwrap();
         // Dropped without deciding: what a crash leaves behind.
-        let Rig { dir, engine, queues, .. } = first;
+        let Rig {
+            dir,
+            engine,
+            queues,
+            ..
+        } = first;
         drop(engine);
         drop(queues);
         let second = rig_in(dir, CONFIG);
@@ -179,21 +227,34 @@ async fn a_restart_resumes_buffered_traces() {
         second.advance(1000);
         assert_eq!(second.engine.decide_due().unwrap(), 2);
         let exported = second.exported_spans().await;
-        assert_eq!(exported.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(), vec![(3, 1), (3, 2)]);
+        assert_eq!(
+            exported.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(),
+            vec![(3, 1), (3, 2)]
+        );
     }
 }
 
 #[tokio::test]
 async fn a_full_index_decides_the_oldest_trace_early() {
     let rig = rig(&CONFIG.replace("num_traces: 100", "num_traces: 2"));
-    rig.engine.ingest_traces(request(vec![span(1, 1, true)])).unwrap();
+    rig.engine
+        .ingest_traces(request(vec![span(1, 1, true)]))
+        .unwrap();
     rig.advance(10);
-    rig.engine.ingest_traces(request(vec![span(2, 1, false)])).unwrap();
+    rig.engine
+        .ingest_traces(request(vec![span(2, 1, false)]))
+        .unwrap();
     rig.advance(10);
-    rig.engine.ingest_traces(request(vec![span(3, 1, false)])).unwrap();
+    rig.engine
+        .ingest_traces(request(vec![span(3, 1, false)]))
+        .unwrap();
     assert_eq!(rig.engine.active_traces(), 2);
     let exported = rig.exported_spans().await;
-    assert_eq!(exported.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1], "trace 1 decided early and kept");
+    assert_eq!(
+        exported.iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![1],
+        "trace 1 decided early and kept"
+    );
 }
 
 #[tokio::test]
@@ -203,7 +264,9 @@ async fn logs_with_a_trace_id_follow_their_trace_and_others_pass_through() {
         trace_id: trace.map(|t| vec![t; 16]).unwrap_or_default(),
         ..Default::default()
     };
-    rig.engine.ingest_traces(request(vec![span(1, 1, true), span(2, 1, false)])).unwrap();
+    rig.engine
+        .ingest_traces(request(vec![span(1, 1, true), span(2, 1, false)]))
+        .unwrap();
     rig.engine
         .ingest_logs(ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
@@ -223,7 +286,11 @@ async fn logs_with_a_trace_id_follow_their_trace_and_others_pass_through() {
 
 #[test]
 fn split_traces_groups_by_trace_and_keeps_resource_and_scope() {
-    let mut req = request(vec![span(1, 1, false), span(2, 1, false), span(1, 2, false)]);
+    let mut req = request(vec![
+        span(1, 1, false),
+        span(2, 1, false),
+        span(1, 2, false),
+    ]);
     req.resource_spans[0].scope_spans.push(ScopeSpans {
         spans: vec![span(2, 3, false)],
         ..Default::default()
@@ -234,6 +301,10 @@ fn split_traces_groups_by_trace_and_keeps_resource_and_scope() {
     assert_eq!(groups[0].1.scope_spans.len(), 1);
     assert_eq!(groups[0].1.scope_spans[0].spans.len(), 2);
     assert_eq!(groups[1].0, [2; 16]);
-    assert_eq!(groups[1].1.scope_spans.len(), 2, "trace 2 appears under both scopes");
+    assert_eq!(
+        groups[1].1.scope_spans.len(),
+        2,
+        "trace 2 appears under both scopes"
+    );
     assert!(groups.iter().all(|(_, rs)| rs.resource.is_some()));
 }

@@ -234,7 +234,10 @@ mod tests {
     fn forward_address_defaults_to_the_gossip_ip() {
         let id = GossipIdentity::new(Arc::from("s-1"), addr(7946), Role::Sampler, 1);
         let public = id.to_public().unwrap();
-        assert_eq!(public.forward_addr(), SocketAddr::from(([127, 0, 0, 1], DEFAULT_FORWARD_PORT)));
+        assert_eq!(
+            public.forward_addr(),
+            SocketAddr::from(([127, 0, 0, 1], DEFAULT_FORWARD_PORT))
+        );
         let forward = SocketAddr::from(([10, 1, 2, 3], 14319));
         let public = id.with_forward(Some(forward)).to_public().unwrap();
         assert_eq!(public.forward, Some(forward));

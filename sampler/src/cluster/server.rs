@@ -1,0 +1,265 @@
+//! The forward endpoint (`cluster.forward_endpoint`, default `:4319`): the standard
+//! OTLP/gRPC services for routers and peers, plus `otel_tail.v1.Handoff/Decisions`.
+//!
+//! It is its own tonic server rather than `otel_tail_shared::receiver::grpc::serve`
+//! because it needs two things that one does not give: the request metadata (the
+//! [`HOP_HEADER`](super::peer::HOP_HEADER) / [`HANDOFF_HEADER`](super::peer::HANDOFF_HEADER)
+//! marks decide whether data may be forwarded again) and a fourth service on the same port.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use metrics::counter;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use otel_tail_proto::v1::{DecisionAck, DecisionBatch};
+use otel_tail_shared::otlp;
+use otel_tail_shared::receiver::{Accepted, IngestError};
+use otel_tail_shared::telemetry::names;
+use tonic::codec::CompressionEncoding;
+use tonic::codegen::{Body, BoxFuture, Service, StdError};
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::peer::{DECISIONS_PATH, HANDOFF_HEADER, HOP_HEADER};
+use super::{ClusterIngest, Origin};
+
+/// Serves the forward endpoint on `listener` until `shutdown` completes; in-flight calls
+/// finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    max_request_bytes: usize,
+    ingest: Arc<ClusterIngest>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let receiver = Arc::new(ForwardReceiver {
+        ingest: ingest.clone(),
+    });
+    let traces = TraceServiceServer::from_arc(receiver.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    let logs = LogsServiceServer::from_arc(receiver.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    let metrics = MetricsServiceServer::from_arc(receiver)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(traces)
+        .add_service(logs)
+        .add_service(metrics)
+        .add_service(DecisionsServer { ingest })
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// How a request reached the forward endpoint, from its metadata.
+fn origin_of(metadata: &MetadataMap) -> Origin {
+    if metadata.contains_key(HANDOFF_HEADER) {
+        Origin::Handoff
+    } else if metadata.contains_key(HOP_HEADER) {
+        Origin::Forwarded
+    } else {
+        Origin::Client
+    }
+}
+
+/// The OTLP services of the forward endpoint.
+struct ForwardReceiver {
+    ingest: Arc<ClusterIngest>,
+}
+
+/// Counts items first received by this cluster (from a router); data a peer forwarded or
+/// handed off was counted where it entered.
+fn count_received(origin: Origin, name: &'static str, items: usize) {
+    if origin == Origin::Client {
+        counter!(name).increment(items as u64);
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for ForwardReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let origin = origin_of(request.metadata());
+        let mut request = request.into_inner();
+        let mut accepted = otlp::sanitize_traces(&mut request);
+        let items = otlp::span_count(&request);
+        if items > 0 {
+            accepted.merge(
+                self.ingest
+                    .traces_from(origin, request)
+                    .await
+                    .map_err(|e| status_of(&e))?,
+            );
+            count_received(origin, names::SPANS_RECEIVED, items);
+        }
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: is_partial(&accepted).then_some(ExportTracePartialSuccess {
+                rejected_spans: accepted.rejected,
+                error_message: accepted.message,
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for ForwardReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let origin = origin_of(request.metadata());
+        let mut request = request.into_inner();
+        let mut accepted = otlp::sanitize_logs(&mut request);
+        let items = otlp::log_count(&request);
+        if items > 0 {
+            accepted.merge(
+                self.ingest
+                    .logs_from(origin, request)
+                    .await
+                    .map_err(|e| status_of(&e))?,
+            );
+            count_received(origin, names::LOGS_RECEIVED, items);
+        }
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: is_partial(&accepted).then_some(ExportLogsPartialSuccess {
+                rejected_log_records: accepted.rejected,
+                error_message: accepted.message,
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for ForwardReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let origin = origin_of(request.metadata());
+        let request = request.into_inner();
+        let items = otlp::data_point_count(&request);
+        let mut accepted = Accepted::default();
+        if !request.resource_metrics.is_empty() {
+            accepted.merge(
+                self.ingest
+                    .metrics_from(origin, request)
+                    .await
+                    .map_err(|e| status_of(&e))?,
+            );
+            count_received(origin, names::DATA_POINTS_RECEIVED, items);
+        }
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: is_partial(&accepted).then_some(ExportMetricsPartialSuccess {
+                rejected_data_points: accepted.rejected,
+                error_message: accepted.message,
+            }),
+        }))
+    }
+}
+
+fn is_partial(accepted: &Accepted) -> bool {
+    accepted.rejected > 0 || !accepted.message.is_empty()
+}
+
+/// The gRPC status of a refused request, as the public receivers answer it: throttling is
+/// `UNAVAILABLE` with `RetryInfo`, so the sender (router or peer) backs off.
+fn status_of(error: &IngestError) -> Status {
+    match error {
+        IngestError::Overloaded { retry_after, .. } => Status::with_error_details(
+            Code::Unavailable,
+            error.to_string(),
+            ErrorDetails::with_retry_info(Some(*retry_after)),
+        ),
+        IngestError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        IngestError::Unavailable(_) => Status::unavailable(error.to_string()),
+    }
+}
+
+/// `otel_tail.v1.Handoff`, written out by hand: the proto crate generates messages only.
+#[derive(Clone)]
+struct DecisionsServer {
+    ingest: Arc<ClusterIngest>,
+}
+
+impl NamedService for DecisionsServer {
+    const NAME: &'static str = "otel_tail.v1.Handoff";
+}
+
+impl<B> Service<http::Request<B>> for DecisionsServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != DECISIONS_PATH {
+            return Box::pin(async {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(Status::GRPC_STATUS, (Code::Unimplemented as i32).into());
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                Ok(response)
+            });
+        }
+        let method = DecisionsMethod(self.ingest.clone());
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<DecisionAck, DecisionBatch>::default();
+            Ok(tonic::server::Grpc::new(codec).unary(method, request).await)
+        })
+    }
+}
+
+/// The `Decisions` call.
+struct DecisionsMethod(Arc<ClusterIngest>);
+
+impl tonic::server::UnaryService<DecisionBatch> for DecisionsMethod {
+    type Response = DecisionAck;
+    type Future = BoxFuture<Response<DecisionAck>, Status>;
+
+    fn call(&mut self, request: Request<DecisionBatch>) -> Self::Future {
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            let accepted = ingest
+                .adopt_decisions(request.into_inner())
+                .await
+                .map_err(|e| status_of(&e))?;
+            Ok(Response::new(DecisionAck { accepted }))
+        })
+    }
+}

@@ -1,0 +1,482 @@
+//! Engine operations used only in cluster mode: taking traces out of the buffer to hand
+//! them to their new owner (and putting them back when that fails), and adopting
+//! decisions handed over by another node.
+//!
+//! A handoff is atomic the same way [`Engine::finish`] is: the traces leave the index
+//! under the state lock, a sequence watermark is taken under that same lock, and only the
+//! buffered items below it are read, sent and — once the new owner acknowledged them —
+//! deleted, key by key. Items that arrive for such a trace meanwhile sit above the
+//! watermark and start a fresh index entry; nothing is deleted that was not sent.
+
+use rocksdb::{Direction, IteratorMode};
+
+use super::*;
+use crate::storage::CF_BUFFER;
+
+/// One buffered item taken for handoff.
+#[derive(Debug, Clone)]
+pub struct TakenItem {
+    key: Box<[u8]>,
+    /// The encoded `ResourceSpans` or `ResourceLogs` of this trace's items.
+    pub payload: Vec<u8>,
+}
+
+/// A trace taken out of the index for handoff, with its buffered items.
+#[derive(Debug)]
+pub struct TakenTrace {
+    /// The trace.
+    pub trace: TraceId,
+    entry: TraceEntry,
+    /// Buffered span groups, in arrival order.
+    pub spans: Vec<TakenItem>,
+    /// Buffered log groups, in arrival order.
+    pub logs: Vec<TakenItem>,
+}
+
+impl TakenTrace {
+    /// Encoded bytes of everything taken.
+    pub fn bytes(&self) -> usize {
+        self.spans
+            .iter()
+            .chain(&self.logs)
+            .map(|i| i.payload.len())
+            .sum()
+    }
+}
+
+/// Which parts of a taken trace the new owner acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// Its spans.
+    pub spans: bool,
+    /// Its log records.
+    pub logs: bool,
+}
+
+impl Engine {
+    /// Trace ids with buffered data that are in the index (undecided), in id order.
+    ///
+    /// Walks the buffer's keys, seeking past each trace's items, rather than keeping a
+    /// second in-memory set: it also finds traces recovered from disk, at the cost of one
+    /// pass over the buffer per handoff.
+    pub fn held_trace_ids(&self) -> Result<Vec<TraceId>, StorageError> {
+        let mut ids = Vec::new();
+        let mut iter = self
+            .storage
+            .db()
+            .raw_iterator_cf(self.storage.cf(CF_BUFFER));
+        iter.seek_to_first();
+        while let Some(key) = iter.key() {
+            let Some(trace) = key.get(..16).and_then(|k| TraceId::try_from(k).ok()) else {
+                return Err(StorageError::Corrupt("short buffer key".into()));
+            };
+            ids.push(trace);
+            match u128::from_be_bytes(trace).checked_add(1) {
+                Some(next) => iter.seek(next.to_be_bytes()),
+                None => break,
+            }
+        }
+        iter.status()?;
+        let state = self.state();
+        ids.retain(|id| state.index.get(id).is_some());
+        Ok(ids)
+    }
+
+    /// Removes `traces` from the index (those still there) and reads their buffered items
+    /// up to a watermark taken at that moment. The caller sends them and then calls
+    /// [`Engine::release_handed_off`] or [`Engine::restore_handoff`] for each.
+    pub fn take_for_handoff(&self, traces: &[TraceId]) -> Result<Vec<TakenTrace>, StorageError> {
+        let (taken, watermark) = {
+            let mut state = self.state();
+            let taken: Vec<(TraceId, TraceEntry)> = traces
+                .iter()
+                .filter_map(|t| state.index.remove(t).map(|e| (*t, e)))
+                .collect();
+            gauge!(names::TRACES_ACTIVE).set(state.index.len() as f64);
+            (taken, self.storage.next_seq())
+        };
+        let mut out = Vec::with_capacity(taken.len());
+        let mut failure = None;
+        for (trace, entry) in taken {
+            if failure.is_some() {
+                out.push(TakenTrace {
+                    trace,
+                    entry,
+                    spans: Vec::new(),
+                    logs: Vec::new(),
+                });
+                continue;
+            }
+            match self.read_items(&trace, watermark) {
+                Ok((spans, logs)) => out.push(TakenTrace {
+                    trace,
+                    entry,
+                    spans,
+                    logs,
+                }),
+                Err(e) => {
+                    failure = Some(e);
+                    out.push(TakenTrace {
+                        trace,
+                        entry,
+                        spans: Vec::new(),
+                        logs: Vec::new(),
+                    });
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.restore_handoff(
+                out,
+                Acknowledged {
+                    spans: false,
+                    logs: false,
+                },
+            )?;
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// Deletes what the new owner acknowledged of `taken`; parts it did not acknowledge
+    /// stay buffered and their traces go back into the index (see
+    /// [`Engine::restore_handoff`]). Returns how many traces left completely.
+    pub fn release_handed_off(
+        &self,
+        taken: Vec<TakenTrace>,
+        acked: Acknowledged,
+    ) -> Result<usize, StorageError> {
+        let mut batch = WriteBatch::default();
+        let cf = self.storage.cf(CF_BUFFER);
+        for t in &taken {
+            if acked.spans {
+                t.spans.iter().for_each(|i| batch.delete_cf(cf, &i.key));
+            }
+            if acked.logs {
+                t.logs.iter().for_each(|i| batch.delete_cf(cf, &i.key));
+            }
+        }
+        self.storage.write(batch)?;
+        let complete = taken
+            .iter()
+            .filter(|t| (acked.spans || t.spans.is_empty()) && (acked.logs || t.logs.is_empty()))
+            .count();
+        self.restore_handoff(taken, acked)?;
+        Ok(complete)
+    }
+
+    /// Puts traces whose handoff did not complete back into the index with what is still
+    /// buffered for them (their spans' statistics and policy state unless those were
+    /// acknowledged). They get a fresh `decision_wait`, like recovered traces.
+    pub fn restore_handoff(
+        &self,
+        taken: Vec<TakenTrace>,
+        acked: Acknowledged,
+    ) -> Result<(), StorageError> {
+        let now = self.now_ms();
+        let evicted = {
+            let mut state = self.state();
+            let mut full = Vec::new();
+            for t in taken {
+                let spans_left = !acked.spans && !t.spans.is_empty();
+                let logs_left = !acked.logs && !t.logs.is_empty();
+                if !spans_left && !logs_left {
+                    continue;
+                }
+                let arrival = Arrival {
+                    stats: if spans_left {
+                        t.entry.stats
+                    } else {
+                        TraceStats::default()
+                    },
+                    policy: if spans_left {
+                        t.entry.policy
+                    } else {
+                        Default::default()
+                    },
+                    root: false,
+                    logs: logs_left,
+                };
+                full.extend(state.index.observe(t.trace, &arrival, now));
+            }
+            let evicted = self.decide_locked(&mut state, full);
+            gauge!(names::TRACES_ACTIVE).set(state.index.len() as f64);
+            evicted
+        };
+        if !evicted.is_empty() {
+            counter!(names::TRACES_EVICTED).increment(evicted.len() as u64);
+        }
+        self.finish_all(&evicted)
+    }
+
+    /// The cached decision of `trace`, unless the trace is still undecided here.
+    pub fn decision_of(&self, trace: &TraceId) -> Option<Cached> {
+        let mut state = self.state();
+        if state.index.get(trace).is_some() {
+            return None;
+        }
+        state.cache.get(trace)
+    }
+
+    /// Records decisions made by another node for traces this node now owns. A trace
+    /// that is buffered here (late spans that arrived before the decision did) follows
+    /// the decision at once: kept → queued for export, dropped → forgotten. Returns how
+    /// many buffered traces were settled that way.
+    pub fn adopt_decisions(
+        &self,
+        decisions: Vec<(TraceId, Cached)>,
+    ) -> Result<usize, StorageError> {
+        let decided = {
+            let mut state = self.state();
+            let mut decided = Vec::new();
+            for (trace, cached) in decisions {
+                if let Some(entry) = state.index.remove(&trace) {
+                    decided.push(Decided {
+                        trace,
+                        watermark: self.storage.next_seq(),
+                        kept: match &cached {
+                            Cached::Sampled(kept) => Some(kept.clone()),
+                            Cached::NotSampled => None,
+                        },
+                        spans: entry.stats.span_count,
+                    });
+                }
+                state.cache.insert(trace, cached);
+            }
+            gauge!(names::TRACES_ACTIVE).set(state.index.len() as f64);
+            decided
+        };
+        self.finish_all(&decided)?;
+        Ok(decided.len())
+    }
+
+    /// Reads `trace`'s buffered items below `upto`, with their keys, split by kind.
+    fn read_items(
+        &self,
+        trace: &TraceId,
+        upto: u64,
+    ) -> Result<(Vec<TakenItem>, Vec<TakenItem>), StorageError> {
+        let mut spans = Vec::new();
+        let mut logs = Vec::new();
+        let iter = self.storage.db().iterator_cf(
+            self.storage.cf(CF_BUFFER),
+            IteratorMode::From(trace, Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            if key.len() != 24 || &key[..16] != trace {
+                break;
+            }
+            let seq = u64::from_be_bytes(key[16..24].try_into().expect("24-byte key"));
+            if seq >= upto {
+                break;
+            }
+            let Some((&tag, payload)) = value.split_first() else {
+                return Err(StorageError::Corrupt("empty buffer value".into()));
+            };
+            let item = TakenItem {
+                key,
+                payload: payload.to_vec(),
+            };
+            if tag == BufferedKind::Spans as u8 {
+                spans.push(item);
+            } else if tag == BufferedKind::Logs as u8 {
+                logs.push(item);
+            } else {
+                return Err(StorageError::Corrupt(format!("unknown buffer tag {tag}")));
+            }
+        }
+        Ok((spans, logs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use otel_tail_shared::config::{Config, ExporterConfig};
+    use otel_tail_shared::exporter::Exporter;
+
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+        clock: Arc<AtomicU64>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_yaml(
+            "sampler: {decision_wait: 1s, policies: [{name: all, type: always_sample}]}",
+            &|_| None,
+        )
+        .unwrap();
+        let storage = Arc::new(Storage::open(dir.path(), false).unwrap());
+        let exporters =
+            Exporter::from_config(&ExporterConfig::default(), &dir.path().join("out.jsonl"))
+                .unwrap();
+        let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
+        let clock = Arc::new(AtomicU64::new(0));
+        let engine = Engine::new(&config.sampler, storage, queues)
+            .unwrap()
+            .with_manual_clock(clock.clone());
+        Fixture {
+            _dir: dir,
+            engine,
+            clock,
+        }
+    }
+
+    fn spans(trace: u8, count: u8) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: (1..=count)
+                        .map(|i| Span {
+                            trace_id: vec![trace; 16],
+                            span_id: vec![i; 8],
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn logs(trace: u8) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![opentelemetry_proto::tonic::logs::v1::LogRecord {
+                        trace_id: vec![trace; 16],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn held_ids_are_the_undecided_buffered_traces() {
+        let f = fixture();
+        for t in [3u8, 1, 2] {
+            f.engine.ingest_traces(spans(t, 2)).unwrap();
+        }
+        f.engine.ingest_logs(logs(9)).unwrap();
+        assert_eq!(
+            f.engine.held_trace_ids().unwrap(),
+            vec![[1; 16], [2; 16], [3; 16], [9; 16]]
+        );
+        f.clock.store(5_000, Ordering::SeqCst);
+        f.engine.decide_due().unwrap();
+        assert!(f.engine.held_trace_ids().unwrap().is_empty());
+    }
+
+    #[test]
+    fn acknowledged_handoff_deletes_exactly_what_was_sent() {
+        let f = fixture();
+        f.engine.ingest_traces(spans(1, 3)).unwrap();
+        f.engine.ingest_logs(logs(1)).unwrap();
+        let taken = f.engine.take_for_handoff(&[[1; 16], [7; 16]]).unwrap();
+        assert_eq!(taken.len(), 1, "unknown traces are skipped");
+        assert_eq!(taken[0].spans.len(), 1);
+        assert_eq!(taken[0].logs.len(), 1);
+        assert_eq!(f.engine.active_traces(), 0, "taken traces leave the index");
+        // A span arriving mid-handoff lands above the watermark and starts a fresh entry.
+        f.engine.ingest_traces(spans(1, 1)).unwrap();
+        let done = f
+            .engine
+            .release_handed_off(
+                taken,
+                Acknowledged {
+                    spans: true,
+                    logs: true,
+                },
+            )
+            .unwrap();
+        assert_eq!(done, 1);
+        let left = f.engine.storage.read_trace(&[1; 16], u64::MAX).unwrap();
+        assert_eq!(left.len(), 1, "only the late span stays buffered");
+        assert_eq!(f.engine.active_traces(), 1);
+    }
+
+    #[test]
+    fn unacknowledged_parts_stay_and_their_trace_returns_to_the_index() {
+        let f = fixture();
+        f.engine.ingest_traces(spans(4, 2)).unwrap();
+        f.engine.ingest_logs(logs(4)).unwrap();
+        let taken = f.engine.take_for_handoff(&[[4; 16]]).unwrap();
+        let done = f
+            .engine
+            .release_handed_off(
+                taken,
+                Acknowledged {
+                    spans: false,
+                    logs: true,
+                },
+            )
+            .unwrap();
+        assert_eq!(done, 0);
+        assert_eq!(f.engine.active_traces(), 1);
+        let left = f.engine.storage.read_trace(&[4; 16], u64::MAX).unwrap();
+        assert_eq!(
+            left.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![BufferedKind::Spans]
+        );
+        let taken = f.engine.take_for_handoff(&[[4; 16]]).unwrap();
+        assert_eq!(
+            taken[0].entry.stats.span_count, 2,
+            "statistics survive the round trip"
+        );
+        f.engine
+            .restore_handoff(
+                taken,
+                Acknowledged {
+                    spans: false,
+                    logs: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(f.engine.held_trace_ids().unwrap(), vec![[4; 16]]);
+    }
+
+    #[test]
+    fn adopted_decisions_settle_buffered_late_spans_and_guide_later_ones() {
+        let f = fixture();
+        f.engine.ingest_traces(spans(5, 2)).unwrap();
+        let settled = f
+            .engine
+            .adopt_decisions(vec![
+                ([5; 16], Cached::NotSampled),
+                ([6; 16], Cached::NotSampled),
+            ])
+            .unwrap();
+        assert_eq!(settled, 1);
+        assert_eq!(f.engine.active_traces(), 0);
+        assert!(
+            f.engine
+                .storage
+                .read_trace(&[5; 16], u64::MAX)
+                .unwrap()
+                .is_empty(),
+            "dropped trace forgotten"
+        );
+        f.engine.ingest_traces(spans(6, 1)).unwrap();
+        assert_eq!(
+            f.engine.active_traces(),
+            0,
+            "a late span follows the adopted decision"
+        );
+        assert_eq!(f.engine.decision_of(&[6; 16]), Some(Cached::NotSampled));
+        f.engine.ingest_traces(spans(8, 1)).unwrap();
+        assert_eq!(
+            f.engine.decision_of(&[8; 16]),
+            None,
+            "undecided traces have no decision"
+        );
+    }
+}
