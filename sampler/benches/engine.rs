@@ -43,7 +43,11 @@ fn request(first_trace: u64) -> ExportTraceServiceRequest {
             spans.push(Span {
                 trace_id: trace_id.to_vec(),
                 span_id: (trace * 16 + s + 1).to_be_bytes().to_vec(),
-                parent_span_id: if s == 0 { vec![] } else { (trace * 16 + 1).to_be_bytes().to_vec() },
+                parent_span_id: if s == 0 {
+                    vec![]
+                } else {
+                    (trace * 16 + 1).to_be_bytes().to_vec()
+                },
                 name: "GET /api/orders/{id}".to_owned(),
                 kind: 2,
                 start_time_unix_nano: 1_700_000_000_000_000_000 + s * 1000,
@@ -64,7 +68,10 @@ fn request(first_trace: u64) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![kv("service.name", "checkout"), kv("service.instance.id", "pod-1")],
+                attributes: vec![
+                    kv("service.name", "checkout"),
+                    kv("service.instance.id", "pod-1"),
+                ],
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
@@ -92,7 +99,8 @@ fn engine(dir: &std::path::Path, num_traces: usize) -> Engine {
     );
     let config = Config::from_yaml(&yaml, &|_| None).expect("bench config");
     let storage = Arc::new(Storage::open(&dir.join("db"), false).expect("storage"));
-    let exporters = Exporter::from_config(&config.exporter, &dir.join("out.jsonl")).expect("exporter");
+    let exporters =
+        Exporter::from_config(&config.exporter, &dir.join("out.jsonl")).expect("exporter");
     let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).expect("queues");
     Engine::new(&config.sampler, storage, queues).expect("engine")
 }
@@ -133,7 +141,8 @@ fn main() {
     drop(eng);
 
     // Memory: hold 200k traces undecided and compare resident memory.
-    let eng = engine(&dir.path().join("memory"), 1_000_000).with_manual_clock(Arc::new(AtomicU64::new(0)));
+    let eng = engine(&dir.path().join("memory"), 1_000_000)
+        .with_manual_clock(Arc::new(AtomicU64::new(0)));
     let before = rss_bytes();
     let traces = 200_000u64;
     let mut first = 0;

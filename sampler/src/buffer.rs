@@ -32,8 +32,6 @@ pub struct TraceEntry {
     pub stats: TraceStats,
     /// Policy conditions met so far.
     pub policy: PolicyState,
-    /// When the first item arrived.
-    pub first_seen_ms: u64,
     /// When the trace is due for a decision.
     pub deadline_ms: u64,
     /// Deadline set by the root span (`u64::MAX` until seen).
@@ -130,7 +128,6 @@ impl TraceIndex {
                 ..TraceStats::default()
             },
             policy: PolicyState::default(),
-            first_seen_ms: now_ms,
             deadline_ms: now_ms + wait,
             root_deadline_ms: u64::MAX,
             scheduled_ms: u64::MAX,
@@ -228,7 +225,7 @@ pub fn merge_stats(into: &mut TraceStats, more: &TraceStats) {
         return;
     }
     into.span_count += more.span_count;
-    into.bytes += more.bytes;
+    into.bytes = into.bytes.saturating_add(more.bytes);
     into.min_start_unix_nano = into.min_start_unix_nano.min(more.min_start_unix_nano);
     into.max_end_unix_nano = into.max_end_unix_nano.max(more.max_end_unix_nano);
 }
@@ -249,12 +246,19 @@ mod tests {
         Arrival {
             stats: TraceStats {
                 span_count: n,
-                bytes: 100 * n as u64,
+                bytes: 100 * n,
                 min_start_unix_nano: 10,
                 max_end_unix_nano: 20,
             },
             ..Arrival::default()
         }
+    }
+
+    #[test]
+    fn an_index_slot_stays_small() {
+        // The per-trace memory target (<= 256 bytes including hash-map slack and the
+        // deadline heap) depends on this.
+        assert!(std::mem::size_of::<(TraceId, TraceEntry)>() <= 80);
     }
 
     #[test]
@@ -266,7 +270,6 @@ mod tests {
         let due = index.pop_due(1500, 10);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].1.stats.span_count, 3);
-        assert_eq!(due[0].1.first_seen_ms, 0);
         assert!(index.is_empty());
     }
 

@@ -620,7 +620,8 @@ fn arrival_of(policies: &PolicyEngine, rs: &ResourceSpans) -> Arrival {
         for span in &ss.spans {
             policies.observe_span(&mut arrival.policy, rs.resource.as_ref(), span);
             arrival.stats.span_count += 1;
-            arrival.stats.bytes += span.encoded_len() as u64;
+            let size = u32::try_from(span.encoded_len()).unwrap_or(u32::MAX);
+            arrival.stats.bytes = arrival.stats.bytes.saturating_add(size);
             arrival.stats.min_start_unix_nano = arrival
                 .stats
                 .min_start_unix_nano

@@ -219,10 +219,18 @@ impl Storage {
         [CF_BUFFER, CF_QUEUE]
             .iter()
             .map(|cf| {
-                ["rocksdb.cur-size-all-mem-tables", "rocksdb.block-cache-usage"]
-                    .iter()
-                    .filter_map(|p| self.db.property_int_value_cf(self.cf(cf), *p).ok().flatten())
-                    .sum::<u64>()
+                [
+                    "rocksdb.cur-size-all-mem-tables",
+                    "rocksdb.block-cache-usage",
+                ]
+                .iter()
+                .filter_map(|p| {
+                    self.db
+                        .property_int_value_cf(self.cf(cf), *p)
+                        .ok()
+                        .flatten()
+                })
+                .sum::<u64>()
             })
             .sum()
     }

@@ -89,8 +89,8 @@ impl PolicyState {
 pub struct TraceStats {
     /// Spans received for the trace.
     pub span_count: u32,
-    /// Encoded size of the trace's spans.
-    pub bytes: u64,
+    /// Encoded size of the trace's spans (saturating; 4 bytes keep the index entry small).
+    pub bytes: u32,
     /// Earliest span start; `u64::MAX` when no span yet.
     pub min_start_unix_nano: u64,
     /// Latest span end.

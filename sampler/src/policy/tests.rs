@@ -76,7 +76,7 @@ impl Ids {
 fn stats(span_count: u32) -> TraceStats {
     TraceStats {
         span_count,
-        bytes: 100 * u64::from(span_count),
+        bytes: 100 * span_count,
         min_start_unix_nano: 0,
         max_end_unix_nano: 0,
     }
