@@ -72,7 +72,9 @@ pub fn sanitize_traces(request: &mut ExportTraceServiceRequest) -> Accepted {
         }
         rs.scope_spans.retain(|ss| !ss.spans.is_empty());
     }
-    request.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
+    request
+        .resource_spans
+        .retain(|rs| !rs.scope_spans.is_empty());
     let mut accepted = Accepted::default();
     if bad_trace > 0 {
         accepted.merge(Accepted {
@@ -184,7 +186,11 @@ mod tests {
         };
         let accepted = sanitize_traces(&mut req);
         assert_eq!(accepted.rejected, 3);
-        assert!(accepted.message.contains("trace_id"), "{}", accepted.message);
+        assert!(
+            accepted.message.contains("trace_id"),
+            "{}",
+            accepted.message
+        );
         assert!(accepted.message.contains("span_id"), "{}", accepted.message);
         assert_eq!(span_count(&req), 1);
     }

@@ -82,7 +82,10 @@ impl Config {
 
     /// Parses and validates YAML text; `env` resolves `${env:NAME}` references so tests can
     /// pass a map instead of the process environment.
-    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn from_yaml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let expanded = expand_env(text, env)?;
         let value: serde_json::Value = if expanded.trim().is_empty() {
             serde_json::Value::Object(Default::default())
@@ -248,7 +251,10 @@ impl ClusterConfig {
     pub fn load_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
         if let Some(path) = &self.secret_file {
             let text = std::fs::read(path).map_err(|e| {
-                ConfigError::invalid("cluster.secret_file", format!("cannot read {}: {e}", path.display()))
+                ConfigError::invalid(
+                    "cluster.secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
             })?;
             let trimmed = text.strip_suffix(b"\n").unwrap_or(&text).to_vec();
             if trimmed.is_empty() {
@@ -271,11 +277,19 @@ impl ClusterConfig {
         }
         text.parse::<std::net::IpAddr>()
             .map(|ip| SocketAddr::new(ip, self.gossip_endpoint.port()))
-            .map_err(|_| ConfigError::invalid("cluster.advertise_address", format!("`{text}` is not an IP address or ip:port")))
+            .map_err(|_| {
+                ConfigError::invalid(
+                    "cluster.advertise_address",
+                    format!("`{text}` is not an IP address or ip:port"),
+                )
+            })
     }
 
     /// The node id: `node_id`, else `$POD_NAME`, else `$HOSTNAME`, else the advertised address.
-    pub fn resolved_node_id(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    pub fn resolved_node_id(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<String, ConfigError> {
         if !self.node_id.is_empty() {
             return Ok(self.node_id.clone());
         }
@@ -290,14 +304,27 @@ impl ClusterConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.advertise()?;
         if self.virtual_nodes == 0 {
-            return Err(ConfigError::invalid("cluster.virtual_nodes", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "cluster.virtual_nodes",
+                "must be greater than 0",
+            ));
         }
         if self.secret.as_deref() == Some("") {
-            return Err(ConfigError::invalid("cluster.secret", "must not be empty (omit it to disable authentication)"));
+            return Err(ConfigError::invalid(
+                "cluster.secret",
+                "must not be empty (omit it to disable authentication)",
+            ));
         }
         for (i, seed) in self.seeds.iter().enumerate() {
-            if seed.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                return Err(ConfigError::invalid(format!("cluster.seeds[{i}]"), format!("`{seed}` is not host:port")));
+            if seed
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(ConfigError::invalid(
+                    format!("cluster.seeds[{i}]"),
+                    format!("`{seed}` is not host:port"),
+                ));
             }
         }
         Ok(())
@@ -354,10 +381,16 @@ impl Default for SamplerConfig {
 impl SamplerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.decision_wait.is_zero() {
-            return Err(ConfigError::invalid("sampler.decision_wait", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "sampler.decision_wait",
+                "must be greater than 0",
+            ));
         }
         if self.num_traces == 0 {
-            return Err(ConfigError::invalid("sampler.num_traces", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "sampler.num_traces",
+                "must be greater than 0",
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.policies.iter().enumerate() {
@@ -414,21 +447,33 @@ pub struct ExporterConfig {
 
 impl ExporterConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.otlp.as_ref().is_some_and(|otlp| otlp.endpoint.is_empty()) {
-            return Err(ConfigError::invalid("exporter.otlp.endpoint", "must not be empty"));
+        if self
+            .otlp
+            .as_ref()
+            .is_some_and(|otlp| otlp.endpoint.is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "exporter.otlp.endpoint",
+                "must not be empty",
+            ));
         }
         if let Some(http) = &self.otlphttp
             && !http.endpoint.starts_with("http://")
         {
-                return Err(ConfigError::invalid(
-                    "exporter.otlphttp.endpoint",
+            return Err(ConfigError::invalid(
+                "exporter.otlphttp.endpoint",
                 "must be an http:// URL (TLS for OTLP/HTTP is not supported yet)",
             ));
         }
         if self.queue.max_bytes == 0 {
-            return Err(ConfigError::invalid("exporter.queue.max_bytes", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "exporter.queue.max_bytes",
+                "must be greater than 0",
+            ));
         }
-        if self.retry.initial_interval.is_zero() || self.retry.max_interval < self.retry.initial_interval {
+        if self.retry.initial_interval.is_zero()
+            || self.retry.max_interval < self.retry.initial_interval
+        {
             return Err(ConfigError::invalid(
                 "exporter.retry",
                 "initial_interval must be > 0 and max_interval >= initial_interval",

@@ -325,12 +325,20 @@ fn cluster_section_defaults_to_standalone_and_validates() {
     assert_eq!(c.cluster.forward_endpoint.port(), 4319);
 
     let env = |name: &str| (name == "POD_IP").then(|| "10.1.2.3".to_owned());
-    let c = Config::from_yaml("cluster:\n  advertise_address: ${env:POD_IP}\n  seeds: [a:7946]\n", &env).unwrap();
+    let c = Config::from_yaml(
+        "cluster:\n  advertise_address: ${env:POD_IP}\n  seeds: [a:7946]\n",
+        &env,
+    )
+    .unwrap();
     assert_eq!(c.cluster.advertise().unwrap().to_string(), "10.1.2.3:7946");
     assert!(!c.cluster.is_standalone());
 
-    let err = Config::from_yaml("cluster:\n  seeds: [nohostport]\n", &|_| None).unwrap_err().to_string();
+    let err = Config::from_yaml("cluster:\n  seeds: [nohostport]\n", &|_| None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cluster.seeds[0]"), "{err}");
-    let err = Config::from_yaml("cluster:\n  advertise_address: not-an-ip\n", &|_| None).unwrap_err().to_string();
+    let err = Config::from_yaml("cluster:\n  advertise_address: not-an-ip\n", &|_| None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cluster.advertise_address"), "{err}");
 }

@@ -116,8 +116,18 @@ pub async fn serve<I: Ingest>(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let grpc = grpc::serve(grpc_listener, config.max_request_bytes, ingest.clone(), wait_stop(stop_rx.clone()));
-    let http = http::serve(http_listener, config.max_request_bytes, ingest, wait_stop(stop_rx));
+    let grpc = grpc::serve(
+        grpc_listener,
+        config.max_request_bytes,
+        ingest.clone(),
+        wait_stop(stop_rx.clone()),
+    );
+    let http = http::serve(
+        http_listener,
+        config.max_request_bytes,
+        ingest,
+        wait_stop(stop_rx),
+    );
     let (g, h) = tokio::join!(grpc, http);
     g?;
     h

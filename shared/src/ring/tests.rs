@@ -30,7 +30,9 @@ fn nodes(n: usize) -> Vec<NodeId> {
 }
 
 fn named_nodes(prefix: &str, n: usize) -> Vec<NodeId> {
-    (0..n).map(|i| NodeId::from(format!("{prefix}{i}"))).collect()
+    (0..n)
+        .map(|i| NodeId::from(format!("{prefix}{i}")))
+        .collect()
 }
 
 fn assert_balanced(n: usize) {
