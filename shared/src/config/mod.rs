@@ -357,7 +357,8 @@ pub struct SamplerConfig {
     pub decision_cache: DecisionCacheConfig,
     /// Stop evaluating at the first policy that samples.
     pub sample_on_first_match: bool,
-    /// Policies in the Collector `tail_sampling` syntax.
+    /// Policies in the Collector `tail_sampling` syntax. Absent: keep traces with an error
+    /// span plus a 10% probabilistic baseline, so a bare sampler does something useful.
     pub policies: Vec<PolicyConfig>,
 }
 
@@ -373,13 +374,28 @@ impl Default for SamplerConfig {
             expected_new_traces_per_sec: 0,
             decision_cache: DecisionCacheConfig::default(),
             sample_on_first_match: false,
-            policies: Vec::new(),
+            policies: default_policies(),
         }
     }
 }
 
+/// The policies used when `sampler.policies` is absent.
+fn default_policies() -> Vec<PolicyConfig> {
+    serde_json::from_value(serde_json::json!([
+        {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
+        {"name": "baseline", "type": "probabilistic", "probabilistic": {"sampling_percentage": 10}},
+    ]))
+    .expect("default policies are valid")
+}
+
 impl SamplerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.policies.is_empty() {
+            return Err(ConfigError::invalid(
+                "sampler.policies",
+                "at least one policy is required (with none, every trace would be dropped)",
+            ));
+        }
         if self.decision_wait.is_zero() {
             return Err(ConfigError::invalid(
                 "sampler.decision_wait",

@@ -31,7 +31,7 @@ fn empty_file_gives_defaults() {
     assert_eq!(c.receiver.max_request_bytes, 64 * 1024 * 1024);
     assert_eq!(c.sampler.decision_wait, Duration::from_secs(30));
     assert_eq!(c.sampler.num_traces, 50_000);
-    assert!(c.sampler.policies.is_empty());
+    assert_eq!(c.sampler.policies.len(), 2);
     assert!(!c.sampler.sample_on_first_match);
     assert_eq!(c.telemetry.admin_endpoint.port(), 8888);
     assert!(
@@ -341,4 +341,15 @@ fn cluster_section_defaults_to_standalone_and_validates() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("cluster.advertise_address"), "{err}");
+}
+
+#[test]
+fn absent_policies_default_to_errors_and_a_baseline_and_empty_is_refused() {
+    let c = Config::from_yaml("", &|_| None).unwrap();
+    let names: Vec<_> = c.sampler.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["errors", "baseline"]);
+    let err = Config::from_yaml("sampler:\n  policies: []\n", &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sampler.policies"), "{err}");
 }
