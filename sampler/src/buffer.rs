@@ -103,6 +103,19 @@ impl TraceIndex {
         self.traces.is_empty()
     }
 
+    /// Heap bytes the index holds: hash-table buckets (entry plus control byte, the table
+    /// keeps at most 7/8 of its buckets full) and the deadline heap. Exported as a gauge and
+    /// used by the benchmark to report memory per active trace.
+    pub fn memory_bytes(&self) -> usize {
+        let buckets = if self.traces.capacity() == 0 {
+            0
+        } else {
+            (self.traces.capacity() * 8 / 7).next_power_of_two()
+        };
+        buckets * (std::mem::size_of::<(TraceId, TraceEntry)>() + 1)
+            + self.deadlines.capacity() * std::mem::size_of::<Reverse<(u64, TraceId)>>()
+    }
+
     /// The entry of `trace`, if held.
     pub fn get(&self, trace: &TraceId) -> Option<&TraceEntry> {
         self.traces.get(trace)
@@ -252,6 +265,23 @@ mod tests {
             },
             ..Arrival::default()
         }
+    }
+
+    #[test]
+    fn memory_estimate_grows_with_traces() {
+        let mut index = TraceIndex::new(BufferSettings {
+            capacity: 10_000,
+            ..settings()
+        });
+        assert_eq!(index.memory_bytes(), 0);
+        for i in 0..1000u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            id[15] = 1;
+            index.observe(id, &spans(1), 0);
+        }
+        let bytes = index.memory_bytes();
+        assert!((1000 * 100..1000 * 300).contains(&bytes), "{bytes}");
     }
 
     #[test]

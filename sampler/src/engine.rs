@@ -195,6 +195,8 @@ impl Engine {
         self.storage_bytes.store(bytes, Ordering::Relaxed);
         gauge!(names::STORAGE_BYTES).set(bytes as f64);
         gauge!(names::STORAGE_MEMORY_BYTES).set(self.storage.memory_bytes() as f64);
+        let index_bytes = self.state().index.memory_bytes();
+        gauge!(names::TRACE_INDEX_BYTES).set(index_bytes as f64);
     }
 
     /// Buffers the spans of a request (durably, before returning) or routes them by a cached

@@ -80,6 +80,12 @@ fn main() -> ExitCode {
                 listening.admin,
                 storage_dir.display(),
             );
+            if let Some(cluster) = &listening.cluster {
+                banner.push_str(&format!(
+                    "  forward    listening on {}\n  gossip     listening on {}  (node {})\n",
+                    cluster.forward, cluster.gossip, cluster.node_id,
+                ));
+            }
             for e in exporters {
                 banner.push_str(&format!("  export     {e}\n"));
             }

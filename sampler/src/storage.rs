@@ -214,7 +214,8 @@ impl Storage {
 }
 
 impl Storage {
-    /// Bytes RocksDB holds in memory: memtables of every column family plus block cache.
+    /// Bytes RocksDB holds in memory: memtables, block cache and table readers (index and
+    /// filter blocks of the files on disk) of every column family.
     pub fn memory_bytes(&self) -> u64 {
         [CF_BUFFER, CF_QUEUE]
             .iter()
@@ -222,6 +223,7 @@ impl Storage {
                 [
                     "rocksdb.cur-size-all-mem-tables",
                     "rocksdb.block-cache-usage",
+                    "rocksdb.estimate-table-readers-mem",
                 ]
                 .iter()
                 .filter_map(|p| {

@@ -46,6 +46,8 @@ pub mod names {
     pub const DECISION_LATENCY: &str = "otel_tail_decision_latency_seconds";
     /// Bytes of buffered telemetry in RocksDB (live SST + memtables). Gauge.
     pub const STORAGE_BYTES: &str = "otel_tail_storage_bytes";
+    /// Heap bytes of the in-memory trace index (hash table and deadline heap). Gauge.
+    pub const TRACE_INDEX_BYTES: &str = "otel_tail_trace_index_bytes";
     /// Bytes RocksDB holds in memory (memtables and block cache); bounded by its settings. Gauge.
     pub const STORAGE_MEMORY_BYTES: &str = "otel_tail_storage_memory_bytes";
     /// Bytes waiting in the disk-backed export queue, by `exporter`. Gauge.

@@ -220,10 +220,10 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
         mib(rocks_half as u64),
         mib(rocks_after as u64)
     );
-    let index_growth = (rss_after as f64 - rocks_after) - (rss_half as f64 - rocks_half);
+    let index_bytes = metrics.sum("otel_tail_trace_index_bytes", &[]);
     println!(
-        "index RAM per trace     {:.0} bytes ((RSS - RocksDB memory) growth over the second half / traces added)",
-        index_growth.max(0.0) / (active - first_active).max(1.0)
+        "index RAM per trace     {:.0} bytes (otel_tail_trace_index_bytes / active traces: hash table + deadline heap)",
+        index_bytes / active.max(1.0)
     );
     Ok(())
 }
@@ -231,7 +231,10 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
 /// RocksDB's in-memory bytes as the sampler reports them (refreshed every second).
 async fn rocksdb_memory(sampler: &SamplerProcess) -> anyhow::Result<f64> {
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    Ok(sampler.metrics().await?.sum("otel_tail_storage_memory_bytes", &[]))
+    Ok(sampler
+        .metrics()
+        .await?
+        .sum("otel_tail_storage_memory_bytes", &[]))
 }
 
 fn mib(bytes: u64) -> f64 {
