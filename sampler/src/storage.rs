@@ -75,7 +75,9 @@ impl Storage {
         options.set_max_background_jobs(2);
         options.set_keep_log_file_num(3);
         let mut buffer_options = Options::default();
-        buffer_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Buffered spans live for seconds: compressing them on flush cost ~7% of the CPU in
+        // profiles and saves little, since most are deleted before compaction.
+        buffer_options.set_compression_type(rocksdb::DBCompressionType::None);
         buffer_options.set_write_buffer_size(64 * 1024 * 1024);
         let mut queue_options = Options::default();
         queue_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
