@@ -1,0 +1,230 @@
+{{/* Chart name, overridable. */}}
+{{- define "ots.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Resource name prefix: release + chart name (release alone when it already holds the chart name). Room is left for the longest suffix ("-sampler-headless"). */}}
+{{- define "ots.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 46 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 46 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 46 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ots.router.name" -}}{{ include "ots.fullname" . }}-router{{- end -}}
+{{- define "ots.sampler.name" -}}{{ include "ots.fullname" . }}-sampler{{- end -}}
+{{- define "ots.sampler.headlessName" -}}{{ include "ots.fullname" . }}-sampler-headless{{- end -}}
+{{- define "ots.configName" -}}{{ include "ots.fullname" . }}-config{{- end -}}
+
+{{/* Name of the Secret holding the gossip secret. */}}
+{{- define "ots.secretName" -}}
+{{- if .Values.cluster.existingSecret -}}
+{{- .Values.cluster.existingSecret -}}
+{{- else -}}
+{{- include "ots.fullname" . }}-gossip
+{{- end -}}
+{{- end -}}
+
+{{/* Key of the gossip secret inside its Secret. */}}
+{{- define "ots.secretKey" -}}
+{{- if .Values.cluster.existingSecret -}}{{ .Values.cluster.existingSecretKey }}{{- else -}}gossip-secret{{- end -}}
+{{- end -}}
+
+{{- define "ots.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "ots.labels" -}}
+helm.sh/chart: {{ include "ots.chart" . }}
+app.kubernetes.io/name: {{ include "ots.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: otel-tail-sampler
+{{- end -}}
+
+{{/* Selector labels of one component; call with (dict "ctx" $ "component" "router"). */}}
+{{- define "ots.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ots.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* All labels of one component's objects. */}}
+{{- define "ots.componentLabels" -}}
+{{ include "ots.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "ots.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "ots.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "ots.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the config file and the gossip secret are mounted. */}}
+{{- define "ots.configDir" -}}/etc/otel-tail-sampler/config{{- end -}}
+{{- define "ots.secretDir" -}}/etc/otel-tail-sampler/secret{{- end -}}
+
+{{/* Port of an `ip:port` endpoint string. */}}
+{{- define "ots.portOf" -}}
+{{- $parts := splitList ":" . -}}
+{{- $port := last $parts -}}
+{{- if not (regexMatch "^[0-9]+$" $port) -}}
+{{- fail (printf "endpoint %q must be written as host:port" .) -}}
+{{- end -}}
+{{- $port -}}
+{{- end -}}
+
+{{/* The effective config (a dict): values' `config` over what the chart manages. */}}
+{{- define "ots.configDict" -}}
+{{- $gossipPort := include "ots.portOf" .Values.config.cluster.gossip_endpoint -}}
+{{- $managed := dict "cluster" (dict
+      "dns_seed" (printf "%s.%s.svc.%s:%s" (include "ots.sampler.headlessName" .) .Release.Namespace .Values.clusterDomain $gossipPort)
+      "secret_file" (printf "%s/gossip-secret" (include "ots.secretDir" .))) -}}
+{{- mustMergeOverwrite $managed (deepCopy .Values.config) | toYaml -}}
+{{- end -}}
+
+{{/* The config file text (what the ConfigMap holds). */}}
+{{- define "ots.configYaml" -}}
+{{ include "ots.configDict" . }}
+{{- end -}}
+
+{{/* Ports of the config's endpoints, by role. */}}
+{{- define "ots.grpcPort" -}}{{ include "ots.portOf" .Values.config.receiver.grpc_endpoint }}{{- end -}}
+{{- define "ots.httpPort" -}}{{ include "ots.portOf" .Values.config.receiver.http_endpoint }}{{- end -}}
+{{- define "ots.forwardPort" -}}{{ include "ots.portOf" .Values.config.cluster.forward_endpoint }}{{- end -}}
+{{- define "ots.gossipPort" -}}{{ include "ots.portOf" .Values.config.cluster.gossip_endpoint }}{{- end -}}
+{{- define "ots.adminPort" -}}{{ include "ots.portOf" .Values.config.telemetry.admin_endpoint }}{{- end -}}
+
+{{/* Pod annotations shared by both components: config checksum (a config change rolls the
+pods), gossip secret checksum over its values, scrape annotations. */}}
+{{- define "ots.podAnnotations" -}}
+checksum/config: {{ include "ots.configYaml" . | sha256sum | quote }}
+checksum/secret: {{ printf "%s/%s/%s" .Values.cluster.secret .Values.cluster.existingSecret .Values.cluster.existingSecretKey | sha256sum | quote }}
+{{- if .Values.prometheusScrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ include "ots.adminPort" . | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
+
+{{/* Environment every container gets: identity and address from the downward API. */}}
+{{- define "ots.env" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end -}}
+
+{{/* Container ports, probes and mounts shared by both components; call with (dict "ctx" $ "sampler" bool). */}}
+{{- define "ots.containerCommon" -}}
+{{- $ := .ctx -}}
+ports:
+  - name: otlp-grpc
+    containerPort: {{ include "ots.grpcPort" $ }}
+    protocol: TCP
+  - name: otlp-http
+    containerPort: {{ include "ots.httpPort" $ }}
+    protocol: TCP
+  {{- if .sampler }}
+  - name: forward
+    containerPort: {{ include "ots.forwardPort" $ }}
+    protocol: TCP
+  {{- end }}
+  - name: gossip
+    containerPort: {{ include "ots.gossipPort" $ }}
+    protocol: UDP
+  - name: admin
+    containerPort: {{ include "ots.adminPort" $ }}
+    protocol: TCP
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: admin
+  periodSeconds: 5
+  timeoutSeconds: 2
+  failureThreshold: 3
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: admin
+  periodSeconds: 10
+  timeoutSeconds: 2
+  failureThreshold: 6
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: admin
+  periodSeconds: 2
+  failureThreshold: 90
+securityContext:
+  {{- toYaml $.Values.securityContext | nindent 2 }}
+{{- end -}}
+
+{{/* Volumes for the config and the gossip secret. */}}
+{{- define "ots.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "ots.configName" . }}
+- name: gossip-secret
+  secret:
+    secretName: {{ include "ots.secretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "ots.secretKey" . }}
+        path: gossip-secret
+{{- end -}}
+
+{{- define "ots.volumeMounts" -}}
+- name: config
+  mountPath: {{ include "ots.configDir" . }}
+  readOnly: true
+- name: gossip-secret
+  mountPath: {{ include "ots.secretDir" . }}
+  readOnly: true
+{{- end -}}
+
+{{/* Scheduling fields of a component's values. */}}
+{{- define "ots.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end -}}
