@@ -1,5 +1,5 @@
 //! The one error type of the harness, so tests get a message saying what failed
-//! and, for sampler failures, what the sampler logged.
+//! and, for sampler and router failures, what the process logged.
 
 use std::path::PathBuf;
 
@@ -15,15 +15,17 @@ pub enum HarnessError {
         #[source]
         source: std::io::Error,
     },
-    /// `cargo build` of the sampler binary failed or could not be run.
-    #[error("building the sampler binary failed: {0}")]
+    /// `cargo build` of the sampler or router binary failed or could not be run.
+    #[error("building a product binary failed: {0}")]
     Build(String),
-    /// The sampler did not start (exited, or printed no banner in time).
-    #[error("sampler did not start: {reason}\n--- sampler output ---\n{log}")]
+    /// A sampler or router did not start (exited, or printed no banner in time).
+    #[error("{binary} did not start: {reason}\n--- {binary} output ---\n{log}")]
     Startup {
+        /// Which binary (`otel-tail-sampler`, `otel-tail-router`).
+        binary: String,
         /// Why the start is considered failed.
         reason: String,
-        /// What the sampler printed (stdout and stderr).
+        /// What the process printed (stdout and stderr).
         log: String,
     },
     /// A bounded wait ran out.

@@ -60,7 +60,9 @@ impl MetricsSnapshot {
                     .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
             })
             .map(|s| s.value)
-            .sum()
+            // An empty f64 sum is -0.0; adding 0.0 makes it print as 0.
+            .sum::<f64>()
+            + 0.0
     }
 }
 

@@ -1,50 +1,29 @@
 //! A running `otel-tail-sampler` process: start with a temp config and storage,
 //! parse the banner, wait for `/readyz`, signal, crash, restart, inspect.
 
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::sync::mpsc;
 
 use crate::export::ExportedData;
 use crate::metrics_text::MetricsSnapshot;
+use crate::process::NodeProcess;
+pub use crate::process::{BannerParser, ListenAddrs, START_TIMEOUT};
 use crate::wait::poll_until;
-use crate::{HarnessError, binary, http_client};
-
-/// How long a start may take from spawn to a ready `/readyz`.
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The addresses a started sampler printed in its banner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenAddrs {
-    /// OTLP/gRPC receiver.
-    pub grpc: SocketAddr,
-    /// OTLP/HTTP receiver.
-    pub http: SocketAddr,
-    /// Admin HTTP (`/metrics`, `/healthz`, `/readyz`).
-    pub admin: SocketAddr,
-}
+use crate::{HarnessError, binary};
 
 /// A sampler process owned by a test. Killed (`kill -9`) when dropped; when the
 /// test is panicking its output is printed first, so failures come with the
 /// sampler's own account of what happened.
 pub struct SamplerProcess {
-    child: Option<Child>,
+    process: NodeProcess,
     workdir: TempDir,
     config_path: PathBuf,
     storage_dir: PathBuf,
     export_path: Option<PathBuf>,
-    log_path: PathBuf,
-    stdout_lines: Arc<Mutex<Vec<String>>>,
-    addrs: ListenAddrs,
-    binary: PathBuf,
 }
 
 impl SamplerProcess {
@@ -54,6 +33,14 @@ impl SamplerProcess {
     /// `telemetry.log_level: info`. With no `exporter` key the sampler's default
     /// applies and output is read from `<storage_dir>/export.jsonl`.
     pub async fn start(config: Value) -> Result<Self, HarnessError> {
+        let mut process = Self::prepare(config)?;
+        process.process.spawn_and_wait_ready().await?;
+        Ok(process)
+    }
+
+    /// Writes the config and storage layout of a sampler without starting it; see
+    /// [`Self::start`].
+    fn prepare(config: Value) -> Result<Self, HarnessError> {
         let binary = binary::sampler_binary()?;
         let workdir = tempfile::Builder::new()
             .prefix("otel-tail-it-")
@@ -67,23 +54,13 @@ impl SamplerProcess {
         std::fs::write(&config_path, text)
             .map_err(|e| HarnessError::io("writing the sampler config", e))?;
         let log_path = workdir.path().join("sampler.log");
-        let mut process = Self {
-            child: None,
+        Ok(Self {
+            process: NodeProcess::new("otel-tail-sampler", binary, config_path.clone(), log_path),
             workdir,
             config_path,
             storage_dir,
             export_path,
-            log_path,
-            stdout_lines: Arc::default(),
-            addrs: ListenAddrs {
-                grpc: ([127, 0, 0, 1], 0).into(),
-                http: ([127, 0, 0, 1], 0).into(),
-                admin: ([127, 0, 0, 1], 0).into(),
-            },
-            binary,
-        };
-        process.spawn_and_wait_ready().await?;
-        Ok(process)
+        })
     }
 
     /// Starts the sampler again with the same config and storage (after
@@ -92,104 +69,32 @@ impl SamplerProcess {
         if self.is_running() {
             self.kill9()?;
         }
-        self.spawn_and_wait_ready().await
-    }
-
-    async fn spawn_and_wait_ready(&mut self) -> Result<(), HarnessError> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(|e| HarnessError::io("opening the sampler log", e))?;
-        let mut child = Command::new(&self.binary)
-            .arg("--config")
-            .arg(&self.config_path)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| HarnessError::io(format!("spawning {}", self.binary.display()), e))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        self.child = Some(child);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let lines = Arc::clone(&self.stdout_lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().expect("stdout lines lock").push(line.clone());
-                // The receiver is gone once the banner is parsed; keep draining.
-                let _ = tx.send(line);
-            }
-        });
-
-        let mut banner = BannerParser::default();
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        let addrs = loop {
-            if let Some(addrs) = banner.addrs() {
-                break addrs;
-            }
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(line)) => banner.push(&line),
-                Ok(None) => {
-                    let status = self.wait_exit(Duration::from_secs(5)).await.ok();
-                    return Err(self.startup_error(format!(
-                        "stdout closed before the banner was complete (exit: {status:?})"
-                    )));
-                }
-                Err(_) => {
-                    return Err(
-                        self.startup_error(format!("no complete banner within {START_TIMEOUT:?}"))
-                    );
-                }
-            }
-        };
-        self.addrs = addrs;
-        let url = format!("http://{}/readyz", addrs.admin);
-        let ready = poll_until("/readyz to return 200", START_TIMEOUT, || async {
-            match http_client::get(&url).await {
-                Ok(r) if r.status.is_success() => Ok(Some(())),
-                _ => Ok(None),
-            }
-        })
-        .await;
-        ready.map_err(|e| self.startup_error(e.to_string()))
-    }
-
-    fn startup_error(&mut self, reason: String) -> HarnessError {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        HarnessError::Startup {
-            reason,
-            log: self.log(),
-        }
+        self.process.spawn_and_wait_ready().await
     }
 
     /// The addresses from the latest banner.
     pub fn addrs(&self) -> ListenAddrs {
-        self.addrs
+        self.process.addrs()
     }
 
     /// `http://host:port` of the OTLP/gRPC receiver.
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.addrs.grpc)
+        format!("http://{}", self.addrs().grpc)
     }
 
     /// `http://host:port` of the OTLP/HTTP receiver (append `/v1/traces` etc.).
     pub fn http_endpoint(&self) -> String {
-        format!("http://{}", self.addrs.http)
+        format!("http://{}", self.addrs().http)
     }
 
     /// `http://host:port` of the admin endpoint.
     pub fn admin_endpoint(&self) -> String {
-        format!("http://{}", self.addrs.admin)
+        format!("http://{}", self.addrs().admin)
     }
 
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// The sampler's storage directory (survives restarts).
@@ -204,85 +109,42 @@ impl SamplerProcess {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.process.is_running()
     }
 
     /// `kill -9`: no chance to flush anything.
     pub fn kill9(&mut self) -> Result<(), HarnessError> {
-        if let Some(mut child) = self.child.take() {
-            child
-                .kill()
-                .map_err(|e| HarnessError::io("killing the sampler", e))?;
-            child
-                .wait()
-                .map_err(|e| HarnessError::io("reaping the sampler", e))?;
-        }
-        Ok(())
+        self.process.kill9()
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the process to exit.
     pub async fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, HarnessError> {
-        let pid = self
-            .pid()
-            .ok_or_else(|| HarnessError::io("SIGTERM", std::io::Error::other("not running")))?;
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .map_err(|e| HarnessError::io("running kill -TERM", e))?;
-        if !status.success() {
-            return Err(HarnessError::io(
-                "kill -TERM",
-                std::io::Error::other(format!("exited with {status}")),
-            ));
-        }
-        self.wait_exit(timeout).await
+        self.process.terminate(timeout).await
     }
 
-    async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, HarnessError> {
-        let child = self
-            .child
-            .as_mut()
-            .ok_or_else(|| HarnessError::io("waiting", std::io::Error::other("not running")))?;
-        let status = poll_until("the sampler to exit", timeout, || {
-            let result = child.try_wait();
-            async move { result.map_err(|e| HarnessError::io("waiting for the sampler", e)) }
-        })
-        .await?;
-        self.child = None;
-        Ok(status)
+    /// Sends SIGTERM without waiting; follow with [`Self::wait_exit`].
+    pub fn signal_term(&self) -> Result<(), HarnessError> {
+        self.process.signal_term()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, HarnessError> {
+        self.process.wait_exit(timeout).await
     }
 
     /// Everything the sampler printed (stdout lines, then stderr) so far.
     pub fn log(&self) -> String {
-        let stdout = self
-            .stdout_lines
-            .lock()
-            .map(|l| l.join("\n"))
-            .unwrap_or_default();
-        let stderr = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        format!("[stdout]\n{stdout}\n[stderr]\n{stderr}")
+        self.process.log()
     }
 
     /// Lines printed on stdout so far (the banner among them).
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout_lines
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default()
+        self.process.stdout_lines()
     }
 
     /// Scrapes `/metrics`.
     pub async fn metrics(&self) -> Result<MetricsSnapshot, HarnessError> {
-        let response = http_client::get(&format!("{}/metrics", self.admin_endpoint())).await?;
-        if !response.status.is_success() {
-            return Err(HarnessError::Http {
-                url: "/metrics".into(),
-                message: format!("status {}", response.status),
-            });
-        }
-        Ok(MetricsSnapshot::parse(&response.text()))
+        self.process.metrics().await
     }
 
     /// Where the file exporter writes, if this sampler exports to a file.
@@ -389,23 +251,9 @@ pub struct CliOutput {
 
 impl Drop for SamplerProcess {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- sampler output ({}) ---\n{}\n--- end sampler output ---",
-                self.workdir.path().display(),
-                tail(&self.log(), 200)
-            );
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let context = self.workdir.path().display().to_string();
+        self.process.dispose(&context);
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Fills in the keys the harness owns; keeps everything the test set.
@@ -456,69 +304,9 @@ fn export_path_of(config: &Value, storage_dir: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Collects the `listening on ADDR` lines of the start-up banner.
-#[derive(Debug, Default)]
-pub struct BannerParser {
-    grpc: Option<SocketAddr>,
-    http: Option<SocketAddr>,
-    admin: Option<SocketAddr>,
-}
-
-impl BannerParser {
-    /// Feeds one stdout line; lines that are not listener lines are ignored.
-    pub fn push(&mut self, line: &str) {
-        let Some((label, rest)) = line.split_once("listening on") else {
-            return;
-        };
-        let Some(addr) = rest
-            .split_whitespace()
-            .next()
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-        else {
-            return;
-        };
-        let label = label.trim().to_ascii_lowercase();
-        if label.contains("grpc") {
-            self.grpc = Some(addr);
-        } else if label.contains("http") {
-            self.http = Some(addr);
-        } else if label.contains("admin") {
-            self.admin = Some(addr);
-        }
-    }
-
-    /// All three addresses, once seen.
-    pub fn addrs(&self) -> Option<ListenAddrs> {
-        Some(ListenAddrs {
-            grpc: self.grpc?,
-            http: self.http?,
-            admin: self.admin?,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn banner_parser_reads_the_three_listeners() {
-        let mut p = BannerParser::default();
-        for line in [
-            "otel-tail-sampler 0.1.0 started",
-            "  OTLP/gRPC  listening on 127.0.0.1:41001",
-            "  OTLP/HTTP  listening on 127.0.0.1:41002",
-        ] {
-            p.push(line);
-        }
-        assert!(p.addrs().is_none());
-        p.push("  admin      listening on 127.0.0.1:41003  (/metrics /healthz /readyz)");
-        p.push("  buffer     /tmp/x");
-        let addrs = p.addrs().expect("complete");
-        assert_eq!(addrs.grpc.port(), 41001);
-        assert_eq!(addrs.http.port(), 41002);
-        assert_eq!(addrs.admin.port(), 41003);
-    }
 
     #[test]
     fn config_gets_local_endpoints_and_storage_but_keeps_test_values() {

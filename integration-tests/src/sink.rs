@@ -1,6 +1,8 @@
 //! A real OTLP/gRPC receiver standing in for the downstream backend: it records
 //! (or just counts) everything the sampler exports, and can be stopped and started
-//! again on the same port to simulate an outage.
+//! again on the same port to simulate an outage. Several samplers can share one sink:
+//! each names itself in the [`SOURCE_HEADER`] request header (an
+//! `exporter.otlp.headers` entry) and the sink records it with every trace request.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +37,10 @@ use tonic::{Request, Response, Status};
 use crate::HarnessError;
 use crate::export::{ExportedData, data_points};
 
+/// gRPC metadata key a sampler puts its node id in, so a shared sink can attribute
+/// each export request to the sampler that sent it.
+pub const SOURCE_HEADER: &str = "x-otel-tail-source";
+
 /// What the sink keeps of each request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SinkMode {
@@ -57,10 +63,18 @@ pub struct SinkCounts {
     pub data_points: u64,
 }
 
+/// Everything recorded, under one lock so requests and their sources stay aligned.
+#[derive(Debug, Default)]
+struct Recorded {
+    data: ExportedData,
+    /// `trace_sources[i]`: the [`SOURCE_HEADER`] of `data.traces[i]` ("" if absent).
+    trace_sources: Vec<String>,
+}
+
 #[derive(Debug)]
 struct Store {
     mode: SinkMode,
-    data: Mutex<ExportedData>,
+    recorded: Mutex<Recorded>,
     requests: AtomicU64,
     spans: AtomicU64,
     logs: AtomicU64,
@@ -89,7 +103,7 @@ impl OtlpSink {
             .map_err(|e| HarnessError::io("reading the sink address", e))?;
         let store = Arc::new(Store {
             mode,
-            data: Mutex::default(),
+            recorded: Mutex::default(),
             requests: AtomicU64::new(0),
             spans: AtomicU64::new(0),
             logs: AtomicU64::new(0),
@@ -184,7 +198,19 @@ impl OtlpSink {
 
     /// A copy of everything recorded (empty in [`SinkMode::Count`]).
     pub fn snapshot(&self) -> ExportedData {
-        self.store.data.lock().expect("sink lock").clone()
+        self.store.recorded.lock().expect("sink lock").data.clone()
+    }
+
+    /// Every recorded trace export request with the [`SOURCE_HEADER`] it came with
+    /// ("" when the exporter set none), in arrival order.
+    pub fn trace_requests_by_source(&self) -> Vec<(String, ExportTraceServiceRequest)> {
+        let recorded = self.store.recorded.lock().expect("sink lock");
+        recorded
+            .trace_sources
+            .iter()
+            .cloned()
+            .zip(recorded.data.traces.iter().cloned())
+            .collect()
     }
 
     /// Item counters.
@@ -210,10 +236,10 @@ impl Drop for OtlpSink {
 struct Handler(Arc<Store>);
 
 impl Handler {
-    fn record(&self, add: impl FnOnce(&mut ExportedData)) {
+    fn record(&self, add: impl FnOnce(&mut Recorded)) {
         self.0.requests.fetch_add(1, Ordering::Relaxed);
         if self.0.mode == SinkMode::Record {
-            add(&mut self.0.data.lock().expect("sink lock"));
+            add(&mut self.0.recorded.lock().expect("sink lock"));
         }
     }
 }
@@ -224,6 +250,12 @@ impl TraceService for Handler {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let source = request
+            .metadata()
+            .get(SOURCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let request = request.into_inner();
         let spans: usize = request
             .resource_spans
@@ -232,7 +264,10 @@ impl TraceService for Handler {
             .map(|ss| ss.spans.len())
             .sum();
         self.0.spans.fetch_add(spans as u64, Ordering::Relaxed);
-        self.record(|d| d.traces.push(request));
+        self.record(|r| {
+            r.data.traces.push(request);
+            r.trace_sources.push(source);
+        });
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -251,7 +286,7 @@ impl LogsService for Handler {
             .map(|sl| sl.log_records.len())
             .sum();
         self.0.logs.fetch_add(logs as u64, Ordering::Relaxed);
-        self.record(|d| d.logs.push(request));
+        self.record(|r| r.data.logs.push(request));
         Ok(Response::new(ExportLogsServiceResponse::default()))
     }
 }
@@ -273,7 +308,7 @@ impl MetricsService for Handler {
         self.0
             .data_points
             .fetch_add(points as u64, Ordering::Relaxed);
-        self.record(|d| d.metrics.push(request));
+        self.record(|r| r.data.metrics.push(request));
         Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
 }

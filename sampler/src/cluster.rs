@@ -54,8 +54,8 @@ use handoff::Handoff;
 use peer::{Mark, PeerClient};
 use plan::Topology;
 
-/// Whole SIGTERM sequence in cluster mode, from receivers stopped to exit (the chart's
-/// grace period is 30 s).
+/// Whole SIGTERM sequence in cluster mode, from the signal to exit (the chart's grace
+/// period is 30 s).
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(25);
 /// Longest flush of the export queue at the end of a cluster shutdown.
 pub const QUEUE_DRAIN: Duration = Duration::from_secs(5);
@@ -518,8 +518,10 @@ pub(crate) struct Core {
 }
 
 /// Runs the cluster node until `shutdown` completes, then performs the SIGTERM sequence:
-/// stop receiving, leave, let peers update their rings, hand every undecided trace and
-/// recent decision to its new owner, and return (the caller flushes the export queue).
+/// report not ready, stop deciding, leave, hand every undecided trace to its new owner
+/// while still receiving (peers and routers keep sending until they updated their
+/// rings, so nobody is refused meantime), stop receiving, hand off what arrived since
+/// and the recent decisions, and return (the caller flushes the export queue).
 /// Whatever could not be handed off stays buffered on disk.
 pub(crate) async fn serve(
     config: &Config,
@@ -586,10 +588,27 @@ pub(crate) async fn serve(
     let handoff_loop = tokio::spawn(handoff.clone().run(stop_rx.clone()));
 
     let (receivers_stop_tx, receivers_stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = receivers_stop_tx.send(true);
-    });
+    let (departure_tx, mut departure_rx) = tokio::sync::oneshot::channel();
+    let decider = Arc::new(Mutex::new(Some(core.decider)));
+    {
+        let (membership, cluster, handoff, decider, health) = (
+            membership.clone(),
+            cluster.clone(),
+            handoff.clone(),
+            decider.clone(),
+            core.health.clone(),
+        );
+        tokio::spawn(async move {
+            shutdown.await;
+            health.set_ready(false);
+            // Leave while still receiving: routers and peers keep sending here until
+            // they drop this node from their rings, and whatever arrives meanwhile is
+            // handed off after the receivers stop.
+            let departure = depart(&membership, &cluster, &handoff, &decider).await;
+            let _ = departure_tx.send(departure);
+            let _ = receivers_stop_tx.send(true);
+        });
+    }
     let forward_server = tokio::spawn(server::serve(
         forward_listener,
         config.receiver.max_request_bytes,
@@ -625,35 +644,33 @@ pub(crate) async fn serve(
         crate::stopped(receivers_stop_rx),
     )
     .await;
-    let started = tokio::time::Instant::now();
     core.health.set_ready(false);
+    // Stopped by the shutdown signal after leaving, or by a failing receiver.
+    let departure = match departure_rx.try_recv() {
+        Ok(departure) => departure,
+        Err(_) => depart(&membership, &cluster, &handoff, &decider).await,
+    };
     let _ = forward_server.await;
-    tracing::info!("receivers stopped; leaving the cluster and handing off");
+    tracing::info!("receivers stopped; handing off what arrived while leaving");
 
     let _ = stop_tx.send(true);
     let _ = readiness.await;
     let _ = watcher.await;
     let _ = handoff_loop.await;
-    core.decider.stop().await;
-    let view = membership.watch().borrow().clone();
-    let before = cluster.topology();
-    match tokio::time::timeout(LEAVE_TIMEOUT, membership.leave()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster failed"),
-        Err(_) => tracing::warn!("leaving the cluster timed out"),
-    }
-    tokio::time::sleep(LEAVE_SETTLE).await;
-    let after = Arc::new(cluster.topology_without_local(&view));
+    let Departure {
+        started,
+        view,
+        before,
+        after,
+    } = departure;
     if after.ring.is_empty() {
         tracing::info!(
             buffered_traces = core.engine.active_traces(),
             "last sampler of the cluster: traces stay on disk"
         );
     } else {
-        // A batch in flight may overrun the deadline by two calls; the queue flush follows.
-        let deadline =
-            (started + SHUTDOWN_BUDGET - QUEUE_DRAIN - 2 * handoff::HANDOFF_TIMEOUT).into_std();
-        let report = handoff.traces(after.clone(), deadline).await;
+        let deadline = handoff_deadline(started);
+        let (report, after) = hand_off_rest(&handoff, &cluster, view, after, deadline).await;
         let decisions = handoff.decisions(&before.ring, &after, deadline).await;
         tracing::info!(
             handed_off = report.handed,
@@ -663,6 +680,119 @@ pub(crate) async fn serve(
         );
     }
     served.context("serving OTLP receivers")
+}
+
+/// What the shutdown sequence remembers from the moment it left the cluster.
+struct Departure {
+    /// When the shutdown began (the budget counts from here).
+    started: tokio::time::Instant,
+    /// The membership view just before leaving.
+    view: ClusterView,
+    /// The ring just before leaving (decisions of trace ids that moved follow them).
+    before: Arc<Topology>,
+    /// The ring the others use without this node.
+    after: Arc<Topology>,
+}
+
+/// No handoff batch starts after this: a batch in flight may overrun it by two calls,
+/// and the export queue flush follows.
+fn handoff_deadline(started: tokio::time::Instant) -> std::time::Instant {
+    (started + SHUTDOWN_BUDGET - QUEUE_DRAIN - 2 * handoff::HANDOFF_TIMEOUT).into_std()
+}
+
+/// The first half of the SIGTERM sequence, while the caller keeps receiving: stop
+/// deciding, leave the cluster, and hand every undecided trace to its new owner during
+/// the [`LEAVE_SETTLE`] in which peers and routers drop this node from their rings.
+///
+/// Handing off at once (not after the settle) matters: spans of these traces that
+/// arrive meanwhile already go to the new owner, which decides `decision_wait` after
+/// them; the buffered spans must be there by then, or the trace is exported in two
+/// pieces. And this node decides nothing more, for the same reason.
+async fn depart(
+    membership: &MembershipHandle,
+    cluster: &Cluster,
+    handoff: &Handoff,
+    decider: &Mutex<Option<crate::Decider>>,
+) -> Departure {
+    let started = tokio::time::Instant::now();
+    let decider = decider.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(decider) = decider {
+        decider.stop().await;
+    }
+    let view = membership.watch().borrow().clone();
+    let before = cluster.topology();
+    tracing::info!("leaving the cluster");
+    match tokio::time::timeout(LEAVE_TIMEOUT, membership.leave()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster failed"),
+        Err(_) => tracing::warn!("leaving the cluster timed out"),
+    }
+    let after = Arc::new(cluster.topology_without_local(&view));
+    if after.ring.is_empty() {
+        tokio::time::sleep(LEAVE_SETTLE).await;
+    } else {
+        let (report, ()) = tokio::join!(
+            handoff.traces(after.clone(), handoff_deadline(started)),
+            tokio::time::sleep(LEAVE_SETTLE)
+        );
+        tracing::info!(
+            handed_off = report.handed,
+            left = report.left,
+            "handoff on leaving done; still receiving until peers updated their rings"
+        );
+    }
+    Departure {
+        started,
+        view,
+        before,
+        after,
+    }
+}
+
+/// How long a forward endpoint may take to accept a connection before its node is
+/// considered gone.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The last handoff pass of a shutdown, after the receivers stopped. Samplers leaving
+/// at the same time (a StatefulSet scaled down by several replicas) are still in the
+/// ring this node planned with; when owners did not take their traces and no longer
+/// accept connections, they are dropped from the ring and their traces planned again,
+/// so the traces reach samplers that stay. Returns the report and the final ring.
+async fn hand_off_rest(
+    handoff: &Handoff,
+    cluster: &Cluster,
+    mut view: ClusterView,
+    mut after: Arc<Topology>,
+    deadline: std::time::Instant,
+) -> (handoff::PassReport, Arc<Topology>) {
+    let mut total = handoff::PassReport::default();
+    loop {
+        let report = handoff.traces(after.clone(), deadline).await;
+        total.handed += report.handed;
+        total.left = report.left;
+        if report.left == 0 || std::time::Instant::now() >= deadline {
+            return (total, after);
+        }
+        let mut gone = Vec::new();
+        for (node, addr) in &after.forward {
+            let connect = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr));
+            if !matches!(connect.await, Ok(Ok(_))) {
+                gone.push(node.to_string());
+            }
+        }
+        if gone.is_empty() {
+            return (total, after);
+        }
+        tracing::info!(
+            ?gone,
+            "owners are gone (leaving too); planning their traces again"
+        );
+        view.members.retain(|m| !gone.contains(&m.node_id));
+        after = Arc::new(cluster.topology_without_local(&view));
+        if after.ring.is_empty() {
+            return (total, after);
+        }
+    }
 }
 
 /// Makes the cluster counters visible on `/metrics` from the start, at zero.
