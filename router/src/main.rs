@@ -7,8 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use otel_tail_router::cluster::check_router_config;
-use otel_tail_shared::config::Config;
-use otel_tail_shared::telemetry;
+use otel_tail_shared::launch::{Flags, launch, shutdown_signal};
 
 /// Note printed above `--print-config` output.
 const IGNORED_SECTIONS: &str = "# otel-tail-router reads `receiver`, `cluster` and `telemetry`; \
@@ -34,93 +33,29 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match &cli.config {
-        Some(path) => Config::load(path),
-        None => Config::from_yaml("", &|name| std::env::var(name).ok()),
+    let flags = Flags {
+        binary: "otel-tail-router",
+        config: cli.config.as_deref(),
+        print_config: cli.print_config,
+        check_config: cli.check_config,
+        print_prefix: IGNORED_SECTIONS,
     };
-    let config = match config {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("otel-tail-router: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    if cli.print_config {
-        print!("{IGNORED_SECTIONS}{}", config.to_yaml());
-        return ExitCode::SUCCESS;
-    }
-    if let Err(error) = check_router_config(&config) {
-        eprintln!("otel-tail-router: {error}");
-        return ExitCode::from(2);
-    }
-    if cli.check_config {
-        println!("config OK");
-        return ExitCode::SUCCESS;
-    }
-    telemetry::init_logging(&config.telemetry.log_level);
-    let metrics = match telemetry::install_metrics() {
-        Ok(metrics) => metrics,
-        Err(error) => {
-            eprintln!("otel-tail-router: cannot install metrics recorder: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("otel-tail-router: cannot start runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(otel_tail_router::run(
-        config,
-        metrics,
-        |listening| {
-            print!(
-                "otel-tail-router {} started\n  OTLP/gRPC  listening on {}\n  OTLP/HTTP  listening on {}\n  admin      listening on {}  (/metrics /healthz /readyz)\n  gossip     listening on {}\n",
-                env!("CARGO_PKG_VERSION"),
-                listening.receivers.grpc,
-                listening.receivers.http,
-                listening.admin,
-                listening.gossip,
-            );
-            let _ = std::io::stdout().flush();
-        },
-        shutdown_signal(),
-    ));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("otel-tail-router: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    launch(
+        flags,
+        |config| check_router_config(config).map_err(|e| e.to_string()),
+        |config, metrics| otel_tail_router::run(config, metrics, print_banner, shutdown_signal()),
+    )
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutdown signal received");
+/// Prints where the router listens, in one block on stdout.
+fn print_banner(listening: &otel_tail_router::Listening) {
+    print!(
+        "otel-tail-router {} started\n  OTLP/gRPC  listening on {}\n  OTLP/HTTP  listening on {}\n  admin      listening on {}  (/metrics /healthz /readyz)\n  gossip     listening on {}\n",
+        env!("CARGO_PKG_VERSION"),
+        listening.receivers.grpc,
+        listening.receivers.http,
+        listening.admin,
+        listening.gossip,
+    );
+    let _ = std::io::stdout().flush();
 }

@@ -1,12 +1,13 @@
-//! `otel-tail-sampler`: a standalone tail-sampling node. See the crate library for the
-//! design; this file only parses flags, loads the config and wires signals.
+//! `otel-tail-sampler`: a tail-sampling node, standalone or in a cluster. See the crate
+//! library for the design; this file only declares the flags and prints the start-up banner
+//! (`otel_tail_shared::launch` does the rest).
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use otel_tail_shared::config::Config;
-use otel_tail_shared::telemetry;
+use otel_tail_shared::launch::{Flags, launch, shutdown_signal};
 
 /// mimalloc instead of glibc malloc: decoding OTLP allocates many small strings and vectors,
 /// and glibc's allocator showed up as a fifth of the sampler's CPU in profiles.
@@ -30,101 +31,51 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match &cli.config {
-        Some(path) => Config::load(path),
-        None => Config::from_yaml("", &|name| std::env::var(name).ok()),
+    let flags = Flags {
+        binary: "otel-tail-sampler",
+        config: cli.config.as_deref(),
+        print_config: cli.print_config,
+        check_config: cli.check_config,
+        print_prefix: "",
     };
-    let config = match config {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("otel-tail-sampler: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if cli.print_config {
-        print!("{}", config.to_yaml());
-        return ExitCode::SUCCESS;
-    }
-    if cli.check_config {
-        println!("config OK");
-        return ExitCode::SUCCESS;
-    }
-    telemetry::init_logging(&config.telemetry.log_level);
-    let metrics = match telemetry::install_metrics() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("otel-tail-sampler: cannot install metrics recorder: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("otel-tail-sampler: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let storage_dir = config.sampler.storage_dir.clone();
-    let result = runtime.block_on(otel_tail_sampler::run(
-        config,
-        metrics,
-        move |listening, exporters| {
-            let mut banner = format!(
-                "otel-tail-sampler {} started\n  OTLP/gRPC  listening on {}\n  OTLP/HTTP  listening on {}\n  admin      listening on {}  (/metrics /healthz /readyz)\n  buffer     {}\n",
-                env!("CARGO_PKG_VERSION"),
-                listening.receivers.grpc,
-                listening.receivers.http,
-                listening.admin,
-                storage_dir.display(),
-            );
-            if let Some(cluster) = &listening.cluster {
-                banner.push_str(&format!(
-                    "  forward    listening on {}\n  gossip     listening on {}  (node {})\n",
-                    cluster.forward, cluster.gossip, cluster.node_id,
-                ));
-            }
-            for e in exporters {
-                banner.push_str(&format!("  export     {e}\n"));
-            }
-            print!("{banner}");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
+    launch(
+        flags,
+        |_| Ok(()),
+        |config, metrics| {
+            let storage_dir = config.sampler.storage_dir.clone();
+            otel_tail_sampler::run(
+                config,
+                metrics,
+                move |listening, exporters| print_banner(listening, exporters, &storage_dir),
+                shutdown_signal(),
+            )
         },
-        shutdown_signal(),
-    ));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("otel-tail-sampler: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    )
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+/// Prints where the sampler listens and exports, in one block on stdout.
+fn print_banner(
+    listening: &otel_tail_sampler::Listening,
+    exporters: &[String],
+    storage_dir: &Path,
+) {
+    let mut banner = format!(
+        "otel-tail-sampler {} started\n  OTLP/gRPC  listening on {}\n  OTLP/HTTP  listening on {}\n  admin      listening on {}  (/metrics /healthz /readyz)\n  buffer     {}\n",
+        env!("CARGO_PKG_VERSION"),
+        listening.receivers.grpc,
+        listening.receivers.http,
+        listening.admin,
+        storage_dir.display(),
+    );
+    if let Some(cluster) = &listening.cluster {
+        banner.push_str(&format!(
+            "  forward    listening on {}\n  gossip     listening on {}  (node {})\n",
+            cluster.forward, cluster.gossip, cluster.node_id,
+        ));
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    for exporter in exporters {
+        banner.push_str(&format!("  export     {exporter}\n"));
     }
-    tracing::info!("shutdown signal received");
+    print!("{banner}");
+    let _ = std::io::stdout().flush();
 }

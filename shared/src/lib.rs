@@ -7,6 +7,7 @@
 //!   requests to an [`receiver::Ingest`] implementation supplied by the binary.
 //! - [`exporter`]: clients that send one OTLP export request downstream (gRPC, HTTP, file)
 //!   and classify failures as retryable or permanent. Queueing lives with the caller.
+//! - [`launch`]: what both binaries do around their `run` (config flags, logs, runtime, signals).
 //! - [`telemetry`]: self-metric names, logging set-up and the admin HTTP endpoint.
 //! - [`otlp`]: small helpers over the OTLP data model (ids, signals, request merging).
 //! - [`ring`]: the consistent-hash ring (virtual nodes over xxh3) that assigns traces and keys to samplers.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod exporter;
 pub mod forward;
+pub mod launch;
 pub mod membership;
 pub mod otlp;
 pub mod receiver;
