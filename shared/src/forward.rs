@@ -108,6 +108,28 @@ impl Default for ForwarderConfig {
     }
 }
 
+/// What a forwarded call carries besides its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct CallMeta {
+    /// A metadata header sent with the value `1`, e.g. a sampler's hop or handoff mark.
+    pub mark: Option<&'static str>,
+    /// Deadline of this call instead of the configured one.
+    pub timeout: Option<Duration>,
+    /// Whether the items count in [`names::FORWARDED_ITEMS`].
+    pub counted: bool,
+}
+
+impl Default for CallMeta {
+    /// No mark, the configured deadline, counted.
+    fn default() -> Self {
+        CallMeta {
+            mark: None,
+            timeout: None,
+            counted: true,
+        }
+    }
+}
+
 /// Why a forwarded request was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ForwardError {
@@ -167,7 +189,26 @@ impl Forwarder {
         body: Bytes,
         items: usize,
     ) -> Result<Accepted, ForwardError> {
-        let result = self.call(target, signal, body).await;
+        self.send_with(target, signal, body, items, CallMeta::default())
+            .await
+    }
+
+    /// [`Forwarder::send`] with a metadata mark, another deadline, or without counting.
+    pub async fn send_with(
+        &self,
+        target: SocketAddr,
+        signal: Signal,
+        body: Bytes,
+        items: usize,
+        meta: CallMeta,
+    ) -> Result<Accepted, ForwardError> {
+        let result = self.call(target, signal, body, meta).await;
+        if !meta.counted {
+            if let Err(error) = &result {
+                tracing::debug!(%target, signal = signal.as_str(), %error, "forwarding failed");
+            }
+            return result;
+        }
         let items = items as u64;
         let counter = |outcome: &'static str, count: u64| {
             if count > 0 {
@@ -198,11 +239,38 @@ impl Forwarder {
             .retain(|target, _| keep(target));
     }
 
+    /// A unary call of another method of the target (`path`) with prost messages, over
+    /// the same channel, classified like exports.
+    pub async fn unary<M, R>(
+        &self,
+        target: SocketAddr,
+        path: &'static str,
+        message: M,
+        timeout: Duration,
+    ) -> Result<R, ForwardError>
+    where
+        M: prost::Message + Send + Sync + 'static,
+        R: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.channel(target));
+        grpc.ready()
+            .await
+            .map_err(|error| ForwardError::Unavailable(format!("{target}: {error}")))?;
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        let codec = tonic_prost::ProstCodec::<M, R>::default();
+        grpc.unary(request, PathAndQuery::from_static(path), codec)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| classify(target, &status))
+    }
+
     async fn call(
         &self,
         target: SocketAddr,
         signal: Signal,
         body: Bytes,
+        meta: CallMeta,
     ) -> Result<Accepted, ForwardError> {
         let mut grpc = tonic::client::Grpc::new(self.channel(target));
         if self.gzip(target) {
@@ -212,7 +280,12 @@ impl Forwarder {
             .await
             .map_err(|error| ForwardError::Unavailable(format!("{target}: {error}")))?;
         let mut request = tonic::Request::new(body);
-        request.set_timeout(self.config.timeout);
+        request.set_timeout(meta.timeout.unwrap_or(self.config.timeout));
+        if let Some(mark) = meta.mark {
+            request
+                .metadata_mut()
+                .insert(mark, tonic::metadata::MetadataValue::from_static("1"));
+        }
         let path = PathAndQuery::from_static(export_path(signal));
         let response = match signal {
             Signal::Traces => grpc
@@ -308,7 +381,9 @@ fn classify(target: SocketAddr, status: &Status) -> ForwardError {
         (Code::Unavailable | Code::ResourceExhausted, Some(info)) => ForwardError::Throttled {
             retry_after: info.retry_delay.unwrap_or(DEFAULT_RETRY_AFTER),
         },
-        (Code::InvalidArgument | Code::ResourceExhausted, _) => ForwardError::Rejected(message),
+        (Code::InvalidArgument | Code::ResourceExhausted | Code::Unimplemented, _) => {
+            ForwardError::Rejected(message)
+        }
         _ => ForwardError::Unavailable(message),
     }
 }

@@ -1,33 +1,18 @@
 //! The sampler's client to other samplers' forward endpoints: encoded OTLP export
 //! requests marked as forwarded or handed off, and decision batches.
 //!
-//! Like the router's `otel_tail_shared::forward::Forwarder` it keeps one lazily connected
-//! channel per target and classifies failures as [`ForwardError`]s; unlike it, every call
-//! carries the metadata header that tells the receiver not to forward again
-//! ([`HOP_HEADER`]) or that the data is a handoff ([`HANDOFF_HEADER`]).
+//! It is the router's `otel_tail_shared::forward::Forwarder` with, on every call, the
+//! metadata header that tells the receiver not to forward again ([`HOP_HEADER`]) or that
+//! the data is a handoff ([`HANDOFF_HEADER`]).
 
-use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::RwLock;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes};
-use http::uri::PathAndQuery;
-use metrics::counter;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use bytes::Bytes;
 use otel_tail_proto::v1::{DecisionAck, DecisionBatch};
-use otel_tail_shared::forward::{DEFAULT_RETRY_AFTER, ForwardError, export_path, names as fwd};
+use otel_tail_shared::forward::{CallMeta, ForwardError, Forwarder, ForwarderConfig};
 use otel_tail_shared::otlp::Signal;
 use otel_tail_shared::receiver::Accepted;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
-use tonic_prost::ProstDecoder;
-use tonic_types::StatusExt;
 
 /// Metadata header on requests a sampler forwards to the owner of their data. A sampler
 /// receiving it buffers what it does not own instead of forwarding again (no loops while
@@ -58,10 +43,22 @@ impl Mark {
     }
 }
 
-/// Channels to peers' forward endpoints, shared by all tasks (channels multiplex).
-#[derive(Debug, Default)]
+/// Channels to peers' forward endpoints, shared by all tasks: the shared [`Forwarder`]
+/// with the sampler's marks on every call.
+#[derive(Debug)]
 pub struct PeerClient {
-    channels: RwLock<HashMap<SocketAddr, Channel>>,
+    forwarder: Forwarder,
+}
+
+impl Default for PeerClient {
+    fn default() -> Self {
+        PeerClient {
+            forwarder: Forwarder::new(ForwarderConfig {
+                connect_timeout: CONNECT_TIMEOUT,
+                ..ForwarderConfig::default()
+            }),
+        }
+    }
 }
 
 impl PeerClient {
@@ -77,21 +74,14 @@ impl PeerClient {
         mark: Mark,
         timeout: Duration,
     ) -> Result<Accepted, ForwardError> {
-        let result = self.call(target, signal, body, mark, timeout).await;
-        if mark == Mark::Forwarded {
-            let outcome = match &result {
-                Ok(_) => fwd::OUTCOME_OK,
-                Err(ForwardError::Throttled { .. }) => fwd::OUTCOME_THROTTLED,
-                Err(ForwardError::Rejected(_)) => fwd::OUTCOME_REJECTED,
-                Err(ForwardError::Unavailable(_)) => fwd::OUTCOME_FAILED,
-            };
-            counter!(fwd::FORWARDED_ITEMS, "signal" => signal.as_str(), "outcome" => outcome)
-                .increment(items as u64);
-        }
-        if let Err(error) = &result {
-            tracing::debug!(%target, signal = signal.as_str(), ?mark, %error, "sending to peer failed");
-        }
-        result
+        let meta = CallMeta {
+            mark: Some(mark.header()),
+            timeout: Some(timeout),
+            counted: mark == Mark::Forwarded,
+        };
+        self.forwarder
+            .send_with(target, signal, body, items, meta)
+            .await
     }
 
     /// Sends decisions to the new owner of their traces; returns how many it recorded.
@@ -101,131 +91,15 @@ impl PeerClient {
         batch: DecisionBatch,
         timeout: Duration,
     ) -> Result<u32, ForwardError> {
-        let mut grpc = tonic::client::Grpc::new(self.channel(target));
-        grpc.ready()
+        self.forwarder
+            .unary::<DecisionBatch, DecisionAck>(target, DECISIONS_PATH, batch, timeout)
             .await
-            .map_err(|e| ForwardError::Unavailable(format!("{target}: {e}")))?;
-        let mut request = tonic::Request::new(batch);
-        request.set_timeout(timeout);
-        let codec = tonic_prost::ProstCodec::<DecisionBatch, DecisionAck>::default();
-        grpc.unary(request, PathAndQuery::from_static(DECISIONS_PATH), codec)
-            .await
-            .map(|r| r.into_inner().accepted)
-            .map_err(|status| classify(target, &status))
-    }
-
-    async fn call(
-        &self,
-        target: SocketAddr,
-        signal: Signal,
-        body: Bytes,
-        mark: Mark,
-        timeout: Duration,
-    ) -> Result<Accepted, ForwardError> {
-        let mut grpc = tonic::client::Grpc::new(self.channel(target));
-        grpc.ready()
-            .await
-            .map_err(|e| ForwardError::Unavailable(format!("{target}: {e}")))?;
-        let mut request = tonic::Request::new(body);
-        request.set_timeout(timeout);
-        request
-            .metadata_mut()
-            .insert(mark.header(), MetadataValue::from_static("1"));
-        let path = PathAndQuery::from_static(export_path(signal));
-        let response = match signal {
-            Signal::Traces => grpc
-                .unary(
-                    request,
-                    path,
-                    BytesCodec::<ExportTraceServiceResponse>::default(),
-                )
-                .await
-                .map(|r| {
-                    r.into_inner()
-                        .partial_success
-                        .map(|p| (p.rejected_spans, p.error_message))
-                }),
-            Signal::Logs => grpc
-                .unary(
-                    request,
-                    path,
-                    BytesCodec::<ExportLogsServiceResponse>::default(),
-                )
-                .await
-                .map(|r| {
-                    r.into_inner()
-                        .partial_success
-                        .map(|p| (p.rejected_log_records, p.error_message))
-                }),
-            Signal::Metrics => grpc
-                .unary(
-                    request,
-                    path,
-                    BytesCodec::<ExportMetricsServiceResponse>::default(),
-                )
-                .await
-                .map(|r| {
-                    r.into_inner()
-                        .partial_success
-                        .map(|p| (p.rejected_data_points, p.error_message))
-                }),
-        };
-        match response {
-            Ok(partial) => {
-                let (rejected, message) = partial.unwrap_or_default();
-                Ok(Accepted { rejected, message })
-            }
-            Err(status) => Err(classify(target, &status)),
-        }
-    }
-
-    /// The channel to `target`, created (not yet connected) on first use.
-    fn channel(&self, target: SocketAddr) -> Channel {
-        if let Some(channel) = self
-            .channels
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&target)
-        {
-            return channel.clone();
-        }
-        self.channels
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(target)
-            .or_insert_with(|| {
-                Endpoint::from(
-                    http::Uri::try_from(format!("http://{target}"))
-                        .expect("a socket address is a valid authority"),
-                )
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_lazy()
-            })
-            .clone()
+            .map(|ack| ack.accepted)
     }
 
     /// Drops channels to targets for which `keep` is false (peers that left).
     pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        self.channels
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|target, _| keep(target));
-    }
-}
-
-/// Classifies a failed call: throttling (retryable with `RetryInfo`), permanent refusal,
-/// or anything else (unreachable, timed out, internal).
-fn classify(target: SocketAddr, status: &Status) -> ForwardError {
-    let message = format!("{target}: {}: {}", status.code(), status.message());
-    match (status.code(), status.get_details_retry_info()) {
-        (Code::Unavailable | Code::ResourceExhausted, Some(info)) => ForwardError::Throttled {
-            retry_after: info.retry_delay.unwrap_or(DEFAULT_RETRY_AFTER),
-        },
-        (Code::InvalidArgument | Code::ResourceExhausted | Code::Unimplemented, _) => {
-            ForwardError::Rejected(message)
-        }
-        _ => ForwardError::Unavailable(message),
+        self.forwarder.retain(keep);
     }
 }
 
@@ -236,44 +110,6 @@ pub fn push_field_1(body: &mut Vec<u8>, payload: &[u8]) {
     prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, body);
     prost::encoding::encode_varint(payload.len() as u64, body);
     body.extend_from_slice(payload);
-}
-
-/// Client codec: an already-encoded request out, a prost-decoded response `R` in.
-struct BytesCodec<R>(PhantomData<fn() -> R>);
-
-impl<R> Default for BytesCodec<R> {
-    fn default() -> Self {
-        BytesCodec(PhantomData)
-    }
-}
-
-impl<R: prost::Message + Default + Send + 'static> Codec for BytesCodec<R> {
-    type Encode = Bytes;
-    type Decode = R;
-    type Encoder = BytesEncoder;
-    type Decoder = ProstDecoder<R>;
-
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
-    }
-
-    fn decoder(&mut self) -> ProstDecoder<R> {
-        ProstDecoder::default()
-    }
-}
-
-/// Writes an already-encoded message as-is.
-struct BytesEncoder;
-
-impl Encoder for BytesEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.len());
-        dst.put(item);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -298,29 +134,5 @@ mod tests {
         }
         let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
         assert_eq!(request.resource_spans, groups);
-    }
-
-    #[test]
-    fn throttling_needs_retry_info() {
-        let target = SocketAddr::from(([127, 0, 0, 1], 1));
-        let throttled = Status::with_error_details(
-            Code::Unavailable,
-            "busy",
-            tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_secs(3))),
-        );
-        assert_eq!(
-            classify(target, &throttled),
-            ForwardError::Throttled {
-                retry_after: Duration::from_secs(3)
-            }
-        );
-        assert!(matches!(
-            classify(target, &Status::unavailable("down")),
-            ForwardError::Unavailable(_)
-        ));
-        assert!(matches!(
-            classify(target, &Status::invalid_argument("bad")),
-            ForwardError::Rejected(_)
-        ));
     }
 }
