@@ -105,6 +105,43 @@ pub async fn serve<I: Ingest>(
     on_bound: impl FnOnce(BoundAddrs),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limit = config.max_request_bytes;
+    serve_both(
+        config,
+        on_bound,
+        shutdown,
+        |grpc_listener, http_listener, stop| {
+            (
+                grpc::serve(
+                    grpc_listener,
+                    limit,
+                    ingest.clone(),
+                    wait_stop(stop.clone()),
+                ),
+                http::serve(http_listener, limit, ingest, wait_stop(stop)),
+            )
+        },
+    )
+    .await
+}
+
+/// Binds the gRPC and HTTP listeners, reports their addresses, and runs the two servers
+/// `start` builds on them until `shutdown` (signalled through the watch channel it is
+/// given). Shared by the decoding receivers and the raw ones.
+pub(crate) async fn serve_both<G, H>(
+    config: &ReceiverConfig,
+    on_bound: impl FnOnce(BoundAddrs),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    start: impl FnOnce(
+        tokio::net::TcpListener,
+        tokio::net::TcpListener,
+        tokio::sync::watch::Receiver<bool>,
+    ) -> (G, H),
+) -> std::io::Result<()>
+where
+    G: Future<Output = std::io::Result<()>>,
+    H: Future<Output = std::io::Result<()>>,
+{
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_endpoint).await?;
     let http_listener = tokio::net::TcpListener::bind(config.http_endpoint).await?;
     on_bound(BoundAddrs {
@@ -116,18 +153,7 @@ pub async fn serve<I: Ingest>(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let grpc = grpc::serve(
-        grpc_listener,
-        config.max_request_bytes,
-        ingest.clone(),
-        wait_stop(stop_rx.clone()),
-    );
-    let http = http::serve(
-        http_listener,
-        config.max_request_bytes,
-        ingest,
-        wait_stop(stop_rx),
-    );
+    let (grpc, http) = start(grpc_listener, http_listener, stop_rx);
     let (g, h) = tokio::join!(grpc, http);
     g?;
     h

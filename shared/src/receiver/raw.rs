@@ -42,7 +42,7 @@ use super::http::{
     success_response,
 };
 use super::signal::{OtlpRequest, ingest_error_reason};
-use super::{Accepted, BoundAddrs, IngestError, wait_stop};
+use super::{Accepted, BoundAddrs, IngestError, serve_both, wait_stop};
 use crate::config::ReceiverConfig;
 use crate::forward::{ServerCodec, export_path};
 use crate::otlp::Signal;
@@ -68,28 +68,24 @@ pub async fn serve<I: RawIngest>(
     on_bound: impl FnOnce(BoundAddrs),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_endpoint).await?;
-    let http_listener = tokio::net::TcpListener::bind(config.http_endpoint).await?;
-    on_bound(BoundAddrs {
-        grpc: grpc_listener.local_addr()?,
-        http: http_listener.local_addr()?,
-    });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     let limit = config.max_request_bytes;
-    let grpc = serve_grpc(
-        grpc_listener,
-        limit,
-        ingest.clone(),
-        wait_stop(stop_rx.clone()),
-    );
-    let http = serve_http(http_listener, limit, ingest, wait_stop(stop_rx));
-    let (g, h) = tokio::join!(grpc, http);
-    g?;
-    h
+    serve_both(
+        config,
+        on_bound,
+        shutdown,
+        |grpc_listener, http_listener, stop| {
+            (
+                serve_grpc(
+                    grpc_listener,
+                    limit,
+                    ingest.clone(),
+                    wait_stop(stop.clone()),
+                ),
+                serve_http(http_listener, limit, ingest, wait_stop(stop)),
+            )
+        },
+    )
+    .await
 }
 
 /// Hands `body` to the sink method of `signal`.
