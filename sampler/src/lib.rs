@@ -9,6 +9,8 @@
 //! With `cluster.seeds` or `cluster.dns_seed` set, [`cluster`] puts a ring in front of the
 //! engine: data owned by another sampler is forwarded to it, and traces move between
 //! samplers when the ring changes.
+//!
+//! [`rollup`] turns what is not kept into compact summaries with exact totals.
 
 pub mod buffer;
 pub mod cluster;
@@ -16,6 +18,7 @@ pub mod decision;
 pub mod engine;
 pub mod export_queue;
 pub mod policy;
+pub mod rollup;
 pub mod storage;
 
 use std::future::Future;
