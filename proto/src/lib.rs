@@ -3,6 +3,9 @@
 //!
 //! - `otel_tail/v1/cluster.proto`: the cluster membership wire format. Every gossip
 //!   UDP datagram is one [`v1::Datagram`]; see the file's comments for the layout.
+//! - `otel_tail/v1/handoff.proto`: decisions handed to a trace's new owner after a ring change.
+//! - `otel_tail/v1/correlation.proto`: decision notices that let every node keep the logs
+//!   and metric points correlated with a kept trace.
 
 /// Version 1 of the internal wire formats (`package otel_tail.v1`).
 pub mod v1 {

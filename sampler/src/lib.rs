@@ -11,9 +11,11 @@
 //! samplers when the ring changes.
 //!
 //! [`rollup`] turns what is not kept into compact summaries with exact totals.
+//! [`correlation`] decides which held logs and metric points belong to a kept trace.
 
 pub mod buffer;
 pub mod cluster;
+pub mod correlation;
 pub mod decision;
 pub mod engine;
 pub mod export_queue;
