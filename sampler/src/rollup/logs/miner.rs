@@ -5,7 +5,11 @@
 //! `max_children`, goes to the wildcard branch). The leaf's clusters are compared with the
 //! line position by position; the most similar one at or above `similarity_threshold`
 //! absorbs the line, turning the positions that differ into `<*>`. Otherwise the line starts
-//! a new cluster.
+//! a new cluster. Once a cluster has matched `stable_lines` lines, its remaining plain words
+//! are established constants: a plain word of the line that differs from one counts twice
+//! against the similarity, so a short line that swaps a word every earlier line agreed on
+//! (`… by client WindowsUpdateAgent.` vs `… by client SPP.`) starts a template of its own,
+//! while a line differing only in variables, or in one word among many, still joins.
 //!
 //! Bounded: at most `max_templates` clusters. When full, the least recently matched cluster
 //! makes room if it has been idle for `min_idle_lines` lines; if not (a burst of unique
@@ -39,6 +43,9 @@ pub struct MinerConfig {
     pub depth: usize,
     /// Share of positions that must agree for a line to join a template.
     pub similarity_threshold: f64,
+    /// Lines a template must have matched before its unmasked words are established: a
+    /// different plain word at such a position then counts as two differing positions.
+    pub stable_lines: u64,
     /// Distinct tokens a tree node keeps before further ones go to its wildcard branch.
     pub max_children: usize,
     /// Most templates held; see the module docs for what happens past it.
@@ -57,6 +64,7 @@ impl Default for MinerConfig {
         MinerConfig {
             depth: 4,
             similarity_threshold: 0.7,
+            stable_lines: 3,
             max_children: 100,
             max_templates: 1000,
             min_idle_lines: 10_000,
@@ -100,6 +108,8 @@ struct Cluster {
     ranges: Vec<(u32, u32)>,
     /// Positions generalized to `<*>` by merging lines.
     wild: Vec<bool>,
+    /// Positions whose token holds a masked variable (from the line that created it).
+    masked: Vec<bool>,
     /// Key of the leaf holding it, to unlink it on eviction.
     leaf: Box<[u8]>,
     /// Lines matched.
@@ -122,16 +132,27 @@ impl Cluster {
     /// Share of positions where the template's constant token equals the line's; `line`
     /// has the same number of tokens. As in Drain, generalized positions do not count as
     /// agreeing: a template that is mostly `<*>` needs its few constants to match, which
-    /// keeps templates that share a frame but differ in a word apart.
-    fn similarity(&self, line: &MaskedLine) -> f64 {
+    /// keeps templates that share a frame but differ in a word apart. Once the template has
+    /// matched `stable_lines` lines, a plain word of the line differing from a plain word of
+    /// the template is strong evidence of another event and costs one agreeing position.
+    fn similarity(&self, line: &MaskedLine, stable_lines: u64) -> f64 {
         let n = self.ranges.len();
         if n == 0 {
             return 1.0;
         }
-        let same = (0..n)
-            .filter(|&i| !self.wild[i] && self.token(i) == line.token(i))
-            .count();
-        same as f64 / n as f64
+        let stable = self.count >= stable_lines;
+        let mut score = 0isize;
+        for i in 0..n {
+            if self.wild[i] {
+                continue;
+            }
+            if self.token(i) == line.token(i) {
+                score += 1;
+            } else if stable && !self.masked[i] && !line.tokens[i].variable {
+                score -= 1;
+            }
+        }
+        score as f64 / n as f64
     }
 
     /// Generalizes the positions where `line` differs; returns whether the text changed.
@@ -347,7 +368,7 @@ impl TemplateMiner {
         let slots = self.leaves.get(self.key.as_slice())?;
         let mut best: Option<(u32, f64)> = None;
         for &slot in slots {
-            let sim = self.clusters[slot as usize].similarity(&self.line);
+            let sim = self.clusters[slot as usize].similarity(&self.line, self.config.stable_lines);
             if sim >= self.config.similarity_threshold && best.is_none_or(|(_, b)| sim > b) {
                 best = Some((slot, sim));
             }
@@ -382,6 +403,7 @@ impl TemplateMiner {
         let cluster = Cluster {
             id,
             wild: vec![false; ranges.len()],
+            masked: self.line.tokens.iter().map(|t| t.variable).collect(),
             text,
             ranges,
             leaf: self.key.clone().into_boxed_slice(),
@@ -435,6 +457,7 @@ impl TemplateMiner {
         cluster.text = String::new();
         cluster.ranges = Vec::new();
         cluster.wild = Vec::new();
+        cluster.masked = Vec::new();
         self.ids.remove(&id);
         if let Some(slots) = self.leaves.get_mut(&leaf) {
             slots.retain(|&s| s != slot);

@@ -51,6 +51,49 @@ fn dissimilar_lines_get_separate_templates() {
 }
 
 #[test]
+fn a_different_word_where_a_stable_template_agreed_starts_a_new_template() {
+    let mut miner = TemplateMiner::default();
+    // Before the template is established, a different word is generalized as in Drain.
+    let early = miner.add("Session 7 initialized by client alpha").id;
+    assert_eq!(miner.add("Session 8 initialized by client beta").id, early);
+    assert_eq!(
+        miner.template(early),
+        Some("Session <*> initialized by client <*>")
+    );
+
+    let agent = miner.add("Session: 30546173_4261722401 initialized by client WindowsUpdateAgent.");
+    let agent = agent.id;
+    for n in 0..3 {
+        let line = format!("Session: 30546173_{n} initialized by client WindowsUpdateAgent.");
+        assert_eq!(miner.add(&line).id, agent, "variables still join");
+    }
+    // 4 of 6 positions agree, but the differing word was the same in all 4 earlier lines.
+    let spp = miner.add("Session: 11152_142416105 initialized by client SPP.");
+    assert!(spp.is_new);
+    assert_eq!(spp.template, "Session: <*> initialized by client SPP.");
+    assert_eq!(
+        miner.template(agent),
+        Some("Session: <*> initialized by client WindowsUpdateAgent.")
+    );
+
+    // In a longer line one established word may still differ: 10 of 11 agree, minus 1.
+    let long = miner
+        .add("job 1 of queue main finished after retry with status ok")
+        .id;
+    for n in 2..5 {
+        miner.add(&format!(
+            "job {n} of queue main finished after retry with status ok"
+        ));
+    }
+    assert_eq!(
+        miner
+            .add("job 5 of queue main finished after retry with status failed")
+            .id,
+        long
+    );
+}
+
+#[test]
 fn full_miner_overflows_then_evicts_idle_templates() {
     let config = MinerConfig {
         max_templates: 2,
