@@ -17,9 +17,11 @@
 //! Kept raw items are marked with the attribute [`CORRELATED_ATTRIBUTE`] whose value is a
 //! [`Reason`].
 
+pub mod broadcast;
 mod hold;
 mod kept;
 mod notice;
+pub mod store;
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,8 @@
 //!   and one range delete forgets it. Value = [`BufferedKind`] tag byte ++ protobuf
 //!   (`ResourceSpans` or `ResourceLogs` holding only that trace's items).
 //! - `queue`: the disk-backed export queues (layout owned by `export_queue`).
+//! - `hold`: trace-less logs and metric points held for `correlation.window` (layout owned
+//!   by `correlation::store`).
 //!
 //! A kept trace moves from `buffer` to `queue` in one atomic `WriteBatch`, so a crash
 //! at any point leaves it either still buffered (and re-decided after restart) or queued.
@@ -24,6 +26,8 @@ use rocksdb::{
 pub const CF_BUFFER: &str = "buffer";
 /// Column family of the export queues.
 pub const CF_QUEUE: &str = "queue";
+/// Column family of held trace-less logs and metric points.
+pub const CF_HOLD: &str = "hold";
 
 /// What a buffered value holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,12 +85,17 @@ impl Storage {
         buffer_options.set_write_buffer_size(64 * 1024 * 1024);
         let mut queue_options = Options::default();
         queue_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Held items live for one correlation window and are then deleted, like buffered
+        // spans: not worth compressing.
+        let mut hold_options = Options::default();
+        hold_options.set_compression_type(rocksdb::DBCompressionType::None);
         let db = DB::open_cf_descriptors(
             &options,
             dir,
             vec![
                 ColumnFamilyDescriptor::new(CF_BUFFER, buffer_options),
                 ColumnFamilyDescriptor::new(CF_QUEUE, queue_options),
+                ColumnFamilyDescriptor::new(CF_HOLD, hold_options),
             ],
         )?;
         let mut write_options = WriteOptions::default();
@@ -200,7 +209,7 @@ impl Storage {
     /// Approximate bytes held on disk and in memtables.
     pub fn approximate_bytes(&self) -> u64 {
         let prop = |name: &str| {
-            [CF_BUFFER, CF_QUEUE]
+            [CF_BUFFER, CF_QUEUE, CF_HOLD]
                 .iter()
                 .map(|cf| {
                     self.db
@@ -219,7 +228,7 @@ impl Storage {
     /// Bytes RocksDB holds in memory: memtables, block cache and table readers (index and
     /// filter blocks of the files on disk) of every column family.
     pub fn memory_bytes(&self) -> u64 {
-        [CF_BUFFER, CF_QUEUE]
+        [CF_BUFFER, CF_QUEUE, CF_HOLD]
             .iter()
             .map(|cf| {
                 [
