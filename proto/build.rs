@@ -1,6 +1,6 @@
 //! Compiles `otel_tail/v1/*.proto` into Rust messages with prost, using the `protoc`
 //! vendored by `protoc-bin-vendored` so no system package is needed. Messages only:
-//! the internal wire formats have services are served by hand-written handlers in the sampler.
+//! the services declared in them are served and called by hand-written code in the sampler.
 
 use std::{fs, io, path::PathBuf};
 
