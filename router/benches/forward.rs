@@ -174,6 +174,7 @@ fn start_sinks(count: usize) -> Vec<std::net::SocketAddr> {
                     grpc_endpoint: ([127, 0, 0, 1], 0).into(),
                     http_endpoint: ([127, 0, 0, 1], 0).into(),
                     max_request_bytes: 64 << 20,
+                    ..ReceiverConfig::default()
                 };
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -430,6 +430,7 @@ async fn raw_receivers_feed_the_router() {
         grpc_endpoint: ([127, 0, 0, 1], 0).into(),
         http_endpoint: ([127, 0, 0, 1], 0).into(),
         max_request_bytes: 4 << 20,
+        ..ReceiverConfig::default()
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {

@@ -113,6 +113,12 @@ impl Config {
 
     /// Checks value ranges and relations between keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.receiver.max_concurrent_requests == 0 {
+            return Err(ConfigError::invalid(
+                "receiver.max_concurrent_requests",
+                "must be greater than 0",
+            ));
+        }
         if self.receiver.max_request_bytes == 0 {
             return Err(ConfigError::invalid(
                 "receiver.max_request_bytes",
@@ -181,6 +187,10 @@ pub struct ReceiverConfig {
     /// Largest accepted request after decompression, in bytes; checked while reading so an
     /// oversized or gzip-bomb body is refused before it is held in memory.
     pub max_request_bytes: usize,
+    /// Requests handled at once across the gRPC and HTTP receivers; beyond it clients are
+    /// throttled (gRPC `UNAVAILABLE` + `RetryInfo`, HTTP 503 + `Retry-After`). With
+    /// `max_request_bytes` it bounds the memory held by requests in flight.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ReceiverConfig {
@@ -189,6 +199,7 @@ impl Default for ReceiverConfig {
             grpc_endpoint: ([0, 0, 0, 0], 4317).into(),
             http_endpoint: ([0, 0, 0, 0], 4318).into(),
             max_request_bytes: 64 * 1024 * 1024,
+            max_concurrent_requests: 128,
         }
     }
 }

@@ -73,6 +73,7 @@ async fn start_sink() -> (Arc<Sink>, SocketAddr) {
     tokio::spawn(crate::receiver::grpc::serve(
         listener,
         1024 * 1024,
+        crate::receiver::InFlight::new(64),
         sink.clone(),
         std::future::pending(),
     ));

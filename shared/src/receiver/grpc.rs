@@ -41,7 +41,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::events::{self, Transport, reason};
 use super::signal::{OtlpRequest, accept};
-use super::{Ingest, IngestError};
+use super::{InFlight, Ingest, IngestError};
 use crate::otlp::Signal;
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` completes, then lets in-flight calls
@@ -50,6 +50,7 @@ use crate::otlp::Signal;
 pub async fn serve<I: Ingest>(
     listener: tokio::net::TcpListener,
     max_request_bytes: usize,
+    in_flight: InFlight,
     ingest: Arc<I>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -65,9 +66,9 @@ pub async fn serve<I: Ingest>(
         .max_decoding_message_size(max_request_bytes);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .add_service(DecodeStatus::new(traces, Signal::Traces))
-        .add_service(DecodeStatus::new(logs, Signal::Logs))
-        .add_service(DecodeStatus::new(metrics, Signal::Metrics))
+        .add_service(DecodeStatus::new(traces, Signal::Traces, in_flight.clone()))
+        .add_service(DecodeStatus::new(logs, Signal::Logs, in_flight.clone()))
+        .add_service(DecodeStatus::new(metrics, Signal::Metrics, in_flight))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(std::io::Error::other)
@@ -143,11 +144,16 @@ pub(crate) fn status_of(error: &IngestError) -> Status {
 pub(crate) struct DecodeStatus<S> {
     inner: S,
     signal: Signal,
+    in_flight: InFlight,
 }
 
 impl<S> DecodeStatus<S> {
-    pub(crate) fn new(inner: S, signal: Signal) -> Self {
-        DecodeStatus { inner, signal }
+    pub(crate) fn new(inner: S, signal: Signal, in_flight: InFlight) -> Self {
+        DecodeStatus {
+            inner,
+            signal,
+            in_flight,
+        }
     }
 }
 
@@ -170,9 +176,16 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let signal = self.signal;
+        // Taken before the inner service reads and decodes the message, held until it answers.
+        let Some(permit) = self.in_flight.try_enter() else {
+            events::request_refused(signal, Transport::Grpc, reason::OVERLOADED);
+            let response = status_of(&InFlight::busy()).into_http();
+            return Box::pin(async move { Ok(response) });
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;
+            drop(permit);
             rewrite_decode_status(response.headers_mut(), signal);
             Ok(response)
         })

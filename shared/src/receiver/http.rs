@@ -29,7 +29,7 @@ use tonic::Code;
 
 use super::events::{self, Transport, reason};
 use super::signal::{OtlpRequest, accept, ingest_error_reason};
-use super::{Accepted, Ingest, IngestError};
+use super::{Accepted, InFlight, Ingest, IngestError};
 use crate::otlp::Signal;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -40,12 +40,14 @@ const JSON: &str = "application/json";
 pub async fn serve<I: Ingest>(
     listener: tokio::net::TcpListener,
     max_request_bytes: usize,
+    in_flight: InFlight,
     ingest: Arc<I>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let receiver = Arc::new(HttpReceiver {
         ingest,
         max_request_bytes,
+        in_flight,
     });
     let service = hyper::service::service_fn(move |request| {
         let receiver = receiver.clone();
@@ -114,6 +116,8 @@ where
 pub(crate) struct HttpReceiver<I> {
     pub(crate) ingest: Arc<I>,
     pub(crate) max_request_bytes: usize,
+    /// Bound on requests handled at once (shared with the gRPC receiver).
+    pub(crate) in_flight: InFlight,
 }
 
 impl<I: Ingest> HttpReceiver<I> {
@@ -133,6 +137,9 @@ impl<I: Ingest> HttpReceiver<I> {
         let (encoding, compression, declared) = match self.check_headers(&request, encoding) {
             Ok(negotiated) => negotiated,
             Err(refusal) => return refuse(R::SIGNAL, &refusal, reply_encoding),
+        };
+        let Some(_permit) = self.in_flight.try_enter() else {
+            return refuse(R::SIGNAL, &Refusal::Ingest(InFlight::busy()), encoding);
         };
         let outcome = async {
             let body = self

@@ -87,6 +87,32 @@ pub trait Ingest: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Accepted, IngestError>> + Send;
 }
 
+/// The bound on requests handled at once, shared by a gRPC and an HTTP receiver. A request
+/// that finds no room is throttled at once rather than queued, so memory stays bounded and
+/// the client backs off as the OTLP specification asks.
+#[derive(Debug, Clone)]
+pub struct InFlight(Arc<tokio::sync::Semaphore>);
+
+impl InFlight {
+    /// Room for `max` requests at once.
+    pub fn new(max: usize) -> Self {
+        InFlight(Arc::new(tokio::sync::Semaphore::new(max)))
+    }
+
+    /// A slot for one request, released when dropped; `None` when all are taken.
+    pub(crate) fn try_enter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+
+    /// The refusal for a request that found no slot.
+    pub(crate) fn busy() -> IngestError {
+        IngestError::Overloaded {
+            retry_after: Duration::from_secs(1),
+            reason: "too many requests in flight (receiver.max_concurrent_requests)",
+        }
+    }
+}
+
 /// The addresses the receivers actually listen on (differs from the config with port 0).
 #[derive(Debug, Clone, Copy)]
 pub struct BoundAddrs {
@@ -106,6 +132,7 @@ pub async fn serve<I: Ingest>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limit = config.max_request_bytes;
+    let in_flight = InFlight::new(config.max_concurrent_requests);
     serve_both(
         config,
         on_bound,
@@ -115,10 +142,11 @@ pub async fn serve<I: Ingest>(
                 grpc::serve(
                     grpc_listener,
                     limit,
+                    in_flight.clone(),
                     ingest.clone(),
                     wait_stop(stop.clone()),
                 ),
-                http::serve(http_listener, limit, ingest, wait_stop(stop)),
+                http::serve(http_listener, limit, in_flight, ingest, wait_stop(stop)),
             )
         },
     )

@@ -42,7 +42,7 @@ use super::http::{
     success_response,
 };
 use super::signal::{OtlpRequest, ingest_error_reason};
-use super::{Accepted, BoundAddrs, IngestError, serve_both, wait_stop};
+use super::{Accepted, BoundAddrs, InFlight, IngestError, serve_both, wait_stop};
 use crate::config::ReceiverConfig;
 use crate::forward::{ServerCodec, export_path};
 use crate::otlp::Signal;
@@ -69,6 +69,7 @@ pub async fn serve<I: RawIngest>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limit = config.max_request_bytes;
+    let in_flight = InFlight::new(config.max_concurrent_requests);
     serve_both(
         config,
         on_bound,
@@ -78,10 +79,11 @@ pub async fn serve<I: RawIngest>(
                 serve_grpc(
                     grpc_listener,
                     limit,
+                    in_flight.clone(),
                     ingest.clone(),
                     wait_stop(stop.clone()),
                 ),
-                serve_http(http_listener, limit, ingest, wait_stop(stop)),
+                serve_http(http_listener, limit, in_flight, ingest, wait_stop(stop)),
             )
         },
     )
@@ -128,6 +130,7 @@ impl RawRequest for ExportMetricsServiceRequest {
 async fn serve_grpc<I: RawIngest>(
     listener: tokio::net::TcpListener,
     max_request_bytes: usize,
+    in_flight: InFlight,
     ingest: Arc<I>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -136,14 +139,17 @@ async fn serve_grpc<I: RawIngest>(
         .add_service(DecodeStatus::new(
             RawGrpcService::<I, ExportTraceServiceRequest>::new(ingest.clone(), max_request_bytes),
             Signal::Traces,
+            in_flight.clone(),
         ))
         .add_service(DecodeStatus::new(
             RawGrpcService::<I, ExportLogsServiceRequest>::new(ingest.clone(), max_request_bytes),
             Signal::Logs,
+            in_flight.clone(),
         ))
         .add_service(DecodeStatus::new(
             RawGrpcService::<I, ExportMetricsServiceRequest>::new(ingest, max_request_bytes),
             Signal::Metrics,
+            in_flight,
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -246,12 +252,14 @@ impl<I: RawIngest, R: RawRequest> UnaryService<Bytes> for RawExport<I, R> {
 async fn serve_http<I: RawIngest>(
     listener: tokio::net::TcpListener,
     max_request_bytes: usize,
+    in_flight: InFlight,
     ingest: Arc<I>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let receiver = Arc::new(HttpReceiver {
         ingest,
         max_request_bytes,
+        in_flight,
     });
     let service = hyper::service::service_fn(move |request| {
         let receiver = receiver.clone();
@@ -282,6 +290,9 @@ async fn export<I: RawIngest, R: OtlpRequest>(
     let (encoding, compression, declared) = match receiver.check_headers(&request, encoding) {
         Ok(negotiated) => negotiated,
         Err(refusal) => return refuse(R::SIGNAL, &refusal, reply_encoding),
+    };
+    let Some(_permit) = receiver.in_flight.try_enter() else {
+        return refuse(R::SIGNAL, &Refusal::Ingest(InFlight::busy()), encoding);
     };
     let body = match receiver
         .read_body(request.into_body(), declared, compression)

@@ -130,6 +130,7 @@ impl Harness {
             grpc_endpoint: ([127, 0, 0, 1], 0).into(),
             http_endpoint: ([127, 0, 0, 1], 0).into(),
             max_request_bytes,
+            ..ReceiverConfig::default()
         };
         let ingest = Arc::new(RecordingIngest::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1156,4 +1157,106 @@ async fn receivers_count_accepted_rejected_and_refused() {
             "missing {line:?} in\n{rendered}"
         );
     }
+}
+
+/// A sink whose trace calls wait until released, to hold requests in flight.
+struct GatedIngest {
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl Default for GatedIngest {
+    fn default() -> Self {
+        GatedIngest {
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl Ingest for GatedIngest {
+    async fn traces(&self, _: ExportTraceServiceRequest) -> Result<Accepted, IngestError> {
+        self.entered.notify_one();
+        let _ = self.release.acquire().await;
+        Ok(Accepted::default())
+    }
+
+    async fn logs(&self, _: ExportLogsServiceRequest) -> Result<Accepted, IngestError> {
+        Ok(Accepted::default())
+    }
+
+    async fn metrics(&self, _: ExportMetricsServiceRequest) -> Result<Accepted, IngestError> {
+        Ok(Accepted::default())
+    }
+}
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_bound_are_throttled_on_both_transports() {
+    let config = ReceiverConfig {
+        grpc_endpoint: ([127, 0, 0, 1], 0).into(),
+        http_endpoint: ([127, 0, 0, 1], 0).into(),
+        max_concurrent_requests: 1,
+        ..ReceiverConfig::default()
+    };
+    let ingest = Arc::new(GatedIngest::default());
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let ingest = ingest.clone();
+        async move {
+            super::serve(
+                &config,
+                ingest,
+                |addrs| {
+                    let _ = bound_tx.send(addrs);
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        }
+    });
+    let addrs: BoundAddrs = bound_rx.await.unwrap();
+
+    // One request occupies the only slot.
+    let mut client = TraceServiceClient::connect(format!("http://{}", addrs.grpc))
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.export(good_traces(1)).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ingest.entered.notified())
+        .await
+        .expect("first request reached the sink");
+
+    // gRPC: UNAVAILABLE with RetryInfo.
+    let status = client.export(good_traces(1)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.get_details_retry_info().is_some(), "{status:?}");
+
+    // HTTP: 503 with Retry-After.
+    let reply = http_request(
+        addrs.http,
+        Method::POST,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        full(good_traces(1).encode_to_vec()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.headers.contains_key(RETRY_AFTER));
+
+    // Once the slot frees up, requests are served again.
+    ingest.release.add_permits(10);
+    first.await.unwrap().expect("first request accepted");
+    client
+        .export(good_traces(1))
+        .await
+        .expect("served after release");
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

@@ -91,6 +91,7 @@ impl Harness {
             grpc_endpoint: ([127, 0, 0, 1], 0).into(),
             http_endpoint: ([127, 0, 0, 1], 0).into(),
             max_request_bytes: LIMIT,
+            ..ReceiverConfig::default()
         };
         let ingest = Arc::new(RecordingRaw::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
