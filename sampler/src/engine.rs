@@ -145,7 +145,7 @@ impl Engine {
             self.storage.scan_buffer(|trace, kind, payload| {
                 let arrival = match kind {
                     BufferedKind::Spans => match ResourceSpans::decode(payload) {
-                        Ok(rs) => arrival_of(&policies, &rs),
+                        Ok(rs) => arrival_of(&policies, &rs, payload.len()),
                         Err(_) => {
                             corrupt += 1;
                             return;
@@ -212,8 +212,8 @@ impl Engine {
             groups
                 .into_iter()
                 .map(|(trace, rs)| {
-                    let arrival = arrival_of(&policies, &rs);
-                    let payload = rs.encode_to_vec();
+                    let payload = BufferedKind::Spans.encode(&rs);
+                    let arrival = arrival_of(&policies, &rs, payload.len());
                     (trace, rs, arrival, payload)
                 })
                 .collect()
@@ -231,12 +231,7 @@ impl Engine {
                     Some(Cached::Sampled(kept)) => late_kept.push((rs, kept)),
                     Some(Cached::NotSampled) => late_dropped += u64::from(arrival.stats.span_count),
                     None => {
-                        self.storage.stage_buffered(
-                            &mut batch,
-                            &trace,
-                            BufferedKind::Spans,
-                            &payload,
-                        );
+                        self.storage.stage_buffered(&mut batch, &trace, &payload);
                         buffered.push((trace, arrival));
                     }
                 }
@@ -298,8 +293,7 @@ impl Engine {
                         self.storage.stage_buffered(
                             &mut batch,
                             &trace,
-                            BufferedKind::Logs,
-                            &rl.encode_to_vec(),
+                            &BufferedKind::Logs.encode(&rl),
                         );
                         buffered.push(trace);
                     }
@@ -609,11 +603,14 @@ pub fn split_logs(
     (with_trace, without)
 }
 
-/// What one trace's group of spans contributes to the index.
-fn arrival_of(policies: &PolicyEngine, rs: &ResourceSpans) -> Arrival {
+/// What one trace's group of spans contributes to the index; `encoded_len` is the group's
+/// stored size, counted as the trace's bytes (for `bytes_limiting`) without walking every
+/// span's encoding again.
+fn arrival_of(policies: &PolicyEngine, rs: &ResourceSpans, encoded_len: usize) -> Arrival {
     let mut arrival = Arrival {
         stats: TraceStats {
             min_start_unix_nano: u64::MAX,
+            bytes: u32::try_from(encoded_len).unwrap_or(u32::MAX),
             ..TraceStats::default()
         },
         ..Arrival::default()
@@ -622,8 +619,6 @@ fn arrival_of(policies: &PolicyEngine, rs: &ResourceSpans) -> Arrival {
         for span in &ss.spans {
             policies.observe_span(&mut arrival.policy, rs.resource.as_ref(), span);
             arrival.stats.span_count += 1;
-            let size = u32::try_from(span.encoded_len()).unwrap_or(u32::MAX);
-            arrival.stats.bytes = arrival.stats.bytes.saturating_add(size);
             arrival.stats.min_start_unix_nano = arrival
                 .stats
                 .min_start_unix_nano

@@ -40,6 +40,15 @@ pub enum BufferedKind {
 }
 
 impl BufferedKind {
+    /// The stored value for `message`: the tag byte, then the protobuf, encoded once into
+    /// one buffer (no intermediate copy on the ingest path).
+    pub fn encode(self, message: &impl prost::Message) -> Vec<u8> {
+        let mut value = Vec::with_capacity(message.encoded_len() + 1);
+        value.push(self as u8);
+        message.encode_raw(&mut value);
+        value
+    }
+
     fn from_byte(b: u8) -> Option<Self> {
         match b {
             1 => Some(BufferedKind::Spans),
@@ -136,19 +145,10 @@ impl Storage {
     }
 
     /// Adds one buffered item for `trace` to `batch`.
-    pub fn stage_buffered(
-        &self,
-        batch: &mut WriteBatch,
-        trace: &TraceId,
-        kind: BufferedKind,
-        payload: &[u8],
-    ) {
+    pub fn stage_buffered(&self, batch: &mut WriteBatch, trace: &TraceId, value: &[u8]) {
         let mut key = [0u8; 24];
         key[..16].copy_from_slice(trace);
         key[16..].copy_from_slice(&self.next_seq().to_be_bytes());
-        let mut value = Vec::with_capacity(payload.len() + 1);
-        value.push(kind as u8);
-        value.extend_from_slice(payload);
         batch.put_cf(self.cf(CF_BUFFER), key, value);
     }
 
@@ -266,6 +266,12 @@ fn split_value(value: &[u8]) -> Result<(BufferedKind, Vec<u8>), StorageError> {
 mod tests {
     use super::*;
 
+    fn tagged(kind: BufferedKind, payload: &[u8]) -> Vec<u8> {
+        let mut value = vec![kind as u8];
+        value.extend_from_slice(payload);
+        value
+    }
+
     #[test]
     fn buffered_items_round_trip_and_forget() {
         let dir = tempfile::tempdir().unwrap();
@@ -273,9 +279,9 @@ mod tests {
         let a = [1u8; 16];
         let b = [2u8; 16];
         let mut batch = WriteBatch::default();
-        storage.stage_buffered(&mut batch, &a, BufferedKind::Spans, b"one");
-        storage.stage_buffered(&mut batch, &b, BufferedKind::Logs, b"other");
-        storage.stage_buffered(&mut batch, &a, BufferedKind::Logs, b"two");
+        storage.stage_buffered(&mut batch, &a, &tagged(BufferedKind::Spans, b"one"));
+        storage.stage_buffered(&mut batch, &b, &tagged(BufferedKind::Logs, b"other"));
+        storage.stage_buffered(&mut batch, &a, &tagged(BufferedKind::Logs, b"two"));
         storage.write(batch).unwrap();
         let watermark = storage.next_seq();
         let got = storage.read_trace(&a, watermark).unwrap();
@@ -288,7 +294,7 @@ mod tests {
         );
 
         let mut batch = WriteBatch::default();
-        storage.stage_buffered(&mut batch, &a, BufferedKind::Spans, b"after");
+        storage.stage_buffered(&mut batch, &a, &tagged(BufferedKind::Spans, b"after"));
         storage.write(batch).unwrap();
         assert_eq!(
             storage.read_trace(&a, watermark).unwrap().len(),
@@ -314,7 +320,7 @@ mod tests {
             let storage = Storage::open(dir.path(), true).unwrap();
             first_seq = storage.next_seq();
             let mut batch = WriteBatch::default();
-            storage.stage_buffered(&mut batch, &[3; 16], BufferedKind::Spans, b"x");
+            storage.stage_buffered(&mut batch, &[3; 16], &tagged(BufferedKind::Spans, b"x"));
             storage.write(batch).unwrap();
         }
         let storage = Storage::open(dir.path(), true).unwrap();
