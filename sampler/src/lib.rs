@@ -22,6 +22,7 @@ pub mod export_queue;
 pub mod policy;
 pub mod rollup;
 pub mod storage;
+mod unary;
 
 use std::future::Future;
 use std::net::SocketAddr;

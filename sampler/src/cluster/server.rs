@@ -32,14 +32,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use otel_tail_proto::v1::{DecisionAck, DecisionBatch};
 use otel_tail_shared::otlp;
-use otel_tail_shared::receiver::{Accepted, IngestError};
+use otel_tail_shared::receiver::Accepted;
+use otel_tail_shared::receiver::grpc::status_of;
 use otel_tail_shared::telemetry::names;
 use tonic::codec::CompressionEncoding;
 use tonic::codegen::{Body, BoxFuture, Service, StdError};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
 use super::peer::{DECISIONS_PATH, HANDOFF_HEADER, HOP_HEADER};
 use super::{ClusterIngest, Origin};
@@ -187,20 +187,6 @@ fn is_partial(accepted: &Accepted) -> bool {
     accepted.rejected > 0 || !accepted.message.is_empty()
 }
 
-/// The gRPC status of a refused request, as the public receivers answer it: throttling is
-/// `UNAVAILABLE` with `RetryInfo`, so the sender (router or peer) backs off.
-fn status_of(error: &IngestError) -> Status {
-    match error {
-        IngestError::Overloaded { retry_after, .. } => Status::with_error_details(
-            Code::Unavailable,
-            error.to_string(),
-            ErrorDetails::with_retry_info(Some(*retry_after)),
-        ),
-        IngestError::Invalid(_) => Status::invalid_argument(error.to_string()),
-        IngestError::Unavailable(_) => Status::unavailable(error.to_string()),
-    }
-}
-
 /// `otel_tail.v1.Handoff`, written out by hand: the proto crate generates messages only.
 #[derive(Clone)]
 struct DecisionsServer {
@@ -225,23 +211,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != DECISIONS_PATH {
-            return Box::pin(async {
-                let mut response = http::Response::new(tonic::body::Body::default());
-                let headers = response.headers_mut();
-                headers.insert(Status::GRPC_STATUS, (Code::Unimplemented as i32).into());
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    tonic::metadata::GRPC_CONTENT_TYPE,
-                );
-                Ok(response)
-            });
-        }
-        let method = DecisionsMethod(self.ingest.clone());
-        Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<DecisionAck, DecisionBatch>::default();
-            Ok(tonic::server::Grpc::new(codec).unary(method, request).await)
-        })
+        crate::unary::call(
+            DECISIONS_PATH,
+            request,
+            DecisionsMethod(self.ingest.clone()),
+        )
     }
 }
 

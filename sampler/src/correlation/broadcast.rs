@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::codegen::{Body, BoxFuture, Service, StdError};
 use tonic::server::NamedService;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::DecisionNotice;
 
@@ -542,23 +542,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != NOTICES_PATH {
-            return Box::pin(async {
-                let mut response = http::Response::new(tonic::body::Body::default());
-                let headers = response.headers_mut();
-                headers.insert(Status::GRPC_STATUS, (Code::Unimplemented as i32).into());
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    tonic::metadata::GRPC_CONTENT_TYPE,
-                );
-                Ok(response)
-            });
-        }
-        let method = NoticesMethod(self.sink.clone());
-        Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<NoticeAck, NoticeBatch>::default();
-            Ok(tonic::server::Grpc::new(codec).unary(method, request).await)
-        })
+        crate::unary::call(NOTICES_PATH, request, NoticesMethod(self.sink.clone()))
     }
 }
 

@@ -120,7 +120,7 @@ impl<I: Ingest> MetricsService for GrpcReceiver<I> {
 
 /// The gRPC status for a request the sink refused: throttling is retryable and says when
 /// to retry (`RetryInfo`), as the OTLP specification asks.
-pub(crate) fn status_of(error: &IngestError) -> Status {
+pub fn status_of(error: &IngestError) -> Status {
     match error {
         IngestError::Overloaded { retry_after, .. } => Status::with_error_details(
             Code::Unavailable,
