@@ -324,8 +324,7 @@ impl ClusterIngest {
         let engine = self.engine.clone();
         let settled = tokio::task::spawn_blocking(move || engine.adopt_decisions(decisions))
             .await
-            .map_err(|e| IngestError::Unavailable(format!("decision task failed: {e}")))?
-            .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+            .map_err(|e| IngestError::Unavailable(format!("decision task failed: {e}")))??;
         self.cluster.remember(&ids);
         tracing::debug!(origin = %batch.origin, decisions = count, settled, "adopted handed-off decisions");
         Ok(count)

@@ -236,14 +236,7 @@ impl Engine {
                     }
                 }
             }
-            self.storage
-                .write(batch)
-                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
-            let mut full = Vec::new();
-            for (trace, arrival) in &buffered {
-                full.extend(state.index.observe(*trace, arrival, now));
-            }
-            evicted = self.decide_locked(&mut state, full);
+            evicted = self.commit_buffered(&mut state, batch, &buffered, now)?;
         }
         if late_dropped > 0 {
             counter!(names::LATE_SPANS, "decision" => "not_sampled").increment(late_dropped);
@@ -259,16 +252,11 @@ impl Engine {
             self.queues
                 .enqueue(&ExportRequest::Traces(ExportTraceServiceRequest {
                     resource_spans,
-                }))
-                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+                }))?;
             counter!(names::LATE_SPANS, "decision" => "sampled").increment(spans);
             counter!(names::SPANS_KEPT).increment(spans);
         }
-        if !evicted.is_empty() {
-            counter!(names::TRACES_EVICTED).increment(evicted.len() as u64);
-            self.finish_all(&evicted)
-                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
-        }
+        self.finish_evicted(&evicted)?;
         Ok(Accepted::default())
     }
 
@@ -278,6 +266,10 @@ impl Engine {
         self.admit()?;
         let (with_trace, without_trace) = split_logs(request);
         let now = self.now_ms();
+        let arrival = Arrival {
+            logs: true,
+            ..Arrival::default()
+        };
         let mut late_kept = Vec::new();
         let mut late_dropped = 0u64;
         let evicted;
@@ -295,22 +287,11 @@ impl Engine {
                             &trace,
                             &BufferedKind::Logs.encode(&rl),
                         );
-                        buffered.push(trace);
+                        buffered.push((trace, arrival));
                     }
                 }
             }
-            self.storage
-                .write(batch)
-                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
-            let arrival = Arrival {
-                logs: true,
-                ..Arrival::default()
-            };
-            let mut full = Vec::new();
-            for trace in buffered {
-                full.extend(state.index.observe(trace, &arrival, now));
-            }
-            evicted = self.decide_locked(&mut state, full);
+            evicted = self.commit_buffered(&mut state, batch, &buffered, now)?;
         }
         if late_dropped > 0 {
             counter!(names::LOGS_DROPPED).increment(late_dropped);
@@ -321,15 +302,37 @@ impl Engine {
             self.queues
                 .enqueue(&ExportRequest::Logs(ExportLogsServiceRequest {
                     resource_logs: passthrough,
-                }))
-                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+                }))?;
         }
-        if !evicted.is_empty() {
-            counter!(names::TRACES_EVICTED).increment(evicted.len() as u64);
-            self.finish_all(&evicted)
-                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
-        }
+        self.finish_evicted(&evicted)?;
         Ok(Accepted::default())
+    }
+
+    /// Writes `batch` (the buffered items of one request) and indexes what it buffered,
+    /// under the state lock the caller holds; returns the traces that a full index decided
+    /// early to make room.
+    fn commit_buffered(
+        &self,
+        state: &mut State,
+        batch: WriteBatch,
+        buffered: &[(TraceId, Arrival)],
+        now: u64,
+    ) -> Result<Vec<Decided>, StorageError> {
+        self.storage.write(batch)?;
+        let mut full = Vec::new();
+        for (trace, arrival) in buffered {
+            full.extend(state.index.observe(*trace, arrival, now));
+        }
+        Ok(self.decide_locked(state, full))
+    }
+
+    /// Moves traces decided early (index full) out of the buffer.
+    fn finish_evicted(&self, evicted: &[Decided]) -> Result<(), StorageError> {
+        if evicted.is_empty() {
+            return Ok(());
+        }
+        counter!(names::TRACES_EVICTED).increment(evicted.len() as u64);
+        self.finish_all(evicted)
     }
 
     /// Passes metrics through to the export queue unchanged.
@@ -339,9 +342,7 @@ impl Engine {
     ) -> Result<Accepted, IngestError> {
         self.admit()?;
         if !request.resource_metrics.is_empty() {
-            self.queues
-                .enqueue(&ExportRequest::Metrics(request))
-                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+            self.queues.enqueue(&ExportRequest::Metrics(request))?;
         }
         Ok(Accepted::default())
     }
@@ -472,6 +473,13 @@ impl Engine {
         counter!(names::SPANS_KEPT).increment(kept_spans);
         counter!(names::SPANS_DROPPED).increment(dropped_spans);
         Ok(())
+    }
+}
+
+impl From<StorageError> for IngestError {
+    /// A storage failure is transient for the client: it may retry.
+    fn from(error: StorageError) -> Self {
+        IngestError::Unavailable(error.to_string())
     }
 }
 

@@ -170,6 +170,20 @@ impl Storage {
         upto: u64,
     ) -> Result<Vec<(BufferedKind, Vec<u8>)>, StorageError> {
         let mut out = Vec::new();
+        self.visit_trace(trace, upto, |_, kind, payload| {
+            out.push((kind, payload.to_vec()))
+        })?;
+        Ok(out)
+    }
+
+    /// Visits what is buffered for `trace` with a sequence below `upto`, in arrival order,
+    /// with each item's key (for deleting exactly what was read, as handoff does).
+    pub fn visit_trace(
+        &self,
+        trace: &TraceId,
+        upto: u64,
+        mut visit: impl FnMut(&[u8], BufferedKind, &[u8]),
+    ) -> Result<(), StorageError> {
         let iter = self.db.iterator_cf(
             self.cf(CF_BUFFER),
             IteratorMode::From(trace, Direction::Forward),
@@ -183,9 +197,10 @@ impl Storage {
             if seq >= upto {
                 break;
             }
-            out.push(split_value(&value)?);
+            let (kind, payload) = split_value_ref(&value)?;
+            visit(&key, kind, payload);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Visits every buffered item, grouped by trace in key order; used to rebuild the
@@ -256,10 +271,6 @@ fn split_value_ref(value: &[u8]) -> Result<(BufferedKind, &[u8]), StorageError> 
     let kind = BufferedKind::from_byte(tag)
         .ok_or_else(|| StorageError::Corrupt(format!("unknown buffer tag {tag}")))?;
     Ok((kind, payload))
-}
-
-fn split_value(value: &[u8]) -> Result<(BufferedKind, Vec<u8>), StorageError> {
-    split_value_ref(value).map(|(k, p)| (k, p.to_vec()))
 }
 
 #[cfg(test)]

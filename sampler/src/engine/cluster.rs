@@ -8,8 +8,6 @@
 //! deleted, key by key. Items that arrive for such a trace meanwhile sit above the
 //! watermark and start a fresh index entry; nothing is deleted that was not sent.
 
-use rocksdb::{Direction, IteratorMode};
-
 use super::*;
 use crate::storage::CF_BUFFER;
 
@@ -258,34 +256,17 @@ impl Engine {
     ) -> Result<(Vec<TakenItem>, Vec<TakenItem>), StorageError> {
         let mut spans = Vec::new();
         let mut logs = Vec::new();
-        let iter = self.storage.db().iterator_cf(
-            self.storage.cf(CF_BUFFER),
-            IteratorMode::From(trace, Direction::Forward),
-        );
-        for item in iter {
-            let (key, value) = item?;
-            if key.len() != 24 || &key[..16] != trace {
-                break;
-            }
-            let seq = u64::from_be_bytes(key[16..24].try_into().expect("24-byte key"));
-            if seq >= upto {
-                break;
-            }
-            let Some((&tag, payload)) = value.split_first() else {
-                return Err(StorageError::Corrupt("empty buffer value".into()));
-            };
-            let item = TakenItem {
-                key,
-                payload: payload.to_vec(),
-            };
-            if tag == BufferedKind::Spans as u8 {
-                spans.push(item);
-            } else if tag == BufferedKind::Logs as u8 {
-                logs.push(item);
-            } else {
-                return Err(StorageError::Corrupt(format!("unknown buffer tag {tag}")));
-            }
-        }
+        self.storage
+            .visit_trace(trace, upto, |key, kind, payload| {
+                let item = TakenItem {
+                    key: key.into(),
+                    payload: payload.to_vec(),
+                };
+                match kind {
+                    BufferedKind::Spans => spans.push(item),
+                    BufferedKind::Logs => logs.push(item),
+                }
+            })?;
         Ok((spans, logs))
     }
 }
