@@ -9,9 +9,9 @@
 //! - it descends request → `Resource*` → `Scope*` → item (span, log record, metric), reading
 //!   field tags and lengths and skipping values;
 //! - per item it reads one routing input: a span's `trace_id` (Span field 1), a log
-//!   record's `trace_id` (LogRecord field 9) or, for log records without one and for
-//!   metrics, the resource identity (see [`resource_identity_key`]) and the metric's name
-//!   (Metric field 1);
+//!   record's `trace_id` (LogRecord field 9), for log records without one the resource's
+//!   instance identity (see [`resource_identity_key`]), and for metrics the resource's
+//!   service identity and the metric's name (Metric field 1; see [`metric_series_key`]);
 //! - it asks the caller's owner function which owner the item goes to, and rebuilds each
 //!   owner's request by copying the resource's fields, the scope's fields and the item's
 //!   bytes verbatim (unknown fields included) under freshly written container lengths.
@@ -34,8 +34,11 @@
 //! attributes, ...) are not validated: the owner decodes them and rejects what is bad.
 //!
 //! Metrics are split at `Metric` granularity: a metric's data points stay together and
-//! route by series key ([`metric_series_key`]), so one sampler sees every point of a
-//! series. Counts per owner are spans, log records, or data points, matching the units of
+//! route by series key ([`metric_series_key`]): the service-level identity
+//! ([`SERVICE_IDENTITY_ATTRIBUTES`]) and the metric name, not the instance. Every pod of a
+//! service therefore sends a given metric to the same sampler, which sees every input of
+//! each series the metric rollup folds that metric into, so each rolled-up series has one
+//! writer. Counts per owner are spans, log records, or data points, matching the units of
 //! OTLP `partial_success`.
 
 mod identity;
@@ -47,11 +50,11 @@ mod tests;
 use bytes::Bytes;
 use thiserror::Error;
 
-pub use identity::{metric_series_key, resource_identity_key};
+pub use identity::{SERVICE_IDENTITY_ATTRIBUTES, metric_series_key, resource_identity_key};
 pub use wire::Problem;
 
 use crate::otlp::{TraceId, trace_id};
-use identity::resource_identity_key_from_wire;
+use identity::{append_metric_name, identity_from_wire};
 use wire::{Field, Reader, len_field_size, put_len_tag, put_varint};
 
 /// What an item routes by; the argument of the owner function.
@@ -59,8 +62,8 @@ use wire::{Field, Reader, len_field_size, put_len_tag, put_varint};
 pub enum RouteKey<'a> {
     /// A valid trace id (16 bytes, not all zero).
     Trace(TraceId),
-    /// A resource identity or metric series key; see [`resource_identity_key`] and
-    /// [`metric_series_key`].
+    /// A resource's instance identity key or a metric series key; see
+    /// [`resource_identity_key`] and [`metric_series_key`].
     Key(&'a [u8]),
 }
 
@@ -194,9 +197,10 @@ const DATA_POINTS: u32 = 1;
 #[derive(Debug, Clone, Copy)]
 enum ItemRoute {
     Trace(TraceId),
-    /// By the resource identity (log records without a trace id).
+    /// By the resource's instance identity (log records without a trace id).
     Resource,
-    /// By series key: resource identity and the metric name at `name.0..name.1`.
+    /// By series key: the resource's service identity and the metric name at
+    /// `name.0..name.1`.
     Series {
         name: (usize, usize),
     },
@@ -246,7 +250,8 @@ pub struct Splitter {
     owner_items: Vec<usize>,
     /// Per (scope, owner): bytes of that owner's items in that scope.
     scope_owner_len: Vec<usize>,
-    /// Identity key of the current resource container.
+    /// Identity key of the current resource container: its instance identity for logs,
+    /// its service identity for metrics.
     resource_key: Vec<u8>,
     /// Series key being built.
     series_key: Vec<u8>,
@@ -400,8 +405,8 @@ impl Splitter {
         out: &mut Output,
     ) -> Result<(), SplitError> {
         let owners = out.parts.len();
-        let mut resource_key_ready = false;
         let mut resource_owner = None;
+        let mut service_key_ready = false;
         for item in &mut self.items {
             let chosen = match item.route {
                 ItemRoute::Trace(id) => owner(RouteKey::Trace(id)),
@@ -412,32 +417,22 @@ impl Splitter {
                 ItemRoute::Resource => match resource_owner {
                     Some(o) => o,
                     None => {
-                        if !resource_key_ready {
-                            resource_identity_key_from_wire(
-                                buf,
-                                &self.resource_messages,
-                                &mut self.resource_key,
-                            )?;
-                            resource_key_ready = true;
-                        }
+                        identity_from_wire(buf, &self.resource_messages)?
+                            .write_instance(&mut self.resource_key);
                         let o = owner(RouteKey::Key(&self.resource_key));
                         resource_owner = Some(o);
                         o
                     }
                 },
                 ItemRoute::Series { name } => {
-                    if !resource_key_ready {
-                        resource_identity_key_from_wire(
-                            buf,
-                            &self.resource_messages,
-                            &mut self.resource_key,
-                        )?;
-                        resource_key_ready = true;
+                    if !service_key_ready {
+                        identity_from_wire(buf, &self.resource_messages)?
+                            .write_service(&mut self.resource_key);
+                        service_key_ready = true;
                     }
                     self.series_key.clear();
                     self.series_key.extend_from_slice(&self.resource_key);
-                    self.series_key.push(0);
-                    self.series_key.extend_from_slice(&buf[name.0..name.1]);
+                    append_metric_name(&mut self.series_key, &buf[name.0..name.1]);
                     owner(RouteKey::Key(&self.series_key))
                 }
             };

@@ -35,10 +35,10 @@
 //! - **Output**: delta (default) or cumulative temporality; a delta point covers
 //!   `[interval_start, interval_end]`, a cumulative one starts when its output series first
 //!   appeared. Every point carries `otel_tail.rollup=true`.
-//! - **Single writer**: the router sends each point to the owner of [`series_key`] (reduced
-//!   resource, metric name, reduced attributes), so one node folds every input of an output
-//!   series and no partial aggregates travel between nodes. The overflow series is the
-//!   exception: each node emits its own for the series it owns beyond the limit.
+//! - **Single writer**: the router and samplers route each metric by (service-level identity,
+//!   metric name) — [`IDENTITY_ATTRIBUTES`], the resource attributes kept on output — so one
+//!   node folds every input of every output series of that metric and no partial aggregates
+//!   travel between nodes. The overflow series is therefore single-writer too.
 
 mod aggregate;
 mod config;
@@ -63,12 +63,8 @@ pub use config::{AttributeRules, MetricRollupConfig, MetricRollupError, Rule, Te
 use exponential::ExpHist;
 
 /// Resource attributes kept on rolled-up metrics: the service's identity, not the instance's.
-pub const IDENTITY_ATTRIBUTES: [&str; 4] = [
-    "service.name",
-    "service.namespace",
-    "deployment.environment",
-    "deployment.environment.name",
-];
+/// The same list metrics route by, so one node receives every input of an output series.
+pub use otel_tail_shared::split::SERVICE_IDENTITY_ATTRIBUTES as IDENTITY_ATTRIBUTES;
 /// Attribute marking every rolled-up data point.
 pub const ROLLUP_ATTRIBUTE: &str = "otel_tail.rollup";
 /// Attribute of the series that takes the points beyond the cardinality limit.

@@ -61,6 +61,9 @@ fn any_value() -> impl Strategy<Value = AnyValue> {
 fn key_value() -> impl Strategy<Value = KeyValue> {
     let keys = prop::sample::select(vec![
         "service.name",
+        "service.namespace",
+        "deployment.environment",
+        "deployment.environment.name",
         "service.instance.id",
         "k8s.pod.name",
         "host.name",
@@ -960,7 +963,227 @@ fn resource_identity_falls_back_in_order() {
     resource_identity_key(None, &mut key);
     assert_eq!(key, b"\0");
     metric_series_key(None, "cpu", &mut key);
-    assert_eq!(key, b"\0\0cpu");
+    assert_eq!(key, b"\0\0\0\0\0cpu");
+}
+
+fn resource_of(attributes: Vec<KeyValue>) -> Resource {
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+fn series_key_of(attributes: Vec<KeyValue>, metric: &str) -> Vec<u8> {
+    let mut key = Vec::new();
+    metric_series_key(Some(&resource_of(attributes)), metric, &mut key);
+    key
+}
+
+/// One pod of service `checkout` in namespace `namespace`, identified every usual way.
+fn pod(namespace: &str, pod: &str) -> Vec<KeyValue> {
+    vec![
+        kv("service.instance.id", &format!("{pod}-id")),
+        kv("k8s.pod.name", pod),
+        kv("host.name", &format!("{pod}-host")),
+        kv("deployment.environment.name", "prod"),
+        kv("service.namespace", namespace),
+        kv("service.name", "checkout"),
+    ]
+}
+
+#[test]
+fn metric_series_key_is_the_service_identity_and_the_name() {
+    assert_eq!(
+        series_key_of(pod("shop", "checkout-5d9f"), "http.server.duration"),
+        b"checkout\0shop\0\0prod\0\0http.server.duration"
+    );
+    assert_eq!(
+        SERVICE_IDENTITY_ATTRIBUTES,
+        [
+            "service.name",
+            "service.namespace",
+            "deployment.environment",
+            "deployment.environment.name"
+        ]
+    );
+    let int_namespace = KeyValue {
+        key: "service.namespace".into(),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(3)),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        series_key_of(
+            vec![
+                kv("deployment.environment", "staging"),
+                int_namespace,
+                kv("service.namespace", "later"),
+                kv("service.name", "a"),
+                kv("deployment.environment", "ignored-duplicate"),
+            ],
+            "cpu"
+        ),
+        b"a\0\0staging\0\0\0cpu",
+        "fixed order, non-strings empty, first occurrence counts"
+    );
+}
+
+#[test]
+fn pods_of_one_service_share_metric_keys_but_not_log_keys() {
+    let a = pod("shop", "checkout-5d9f");
+    let b = pod("shop", "checkout-7c2a");
+    assert_eq!(
+        series_key_of(a.clone(), "cpu"),
+        series_key_of(b.clone(), "cpu")
+    );
+    assert_ne!(
+        series_key_of(a.clone(), "cpu"),
+        series_key_of(pod("billing", "checkout-5d9f"), "cpu"),
+        "another namespace is another service"
+    );
+    assert_ne!(
+        series_key_of(a.clone(), "cpu"),
+        series_key_of(a.clone(), "memory")
+    );
+
+    // On the wire: both pods' metrics go to one owner, their trace-less logs to two.
+    let metrics = ExportMetricsServiceRequest {
+        resource_metrics: [&a, &b]
+            .into_iter()
+            .map(|attributes| ResourceMetrics {
+                resource: Some(resource_of(attributes.clone())),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "cpu".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let mut metric_keys = Vec::new();
+    split_metrics(&metrics.encode_to_vec(), 1, |k| {
+        if let RouteKey::Key(k) = k {
+            metric_keys.push(k.to_vec());
+        }
+        0
+    })
+    .unwrap();
+    assert_eq!(metric_keys, vec![series_key_of(a.clone(), "cpu"); 2]);
+
+    let logs = ExportLogsServiceRequest {
+        resource_logs: [&a, &b]
+            .into_iter()
+            .map(|attributes| ResourceLogs {
+                resource: Some(resource_of(attributes.clone())),
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord::default()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let mut log_keys = Vec::new();
+    split_logs(&logs.encode_to_vec(), 1, |k| {
+        if let RouteKey::Key(k) = k {
+            log_keys.push(k.to_vec());
+        }
+        0
+    })
+    .unwrap();
+    assert_eq!(
+        log_keys,
+        vec![
+            b"checkout\0checkout-5d9f-id".to_vec(),
+            b"checkout\0checkout-7c2a-id".to_vec()
+        ]
+    );
+}
+
+/// A resource container's `resource` field written as `pieces` occurrences (which
+/// protobuf merges), each holding a consecutive share of `attributes`, followed by one
+/// scope container holding `items` (field 2 of the scope).
+fn container_with_split_resource(
+    attributes: &[KeyValue],
+    pieces: usize,
+    items: &[Vec<u8>],
+) -> Vec<u8> {
+    let mut container = Vec::new();
+    for (i, chunk) in attributes
+        .chunks(attributes.len().div_ceil(pieces.max(1)).max(1))
+        .enumerate()
+    {
+        let piece = Resource {
+            attributes: chunk.to_vec(),
+            dropped_attributes_count: i as u32,
+            ..Default::default()
+        };
+        container.extend(len_field(1, &piece.encode_to_vec()));
+    }
+    if pieces > 0 && attributes.is_empty() {
+        container.extend(len_field(1, &[]));
+    }
+    let scope: Vec<u8> = items.iter().flat_map(|item| len_field(2, item)).collect();
+    container.extend(len_field(2, &scope));
+    len_field(1, &container)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn wire_keys_equal_decoded_keys(
+        attributes in prop::collection::vec(key_value(), 0..8),
+        pieces in 0..4usize,
+    ) {
+        let attributes = if pieces == 0 { Vec::new() } else { attributes };
+
+        let names = ["cpu", "", "queue.depth"];
+        let metrics: Vec<Vec<u8>> = names
+            .iter()
+            .map(|name| Metric { name: name.to_string(), ..Default::default() }.encode_to_vec())
+            .collect();
+        let request = container_with_split_resource(&attributes, pieces, &metrics);
+        let decoded = ExportMetricsServiceRequest::decode(request.as_slice()).unwrap();
+        let resource = decoded.resource_metrics[0].resource.as_ref();
+        prop_assert_eq!(resource.is_some(), pieces > 0);
+        let mut seen = Vec::new();
+        split_metrics(&request, 1, |k| {
+            if let RouteKey::Key(k) = k {
+                seen.push(k.to_vec());
+            }
+            0
+        })
+        .unwrap();
+        let expected: Vec<Vec<u8>> = names
+            .iter()
+            .map(|name| {
+                let mut key = Vec::new();
+                metric_series_key(resource, name, &mut key);
+                key
+            })
+            .collect();
+        prop_assert_eq!(seen, expected);
+
+        let request =
+            container_with_split_resource(&attributes, pieces, &[LogRecord::default().encode_to_vec()]);
+        let decoded = ExportLogsServiceRequest::decode(request.as_slice()).unwrap();
+        let mut seen = Vec::new();
+        split_logs(&request, 1, |k| {
+            if let RouteKey::Key(k) = k {
+                seen.push(k.to_vec());
+            }
+            0
+        })
+        .unwrap();
+        let mut expected = Vec::new();
+        resource_identity_key(decoded.resource_logs[0].resource.as_ref(), &mut expected);
+        prop_assert_eq!(seen, vec![expected]);
+    }
 }
 
 #[test]
