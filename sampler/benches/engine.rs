@@ -102,7 +102,7 @@ fn engine(dir: &std::path::Path, num_traces: usize) -> Engine {
     let exporters =
         Exporter::from_config(&config.exporter, &dir.join("out.jsonl")).expect("exporter");
     let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).expect("queues");
-    Engine::new(&config.sampler, storage, queues).expect("engine")
+    Engine::new(&config, storage, queues).expect("engine")
 }
 
 fn main() {

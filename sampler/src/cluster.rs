@@ -33,7 +33,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use otel_tail_proto::v1::DecisionBatch;
 use otel_tail_shared::config::{ClusterConfig, Config};
-use otel_tail_shared::forward::ForwardError;
+use otel_tail_shared::forward::{ForwardError, Forwarder, ForwarderConfig};
 use otel_tail_shared::membership::{
     ClusterView, Membership, MembershipConfig, MembershipHandle, Role,
 };
@@ -47,6 +47,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::Listening;
+use crate::correlation::broadcast::{BroadcastConfig, NoticeBroadcaster, NoticesServer};
 use crate::decision::{Cached, Kept};
 use crate::engine::Engine;
 use crate::export_queue::ExportQueues;
@@ -312,6 +313,7 @@ impl ClusterIngest {
                     Cached::Sampled(Kept {
                         policy: d.policy.into(),
                         probability: d.probability,
+                        correlate: d.correlate,
                     })
                 } else {
                     Cached::NotSampled
@@ -585,6 +587,22 @@ pub(crate) async fn serve(
         stop_rx.clone(),
     ));
     let handoff_loop = tokio::spawn(handoff.clone().run(stop_rx.clone()));
+    let (peers_tx, peers_rx) = watch::channel(Vec::new());
+    let peer_watcher = tokio::spawn(watch_peers(
+        node_id.clone(),
+        membership.watch(),
+        peers_tx,
+        stop_rx.clone(),
+    ));
+    let settler = core.engine.settler().clone();
+    if settler.correlates() {
+        settler.set_broadcaster(Arc::new(NoticeBroadcaster::spawn(
+            node_id.clone(),
+            BroadcastConfig::default(),
+            Arc::new(Forwarder::new(ForwarderConfig::default())),
+            peers_rx,
+        )));
+    }
 
     let (receivers_stop_tx, receivers_stop_rx) = watch::channel(false);
     let (departure_tx, mut departure_rx) = tokio::sync::oneshot::channel();
@@ -612,6 +630,7 @@ pub(crate) async fn serve(
         forward_listener,
         config.receiver.max_request_bytes,
         ingest.clone(),
+        NoticesServer::new(settler),
         crate::stopped(receivers_stop_rx.clone()),
     ));
     let bound = Arc::new(AtomicBool::new(false));
@@ -656,6 +675,8 @@ pub(crate) async fn serve(
     let _ = readiness.await;
     let _ = watcher.await;
     let _ = handoff_loop.await;
+    let _ = peer_watcher.await;
+
     let Departure {
         started,
         view,
@@ -802,6 +823,34 @@ fn register_metrics() {
     }
     for signal in [Signal::Traces, Signal::Logs, Signal::Metrics] {
         metrics::counter!(fwd::FORWARDED_ITEMS, "signal" => signal.as_str(), "outcome" => fwd::OUTCOME_OK).increment(0);
+    }
+}
+
+/// Keeps the list of the other samplers' forward addresses (where decision notices go)
+/// in step with the membership view until stopped.
+async fn watch_peers(
+    local: String,
+    mut view: watch::Receiver<ClusterView>,
+    peers: watch::Sender<Vec<SocketAddr>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let current: Vec<SocketAddr> = view
+            .borrow_and_update()
+            .members
+            .iter()
+            .filter(|m| m.role == Role::Sampler && m.node_id != local)
+            .filter_map(otel_tail_shared::forward::forward_addr)
+            .collect();
+        peers.send_if_modified(|old| {
+            let changed = *old != current;
+            *old = current;
+            changed
+        });
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

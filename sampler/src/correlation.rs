@@ -18,6 +18,7 @@
 //! [`Reason`].
 
 pub mod broadcast;
+pub mod classify;
 mod hold;
 mod kept;
 mod notice;

@@ -17,6 +17,8 @@ pub struct Kept {
     pub policy: Arc<str>,
     /// Effective sampling probability, when the policy defines one (tracestate `ot=th:`).
     pub probability: Option<f64>,
+    /// The policy correlates logs and metric points by resource and time window.
+    pub correlate: bool,
 }
 
 /// A remembered decision.
@@ -91,6 +93,7 @@ mod tests {
         Cached::Sampled(Kept {
             policy: name.into(),
             probability: None,
+            correlate: false,
         })
     }
 

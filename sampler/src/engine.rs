@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-use otel_tail_shared::config::SamplerConfig;
+use otel_tail_shared::config::Config;
 use otel_tail_shared::exporter::ExportRequest;
 use otel_tail_shared::otlp::{self, TraceId};
 use otel_tail_shared::receiver::{Accepted, IngestError};
@@ -30,9 +30,12 @@ use prost::Message;
 use rocksdb::WriteBatch;
 
 use crate::buffer::{Arrival, BufferSettings, TraceEntry, TraceIndex};
+use crate::correlation::classify::mark_trace_logs;
+use crate::correlation::{DecisionNotice, ResourceIdentity};
 use crate::decision::{Cached, DecisionCache, Kept};
 use crate::export_queue::ExportQueues;
 use crate::policy::{PolicyEngine, PolicyError, TraceStats, apply_sampling_probability};
+use crate::settle::{SettleError, Settler, unix_now};
 use crate::storage::{BufferedKind, Storage, StorageError};
 
 /// Span attribute naming the policy that kept a trace (as the Collector records it).
@@ -66,6 +69,19 @@ struct Decided {
     watermark: u64,
     kept: Option<Kept>,
     spans: u32,
+    /// Log records were buffered with the trace.
+    has_logs: bool,
+}
+
+/// Why an engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The policy set is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The hold or the rollups could not be set up.
+    #[error(transparent)]
+    Settle(#[from] SettleError),
 }
 
 /// The sampler core. Shared as `Arc<Engine>`.
@@ -77,15 +93,24 @@ pub struct Engine {
     clock: Clock,
     max_storage_bytes: u64,
     storage_bytes: AtomicU64,
+    settler: Arc<Settler>,
 }
 
 impl Engine {
     /// Builds the engine over opened storage and queues. Call [`Engine::recover`] next.
     pub fn new(
-        config: &SamplerConfig,
+        full: &Config,
         storage: Arc<Storage>,
         queues: Arc<ExportQueues>,
-    ) -> Result<Engine, PolicyError> {
+    ) -> Result<Engine, BuildError> {
+        let config = &full.sampler;
+        let settler = Arc::new(Settler::new(
+            config,
+            &full.correlation,
+            &full.rollup,
+            storage.clone(),
+            queues.clone(),
+        )?);
         let policies = PolicyEngine::new(&config.policies, config.sample_on_first_match)?;
         let settings = BufferSettings {
             decision_wait_ms: config.decision_wait.as_millis() as u64,
@@ -108,6 +133,7 @@ impl Engine {
             clock: Clock::Real(Instant::now()),
             max_storage_bytes: config.max_storage_bytes,
             storage_bytes: AtomicU64::new(0),
+            settler,
         })
     }
 
@@ -122,6 +148,11 @@ impl Engine {
             Clock::Real(start) => start.elapsed().as_millis() as u64,
             Clock::Manual(ms) => ms.load(Ordering::SeqCst),
         }
+    }
+
+    /// The hold and summary path: held logs and metric points, kept-trace notices, rollups.
+    pub fn settler(&self) -> &Arc<Settler> {
+        &self.settler
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -161,6 +192,13 @@ impl Engine {
         }
         if corrupt > 0 {
             tracing::warn!(corrupt, "skipped buffered values that could not be decoded");
+        }
+        let (held, pending) = self
+            .settler
+            .recover(unix_now())
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        if held + pending > 0 {
+            tracing::info!(held, pending, "resumed held logs and metrics from storage");
         }
         let recovered = self.active_traces() + full.len();
         let evicted = {
@@ -261,11 +299,13 @@ impl Engine {
     }
 
     /// Buffers log records that carry a trace id with their trace (or routes them by a
-    /// cached decision); passes the others through to the export queue.
+    /// cached decision: kept ones are exported marked, dropped ones held like the rest);
+    /// holds the others until their fate is settled.
     pub fn ingest_logs(&self, request: ExportLogsServiceRequest) -> Result<Accepted, IngestError> {
         self.admit()?;
         let (with_trace, without_trace) = split_logs(request);
         let now = self.now_ms();
+        let now_unix = unix_now();
         let arrival = Arrival {
             logs: true,
             ..Arrival::default()
@@ -276,11 +316,20 @@ impl Engine {
         {
             let mut state = self.state();
             let mut batch = WriteBatch::default();
+            for rl in &without_trace.resource_logs {
+                self.settler.hold_logs(&mut batch, rl, now_unix);
+            }
             let mut buffered = Vec::new();
-            for (trace, rl) in with_trace {
+            for (trace, mut rl) in with_trace {
                 match state.cache.get(&trace) {
-                    Some(Cached::Sampled(_)) => late_kept.push(rl),
-                    Some(Cached::NotSampled) => late_dropped += log_records(&rl) as u64,
+                    Some(Cached::Sampled(_)) => {
+                        mark_trace_logs(&mut rl);
+                        late_kept.push(rl);
+                    }
+                    Some(Cached::NotSampled) => {
+                        late_dropped += log_records(&rl) as u64;
+                        self.settler.hold_logs(&mut batch, &rl, now_unix);
+                    }
                     None => {
                         self.storage.stage_buffered(
                             &mut batch,
@@ -296,12 +345,10 @@ impl Engine {
         if late_dropped > 0 {
             counter!(names::LOGS_DROPPED).increment(late_dropped);
         }
-        let mut passthrough = without_trace.resource_logs;
-        passthrough.extend(late_kept);
-        if !passthrough.is_empty() {
+        if !late_kept.is_empty() {
             self.queues
                 .enqueue(&ExportRequest::Logs(ExportLogsServiceRequest {
-                    resource_logs: passthrough,
+                    resource_logs: late_kept,
                 }))?;
         }
         self.finish_evicted(&evicted)?;
@@ -335,15 +382,21 @@ impl Engine {
         self.finish_all(evicted)
     }
 
-    /// Passes metrics through to the export queue unchanged.
+    /// Holds metric points (durably, before returning) until their fate is settled.
     pub fn ingest_metrics(
         &self,
         request: ExportMetricsServiceRequest,
     ) -> Result<Accepted, IngestError> {
         self.admit()?;
-        if !request.resource_metrics.is_empty() {
-            self.queues.enqueue(&ExportRequest::Metrics(request))?;
+        if request.resource_metrics.is_empty() {
+            return Ok(Accepted::default());
         }
+        let now_unix = unix_now();
+        let mut batch = WriteBatch::default();
+        for rm in &request.resource_metrics {
+            self.settler.hold_metrics(&mut batch, rm, now_unix);
+        }
+        self.storage.write(batch)?;
         Ok(Accepted::default())
     }
 
@@ -389,6 +442,7 @@ impl Engine {
             let kept = decision.sampled.then(|| Kept {
                 policy: decision.policy.unwrap_or_else(|| "unknown".into()),
                 probability: decision.probability,
+                correlate: decision.correlate,
             });
             let label_policy = kept
                 .as_ref()
@@ -413,6 +467,7 @@ impl Engine {
                 watermark: self.storage.next_seq(),
                 kept,
                 spans: entry.stats.span_count,
+                has_logs: entry.has_logs,
             });
         }
         gauge!(names::TRACES_ACTIVE).set(state.index.len() as f64);
@@ -427,33 +482,52 @@ impl Engine {
         Ok(())
     }
 
-    /// Moves kept traces from the buffer to the export queue and forgets dropped ones, in
-    /// one atomic write.
+    /// Moves kept traces from the buffer to the export queue (their logs marked as
+    /// correlated), moves the logs of dropped traces to the hold, and forgets the rest,
+    /// in one atomic write; then publishes the kept traces for correlation.
     fn finish(&self, decided: &[Decided]) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let mut resource_spans = Vec::new();
         let mut resource_logs = Vec::new();
         let mut kept_spans = 0u64;
         let mut dropped_spans = 0u64;
+        let mut notices = Vec::new();
+        let now_unix = unix_now();
         for d in decided {
             match &d.kept {
                 Some(kept) => {
+                    let mut notice = NoticeBuilder::new(d.trace, kept);
                     for (kind, payload) in self.storage.read_trace(&d.trace, d.watermark)? {
                         match kind {
                             BufferedKind::Spans => {
                                 let mut rs = ResourceSpans::decode(payload.as_slice())
                                     .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                                notice.add(&rs);
                                 kept_spans += annotate_kept(&mut rs, kept);
                                 resource_spans.push(rs);
                             }
-                            BufferedKind::Logs => resource_logs.push(
-                                ResourceLogs::decode(payload.as_slice())
-                                    .map_err(|e| StorageError::Corrupt(e.to_string()))?,
-                            ),
+                            BufferedKind::Logs => {
+                                let mut rl = ResourceLogs::decode(payload.as_slice())
+                                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                                mark_trace_logs(&mut rl);
+                                resource_logs.push(rl);
+                            }
+                        }
+                    }
+                    notices.extend(notice.build());
+                }
+                None => {
+                    dropped_spans += u64::from(d.spans);
+                    if d.has_logs {
+                        for (kind, payload) in self.storage.read_trace(&d.trace, d.watermark)? {
+                            if kind == BufferedKind::Logs {
+                                let rl = ResourceLogs::decode(payload.as_slice())
+                                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                                self.settler.hold_logs(&mut batch, &rl, now_unix);
+                            }
                         }
                     }
                 }
-                None => dropped_spans += u64::from(d.spans),
             }
             self.storage.stage_forget(&mut batch, &d.trace, d.watermark);
         }
@@ -472,7 +546,48 @@ impl Engine {
         }
         counter!(names::SPANS_KEPT).increment(kept_spans);
         counter!(names::SPANS_DROPPED).increment(dropped_spans);
+        self.settler.publish(notices, now_unix);
         Ok(())
+    }
+}
+
+/// Collects what other samplers need to match a kept trace: its resources and time window.
+struct NoticeBuilder {
+    notice: DecisionNotice,
+}
+
+impl NoticeBuilder {
+    fn new(trace: TraceId, kept: &Kept) -> NoticeBuilder {
+        NoticeBuilder {
+            notice: DecisionNotice {
+                trace_id: trace,
+                resources: Vec::new(),
+                start_unix_nano: u64::MAX,
+                end_unix_nano: 0,
+                policy: kept.policy.to_string(),
+                correlate: kept.correlate,
+            },
+        }
+    }
+
+    fn add(&mut self, rs: &ResourceSpans) {
+        let identity = ResourceIdentity::from_resource(rs.resource.as_ref());
+        if !self.notice.resources.contains(&identity) {
+            self.notice.resources.push(identity);
+        }
+        for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+            self.notice.start_unix_nano =
+                self.notice.start_unix_nano.min(span.start_time_unix_nano);
+            self.notice.end_unix_nano = self
+                .notice
+                .end_unix_nano
+                .max(span.end_time_unix_nano.max(span.start_time_unix_nano));
+        }
+    }
+
+    /// The notice, unless no span was read (a trace of logs only has no window).
+    fn build(self) -> Option<DecisionNotice> {
+        (self.notice.start_unix_nano <= self.notice.end_unix_nano).then_some(self.notice)
     }
 }
 

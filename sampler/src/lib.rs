@@ -21,6 +21,7 @@ pub mod engine;
 pub mod export_queue;
 pub mod policy;
 pub mod rollup;
+pub mod settle;
 pub mod storage;
 mod unary;
 
@@ -48,6 +49,9 @@ use crate::storage::Storage;
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(20);
 /// Longest pause of the decider between passes.
 const DECIDER_TICK: Duration = Duration::from_millis(100);
+/// Longest pause of the settle loop between passes (also how late a rollup interval may
+/// close).
+const SETTLE_TICK: Duration = Duration::from_millis(100);
 
 /// The receivers' view of the engine: runs each request on a blocking thread, since it
 /// writes to RocksDB before acknowledging.
@@ -102,10 +106,11 @@ pub struct ClusterAddrs {
     pub gossip: SocketAddr,
 }
 
-/// The running decider task.
+/// The running decider and settle tasks.
 pub(crate) struct Decider {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    settle: tokio::task::JoinHandle<()>,
 }
 
 impl Decider {
@@ -113,14 +118,17 @@ impl Decider {
         let (stop, stop_rx) = watch::channel(false);
         Decider {
             stop,
+            settle: tokio::spawn(settle_loop(engine.settler().clone(), stop_rx.clone())),
             task: tokio::spawn(decide_loop(engine, stop_rx)),
         }
     }
 
-    /// Stops deciding (a pass in progress completes) and waits for it.
+    /// Stops deciding and settling (a pass in progress completes) and waits for both.
+    /// Held items and open rollup intervals stay on disk for the next start.
     pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        let _ = self.settle.await;
     }
 }
 
@@ -146,9 +154,8 @@ pub async fn run(
         .context("configuring exporters")?;
     let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter)
         .context("opening export queue")?;
-    let engine = Arc::new(
-        Engine::new(&config.sampler, storage, queues.clone()).context("building policies")?,
-    );
+    let engine =
+        Arc::new(Engine::new(&config, storage, queues.clone()).context("building policies")?);
     let recovered = engine
         .recover()
         .context("rebuilding the trace index from storage")?;
@@ -254,6 +261,30 @@ fn register_metrics() {
 
 pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Settles held logs and metric points as their windows pass and closes rollup intervals,
+/// until stopped.
+async fn settle_loop(settler: Arc<settle::Settler>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let now = settle::unix_now();
+        let pause = settler
+            .next_due()
+            .map_or(SETTLE_TICK, |due| {
+                Duration::from_nanos(due.saturating_sub(now)).min(SETTLE_TICK)
+            })
+            .max(Duration::from_millis(5));
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let s = settler.clone();
+        match tokio::task::spawn_blocking(move || s.settle_due(settle::unix_now())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "settling held data failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "settle task failed"),
+        }
+    }
 }
 
 /// Decides due traces until stopped; also refreshes the storage-size figure once a second.

@@ -28,6 +28,8 @@ pub const CF_BUFFER: &str = "buffer";
 pub const CF_QUEUE: &str = "queue";
 /// Column family of held trace-less logs and metric points.
 pub const CF_HOLD: &str = "hold";
+/// Column family of summary inputs waiting for their rollup interval to close.
+pub const CF_ROLLUP: &str = "rollup";
 
 /// What a buffered value holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +106,8 @@ impl Storage {
             vec![
                 ColumnFamilyDescriptor::new(CF_BUFFER, buffer_options),
                 ColumnFamilyDescriptor::new(CF_QUEUE, queue_options),
-                ColumnFamilyDescriptor::new(CF_HOLD, hold_options),
+                ColumnFamilyDescriptor::new(CF_HOLD, hold_options.clone()),
+                ColumnFamilyDescriptor::new(CF_ROLLUP, hold_options),
             ],
         )?;
         let mut write_options = WriteOptions::default();
@@ -224,7 +227,7 @@ impl Storage {
     /// Approximate bytes held on disk and in memtables.
     pub fn approximate_bytes(&self) -> u64 {
         let prop = |name: &str| {
-            [CF_BUFFER, CF_QUEUE, CF_HOLD]
+            [CF_BUFFER, CF_QUEUE, CF_HOLD, CF_ROLLUP]
                 .iter()
                 .map(|cf| {
                     self.db
@@ -243,7 +246,7 @@ impl Storage {
     /// Bytes RocksDB holds in memory: memtables, block cache and table readers (index and
     /// filter blocks of the files on disk) of every column family.
     pub fn memory_bytes(&self) -> u64 {
-        [CF_BUFFER, CF_QUEUE, CF_HOLD]
+        [CF_BUFFER, CF_QUEUE, CF_HOLD, CF_ROLLUP]
             .iter()
             .map(|cf| {
                 [

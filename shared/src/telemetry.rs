@@ -52,6 +52,25 @@ pub mod names {
     pub const STORAGE_MEMORY_BYTES: &str = "otel_tail_storage_memory_bytes";
     /// Bytes waiting in the disk-backed export queue, by `exporter`. Gauge.
     pub const EXPORT_QUEUE_BYTES: &str = "otel_tail_export_queue_bytes";
+    /// Logs and metric groups held for correlation. Gauge.
+    pub const HELD_ITEMS: &str = "otel_tail_held_items";
+    /// Encoded bytes held for correlation. Gauge.
+    pub const HELD_BYTES: &str = "otel_tail_held_bytes";
+    /// Held groups settled before their window ended because the hold was over a bound.
+    /// Counter.
+    pub const HOLD_RELEASED_EARLY: &str = "otel_tail_hold_released_early_total";
+    /// Held groups that could not be decoded and were skipped. Counter.
+    pub const HELD_CORRUPT: &str = "otel_tail_held_corrupt_total";
+    /// Kept traces this node can match held items against. Gauge.
+    pub const KEPT_TRACES_INDEXED: &str = "otel_tail_kept_traces_indexed";
+    /// Log records and data points kept raw, by `signal` and `reason`. Counter.
+    pub const CORRELATED_ITEMS: &str = "otel_tail_correlated_items_total";
+    /// Log records and data points sent down the summary path, by `signal`. Counter.
+    pub const SUMMARY_ITEMS: &str = "otel_tail_summary_items_total";
+    /// Log records and data points folded into rollups, by `signal`. Counter.
+    pub const ROLLUP_IN: &str = "otel_tail_rollup_in_total";
+    /// Summary log records and rolled-up data points emitted, by `signal`. Counter.
+    pub const ROLLUP_OUT: &str = "otel_tail_rollup_out_total";
 }
 
 /// Liveness and readiness shared between the process and its admin endpoint.

@@ -419,12 +419,14 @@ fn to_proto(trace: &TraceId, decision: Cached) -> TraceDecision {
             sampled: true,
             policy: kept.policy.to_string(),
             probability: kept.probability,
+            correlate: kept.correlate,
         },
         Cached::NotSampled => TraceDecision {
             trace_id: trace.to_vec(),
             sampled: false,
             policy: String::new(),
             probability: None,
+            correlate: false,
         },
     }
 }

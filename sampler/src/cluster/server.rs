@@ -41,6 +41,8 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
+use crate::correlation::broadcast::NoticesServer;
+
 use super::peer::{DECISIONS_PATH, HANDOFF_HEADER, HOP_HEADER};
 use super::{ClusterIngest, Origin};
 
@@ -50,6 +52,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     max_request_bytes: usize,
     ingest: Arc<ClusterIngest>,
+    notices: NoticesServer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let receiver = Arc::new(ForwardReceiver {
@@ -70,6 +73,7 @@ pub async fn serve(
         .add_service(logs)
         .add_service(metrics)
         .add_service(DecisionsServer { ingest })
+        .add_service(notices)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(std::io::Error::other)

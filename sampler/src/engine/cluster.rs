@@ -237,6 +237,7 @@ impl Engine {
                             Cached::NotSampled => None,
                         },
                         spans: entry.stats.span_count,
+                        has_logs: entry.has_logs,
                     });
                 }
                 state.cache.insert(trace, cached);
@@ -298,7 +299,7 @@ mod tests {
                 .unwrap();
         let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
         let clock = Arc::new(AtomicU64::new(0));
-        let engine = Engine::new(&config.sampler, storage, queues)
+        let engine = Engine::new(&config, storage, queues)
             .unwrap()
             .with_manual_clock(clock.clone());
         Fixture {

@@ -34,7 +34,7 @@ fn rig_in(dir: tempfile::TempDir, yaml: &str) -> Rig {
     .unwrap();
     let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
     let clock = Arc::new(AtomicU64::new(0));
-    let engine = Engine::new(&config.sampler, storage, queues.clone())
+    let engine = Engine::new(&config, storage, queues.clone())
         .unwrap()
         .with_manual_clock(clock.clone());
     Rig {
@@ -95,19 +95,20 @@ impl Rig {
         out
     }
 
-    /// Exported log bodies' trace id first bytes (0 for none).
-    fn exported_logs(&self) -> Vec<u8> {
+    /// Exported log records: trace id first byte (0 for none) and `otel_tail.correlated`.
+    fn exported_logs(&self) -> Vec<(u8, String)> {
         let text = std::fs::read_to_string(self.dir.path().join("out.jsonl")).unwrap_or_default();
         let mut out = Vec::new();
         for line in text.lines().filter(|l| l.contains("resourceLogs")) {
             let req: ExportLogsServiceRequest = serde_json::from_str(line).unwrap();
             for rl in req.resource_logs {
                 for sl in rl.scope_logs {
-                    out.extend(
-                        sl.log_records
-                            .iter()
-                            .map(|r| r.trace_id.first().copied().unwrap_or(0)),
-                    );
+                    out.extend(sl.log_records.iter().map(|r| {
+                        (
+                            r.trace_id.first().copied().unwrap_or(0),
+                            correlated(&r.attributes),
+                        )
+                    }));
                 }
             }
         }
@@ -257,21 +258,144 @@ async fn a_full_index_decides_the_oldest_trace_early() {
     );
 }
 
-#[tokio::test]
-async fn logs_with_a_trace_id_follow_their_trace_and_others_pass_through() {
-    let rig = rig(CONFIG);
-    let log = |trace: Option<u8>| LogRecord {
+const PASS_THROUGH: &str = r#"
+sampler:
+  decision_wait: 1s
+  num_traces: 100
+  policies:
+    - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+correlation: {enabled: false}
+rollup: {logs: {enabled: false}, metrics: {enabled: false}}
+"#;
+
+fn logs_request(resource: Option<Resource>, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource,
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn log(trace: Option<u8>, time: u64) -> LogRecord {
+    LogRecord {
         trace_id: trace.map(|t| vec![t; 16]).unwrap_or_default(),
+        time_unix_nano: time,
         ..Default::default()
-    };
+    }
+}
+
+#[tokio::test]
+async fn logs_of_kept_traces_are_marked_and_the_rest_pass_through_when_rollups_are_off() {
+    let rig = rig(PASS_THROUGH);
     rig.engine
         .ingest_traces(request(vec![span(1, 1, true), span(2, 1, false)]))
         .unwrap();
     rig.engine
-        .ingest_logs(ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records: vec![log(Some(1)), log(Some(2)), log(None), log(None)],
+        .ingest_logs(logs_request(
+            None,
+            vec![log(Some(1), 0), log(Some(2), 0), log(None, 0), log(None, 0)],
+        ))
+        .unwrap();
+    rig.advance(1000);
+    rig.engine.decide_due().unwrap();
+    rig.engine.settler().settle_due(unix_now()).unwrap();
+    rig.exported_spans().await;
+    assert_eq!(
+        rig.exported_logs(),
+        vec![
+            (0, String::new()),
+            (0, String::new()),
+            (1, "trace_id".to_string()),
+            (2, String::new()),
+        ],
+        "trace 1 kept and marked; the dropped trace's log and trace-less logs pass through"
+    );
+}
+
+fn resource(service: &str, instance: &str) -> Resource {
+    Resource {
+        attributes: vec![
+            KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(service.into())),
+                }),
+                ..Default::default()
+            },
+            KeyValue {
+                key: "service.instance.id".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(instance.into())),
+                }),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn held_logs_in_a_kept_error_traces_window_are_kept_raw_and_others_are_not() {
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Exemplar, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric,
+    };
+    let rig = rig(&PASS_THROUGH.replace(
+        "correlation: {enabled: false}",
+        "correlation: {before: 1s, after: 1s}",
+    ));
+    let t0 = 1_700_000_000_000_000_000u64;
+    let second = 1_000_000_000u64;
+    let mut error_span = span(1, 1, true);
+    error_span.start_time_unix_nano = t0;
+    error_span.end_time_unix_nano = t0 + second;
+    let mut trace_request = request(vec![error_span]);
+    trace_request.resource_spans[0].resource = Some(resource("checkout", "pod-1"));
+    rig.engine.ingest_traces(trace_request).unwrap();
+    // Same resource: inside [t0 - 1s, t0 + 2s] and outside it; another pod inside.
+    rig.engine
+        .ingest_logs(logs_request(
+            Some(resource("checkout", "pod-1")),
+            vec![log(None, t0 + second / 2), log(None, t0 + 5 * second)],
+        ))
+        .unwrap();
+    rig.engine
+        .ingest_logs(logs_request(
+            Some(resource("checkout", "pod-2")),
+            vec![log(None, t0 + second / 2)],
+        ))
+        .unwrap();
+    let point = |time: u64, exemplar: Option<u8>| NumberDataPoint {
+        time_unix_nano: time,
+        exemplars: exemplar
+            .into_iter()
+            .map(|t| Exemplar {
+                trace_id: vec![t; 16],
+                ..Default::default()
+            })
+            .chain(std::iter::once(Exemplar {
+                trace_id: vec![9; 16],
+                ..Default::default()
+            }))
+            .collect(),
+        ..Default::default()
+    };
+    rig.engine
+        .ingest_metrics(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(resource("payments", "pod-9")),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "queue.depth".into(),
+                        data: Some(metric::Data::Gauge(Gauge {
+                            data_points: vec![point(t0, Some(1)), point(t0, None)],
+                        })),
+                        ..Default::default()
+                    }],
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -280,8 +404,60 @@ async fn logs_with_a_trace_id_follow_their_trace_and_others_pass_through() {
         .unwrap();
     rig.advance(1000);
     rig.engine.decide_due().unwrap();
+    let settler = rig.engine.settler();
+    let now = unix_now();
+    assert_eq!(
+        settler.settle_due(now).unwrap().groups,
+        0,
+        "held for the window"
+    );
+    let settled = settler.settle_due(now + 7 * second).unwrap();
+    assert_eq!((settled.groups, settled.raw, settled.summary), (3, 2, 3));
     rig.exported_spans().await;
-    assert_eq!(rig.exported_logs(), vec![0, 0, 1]);
+    let logs = rig.exported_logs();
+    assert_eq!(
+        logs,
+        vec![
+            (0, String::new()),
+            (0, String::new()),
+            (0, "window".to_string())
+        ]
+    );
+    let text = std::fs::read_to_string(rig.dir.path().join("out.jsonl")).unwrap();
+    let mut points = Vec::new();
+    for line in text.lines().filter(|l| l.contains("resourceMetrics")) {
+        let req: ExportMetricsServiceRequest = serde_json::from_str(line).unwrap();
+        for m in req
+            .resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+        {
+            if let Some(metric::Data::Gauge(g)) = &m.data {
+                for p in &g.data_points {
+                    points.push((correlated(&p.attributes), p.exemplars.len()));
+                }
+            }
+        }
+    }
+    points.sort();
+    assert_eq!(
+        points,
+        vec![(String::new(), 1), ("exemplar".to_string(), 1)],
+        "the exemplar point is raw with only the kept trace's exemplar"
+    );
+}
+
+fn correlated(attributes: &[KeyValue]) -> String {
+    attributes
+        .iter()
+        .find(|kv| kv.key == crate::correlation::CORRELATED_ATTRIBUTE)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            any_value::Value::StringValue(s) => s.clone(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default()
 }
 
 #[test]

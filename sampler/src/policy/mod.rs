@@ -106,6 +106,9 @@ pub struct Decision {
     pub policy: Option<Arc<str>>,
     /// Effective sampling probability, when the deciding policy defines one (`probabilistic`).
     pub probability: Option<f64>,
+    /// The deciding policy correlates logs and metric points by resource and time window
+    /// (see `PolicyConfig::correlates`).
+    pub correlate: bool,
 }
 
 /// Why a policy set cannot be built.
@@ -250,6 +253,7 @@ struct CompositeSub {
 #[derive(Debug)]
 struct TopPolicy {
     name: Arc<str>,
+    correlate: bool,
     node: Node,
 }
 
@@ -274,6 +278,7 @@ impl PolicyEngine {
             .map(|cfg| {
                 Ok(TopPolicy {
                     name: Arc::from(cfg.name.as_str()),
+                    correlate: cfg.correlates(),
                     node: compile(cfg, &mut conditions, true)?,
                 })
             })
@@ -336,6 +341,7 @@ impl PolicyEngine {
             sampled: false,
             policy: None,
             probability: None,
+            correlate: false,
         };
         if first[Verdict::Dropped.index()].is_some()
             || first[Verdict::InvertNotSampled.index()].is_some()
@@ -347,6 +353,7 @@ impl PolicyEngine {
                 sampled: true,
                 policy: Some(self.policies[i].name.clone()),
                 probability: probability.filter(|_| !sampled_without_probability),
+                correlate: self.policies[i].correlate,
             };
         }
         if let Some((i, _)) = first[Verdict::InvertSampled.index()] {
@@ -354,6 +361,7 @@ impl PolicyEngine {
                 sampled: true,
                 policy: Some(self.policies[i].name.clone()),
                 probability: None,
+                correlate: self.policies[i].correlate,
             };
         }
         not_sampled

@@ -108,7 +108,8 @@ fn always_sample_keeps_and_names_the_policy() {
         Decision {
             sampled: true,
             policy: Some(Arc::from("all")),
-            probability: None
+            probability: None,
+            correlate: false,
         }
     );
     assert_eq!(e.policy_names(), vec![Arc::<str>::from("all")]);

@@ -6,6 +6,7 @@
 //! Checks across fields run in [`Config::validate`] after parsing.
 
 pub mod policy;
+pub mod rollup;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use policy::PolicyConfig;
+pub use rollup::{CorrelationConfig, RollupConfig};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,11 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Buffering and tail-sampling decisions (sampler only).
     pub sampler: SamplerConfig,
+    /// Holding logs and metric points until the traces they belong to are decided
+    /// (sampler only).
+    pub correlation: CorrelationConfig,
+    /// Summaries of the logs and metric points that are not kept (sampler only).
+    pub rollup: RollupConfig,
     /// Where kept and passed-through data goes (sampler only).
     pub exporter: ExporterConfig,
     /// Self-observability: admin endpoint and logs.
@@ -127,6 +134,8 @@ impl Config {
         }
         self.cluster.validate()?;
         self.sampler.validate()?;
+        self.correlation.validate()?;
+        self.rollup.validate()?;
         self.exporter.validate()?;
         Ok(())
     }

@@ -333,6 +333,17 @@ enum Level {
 }
 
 impl PolicyConfig {
+    /// Whether traces this policy keeps correlate by resource and time window: the
+    /// `correlate` flag, else true for `status_code` and `latency` (errors and slow
+    /// requests are what logs and fine-grained metrics explain) and false for every other
+    /// type (a baseline or attribute match would keep whole pods' logs for no reason).
+    pub fn correlates(&self) -> bool {
+        self.correlate.unwrap_or(matches!(
+            self.policy_type,
+            PolicyType::StatusCode | PolicyType::Latency
+        ))
+    }
+
     /// Checks values; `path` names this policy (`sampler.policies[2]`) so errors name the key
     /// (`sampler.policies[2].probabilistic.sampling_percentage`).
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {

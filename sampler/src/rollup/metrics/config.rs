@@ -1,10 +1,7 @@
 //! `rollup.metrics` configuration and the compiled attribute-reduction rules.
 
-use std::time::Duration;
-
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use regex::Regex;
-use serde::{Deserialize, Serialize};
 
 /// Errors in a `rollup.metrics` configuration, found when the aggregator is built.
 #[derive(Debug, thiserror::Error)]
@@ -25,61 +22,7 @@ pub enum MetricRollupError {
     ZeroCardinalityLimit,
 }
 
-/// Temporality of the rolled-up sums and histograms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Temporality {
-    /// Each point covers one interval (the default; adds across intervals and nodes).
-    #[default]
-    Delta,
-    /// Each point is the running total since the output series first appeared.
-    Cumulative,
-}
-
-/// Metric rollup settings (`rollup.metrics.*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricRollupConfig {
-    /// Length of one rollup interval: every output point covers exactly one.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Attribute-reduction rules; the first rule whose `metric` pattern matches applies.
-    /// A metric no rule matches keeps all its attributes (the cardinality limit still holds).
-    pub rules: Vec<Rule>,
-    /// Distinct output series per metric (per reduced resource and scope) per interval;
-    /// points of further series go to one series marked `otel.metric.overflow=true`.
-    pub cardinality_limit: usize,
-    /// Temporality of the output sums, histograms and summaries.
-    pub temporality: Temporality,
-    /// Also emit `<name>.min` / `<name>.max` gauges and a `<name>.count` sum per gauge series.
-    pub gauge_stats: bool,
-}
-
-impl Default for MetricRollupConfig {
-    fn default() -> Self {
-        MetricRollupConfig {
-            interval: Duration::from_secs(60),
-            rules: Vec::new(),
-            cardinality_limit: 2000,
-            temporality: Temporality::Delta,
-            gauge_stats: false,
-        }
-    }
-}
-
-/// One attribute-reduction rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    /// Metric name: exact, a glob (`*`, `?`), or a regex between slashes (`/^http\..*/`).
-    pub metric: String,
-    /// When set, only these point attributes are kept (same pattern syntax as `metric`).
-    #[serde(default)]
-    pub keep_attributes: Option<Vec<String>>,
-    /// Point attributes removed (after `keep_attributes`; same pattern syntax).
-    #[serde(default)]
-    pub drop_attributes: Vec<String>,
-}
+pub use otel_tail_shared::config::rollup::{MetricRollupConfig, Rule, Temporality};
 
 /// A compiled name pattern: exact string, glob or `/regex/`.
 #[derive(Debug, Clone)]

@@ -1,0 +1,575 @@
+//! Hold, then choose: the shell around correlated retention and rollups.
+//!
+//! Logs without a buffered trace and metric points wait in the hold store
+//! ([`HoldStore`], RocksDB) for `correlation.window`; then [`Settler::settle_due`] splits
+//! each held group against the [`KeptIndex`] of kept traces (this node's and every other
+//! sampler's, via decision notices): correlated items go to the export queue raw and
+//! marked, the rest down the summary path. The summary path is the rollup of its signal,
+//! or unchanged pass-through when that rollup is off.
+//!
+//! **Exactly once.** Each step is one RocksDB write batch:
+//! - ingest: the held group is written before the client is acknowledged;
+//! - settle: the raw part is queued for export, the summary part is written to
+//!   [`CF_ROLLUP`] (or queued, in pass-through), and the held group is deleted;
+//! - flush: at the end of a rollup interval the summaries are queued and every summary
+//!   input of the interval is deleted from [`CF_ROLLUP`].
+//!
+//! A crash between steps leaves each item in exactly one place; on restart
+//! [`Settler::recover`] re-indexes the hold and folds [`CF_ROLLUP`] back into the rollups,
+//! so no item is lost and none is exported twice. Rollup state lives in memory only for
+//! the current interval; what it summarises is on disk until the summary is queued.
+//!
+//! Settling, rollups and flushes run on one thread (the settle loop), so a flush never
+//! races with a summary input being written.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, gauge};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::logs::v1::ResourceLogs;
+use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
+use otel_tail_shared::config::{CorrelationConfig, RollupConfig, SamplerConfig};
+use otel_tail_shared::exporter::ExportRequest;
+use otel_tail_shared::telemetry::names;
+use prost::Message;
+use rocksdb::{IteratorMode, WriteBatch};
+
+use crate::correlation::broadcast::{NoticeBroadcaster, NoticeSink, Received};
+use crate::correlation::classify::{self, REASONS, Split};
+use crate::correlation::store::{HeldKind, HoldError, HoldStore};
+use crate::correlation::{DecisionNotice, HoldLimits, KeptIndex, KeptIndexConfig};
+use crate::export_queue::ExportQueues;
+use crate::rollup::logs::{LogRollup, LogRollupConfig, MinerConfig};
+use crate::rollup::metrics::{MetricRollup, MetricRollupError};
+use crate::storage::{CF_ROLLUP, Storage, StorageError};
+
+/// Most held groups settled per RocksDB write.
+const SETTLE_BATCH: usize = 1024;
+
+/// Current time, unix nanoseconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Why the settler could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// `rollup.metrics` is invalid.
+    #[error(transparent)]
+    Rollup(#[from] MetricRollupError),
+    /// Storage refused an operation.
+    #[error(transparent)]
+    Hold(#[from] HoldError),
+    /// Storage refused an operation.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<rocksdb::Error> for SettleError {
+    fn from(e: rocksdb::Error) -> SettleError {
+        SettleError::Storage(StorageError::Rocks(e))
+    }
+}
+
+/// One signal's rollup and its open interval.
+struct Interval<R> {
+    rollup: R,
+    length: u64,
+    start: u64,
+    /// Bytes of summary inputs written to [`CF_ROLLUP`] this interval.
+    pending_bytes: u64,
+    /// Summary inputs this interval.
+    pending_items: u64,
+}
+
+impl<R> Interval<R> {
+    fn new(rollup: R, length: Duration, now: u64) -> Interval<R> {
+        let length = nanos(length).max(1);
+        Interval {
+            rollup,
+            length,
+            start: now - now % length,
+            pending_bytes: 0,
+            pending_items: 0,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.start.saturating_add(self.length)
+    }
+}
+
+/// Rollup state, touched by the settle loop only (the mutex makes that checkable).
+struct Rollups {
+    logs: Option<Interval<LogRollup>>,
+    metrics: Option<Interval<MetricRollup>>,
+}
+
+/// The hold, the kept-trace index and the summary path of one sampler.
+pub struct Settler {
+    storage: Arc<Storage>,
+    queues: Arc<ExportQueues>,
+    store: HoldStore,
+    correlate: bool,
+    kept: Mutex<KeptIndex>,
+    broadcaster: OnceLock<Arc<NoticeBroadcaster>>,
+    rollups: Mutex<Rollups>,
+    max_pending_bytes: u64,
+}
+
+/// What a [`Settler::settle_due`] pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Held groups settled.
+    pub groups: usize,
+    /// Items kept raw.
+    pub raw: u64,
+    /// Items sent down the summary path.
+    pub summary: u64,
+}
+
+impl Settler {
+    /// Builds the settler over opened storage; call [`Settler::recover`] next.
+    pub fn new(
+        sampler: &SamplerConfig,
+        correlation: &CorrelationConfig,
+        rollup: &RollupConfig,
+        storage: Arc<Storage>,
+        queues: Arc<ExportQueues>,
+    ) -> Result<Settler, SettleError> {
+        let window = if correlation.enabled {
+            correlation.effective_window(sampler.decision_wait)
+        } else {
+            Duration::ZERO
+        };
+        let store = HoldStore::new(
+            storage.clone(),
+            HoldLimits {
+                window,
+                max_items: correlation.max_held_items,
+                max_bytes: usize::try_from(correlation.max_held_bytes).unwrap_or(usize::MAX),
+            },
+        );
+        let kept = KeptIndex::new(KeptIndexConfig {
+            before: correlation.before,
+            after: correlation.after,
+            // An item arriving up to one window after a notice is settled one window
+            // later still, and must find the trace.
+            hold: window.saturating_mul(2),
+            max_traces: std::num::NonZeroUsize::new(correlation.max_traces)
+                .unwrap_or(std::num::NonZeroUsize::MIN),
+        });
+        let now = unix_now();
+        let logs = rollup.logs.enabled.then(|| {
+            Interval::new(
+                LogRollup::new(LogRollupConfig {
+                    miner: MinerConfig {
+                        max_templates: rollup.logs.max_templates,
+                        ..MinerConfig::default()
+                    },
+                    samples_per_template: rollup.logs.samples_per_template,
+                    max_resources: rollup.logs.max_resources,
+                }),
+                rollup.logs.interval,
+                now,
+            )
+        });
+        let metrics = if rollup.metrics.enabled {
+            Some(Interval::new(
+                MetricRollup::new(rollup.metrics.clone())?,
+                rollup.metrics.interval,
+                now,
+            ))
+        } else {
+            None
+        };
+        Ok(Settler {
+            storage,
+            queues,
+            store,
+            correlate: correlation.enabled,
+            kept: Mutex::new(kept),
+            broadcaster: OnceLock::new(),
+            rollups: Mutex::new(Rollups { logs, metrics }),
+            max_pending_bytes: rollup.max_pending_bytes,
+        })
+    }
+
+    /// Whether items are held for correlation (else they settle at once, to summary).
+    pub fn correlates(&self) -> bool {
+        self.correlate
+    }
+
+    /// Sends this node's notices to the other samplers from now on (cluster mode).
+    pub fn set_broadcaster(&self, broadcaster: Arc<NoticeBroadcaster>) {
+        let _ = self.broadcaster.set(broadcaster);
+    }
+
+    /// Re-indexes what the hold store kept across a restart and folds the summary inputs
+    /// of the unfinished interval back into the rollups. Returns (held groups, summary
+    /// inputs).
+    pub fn recover(&self, now: u64) -> Result<(usize, usize), SettleError> {
+        let held = self.store.recover(now)?;
+        let mut replayed = 0;
+        let mut rollups = self.rollups();
+        let db = self.storage.db();
+        for entry in db.iterator_cf(self.storage.cf(CF_ROLLUP), IteratorMode::Start) {
+            let (key, value) = entry?;
+            match key.first().copied() {
+                Some(k) if k == HeldKind::Logs as u8 => {
+                    if let (Some(interval), Ok(rl)) =
+                        (rollups.logs.as_mut(), ResourceLogs::decode(&*value))
+                    {
+                        fold_logs(interval, &rl, value.len());
+                        replayed += 1;
+                    }
+                }
+                Some(k) if k == HeldKind::Metrics as u8 => {
+                    if let (Some(interval), Ok(rm)) =
+                        (rollups.metrics.as_mut(), ResourceMetrics::decode(&*value))
+                    {
+                        fold_metrics(interval, &rm, value.len(), now);
+                        replayed += 1;
+                    }
+                }
+                _ => tracing::warn!("skipping an unreadable rollup input"),
+            }
+        }
+        drop(rollups);
+        // A rollup turned off since: what waited for it leaves as it is.
+        self.flush(now, true)?;
+        Ok((held, replayed))
+    }
+
+    /// Stages holding one resource's logs (arrived at `now`) in `batch`.
+    pub fn hold_logs(&self, batch: &mut WriteBatch, rl: &ResourceLogs, now: u64) {
+        self.store
+            .hold(batch, HeldKind::Logs, &rl.encode_to_vec(), now);
+    }
+
+    /// Stages holding one resource's metrics (arrived at `now`) in `batch`.
+    pub fn hold_metrics(&self, batch: &mut WriteBatch, rm: &ResourceMetrics, now: u64) {
+        self.store
+            .hold(batch, HeldKind::Metrics, &rm.encode_to_vec(), now);
+    }
+
+    /// Makes this node's kept traces matchable here and on every other sampler.
+    pub fn publish(&self, notices: Vec<DecisionNotice>, now: u64) {
+        if !self.correlate || notices.is_empty() {
+            return;
+        }
+        {
+            let mut kept = self.kept();
+            for notice in &notices {
+                kept.insert(notice, now);
+            }
+        }
+        if let Some(broadcaster) = self.broadcaster.get() {
+            for notice in notices {
+                broadcaster.push(notice);
+            }
+        }
+    }
+
+    /// When the next held group falls due, unix nanoseconds.
+    pub fn next_due(&self) -> Option<u64> {
+        self.store.next_due()
+    }
+
+    /// Settles every held group whose window has passed (or that is over a hold bound),
+    /// then closes rollup intervals that have ended.
+    pub fn settle_due(&self, now: u64) -> Result<Settled, SettleError> {
+        let mut total = Settled::default();
+        self.kept().expire(now);
+        loop {
+            let released = self.store.release_due(now, SETTLE_BATCH)?;
+            if released.is_empty() {
+                break;
+            }
+            let early = released.iter().filter(|i| i.early).count() as u64;
+            if early > 0 {
+                counter!(names::HOLD_RELEASED_EARLY).increment(early);
+            }
+            let mut logs = Vec::new();
+            let mut metrics = Vec::new();
+            {
+                let kept = self.kept();
+                for item in &released {
+                    match item.kind {
+                        HeldKind::Logs => match ResourceLogs::decode(item.bytes.as_slice()) {
+                            Ok(rl) if self.correlate => logs.push(classify::split_logs(rl, &kept)),
+                            Ok(rl) => logs.push(classify::all_summary_logs(rl)),
+                            Err(e) => corrupt("logs", &e),
+                        },
+                        HeldKind::Metrics => match ResourceMetrics::decode(item.bytes.as_slice()) {
+                            Ok(rm) if self.correlate => {
+                                metrics.push(classify::split_metrics(rm, &kept))
+                            }
+                            Ok(rm) => metrics.push(classify::all_summary_metrics(rm)),
+                            Err(e) => corrupt("metrics", &e),
+                        },
+                    }
+                }
+            }
+            let keys: Vec<_> = released.iter().map(|i| i.key).collect();
+            let pass = self.route(logs, metrics, |batch| self.store.forget(batch, &keys), now)?;
+            total.groups += released.len();
+            total.raw += pass.raw;
+            total.summary += pass.summary;
+        }
+        let stats = self.store.stats();
+        gauge!(names::HELD_ITEMS).set(stats.held_items as f64);
+        gauge!(names::HELD_BYTES).set(stats.held_bytes as f64);
+        gauge!(names::KEPT_TRACES_INDEXED).set(self.kept().len() as f64);
+        self.flush(now, false)?;
+        Ok(total)
+    }
+
+    /// Writes one settle step: raw parts queued, summary parts pending for their rollup
+    /// (or queued, in pass-through), `stage_more` (the hold deletions) in the same batch;
+    /// then folds the summary parts into the rollups.
+    fn route(
+        &self,
+        logs: Vec<Split<ResourceLogs>>,
+        metrics: Vec<Split<ResourceMetrics>>,
+        stage_more: impl FnOnce(&mut WriteBatch),
+        now: u64,
+    ) -> Result<Settled, SettleError> {
+        let mut rollups = self.rollups();
+        let mut batch = WriteBatch::default();
+        let mut out = Settled::default();
+        let cf = self.storage.cf(CF_ROLLUP);
+        let mut raw_logs = Vec::new();
+        let mut pass_logs = Vec::new();
+        let mut fold_l = Vec::new();
+        for split in logs {
+            count_split("logs", &split, &mut out);
+            raw_logs.extend(split.raw);
+            if let Some(summary) = split.summary {
+                if rollups.logs.is_some() {
+                    let bytes = summary.encode_to_vec();
+                    batch.put_cf(
+                        cf,
+                        pending_key(HeldKind::Logs, self.storage.next_seq()),
+                        &bytes,
+                    );
+                    fold_l.push((summary, bytes.len()));
+                } else {
+                    pass_logs.push(summary);
+                }
+            }
+        }
+        let mut raw_metrics = Vec::new();
+        let mut pass_metrics = Vec::new();
+        let mut fold_m = Vec::new();
+        for split in metrics {
+            count_split("metrics", &split, &mut out);
+            raw_metrics.extend(split.raw);
+            if let Some(summary) = split.summary {
+                if rollups.metrics.is_some() {
+                    let bytes = summary.encode_to_vec();
+                    batch.put_cf(
+                        cf,
+                        pending_key(HeldKind::Metrics, self.storage.next_seq()),
+                        &bytes,
+                    );
+                    fold_m.push((summary, bytes.len()));
+                } else {
+                    pass_metrics.push(summary);
+                }
+            }
+        }
+        let mut staged = Vec::new();
+        raw_logs.extend(pass_logs);
+        if !raw_logs.is_empty() {
+            let request = ExportRequest::Logs(ExportLogsServiceRequest {
+                resource_logs: raw_logs,
+            });
+            staged.push(self.queues.stage(&mut batch, &request));
+        }
+        raw_metrics.extend(pass_metrics);
+        if !raw_metrics.is_empty() {
+            let request = ExportRequest::Metrics(ExportMetricsServiceRequest {
+                resource_metrics: raw_metrics,
+            });
+            staged.push(self.queues.stage(&mut batch, &request));
+        }
+        stage_more(&mut batch);
+        self.storage.write(batch)?;
+        for s in staged {
+            self.queues.committed(s);
+        }
+        if let Some(interval) = rollups.logs.as_mut() {
+            for (rl, bytes) in &fold_l {
+                fold_logs(interval, rl, *bytes);
+            }
+        }
+        if let Some(interval) = rollups.metrics.as_mut() {
+            for (rm, bytes) in &fold_m {
+                fold_metrics(interval, rm, *bytes, now);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Closes every rollup interval that has ended by `now`, or that holds more than
+    /// `rollup.max_pending_bytes` of inputs (or all of them, with `force`): its summaries
+    /// are queued and its inputs deleted, in one write per signal.
+    pub fn flush(&self, now: u64, force: bool) -> Result<(), SettleError> {
+        let mut rollups = self.rollups();
+        let cf = self.storage.cf(CF_ROLLUP);
+        if let Some(interval) = rollups.logs.as_mut()
+            && (force || now >= interval.end() || interval.pending_bytes > self.max_pending_bytes)
+        {
+            let end = now.min(interval.end()).max(interval.start);
+            let output = interval.rollup.flush(interval.start, end);
+            let mut batch = WriteBatch::default();
+            let mut staged = Vec::new();
+            if !output.logs.resource_logs.is_empty() {
+                staged.push(
+                    self.queues
+                        .stage(&mut batch, &ExportRequest::Logs(output.logs)),
+                );
+            }
+            if !output.metrics.resource_metrics.is_empty() {
+                staged.push(
+                    self.queues
+                        .stage(&mut batch, &ExportRequest::Metrics(output.metrics)),
+                );
+            }
+            stage_clear(&mut batch, cf, HeldKind::Logs, self.storage.next_seq());
+            self.storage.write(batch)?;
+            for s in staged {
+                self.queues.committed(s);
+            }
+            counter!(names::ROLLUP_OUT, "signal" => "logs").increment(output.summaries as u64);
+            interval.start = now - now % interval.length;
+            interval.pending_bytes = 0;
+            interval.pending_items = 0;
+        }
+        if let Some(interval) = rollups.metrics.as_mut()
+            && (force || now >= interval.end() || interval.pending_bytes > self.max_pending_bytes)
+        {
+            let end = now.min(interval.end()).max(interval.start);
+            let request = interval.rollup.flush(interval.start, end);
+            let points = classify::otlp_points_request(&request);
+            let mut batch = WriteBatch::default();
+            let mut staged = Vec::new();
+            if !request.resource_metrics.is_empty() {
+                staged.push(
+                    self.queues
+                        .stage(&mut batch, &ExportRequest::Metrics(request)),
+                );
+            }
+            stage_clear(&mut batch, cf, HeldKind::Metrics, self.storage.next_seq());
+            self.storage.write(batch)?;
+            for s in staged {
+                self.queues.committed(s);
+            }
+            counter!(names::ROLLUP_OUT, "signal" => "metrics").increment(points);
+            interval.start = now - now % interval.length;
+            interval.pending_bytes = 0;
+            interval.pending_items = 0;
+        }
+        Ok(())
+    }
+
+    /// Statistics of the hold, for logs and tests.
+    pub fn held(&self) -> crate::correlation::store::HoldStats {
+        self.store.stats()
+    }
+
+    fn kept(&self) -> MutexGuard<'_, KeptIndex> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn rollups(&self) -> MutexGuard<'_, Rollups> {
+        self.rollups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl NoticeSink for Settler {
+    /// Notices from other samplers join the local index.
+    fn accept(&self, received: Received) {
+        if !self.correlate {
+            return;
+        }
+        let now = unix_now();
+        let mut kept = self.kept();
+        for notice in &received.notices {
+            kept.insert(notice, now);
+        }
+    }
+}
+
+/// Key of a summary input in [`CF_ROLLUP`]: signal byte, then a sequence number.
+fn pending_key(kind: HeldKind, seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = kind as u8;
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Stages deleting every summary input of `kind` written before sequence `upto`.
+fn stage_clear(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, kind: HeldKind, upto: u64) {
+    batch.delete_range_cf(cf, pending_key(kind, 0), pending_key(kind, upto));
+}
+
+fn fold_logs(interval: &mut Interval<LogRollup>, rl: &ResourceLogs, bytes: usize) {
+    let mut n = 0u64;
+    for sl in &rl.scope_logs {
+        for record in &sl.log_records {
+            interval.rollup.add_record(rl.resource.as_ref(), record);
+            n += 1;
+        }
+    }
+    interval.pending_bytes += bytes as u64;
+    interval.pending_items += n;
+    counter!(names::ROLLUP_IN, "signal" => "logs").increment(n);
+}
+
+fn fold_metrics(
+    interval: &mut Interval<MetricRollup>,
+    rm: &ResourceMetrics,
+    bytes: usize,
+    now: u64,
+) {
+    for sm in &rm.scope_metrics {
+        for metric in &sm.metrics {
+            interval
+                .rollup
+                .add(rm.resource.as_ref(), sm.scope.as_ref(), metric, now);
+        }
+    }
+    let n = classify::otlp_points(rm);
+    interval.pending_bytes += bytes as u64;
+    interval.pending_items += n;
+    counter!(names::ROLLUP_IN, "signal" => "metrics").increment(n);
+}
+
+fn count_split<T>(signal: &'static str, split: &Split<T>, out: &mut Settled) {
+    for (reason, n) in REASONS.iter().zip(split.raw_items) {
+        if n > 0 {
+            counter!(names::CORRELATED_ITEMS, "signal" => signal, "reason" => reason.as_str())
+                .increment(n);
+            out.raw += n;
+        }
+    }
+    if split.summary_items > 0 {
+        counter!(names::SUMMARY_ITEMS, "signal" => signal).increment(split.summary_items);
+        out.summary += split.summary_items;
+    }
+}
+
+fn corrupt(what: &str, error: &prost::DecodeError) {
+    counter!(names::HELD_CORRUPT).increment(1);
+    tracing::error!(%error, what, "a held group could not be decoded; skipped");
+}
