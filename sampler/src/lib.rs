@@ -257,6 +257,18 @@ fn register_metrics() {
         counter!(names::LATE_SPANS, "decision" => decision).increment(0);
     }
     counter!(names::SPANS_REJECTED, "reason" => "invalid_id").increment(0);
+    counter!(names::HOLD_RELEASED_EARLY).increment(0);
+    for signal in ["logs", "metrics"] {
+        counter!(names::SUMMARY_ITEMS, "signal" => signal).increment(0);
+        counter!(names::ROLLUP_IN, "signal" => signal).increment(0);
+        counter!(names::ROLLUP_OUT, "signal" => signal).increment(0);
+        for reason in correlation::classify::REASONS {
+            counter!(names::CORRELATED_ITEMS, "signal" => signal, "reason" => reason.as_str())
+                .increment(0);
+        }
+    }
+    counter!(correlation::broadcast::names::DECISIONS_BROADCAST, "outcome" => "ok").increment(0);
+    metrics::gauge!(names::HELD_ITEMS).set(0.0);
 }
 
 pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {

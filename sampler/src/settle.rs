@@ -214,38 +214,73 @@ impl Settler {
     }
 
     /// Re-indexes what the hold store kept across a restart and folds the summary inputs
-    /// of the unfinished interval back into the rollups. Returns (held groups, summary
-    /// inputs).
+    /// of the interval the restart cut short back into the rollups, then closes that
+    /// interval at once. Inputs of a rollup turned off since are queued unchanged.
+    /// Returns (held groups, summary inputs).
     pub fn recover(&self, now: u64) -> Result<(usize, usize), SettleError> {
         let held = self.store.recover(now)?;
         let mut replayed = 0;
+        let mut unrolled_logs = Vec::new();
+        let mut unrolled_metrics = Vec::new();
         let mut rollups = self.rollups();
         let db = self.storage.db();
         for entry in db.iterator_cf(self.storage.cf(CF_ROLLUP), IteratorMode::Start) {
             let (key, value) = entry?;
             match key.first().copied() {
-                Some(k) if k == HeldKind::Logs as u8 => {
-                    if let (Some(interval), Ok(rl)) =
-                        (rollups.logs.as_mut(), ResourceLogs::decode(&*value))
-                    {
-                        fold_logs(interval, &rl, value.len());
+                Some(k) if k == HeldKind::Logs as u8 => match ResourceLogs::decode(&*value) {
+                    Ok(rl) => {
                         replayed += 1;
+                        match rollups.logs.as_mut() {
+                            Some(interval) => fold_logs(interval, &rl, value.len()),
+                            None => unrolled_logs.push(rl),
+                        }
                     }
-                }
-                Some(k) if k == HeldKind::Metrics as u8 => {
-                    if let (Some(interval), Ok(rm)) =
-                        (rollups.metrics.as_mut(), ResourceMetrics::decode(&*value))
-                    {
-                        fold_metrics(interval, &rm, value.len(), now);
+                    Err(e) => corrupt("logs", &e),
+                },
+                Some(k) if k == HeldKind::Metrics as u8 => match ResourceMetrics::decode(&*value) {
+                    Ok(rm) => {
                         replayed += 1;
+                        match rollups.metrics.as_mut() {
+                            Some(interval) => fold_metrics(interval, &rm, value.len(), now),
+                            None => unrolled_metrics.push(rm),
+                        }
                     }
-                }
-                _ => tracing::warn!("skipping an unreadable rollup input"),
+                    Err(e) => corrupt("metrics", &e),
+                },
+                _ => counter!(names::HELD_CORRUPT).increment(1),
             }
         }
         drop(rollups);
-        // A rollup turned off since: what waited for it leaves as it is.
-        self.flush(now, true)?;
+        if !unrolled_logs.is_empty() || !unrolled_metrics.is_empty() {
+            let mut batch = WriteBatch::default();
+            let mut staged = Vec::new();
+            let cf = self.storage.cf(CF_ROLLUP);
+            if !unrolled_logs.is_empty() {
+                staged.push(self.queues.stage(
+                    &mut batch,
+                    &ExportRequest::Logs(ExportLogsServiceRequest {
+                        resource_logs: unrolled_logs,
+                    }),
+                ));
+                stage_clear(&mut batch, cf, HeldKind::Logs, self.storage.next_seq());
+            }
+            if !unrolled_metrics.is_empty() {
+                staged.push(self.queues.stage(
+                    &mut batch,
+                    &ExportRequest::Metrics(ExportMetricsServiceRequest {
+                        resource_metrics: unrolled_metrics,
+                    }),
+                ));
+                stage_clear(&mut batch, cf, HeldKind::Metrics, self.storage.next_seq());
+            }
+            self.storage.write(batch)?;
+            for s in staged {
+                self.queues.committed(s);
+            }
+        }
+        if replayed > 0 {
+            self.flush(now, true)?;
+        }
         Ok((held, replayed))
     }
 
@@ -573,3 +608,6 @@ fn corrupt(what: &str, error: &prost::DecodeError) {
     counter!(names::HELD_CORRUPT).increment(1);
     tracing::error!(%error, what, "a held group could not be decoded; skipped");
 }
+
+#[cfg(test)]
+mod tests;

@@ -353,3 +353,72 @@ fn absent_policies_default_to_errors_and_a_baseline_and_empty_is_refused() {
         .to_string();
     assert!(err.contains("sampler.policies"), "{err}");
 }
+
+#[test]
+fn correlation_and_rollup_default_to_on_with_documented_values() {
+    let c = load("sampler: {decision_wait: 2s}").unwrap();
+    assert!(c.correlation.enabled);
+    assert_eq!(
+        c.correlation.effective_window(c.sampler.decision_wait),
+        Duration::from_secs(7),
+        "decision_wait + 5s"
+    );
+    assert_eq!(c.correlation.before, Duration::from_secs(1));
+    assert!(c.rollup.logs.enabled && c.rollup.metrics.enabled);
+    assert_eq!(c.rollup.logs.interval, Duration::from_secs(60));
+    assert_eq!(c.rollup.metrics.interval, Duration::from_secs(60));
+    assert_eq!(c.rollup.metrics.cardinality_limit, 2000);
+    assert_eq!(c.rollup.logs.samples_per_template, 1);
+    let explicit = load("correlation: {window: 3s}").unwrap();
+    assert_eq!(
+        explicit
+            .correlation
+            .effective_window(Duration::from_secs(30)),
+        Duration::from_secs(3)
+    );
+    let printed = load(&c.to_yaml()).unwrap();
+    assert_eq!(printed.rollup, c.rollup);
+    assert_eq!(printed.correlation, c.correlation);
+}
+
+#[test]
+fn bad_correlation_and_rollup_keys_are_named() {
+    assert_eq!(
+        invalid_path("correlation: {windw: 3s}"),
+        "correlation.windw"
+    );
+    assert_eq!(
+        invalid_path("correlation: {window: 0s}"),
+        "correlation.window"
+    );
+    assert_eq!(
+        invalid_path("correlation: {max_held_items: 0}"),
+        "correlation.max_held_items"
+    );
+    assert_eq!(
+        invalid_path("rollup: {logs: {interval: 0s}}"),
+        "rollup.logs.interval"
+    );
+    assert_eq!(
+        invalid_path("rollup: {metrics: {cardinality_limit: 0}}"),
+        "rollup.metrics.cardinality_limit"
+    );
+    assert_eq!(
+        invalid_path("rollup: {metrics: {temporality: weekly}}"),
+        "rollup.metrics.temporality"
+    );
+    assert_eq!(
+        invalid_path("rollup: {metrics: {rules: [{metric: \"/(/\"}]}}"),
+        "rollup.metrics.rules[0]"
+    );
+}
+
+#[test]
+fn policies_correlate_by_window_per_type_unless_told() {
+    let c = load(
+        "sampler:\n  policies:\n  - {name: e, type: status_code, status_code: {status_codes: [ERROR]}}\n  - {name: l, type: latency, latency: {threshold_ms: 10}}\n  - {name: p, type: probabilistic, probabilistic: {sampling_percentage: 1}}\n  - {name: a, type: always_sample}\n  - {name: b, type: always_sample, correlate: true}\n  - {name: s, type: status_code, correlate: false, status_code: {status_codes: [ERROR]}}\n",
+    )
+    .unwrap();
+    let flags: Vec<bool> = c.sampler.policies.iter().map(|p| p.correlates()).collect();
+    assert_eq!(flags, vec![true, true, false, false, true, false]);
+}
