@@ -698,6 +698,22 @@ pub(crate) async fn serve(
             decisions,
             "handoff on shutdown done"
         );
+        let settler = core.engine.settler().clone();
+        let settled =
+            tokio::task::spawn_blocking(move || settler.settle_all(crate::settle::unix_now()))
+                .await;
+        match settled {
+            Ok(Ok(s)) => tracing::info!(
+                groups = s.groups,
+                raw = s.raw,
+                summary = s.summary,
+                "held logs and metrics settled on leaving"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "settling held data on leaving failed; it stays on disk")
+            }
+            Err(e) => tracing::warn!(error = %e, "settling held data on leaving failed"),
+        }
     }
     served.context("serving OTLP receivers")
 }

@@ -325,38 +325,11 @@ impl Settler {
         let mut total = Settled::default();
         self.kept().expire(now);
         loop {
-            let released = self.store.release_due(now, SETTLE_BATCH)?;
-            if released.is_empty() {
+            let pass = self.settle_pass(now, now)?;
+            if pass.groups == 0 {
                 break;
             }
-            let early = released.iter().filter(|i| i.early).count() as u64;
-            if early > 0 {
-                counter!(names::HOLD_RELEASED_EARLY).increment(early);
-            }
-            let mut logs = Vec::new();
-            let mut metrics = Vec::new();
-            {
-                let kept = self.kept();
-                for item in &released {
-                    match item.kind {
-                        HeldKind::Logs => match ResourceLogs::decode(item.bytes.as_slice()) {
-                            Ok(rl) if self.correlate => logs.push(classify::split_logs(rl, &kept)),
-                            Ok(rl) => logs.push(classify::all_summary_logs(rl)),
-                            Err(e) => corrupt("logs", &e),
-                        },
-                        HeldKind::Metrics => match ResourceMetrics::decode(item.bytes.as_slice()) {
-                            Ok(rm) if self.correlate => {
-                                metrics.push(classify::split_metrics(rm, &kept))
-                            }
-                            Ok(rm) => metrics.push(classify::all_summary_metrics(rm)),
-                            Err(e) => corrupt("metrics", &e),
-                        },
-                    }
-                }
-            }
-            let keys: Vec<_> = released.iter().map(|i| i.key).collect();
-            let pass = self.route(logs, metrics, |batch| self.store.forget(batch, &keys), now)?;
-            total.groups += released.len();
+            total.groups += pass.groups;
             total.raw += pass.raw;
             total.summary += pass.summary;
         }
@@ -365,6 +338,62 @@ impl Settler {
         gauge!(names::HELD_BYTES).set(stats.held_bytes as f64);
         gauge!(names::KEPT_TRACES_INDEXED).set(self.kept().len() as f64);
         self.flush(now, false)?;
+        Ok(total)
+    }
+
+    /// Settles up to [`SETTLE_BATCH`] groups due by `due_by` in one write.
+    fn settle_pass(&self, now: u64, due_by: u64) -> Result<Settled, SettleError> {
+        let released = self.store.release_due(due_by, SETTLE_BATCH)?;
+        if released.is_empty() {
+            return Ok(Settled::default());
+        }
+        let early = released.iter().filter(|i| i.early).count() as u64;
+        if early > 0 {
+            counter!(names::HOLD_RELEASED_EARLY).increment(early);
+        }
+        let mut logs = Vec::new();
+        let mut metrics = Vec::new();
+        {
+            let kept = self.kept();
+            for item in &released {
+                match item.kind {
+                    HeldKind::Logs => match ResourceLogs::decode(item.bytes.as_slice()) {
+                        Ok(rl) if self.correlate => logs.push(classify::split_logs(rl, &kept)),
+                        Ok(rl) => logs.push(classify::all_summary_logs(rl)),
+                        Err(e) => corrupt("logs", &e),
+                    },
+                    HeldKind::Metrics => match ResourceMetrics::decode(item.bytes.as_slice()) {
+                        Ok(rm) if self.correlate => {
+                            metrics.push(classify::split_metrics(rm, &kept))
+                        }
+                        Ok(rm) => metrics.push(classify::all_summary_metrics(rm)),
+                        Err(e) => corrupt("metrics", &e),
+                    },
+                }
+            }
+        }
+        let keys: Vec<_> = released.iter().map(|i| i.key).collect();
+        let mut pass = self.route(logs, metrics, |batch| self.store.forget(batch, &keys), now)?;
+        pass.groups = released.len();
+        Ok(pass)
+    }
+
+    /// Settles everything held now, whatever its window, and closes the open rollup
+    /// intervals: a sampler leaving the cluster for good (scale-in) hands its traces off,
+    /// and its held data should leave with the export queue flush rather than wait on a
+    /// volume nobody may mount again. Items settle with what is known at this moment.
+    pub fn settle_all(&self, now: u64) -> Result<Settled, SettleError> {
+        let mut total = Settled::default();
+        loop {
+            let pass = self.settle_pass(now, u64::MAX)?;
+            if pass.groups == 0 {
+                break;
+            }
+            total.groups += pass.groups;
+            total.raw += pass.raw;
+            total.summary += pass.summary;
+        }
+        self.flush(now, true)?;
         Ok(total)
     }
 

@@ -296,3 +296,28 @@ async fn an_interval_closes_on_time_and_over_its_pending_bound() {
     node.drain().await;
     assert_eq!(exported_totals(dir.path()).1, 2);
 }
+
+#[tokio::test]
+async fn settle_all_releases_everything_held_and_closes_the_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml =
+        "correlation: {window: 1h}\nrollup: {logs: {interval: 1h}, metrics: {interval: 1h}}\n";
+    let node = open(dir.path(), yaml);
+    let now = unix_now();
+    let mut batch = WriteBatch::default();
+    node.settler
+        .hold_logs(&mut batch, &logs(1, 1, &[1, 2, 3]), now);
+    node.settler
+        .hold_metrics(&mut batch, &counter(1, 2, &[4, 5]), now);
+    node.settler.storage.write(batch).unwrap();
+    assert_eq!(
+        node.settler.settle_due(now).unwrap().groups,
+        0,
+        "held for the hour"
+    );
+    let settled = node.settler.settle_all(now).unwrap();
+    assert_eq!((settled.groups, settled.summary), (2, 5));
+    assert_eq!(node.settler.held().held_items, 0);
+    node.drain().await;
+    assert_eq!(exported_totals(dir.path()), (0, 3, 3, 9));
+}
