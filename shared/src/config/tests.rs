@@ -422,3 +422,15 @@ fn policies_correlate_by_window_per_type_unless_told() {
     let flags: Vec<bool> = c.sampler.policies.iter().map(|p| p.correlates()).collect();
     assert_eq!(flags, vec![true, true, false, false, true, false]);
 }
+
+/// The configuration example in the README is a valid configuration (docs match code).
+#[test]
+fn readme_configuration_example_loads() {
+    let readme = include_str!("../../../README.md");
+    let section = &readme[readme.find("## Configuration").expect("section")..];
+    let start = section.find("```yaml\n").expect("yaml block") + "```yaml\n".len();
+    let block = &section[start..start + section[start..].find("```").expect("block end")];
+    let c = Config::from_yaml(block, &|_| Some("key".into())).unwrap();
+    assert_eq!(c.rollup.metrics.rules.len(), 2);
+    assert_eq!(c.correlation.before, Duration::from_secs(1));
+}
