@@ -16,7 +16,9 @@
 //!
 //! A crash between steps leaves each item in exactly one place; on restart
 //! [`Settler::recover`] re-indexes the hold and folds [`CF_ROLLUP`] back into the rollups,
-//! so no item is lost and none is exported twice. Rollup state lives in memory only for
+//! so no item is lost and none is exported twice. The metric flush also stores the last
+//! point of every cumulative input stream; recovery primes the rollup with it before the
+//! replay, so cumulative inputs convert to exact deltas across a restart too. Rollup state lives in memory only for
 //! the current interval; what it summarises is on disk until the summary is queued.
 //!
 //! Settling, rollups and flushes run on one thread (the settle loop), so a flush never
@@ -224,6 +226,14 @@ impl Settler {
         let mut unrolled_metrics = Vec::new();
         let mut rollups = self.rollups();
         let db = self.storage.db();
+        if let Some(interval) = rollups.metrics.as_mut()
+            && let Some(state) = db.get_cf(self.storage.cf(CF_ROLLUP), CUMULATIVE_STATE_KEY)?
+        {
+            match ExportMetricsServiceRequest::decode(state.as_slice()) {
+                Ok(state) => interval.rollup.prime(&state, now),
+                Err(e) => corrupt("cumulative stream state", &e),
+            }
+        }
         for entry in db.iterator_cf(self.storage.cf(CF_ROLLUP), IteratorMode::Start) {
             let (key, value) = entry?;
             match key.first().copied() {
@@ -247,6 +257,7 @@ impl Settler {
                     }
                     Err(e) => corrupt("metrics", &e),
                 },
+                Some(STATE_TAG) => {}
                 _ => counter!(names::HELD_CORRUPT).increment(1),
             }
         }
@@ -534,6 +545,11 @@ impl Settler {
                 );
             }
             stage_clear(&mut batch, cf, HeldKind::Metrics, self.storage.next_seq());
+            batch.put_cf(
+                cf,
+                CUMULATIVE_STATE_KEY,
+                interval.rollup.cumulative_state().encode_to_vec(),
+            );
             self.storage.write(batch)?;
             for s in staged {
                 self.queues.committed(s);
@@ -573,6 +589,12 @@ impl NoticeSink for Settler {
         }
     }
 }
+
+/// First key byte of the metric rollup's cumulative stream state in [`CF_ROLLUP`].
+const STATE_TAG: u8 = 3;
+/// Where the last point of every cumulative input stream is kept, as of the last metric
+/// flush, so a restarted rollup converts the next points to exact deltas.
+const CUMULATIVE_STATE_KEY: [u8; 1] = [STATE_TAG];
 
 /// Key of a summary input in [`CF_ROLLUP`]: signal byte, then a sequence number.
 fn pending_key(kind: HeldKind, seq: u64) -> [u8; 9] {

@@ -5,9 +5,11 @@
 //! - **Sums** are added as deltas. Cumulative input is converted per input stream (resource +
 //!   scope + metric + all point attributes): the increase since the stream's previous point,
 //!   or the whole value on a reset (start time changed, or a monotonic value decreased) and
-//!   on the first point of a stream (its value counts since its own start time; after a
-//!   sampler restart this stream state is gone, so a stream's first point after the restart
-//!   counts in full). Points older than the stream's last point are ignored.
+//!   on the first point of a stream (its value counts since its own start time). Points
+//!   older than the stream's last point are ignored. The stream state survives a restart
+//!   when the caller persists [`MetricRollup::cumulative_state`] at each flush and
+//!   [`MetricRollup::prime`]s the new aggregator with it before replaying the open
+//!   interval's input; without that, a stream's first point after a restart counts in full.
 //! - **Gauges** keep the latest value by point time. With `gauge_stats` each gauge series also
 //!   yields `<name>.min` and `<name>.max` gauges and a monotonic `<name>.count` sum (points
 //!   seen) — separate metrics rather than attributes, so the gauge series keeps its identity
@@ -46,6 +48,7 @@ pub mod exponential;
 #[cfg(test)]
 mod tests;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -88,6 +91,8 @@ pub struct RollupStats {
     /// Points ignored: no recorded value, unspecified temporality, malformed buckets, or
     /// older than their stream's last point.
     pub points_ignored: u64,
+    /// Input stream states restored by [`MetricRollup::prime`].
+    pub streams_primed: u64,
 }
 
 /// The kind of an output metric.
@@ -99,6 +104,29 @@ enum Kind {
     Exponential,
     Summary,
 }
+
+impl Kind {
+    /// The kind a key byte (`kind as u8`) stands for.
+    fn from_byte(byte: u8) -> Option<Kind> {
+        [
+            Kind::Sum,
+            Kind::Gauge,
+            Kind::Histogram,
+            Kind::Exponential,
+            Kind::Summary,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == byte)
+    }
+}
+
+/// An output point: attributes, start time, time and aggregate.
+type OutPoint = (Vec<KeyValue>, u64, u64, Agg);
+
+/// Tracked streams grouped for [`MetricRollup::cumulative_state`], by the parts of their
+/// keys: resource, scope, metric identity, point attributes.
+type StateGroups<'a> =
+    BTreeMap<&'a [u8], BTreeMap<&'a [u8], BTreeMap<&'a [u8], BTreeMap<&'a [u8], OutPoint>>>>;
 
 /// An output series during an interval.
 #[derive(Debug)]
@@ -199,38 +227,17 @@ impl MetricRollup {
         metric: &Metric,
         now_unix_nano: u64,
     ) {
-        let Some(data) = &metric.data else { return };
-        let (kind, monotonic, temporality) = match data {
-            metric::Data::Gauge(_) => (Kind::Gauge, false, AggregationTemporality::Delta as i32),
-            metric::Data::Sum(s) => (Kind::Sum, s.is_monotonic, s.aggregation_temporality),
-            metric::Data::Histogram(h) => (Kind::Histogram, false, h.aggregation_temporality),
-            metric::Data::ExponentialHistogram(h) => {
-                (Kind::Exponential, false, h.aggregation_temporality)
-            }
-            metric::Data::Summary(_) => (
-                Kind::Summary,
-                false,
-                AggregationTemporality::Cumulative as i32,
-            ),
+        let Some((data, kind, monotonic, temporality)) = shape(metric) else {
+            return;
         };
         let cumulative = temporality == AggregationTemporality::Cumulative as i32;
-        let scope_id = scope.map_or((String::new(), String::new()), |s| {
-            (s.name.clone(), s.version.clone())
-        });
+        let scope_id = scope_id(scope);
         let reduced_resource = reduce_resource(resource);
         let resource_key = encode_attributes(&reduced_resource);
+        let identity = metric_identity(&scope_id, metric, kind, monotonic);
         let mut metric_key = resource_key.clone();
-        for part in [&scope_id.0, &scope_id.1, &metric.name, &metric.unit] {
-            push_str(&mut metric_key, part);
-        }
-        metric_key.extend_from_slice(&[kind as u8, monotonic as u8]);
-        let stream_prefix = cumulative.then(|| {
-            let mut attrs = resource.map(|r| r.attributes.clone()).unwrap_or_default();
-            config::canonicalize(&mut attrs);
-            let mut key = encode_attributes(&attrs);
-            key.extend_from_slice(&metric_key[resource_key.len()..]);
-            key
-        });
+        metric_key.extend_from_slice(&identity);
+        let stream_prefix = cumulative.then(|| stream_prefix(resource, &identity));
 
         let MetricRollup {
             config,
@@ -255,17 +262,14 @@ impl MetricRollup {
                 series: HashMap::new(),
                 admitted: 0,
             });
-        let mut fold = |attributes: &[KeyValue], start: u64, time: u64, value: Option<Agg>| {
+        for_each_point(data, |attributes, start, time, value| {
             stats.points_in += 1;
             let Some(mut value) = value else {
                 stats.points_ignored += 1;
                 return;
             };
             if let Some(prefix) = &stream_prefix {
-                let mut attrs = attributes.to_vec();
-                config::canonicalize(&mut attrs);
-                let mut key = prefix.clone();
-                key.extend_from_slice(&encode_attributes(&attrs));
+                let key = stream_key(prefix, attributes);
                 match to_delta(streams, key, start, time, now_unix_nano, value, monotonic) {
                     Delta::Increase(d) => value = d,
                     Delta::Reset(d) => {
@@ -291,64 +295,127 @@ impl MetricRollup {
                 value,
                 stats,
             );
-        };
-        let no_value = |flags: u32| flags & DataPointFlags::NoRecordedValueMask as u32 != 0;
-        match data {
-            metric::Data::Gauge(Gauge { data_points })
-            | metric::Data::Sum(Sum { data_points, .. }) => {
-                for p in data_points {
-                    let value = p
-                        .value
-                        .as_ref()
-                        .filter(|_| !no_value(p.flags))
-                        .map(NumberValue::from_proto)
-                        .map(|v| match kind {
-                            Kind::Gauge => Agg::Gauge(GaugeAgg::new(p.time_unix_nano, v)),
-                            _ => Agg::Sum(v),
-                        });
-                    fold(
-                        &p.attributes,
-                        p.start_time_unix_nano,
-                        p.time_unix_nano,
-                        value,
-                    );
-                }
-            }
-            metric::Data::Histogram(h) => {
-                for p in &h.data_points {
-                    let value = (!no_value(p.flags)).then(|| histogram(p)).flatten();
-                    fold(
-                        &p.attributes,
-                        p.start_time_unix_nano,
-                        p.time_unix_nano,
-                        value,
-                    );
-                }
-            }
-            metric::Data::ExponentialHistogram(h) => {
-                for p in &h.data_points {
-                    let value =
-                        (!no_value(p.flags)).then(|| Agg::Exponential(ExpHist::from_point(p)));
-                    fold(
-                        &p.attributes,
-                        p.start_time_unix_nano,
-                        p.time_unix_nano,
-                        value,
-                    );
-                }
-            }
-            metric::Data::Summary(s) => {
-                for p in &s.data_points {
-                    let value = (!no_value(p.flags)).then_some(Agg::Summary {
-                        count: p.count,
-                        sum: p.sum,
+        });
+    }
+
+    /// The last point of every tracked cumulative input stream, as ordinary OTLP: its full
+    /// resource attributes, scope name and version, metric name, unit, kind, monotonic flag
+    /// and cumulative temporality, and the point with its attributes, start time, time and
+    /// value. Taken right after a [`flush`](Self::flush) and handed to [`prime`](Self::prime)
+    /// of a fresh aggregator with the same configuration, it restores the conversion of
+    /// cumulative input to deltas exactly, so totals stay exact across a restart. Points are
+    /// ordered deterministically (by resource, scope, metric and attributes).
+    pub fn cumulative_state(&self) -> ExportMetricsServiceRequest {
+        let mut groups: StateGroups = BTreeMap::new();
+        for (key, stream) in &self.streams {
+            let Some(parts) = decoded(split_stream_key(key)) else {
+                continue;
+            };
+            groups
+                .entry(parts.resource)
+                .or_default()
+                .entry(parts.scope)
+                .or_default()
+                .entry(parts.metric)
+                .or_default()
+                .insert(
+                    parts.attributes,
+                    (
+                        parts.decoded_attributes,
+                        stream.start,
+                        stream.time,
+                        stream.value.clone(),
+                    ),
+                );
+        }
+        let cumulative = AggregationTemporality::Cumulative as i32;
+        let resource_metrics = groups
+            .into_iter()
+            .filter_map(|(resource, scopes)| {
+                let attributes = decoded(KeyReader(resource).attributes())?;
+                let scope_metrics = scopes
+                    .into_iter()
+                    .filter_map(|(scope, metrics)| {
+                        let mut reader = KeyReader(scope);
+                        let name = decoded(reader.string())?;
+                        let version = decoded(reader.string())?;
+                        let metrics = metrics
+                            .into_iter()
+                            .filter_map(|(metric, points)| {
+                                let (name, unit, kind, monotonic) =
+                                    decoded(decode_metric_identity(metric))?;
+                                let points = points.into_values().collect();
+                                Some(Metric {
+                                    name,
+                                    unit,
+                                    data: Some(output_data(kind, monotonic, cumulative, points)),
+                                    ..Default::default()
+                                })
+                            })
+                            .collect();
+                        Some(ScopeMetrics {
+                            scope: Some(InstrumentationScope {
+                                name,
+                                version,
+                                ..Default::default()
+                            }),
+                            metrics,
+                            ..Default::default()
+                        })
+                    })
+                    .collect();
+                Some(ResourceMetrics {
+                    resource: Some(Resource {
+                        attributes,
+                        ..Default::default()
+                    }),
+                    scope_metrics,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        ExportMetricsServiceRequest { resource_metrics }
+    }
+
+    /// Restores input stream state from a [`cumulative_state`](Self::cumulative_state)
+    /// (typically persisted at the last flush before a restart): each cumulative point
+    /// becomes its stream's last point, seen at `now_unix_nano`, so the stream's next point
+    /// counts only its increase. Nothing is added to the current interval and only
+    /// [`RollupStats::streams_primed`] counts. A stream already tracked keeps whichever point
+    /// is newer; call it before folding the replayed input of the open interval.
+    /// Non-cumulative metrics and points without a recorded value are skipped.
+    pub fn prime(&mut self, state: &ExportMetricsServiceRequest, now_unix_nano: u64) {
+        for rm in &state.resource_metrics {
+            for sm in &rm.scope_metrics {
+                for metric in &sm.metrics {
+                    let Some((data, kind, monotonic, temporality)) = shape(metric) else {
+                        continue;
+                    };
+                    if temporality != AggregationTemporality::Cumulative as i32 {
+                        continue;
+                    }
+                    let identity =
+                        metric_identity(&scope_id(sm.scope.as_ref()), metric, kind, monotonic);
+                    let prefix = stream_prefix(rm.resource.as_ref(), &identity);
+                    for_each_point(data, |attributes, start, time, value| {
+                        let Some(value) = value else { return };
+                        let stream = Stream {
+                            start,
+                            time,
+                            last_seen: now_unix_nano,
+                            value,
+                        };
+                        match self.streams.entry(stream_key(&prefix, attributes)) {
+                            Entry::Occupied(mut e) if time > e.get().time => {
+                                e.insert(stream);
+                            }
+                            Entry::Occupied(_) => return,
+                            Entry::Vacant(e) => {
+                                e.insert(stream);
+                            }
+                        }
+                        self.stats.streams_primed += 1;
                     });
-                    fold(
-                        &p.attributes,
-                        p.start_time_unix_nano,
-                        p.time_unix_nano,
-                        value,
-                    );
                 }
             }
         }
@@ -374,8 +441,8 @@ impl MetricRollup {
                 continue;
             }
             series.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut points: Vec<(Vec<KeyValue>, u64, Agg)> = Vec::with_capacity(series.len());
-            let mut counts: Vec<(Vec<KeyValue>, u64, Agg)> = Vec::new();
+            let mut points: Vec<OutPoint> = Vec::with_capacity(series.len());
+            let mut counts: Vec<OutPoint> = Vec::new();
             for (series_key, s) in series {
                 let mut attributes = s.attributes;
                 attributes.push(bool_attribute(ROLLUP_ATTRIBUTE, true));
@@ -388,7 +455,7 @@ impl MetricRollup {
                     } else {
                         (interval_start, count)
                     };
-                    counts.push((attributes.clone(), start, count));
+                    counts.push((attributes.clone(), start, interval_end, count));
                 }
                 let (start, agg) = if cumulative && m.kind != Kind::Gauge {
                     let key = running_key(&metric_key, &series_key);
@@ -396,7 +463,7 @@ impl MetricRollup {
                 } else {
                     (interval_start, s.agg)
                 };
-                points.push((attributes, start, agg));
+                points.push((attributes, start, interval_end, agg));
             }
             self.stats.points_out += (points.len() + 3 * counts.len()) as u64;
             let scope_metrics = &mut out
@@ -417,10 +484,8 @@ impl MetricRollup {
                     metric::Data::Gauge(Gauge {
                         data_points: points
                             .iter()
-                            .filter_map(|(attrs, start, agg)| match agg {
-                                Agg::Gauge(g) => {
-                                    Some(number_point(attrs, *start, interval_end, pick(g)))
-                                }
+                            .filter_map(|(attrs, start, time, agg)| match agg {
+                                Agg::Gauge(g) => Some(number_point(attrs, *start, *time, pick(g))),
                                 _ => None,
                             })
                             .collect(),
@@ -435,10 +500,8 @@ impl MetricRollup {
                         metric::Data::Sum(Sum {
                             data_points: counts
                                 .iter()
-                                .filter_map(|(attrs, start, agg)| match agg {
-                                    Agg::Sum(v) => {
-                                        Some(number_point(attrs, *start, interval_end, *v))
-                                    }
+                                .filter_map(|(attrs, start, time, agg)| match agg {
+                                    Agg::Sum(v) => Some(number_point(attrs, *start, *time, *v)),
                                     _ => None,
                                 })
                                 .collect(),
@@ -448,7 +511,7 @@ impl MetricRollup {
                     )
                 });
             }
-            let data = output_data(m.kind, m.monotonic, temporality, points, interval_end);
+            let data = output_data(m.kind, m.monotonic, temporality, points);
             scope_metrics.push(named(m.name.clone(), data));
         }
         self.evict(interval_end);
@@ -518,6 +581,247 @@ pub fn reduce_resource(resource: Option<&Resource>) -> Vec<KeyValue> {
         .unwrap_or_default();
     config::canonicalize(&mut kept);
     kept
+}
+
+/// A metric's data, kind, monotonic flag and temporality (summaries are cumulative by
+/// definition, gauges count as delta); `None` without data.
+fn shape(metric: &Metric) -> Option<(&metric::Data, Kind, bool, i32)> {
+    let data = metric.data.as_ref()?;
+    let (kind, monotonic, temporality) = match data {
+        metric::Data::Gauge(_) => (Kind::Gauge, false, AggregationTemporality::Delta as i32),
+        metric::Data::Sum(s) => (Kind::Sum, s.is_monotonic, s.aggregation_temporality),
+        metric::Data::Histogram(h) => (Kind::Histogram, false, h.aggregation_temporality),
+        metric::Data::ExponentialHistogram(h) => {
+            (Kind::Exponential, false, h.aggregation_temporality)
+        }
+        metric::Data::Summary(_) => (
+            Kind::Summary,
+            false,
+            AggregationTemporality::Cumulative as i32,
+        ),
+    };
+    Some((data, kind, monotonic, temporality))
+}
+
+/// The scope's name and version (empty without a scope).
+fn scope_id(scope: Option<&InstrumentationScope>) -> (String, String) {
+    scope.map_or((String::new(), String::new()), |s| {
+        (s.name.clone(), s.version.clone())
+    })
+}
+
+/// A metric's identity within its resource: scope name and version, metric name and unit,
+/// kind and monotonic flag.
+fn metric_identity(
+    scope: &(String, String),
+    metric: &Metric,
+    kind: Kind,
+    monotonic: bool,
+) -> Vec<u8> {
+    let mut key = Vec::new();
+    for part in [&scope.0, &scope.1, &metric.name, &metric.unit] {
+        push_str(&mut key, part);
+    }
+    key.extend_from_slice(&[kind as u8, monotonic as u8]);
+    key
+}
+
+/// The key prefix of a metric's input streams: every resource attribute (in canonical
+/// order), then the metric identity.
+fn stream_prefix(resource: Option<&Resource>, identity: &[u8]) -> Vec<u8> {
+    let mut attrs = resource.map(|r| r.attributes.clone()).unwrap_or_default();
+    config::canonicalize(&mut attrs);
+    let mut key = encode_attributes(&attrs);
+    key.extend_from_slice(identity);
+    key
+}
+
+/// The key of an input stream: its metric's prefix and every point attribute (canonical).
+fn stream_key(prefix: &[u8], attributes: &[KeyValue]) -> Vec<u8> {
+    let mut attrs = attributes.to_vec();
+    config::canonicalize(&mut attrs);
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&encode_attributes(&attrs));
+    key
+}
+
+/// Calls `f(attributes, start, time, value)` for every data point; the value is `None` for
+/// a point without a recorded value or with bucket counts that do not fit its bounds.
+fn for_each_point(data: &metric::Data, mut f: impl FnMut(&[KeyValue], u64, u64, Option<Agg>)) {
+    let no_value = |flags: u32| flags & DataPointFlags::NoRecordedValueMask as u32 != 0;
+    let number = |p: &NumberDataPoint| {
+        p.value
+            .as_ref()
+            .filter(|_| !no_value(p.flags))
+            .map(NumberValue::from_proto)
+    };
+    match data {
+        metric::Data::Gauge(g) => {
+            for p in &g.data_points {
+                let value = number(p).map(|v| Agg::Gauge(GaugeAgg::new(p.time_unix_nano, v)));
+                f(
+                    &p.attributes,
+                    p.start_time_unix_nano,
+                    p.time_unix_nano,
+                    value,
+                );
+            }
+        }
+        metric::Data::Sum(s) => {
+            for p in &s.data_points {
+                let value = number(p).map(Agg::Sum);
+                f(
+                    &p.attributes,
+                    p.start_time_unix_nano,
+                    p.time_unix_nano,
+                    value,
+                );
+            }
+        }
+        metric::Data::Histogram(h) => {
+            for p in &h.data_points {
+                let value = (!no_value(p.flags)).then(|| histogram(p)).flatten();
+                f(
+                    &p.attributes,
+                    p.start_time_unix_nano,
+                    p.time_unix_nano,
+                    value,
+                );
+            }
+        }
+        metric::Data::ExponentialHistogram(h) => {
+            for p in &h.data_points {
+                let value = (!no_value(p.flags)).then(|| Agg::Exponential(ExpHist::from_point(p)));
+                f(
+                    &p.attributes,
+                    p.start_time_unix_nano,
+                    p.time_unix_nano,
+                    value,
+                );
+            }
+        }
+        metric::Data::Summary(s) => {
+            for p in &s.data_points {
+                let value = (!no_value(p.flags)).then_some(Agg::Summary {
+                    count: p.count,
+                    sum: p.sum,
+                });
+                f(
+                    &p.attributes,
+                    p.start_time_unix_nano,
+                    p.time_unix_nano,
+                    value,
+                );
+            }
+        }
+    }
+}
+
+/// A stream key cut into its parts (each as encoded), with the point attributes decoded.
+struct StreamKeyParts<'a> {
+    resource: &'a [u8],
+    scope: &'a [u8],
+    metric: &'a [u8],
+    attributes: &'a [u8],
+    decoded_attributes: Vec<KeyValue>,
+}
+
+/// Cuts a key made by [`stream_key`] into its parts; `None` if it is not one.
+fn split_stream_key(key: &[u8]) -> Option<StreamKeyParts<'_>> {
+    let mut reader = KeyReader(key);
+    let consumed = |reader: &KeyReader| key.len() - reader.0.len();
+    reader.skip_attributes()?;
+    let resource_end = consumed(&reader);
+    reader.bytes()?;
+    reader.bytes()?;
+    let scope_end = consumed(&reader);
+    reader.bytes()?;
+    reader.bytes()?;
+    reader.take(2)?;
+    let metric_end = consumed(&reader);
+    let decoded_attributes = reader.attributes()?;
+    reader.0.is_empty().then_some(StreamKeyParts {
+        resource: &key[..resource_end],
+        scope: &key[resource_end..scope_end],
+        metric: &key[scope_end..metric_end],
+        attributes: &key[metric_end..],
+        decoded_attributes,
+    })
+}
+
+/// Decodes a metric identity made by [`metric_identity`] (without the scope): name, unit,
+/// kind and monotonic flag.
+fn decode_metric_identity(part: &[u8]) -> Option<(String, String, Kind, bool)> {
+    let mut reader = KeyReader(part);
+    let name = reader.string()?;
+    let unit = reader.string()?;
+    let &[kind, monotonic] = reader.take(2)? else {
+        return None;
+    };
+    if !reader.0.is_empty() || monotonic > 1 {
+        return None;
+    }
+    Some((name, unit, Kind::from_byte(kind)?, monotonic == 1))
+}
+
+/// Stream keys are only ever made by [`stream_key`], so decoding one cannot fail; a failure
+/// is a bug, caught in debug builds and skipped otherwise.
+fn decoded<T>(value: Option<T>) -> Option<T> {
+    debug_assert!(value.is_some(), "undecodable stream key");
+    value
+}
+
+/// Reads the encodings of [`push_bytes`], [`push_str`] and [`encode_attributes`] back.
+struct KeyReader<'a>(&'a [u8]);
+
+impl<'a> KeyReader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn length(&mut self) -> Option<usize> {
+        let bytes = self.take(4)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(bytes)).ok()
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.length()?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+
+    fn skip_attributes(&mut self) -> Option<()> {
+        for _ in 0..self.length()? {
+            self.bytes()?;
+            self.bytes()?;
+        }
+        Some(())
+    }
+
+    /// Attributes as [`encode_attributes`] wrote them (an empty value is no value).
+    fn attributes(&mut self) -> Option<Vec<KeyValue>> {
+        (0..self.length()?)
+            .map(|_| {
+                let key = self.string()?;
+                let value = self.bytes()?;
+                let value = if value.is_empty() {
+                    None
+                } else {
+                    Some(AnyValue::decode(value).ok()?)
+                };
+                Some(KeyValue {
+                    key,
+                    value,
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
 }
 
 enum Delta {
@@ -626,8 +930,8 @@ fn fold_point(
         }
     }
     match out.series.entry(key) {
-        std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().agg.merge(&value),
-        std::collections::hash_map::Entry::Vacant(e) => {
+        Entry::Occupied(mut e) => e.get_mut().agg.merge(&value),
+        Entry::Vacant(e) => {
             e.insert(Series {
                 attributes,
                 agg: value,
@@ -682,17 +986,17 @@ fn running_total(
     (r.start, r.agg.clone())
 }
 
+/// The data of an output metric made of `points`.
 fn output_data(
     kind: Kind,
     monotonic: bool,
     temporality: i32,
-    points: Vec<(Vec<KeyValue>, u64, Agg)>,
-    time: u64,
+    points: Vec<OutPoint>,
 ) -> metric::Data {
-    let numbers = |points: Vec<(Vec<KeyValue>, u64, Agg)>| {
+    let numbers = |points: Vec<OutPoint>| {
         points
             .into_iter()
-            .filter_map(|(attrs, start, agg)| match agg {
+            .filter_map(|(attrs, start, time, agg)| match agg {
                 Agg::Sum(v) => Some(number_point(&attrs, start, time, v)),
                 Agg::Gauge(g) => Some(number_point(&attrs, start, time, g.last)),
                 _ => None,
@@ -711,7 +1015,7 @@ fn output_data(
         Kind::Histogram => metric::Data::Histogram(Histogram {
             data_points: points
                 .into_iter()
-                .filter_map(|(attributes, start, agg)| match agg {
+                .filter_map(|(attributes, start, time, agg)| match agg {
                     Agg::Histogram(h) => Some(HistogramDataPoint {
                         attributes,
                         start_time_unix_nano: start,
@@ -732,7 +1036,7 @@ fn output_data(
         Kind::Exponential => metric::Data::ExponentialHistogram(ExponentialHistogram {
             data_points: points
                 .into_iter()
-                .filter_map(|(attributes, start, agg)| match agg {
+                .filter_map(|(attributes, start, time, agg)| match agg {
                     Agg::Exponential(h) => {
                         let mut p = ExponentialHistogramDataPoint {
                             attributes,
@@ -751,7 +1055,7 @@ fn output_data(
         Kind::Summary => metric::Data::Summary(Summary {
             data_points: points
                 .into_iter()
-                .filter_map(|(attributes, start, agg)| match agg {
+                .filter_map(|(attributes, start, time, agg)| match agg {
                     Agg::Summary { count, sum } => Some(SummaryDataPoint {
                         attributes,
                         start_time_unix_nano: start,

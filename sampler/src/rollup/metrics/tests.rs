@@ -192,6 +192,104 @@ fn cumulative_sums_become_deltas_with_resets() {
     assert_eq!(r.stats().points_ignored, 1);
 }
 
+/// Encodes and decodes a request, as storing it does.
+fn stored(req: &ExportMetricsServiceRequest) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest::decode(req.encode_to_vec().as_slice()).expect("decodes")
+}
+
+#[test]
+fn primed_state_carries_deltas_across_a_restart() {
+    let feed = |r: &mut MetricRollup, time: u64, v: i64| {
+        let point = int_point(vec![kv("route", "/")], 1, time, v);
+        let m = sum_metric("c", CUMULATIVE, vec![point]);
+        r.add(Some(&resource("a")), Some(&scope()), &m, time);
+    };
+    let route = || vec!["route".to_owned()];
+    let mut before = rollup(MetricRollupConfig::default());
+    feed(&mut before, 10, 10);
+    assert_eq!(
+        number_points(&before.flush(0, 30), "c"),
+        vec![(route(), 10.0)]
+    );
+    let state = stored(&before.cumulative_state());
+    // The stream's last point, with its full resource (pod included) and scope.
+    assert_eq!(state.resource_metrics.len(), 1);
+    let res = state.resource_metrics[0]
+        .resource
+        .as_ref()
+        .expect("resource");
+    assert_eq!(
+        attr(&res.attributes, "k8s.pod.name"),
+        Some(&any_value::Value::StringValue("a".to_owned()))
+    );
+    assert_eq!(
+        state.resource_metrics[0].scope_metrics[0]
+            .scope
+            .as_ref()
+            .map(|s| s.name.as_str()),
+        Some("app")
+    );
+    let Some(metric::Data::Sum(s)) = &all_metrics(&state)[0].data else {
+        panic!("sum expected")
+    };
+    assert_eq!(
+        (s.aggregation_temporality, s.is_monotonic),
+        (CUMULATIVE, true)
+    );
+    assert_eq!(
+        s.data_points,
+        vec![int_point(vec![kv("route", "/")], 1, 10, 10)]
+    );
+
+    let mut primed = rollup(MetricRollupConfig::default());
+    primed.prime(&state, 40);
+    assert_eq!(
+        primed.stats(),
+        RollupStats {
+            streams_primed: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(primed.cumulative_state(), state);
+    feed(&mut primed, 40, 15);
+    assert_eq!(
+        number_points(&primed.flush(30, 60), "c"),
+        vec![(route(), 5.0)]
+    );
+    // An older state does not replace a newer point; delta metrics carry no state.
+    primed.prime(&state, 70);
+    let delta = sum_metric("c", DELTA, vec![int_point(vec![], 1, 80, 3)]);
+    primed.prime(
+        &ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![delta],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        },
+        70,
+    );
+    assert_eq!(
+        (primed.stats().streams_primed, primed.tracked_streams()),
+        (1, 1)
+    );
+    feed(&mut primed, 80, 16);
+    assert_eq!(
+        number_points(&primed.flush(60, 90), "c"),
+        vec![(route(), 1.0)]
+    );
+
+    // Without the state the first point after the restart counts in full: 10 counts twice.
+    let mut unprimed = rollup(MetricRollupConfig::default());
+    feed(&mut unprimed, 40, 15);
+    assert_eq!(
+        number_points(&unprimed.flush(30, 60), "c"),
+        vec![(route(), 15.0)]
+    );
+}
+
 #[test]
 fn cumulative_output_keeps_running_totals() {
     let mut r = rollup(MetricRollupConfig {
@@ -542,10 +640,12 @@ fn series_key_ignores_instance_attributes() {
 /// One input event: stream index, increment, reset before it, flush after it.
 type Event = (usize, u8, bool, bool);
 
-/// Exact totals of rolled-up output per metric: sum values, counts, sums, bucket totals.
+/// Exact totals of rolled-up output per metric: integer and double sum values, counts,
+/// sums, bucket totals.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Totals {
     values: i64,
+    doubles: f64,
     count: u64,
     sum: f64,
     buckets: BTreeMap<i64, u64>,
@@ -554,6 +654,7 @@ struct Totals {
 impl Totals {
     fn add(&mut self, other: &Totals) {
         self.values += other.values;
+        self.doubles += other.doubles;
         self.count += other.count;
         self.sum += other.sum;
         for (k, v) in &other.buckets {
@@ -566,43 +667,63 @@ impl Totals {
 fn output_totals(req: &ExportMetricsServiceRequest) -> Totals {
     let mut t = Totals::default();
     for m in all_metrics(req) {
-        match m.data.as_ref().expect("data") {
-            metric::Data::Sum(s) => {
-                for p in &s.data_points {
-                    let Some(number_data_point::Value::AsInt(v)) = p.value else {
-                        panic!("integer sums stay integers")
-                    };
-                    t.values += v;
+        t.add(&metric_totals(m));
+    }
+    t
+}
+
+/// Totals of one output request per metric name.
+fn totals_by_metric(req: &ExportMetricsServiceRequest) -> BTreeMap<String, Totals> {
+    let mut out: BTreeMap<String, Totals> = BTreeMap::new();
+    for m in all_metrics(req) {
+        out.entry(m.name.clone())
+            .or_default()
+            .add(&metric_totals(m));
+    }
+    out
+}
+
+/// Totals of one output metric. Sums of integer input stay integers; `*.double` sums are
+/// doubles.
+fn metric_totals(m: &Metric) -> Totals {
+    let mut t = Totals::default();
+    match m.data.as_ref().expect("data") {
+        metric::Data::Sum(s) => {
+            for p in &s.data_points {
+                match (p.value, m.name.ends_with(".double")) {
+                    (Some(number_data_point::Value::AsInt(v)), false) => t.values += v,
+                    (Some(number_data_point::Value::AsDouble(d)), true) => t.doubles += d,
+                    (v, _) => panic!("{}: unexpected value {v:?}", m.name),
                 }
             }
-            metric::Data::Histogram(h) => {
-                for p in &h.data_points {
-                    t.count += p.count;
-                    t.sum += p.sum.expect("sum");
-                    for (i, c) in p.bucket_counts.iter().enumerate() {
-                        *t.buckets.entry(i as i64).or_default() += c;
-                    }
-                }
-            }
-            metric::Data::ExponentialHistogram(h) => {
-                for p in &h.data_points {
-                    t.count += p.count;
-                    t.sum += p.sum.expect("sum");
-                    let positive = p
-                        .positive
-                        .as_ref()
-                        .map_or(0, |b| b.bucket_counts.iter().sum());
-                    *t.buckets.entry(0).or_default() += p.zero_count + positive;
-                }
-            }
-            metric::Data::Summary(s) => {
-                for p in &s.data_points {
-                    t.count += p.count;
-                    t.sum += p.sum;
-                }
-            }
-            metric::Data::Gauge(_) => panic!("no gauges in this test"),
         }
+        metric::Data::Histogram(h) => {
+            for p in &h.data_points {
+                t.count += p.count;
+                t.sum += p.sum.expect("sum");
+                for (i, c) in p.bucket_counts.iter().enumerate() {
+                    *t.buckets.entry(i as i64).or_default() += c;
+                }
+            }
+        }
+        metric::Data::ExponentialHistogram(h) => {
+            for p in &h.data_points {
+                t.count += p.count;
+                t.sum += p.sum.expect("sum");
+                let positive = p
+                    .positive
+                    .as_ref()
+                    .map_or(0, |b| b.bucket_counts.iter().sum());
+                *t.buckets.entry(0).or_default() += p.zero_count + positive;
+            }
+        }
+        metric::Data::Summary(s) => {
+            for p in &s.data_points {
+                t.count += p.count;
+                t.sum += p.sum;
+            }
+        }
+        metric::Data::Gauge(_) => panic!("no gauges in this test"),
     }
     t
 }
@@ -611,10 +732,17 @@ fn output_totals(req: &ExportMetricsServiceRequest) -> Totals {
 /// running exponential buckets by index, running zero count.
 type StreamModel = (u64, i64, [u64; 3], BTreeMap<i32, u64>, u64);
 
-/// Kinds under test: (name, temporality).
-const KINDS: [(&str, i32); 7] = [
+/// Kinds under test: (name, temporality). `sum` is monotonic, `updown` is not; `*.double`
+/// carry doubles (halves, so every total stays exact), the others integers.
+const KINDS: [(&str, i32); 13] = [
     ("sum", DELTA),
     ("sum", CUMULATIVE),
+    ("sum.double", DELTA),
+    ("sum.double", CUMULATIVE),
+    ("updown", DELTA),
+    ("updown", CUMULATIVE),
+    ("updown.double", DELTA),
+    ("updown.double", CUMULATIVE),
     ("histogram", DELTA),
     ("histogram", CUMULATIVE),
     ("exponential", DELTA),
@@ -674,14 +802,26 @@ fn drive(
             kv("route", &format!("r{}", stream % 2)),
         ];
         let data = match kind.0 {
-            "sum" => {
-                expected.values += i64::from(inc);
-                s.1 += i64::from(inc);
-                let v = if cumulative { s.1 } else { i64::from(inc) };
+            "sum" | "sum.double" | "updown" | "updown.double" => {
+                let monotonic = kind.0.starts_with("sum");
+                let inc = if monotonic {
+                    i64::from(inc)
+                } else {
+                    i64::from(inc) - 10
+                };
+                s.1 += inc;
+                let v = if cumulative { s.1 } else { inc };
+                let mut point = int_point(attrs, s.0, time, v);
+                if kind.0.ends_with(".double") {
+                    expected.doubles += inc as f64 / 2.0;
+                    point.value = Some(number_data_point::Value::AsDouble(v as f64 / 2.0));
+                } else {
+                    expected.values += inc;
+                }
                 metric::Data::Sum(Sum {
-                    data_points: vec![int_point(attrs, s.0, time, v)],
+                    data_points: vec![point],
                     aggregation_temporality: kind.1,
-                    is_monotonic: true,
+                    is_monotonic: monotonic,
                 })
             }
             "histogram" => {
@@ -826,6 +966,72 @@ proptest! {
             got.add(&output_totals(&r.borrow_mut().flush(last.get(), u64::MAX)));
             prop_assert_eq!(&got, &expected);
         }
+    }
+
+    /// A node restarted anywhere in the input, primed with the stored
+    /// [`MetricRollup::cumulative_state`] of its predecessor, emits exactly what one node
+    /// fed everything emits: the same flushes, so the same totals, for every cumulative
+    /// kind at once (several resources, scopes and streams, with resets). Priming emits
+    /// nothing and restores the state exactly.
+    #[test]
+    fn cumulative_state_carries_deltas_across_a_restart(events in events(), split in any::<prop::sample::Index>()) {
+        let split = split.index(events.len() + 1);
+        let kinds: Vec<(&str, i32)> = KINDS.into_iter().filter(|k| k.1 == CUMULATIVE).collect();
+        let mut expected: BTreeMap<String, Totals> = BTreeMap::new();
+        // Per kind, the point of every event.
+        let mut fed: Vec<Vec<(usize, Metric, u64)>> = Vec::new();
+        for kind in &kinds {
+            let mut points = Vec::new();
+            let totals = drive(*kind, &events, |stream, metric, time| points.push((stream, metric, time)), |_| {});
+            expected.insert(kind.0.to_owned(), totals);
+            fed.push(points);
+        }
+        let feed = |r: &mut MetricRollup, event: usize| {
+            for (k, points) in fed.iter().enumerate() {
+                let (stream, metric, time) = &points[event];
+                let scope = InstrumentationScope { name: format!("lib-{}", k % 2), ..Default::default() };
+                r.add(Some(&resource(&format!("pod-{}", stream % 3))), Some(&scope), metric, *time);
+            }
+        };
+        let mut node = rollup(reducing_config());
+        let mut single = rollup(reducing_config());
+        let (mut restarted, mut one) = (Vec::new(), Vec::new());
+        let mut last = 0;
+        for i in 0..=events.len() {
+            if i == split {
+                let time = i as u64 * 10;
+                restarted.push(node.flush(last, time));
+                one.push(single.flush(last, time));
+                last = time;
+                let state = stored(&node.cumulative_state());
+                let mut fresh = rollup(reducing_config());
+                fresh.prime(&state, time);
+                prop_assert_eq!(fresh.tracked_streams(), node.tracked_streams());
+                prop_assert_eq!(fresh.stats(), RollupStats { streams_primed: node.tracked_streams() as u64, ..Default::default() });
+                prop_assert_eq!(&fresh.cumulative_state(), &state);
+                prop_assert!(fresh.flush(time, time).resource_metrics.is_empty(), "priming emits nothing");
+                node = fresh;
+            }
+            let Some(event) = events.get(i) else { break };
+            feed(&mut node, i);
+            feed(&mut single, i);
+            if event.3 {
+                let time = (i as u64 + 1) * 10;
+                restarted.push(node.flush(last, time));
+                one.push(single.flush(last, time));
+                last = time;
+            }
+        }
+        restarted.push(node.flush(last, u64::MAX));
+        one.push(single.flush(last, u64::MAX));
+        let mut got: BTreeMap<String, Totals> = BTreeMap::new();
+        for out in &restarted {
+            for (name, t) in totals_by_metric(out) {
+                got.entry(name).or_default().add(&t);
+            }
+        }
+        prop_assert_eq!(&got, &expected);
+        prop_assert_eq!(&restarted, &one);
     }
 
     /// Two nodes fed disjoint partitions (by output series, as the router routes) emit, together,
