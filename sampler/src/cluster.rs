@@ -47,7 +47,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::Listening;
-use crate::correlation::broadcast::{BroadcastConfig, NoticeBroadcaster, NoticesServer};
+use crate::correlation::broadcast::{
+    BroadcastConfig, NoticeBroadcaster, NoticesServer, notice_key,
+};
 use crate::decision::{Cached, Kept};
 use crate::engine::Engine;
 use crate::export_queue::ExportQueues;
@@ -562,6 +564,7 @@ pub(crate) async fn serve(
     );
     membership_config.advertise = advertise;
     membership_config.forward = Some(forward_addr);
+    let notice_key = secret.as_deref().map(notice_key);
     membership_config.secret = secret;
     (membership_config.seeds, membership_config.dns_seeds) = seeds_of(cluster_config);
     register_metrics();
@@ -598,7 +601,10 @@ pub(crate) async fn serve(
     if settler.correlates() {
         settler.set_broadcaster(Arc::new(NoticeBroadcaster::spawn(
             node_id.clone(),
-            BroadcastConfig::default(),
+            BroadcastConfig {
+                key: notice_key.clone(),
+                ..BroadcastConfig::default()
+            },
             Arc::new(Forwarder::new(ForwarderConfig::default())),
             peers_rx,
         )));
@@ -630,7 +636,7 @@ pub(crate) async fn serve(
         forward_listener,
         config.receiver.max_request_bytes,
         ingest.clone(),
-        NoticesServer::new(settler),
+        NoticesServer::new(settler).with_key(notice_key),
         crate::stopped(receivers_stop_rx.clone()),
     ));
     let bound = Arc::new(AtomicBool::new(false));

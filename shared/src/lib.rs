@@ -21,5 +21,6 @@ pub mod membership;
 pub mod otlp;
 pub mod receiver;
 pub mod ring;
+pub mod seal;
 pub mod split;
 pub mod telemetry;

@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use otel_tail_proto::v1::{self, NoticeAck, NoticeBatch};
 use otel_tail_shared::forward::{ForwardError, Forwarder};
+use otel_tail_shared::seal::ClusterKey;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -52,6 +53,10 @@ pub mod names {
     /// Notices refused by [`super::NoticeBroadcaster::push`] because its queue was full;
     /// they reached no peer. Counter.
     pub const NOTICES_DROPPED: &str = "otel_tail_decision_notices_dropped_total";
+    /// Received notice batches refused because they were not sealed with this cluster's
+    /// secret (or sealed when this node has none). Counter.
+    pub const BATCHES_UNAUTHENTICATED: &str =
+        "otel_tail_decision_notice_batches_unauthenticated_total";
     /// Time from the origin sending a batch to a peer receiving it, one sample per
     /// accepted notice. Histogram, seconds.
     pub const PROPAGATION_SECONDS: &str = "otel_tail_decision_propagation_seconds";
@@ -84,6 +89,56 @@ pub struct BroadcastConfig {
     pub retry_backoff: Duration,
     /// Deadline of one call.
     pub call_timeout: Duration,
+    /// Seals every batch with this key (derived from the cluster secret with
+    /// [`notice_key`]); `None` sends plain batches (a cluster without a secret).
+    pub key: Option<Arc<ClusterKey>>,
+}
+
+/// HKDF info of the key that seals notice batches.
+const KEY_INFO: &[u8] = b"decision notice batch xchacha20-poly1305 key";
+/// Associated data of a sealed notice batch.
+const AAD: &[u8] = b"otel_tail.v1.NoticeBatch";
+
+/// The key sealing notice batches in a cluster with `secret`.
+pub fn notice_key(secret: &[u8]) -> Arc<ClusterKey> {
+    Arc::new(ClusterKey::derive(secret, KEY_INFO))
+}
+
+/// The batch to send: sealed into [`NoticeBatch::sealed`] with `key`, or as it is.
+fn seal(batch: NoticeBatch, key: Option<&ClusterKey>) -> NoticeBatch {
+    match key {
+        None => batch,
+        Some(key) => NoticeBatch {
+            sealed: Some(key.seal(AAD, &batch.encode_to_vec())),
+            ..NoticeBatch::default()
+        },
+    }
+}
+
+/// Why a received batch was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Sealed with another key, tampered, or sealed/plain where the other was expected.
+    #[error("decision notice batch failed authentication")]
+    Unauthenticated,
+}
+
+/// The plain batch inside a received one: with `key`, only a batch sealed with it;
+/// without, only a plain batch.
+pub fn open(mut batch: NoticeBatch, key: Option<&ClusterKey>) -> Result<NoticeBatch, OpenError> {
+    match (key, batch.sealed.take()) {
+        (None, None) => Ok(batch),
+        (Some(key), Some(sealed)) => {
+            let plain = key.open(AAD, &sealed).ok_or(OpenError::Unauthenticated)?;
+            let inner =
+                NoticeBatch::decode(plain.as_slice()).map_err(|_| OpenError::Unauthenticated)?;
+            if inner.sealed.is_some() {
+                return Err(OpenError::Unauthenticated);
+            }
+            Ok(inner)
+        }
+        _ => Err(OpenError::Unauthenticated),
+    }
 }
 
 impl Default for BroadcastConfig {
@@ -100,6 +155,7 @@ impl Default for BroadcastConfig {
             max_attempts: 3,
             retry_backoff: Duration::from_millis(100),
             call_timeout: Duration::from_secs(1),
+            key: None,
         }
     }
 }
@@ -217,6 +273,7 @@ impl BatchBuilder {
             origin: origin.to_owned(),
             sent_at_unix_nano,
             notices: std::mem::take(&mut self.notices),
+            sealed: None,
         }
     }
 }
@@ -339,9 +396,15 @@ struct Fanout {
     counters: Arc<Counters>,
 }
 
+/// A batch as sent (perhaps sealed) and the notices it carries.
+struct Outgoing {
+    batch: NoticeBatch,
+    notices: u64,
+}
+
 /// The queue and task sending batches to one peer.
 struct PeerWorker {
-    queue: mpsc::Sender<Arc<NoticeBatch>>,
+    queue: mpsc::Sender<Arc<Outgoing>>,
     task: JoinHandle<()>,
 }
 
@@ -353,7 +416,10 @@ impl Fanout {
         add(&self.counters.batched, notices);
         add(&self.counters.batch_bytes, batch.encoded_len() as u64);
         self.follow_peers();
-        let batch = Arc::new(batch);
+        let batch = Arc::new(Outgoing {
+            batch: seal(batch, self.config.key.as_deref()),
+            notices,
+        });
         for (target, worker) in &self.workers {
             if worker.queue.try_send(batch.clone()).is_err() {
                 tracing::debug!(%target, notices, "peer is behind, decision notice batch skipped");
@@ -405,16 +471,16 @@ impl Fanout {
 /// Sends the batches queued for `target`, in order.
 async fn run_peer(
     target: SocketAddr,
-    mut queue: mpsc::Receiver<Arc<NoticeBatch>>,
+    mut queue: mpsc::Receiver<Arc<Outgoing>>,
     forwarder: Arc<Forwarder>,
     config: Arc<BroadcastConfig>,
     counters: Arc<Counters>,
 ) {
     let mut down = false;
-    while let Some(batch) = queue.recv().await {
-        let notices = batch.notices.len() as u64;
+    while let Some(outgoing) = queue.recv().await {
+        let (batch, notices) = (&outgoing.batch, outgoing.notices);
         let attempts = if down { 1 } else { config.max_attempts.max(1) };
-        match deliver(&forwarder, target, &batch, attempts, &config).await {
+        match deliver(&forwarder, target, batch, attempts, &config).await {
             Ok(()) => {
                 if down {
                     tracing::info!(%target, "peer receives decision notices again");
@@ -515,12 +581,19 @@ pub trait NoticeSink: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct NoticesServer {
     sink: Arc<dyn NoticeSink>,
+    key: Option<Arc<ClusterKey>>,
 }
 
 impl NoticesServer {
-    /// A service handing every valid received notice to `sink`.
+    /// A service handing every valid received notice to `sink`, accepting plain batches.
     pub fn new(sink: Arc<dyn NoticeSink>) -> NoticesServer {
-        NoticesServer { sink }
+        NoticesServer { sink, key: None }
+    }
+
+    /// Accepts only batches sealed with `key` (see [`notice_key`]); `None`: plain only.
+    pub fn with_key(mut self, key: Option<Arc<ClusterKey>>) -> NoticesServer {
+        self.key = key;
+        self
     }
 }
 
@@ -542,12 +615,16 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        crate::unary::call(NOTICES_PATH, request, NoticesMethod(self.sink.clone()))
+        crate::unary::call(
+            NOTICES_PATH,
+            request,
+            NoticesMethod(self.sink.clone(), self.key.clone()),
+        )
     }
 }
 
 /// The `Notices` call.
-struct NoticesMethod(Arc<dyn NoticeSink>);
+struct NoticesMethod(Arc<dyn NoticeSink>, Option<Arc<ClusterKey>>);
 
 impl tonic::server::UnaryService<NoticeBatch> for NoticesMethod {
     type Response = NoticeAck;
@@ -555,8 +632,13 @@ impl tonic::server::UnaryService<NoticeBatch> for NoticesMethod {
 
     fn call(&mut self, request: Request<NoticeBatch>) -> Self::Future {
         let sink = self.0.clone();
+        let opened = open(request.into_inner(), self.1.as_deref());
         Box::pin(async move {
-            let received = receive(request.into_inner(), unix_nanos(SystemTime::now()));
+            let batch = opened.map_err(|e| {
+                metrics::counter!(names::BATCHES_UNAUTHENTICATED).increment(1);
+                Status::unauthenticated(e.to_string())
+            })?;
+            let received = receive(batch, unix_nanos(SystemTime::now()));
             if received.rejected > 0 {
                 tracing::debug!(
                     origin = received.origin,

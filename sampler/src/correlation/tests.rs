@@ -176,6 +176,7 @@ fn notice_round_trips_through_the_wire() {
         origin: "sampler-0".into(),
         sent_at_unix_nano: 13 * SEC,
         notices: vec![n.to_proto()],
+        sealed: None,
     };
     let decoded = v1::NoticeBatch::decode(batch.encode_to_vec().as_slice()).unwrap();
     assert_eq!(decoded.origin, "sampler-0");

@@ -2,28 +2,18 @@
 //!
 //! With a secret, each datagram is a [`pb::Datagram`] holding a [`pb::SealedPacket`]: a
 //! random 24-byte nonce and the encoded [`pb::GossipPacket`] encrypted and
-//! authenticated with XChaCha20-Poly1305 (tag appended). The key is derived from the
-//! secret with HKDF-SHA256, so any secret length works and the raw secret is never used
-//! as a key. Random 192-bit nonces make nonce reuse negligible however many packets a
-//! long-lived cluster sends. Without a secret, datagrams carry the packet as `plain`.
+//! authenticated with XChaCha20-Poly1305 (tag appended), under the gossip key derived from
+//! the secret (see [`crate::seal`]). Without a secret, datagrams carry the packet as
+//! `plain`.
 //!
 //! A node accepts only its own form: a sealed node counts a plain datagram as an
 //! authentication failure and vice versa, so a misconfigured node cannot half-join.
 
-use chacha20poly1305::{
-    KeyInit, XChaCha20Poly1305, XNonce,
-    aead::{Aead, Payload},
-};
-use hkdf::Hkdf;
 use otel_tail_proto::v1 as pb;
 use prost::Message as _;
-use rand::{Rng, rngs::StdRng};
-use sha2::Sha256;
 
-/// Bytes in a sealed packet's nonce.
-const NONCE_LEN: usize = 24;
-/// HKDF salt: binds the derived key to this product and wire version.
-const KDF_SALT: &[u8] = b"otel-tail-sampler/cluster/v1";
+use crate::seal::ClusterKey;
+
 /// HKDF info: binds the derived key to its one use.
 const KDF_INFO: &[u8] = b"gossip datagram xchacha20-poly1305 key";
 /// Associated data authenticated with every sealed packet.
@@ -42,49 +32,22 @@ pub(crate) enum PacketError {
 
 /// Seals outgoing and opens incoming gossip datagrams.
 pub(crate) struct Sealer {
-    cipher: Option<XChaCha20Poly1305>,
-    rng: StdRng,
+    key: Option<ClusterKey>,
 }
 
 impl Sealer {
     /// A sealer for `secret`, or one that sends and accepts only plain datagrams.
-    /// Nonces come from a CSPRNG seeded by the operating system.
     pub(crate) fn new(secret: Option<&[u8]>) -> Self {
-        let cipher = secret.map(|secret| {
-            let mut key = [0u8; 32];
-            Hkdf::<Sha256>::new(Some(KDF_SALT), secret)
-                .expand(KDF_INFO, &mut key)
-                .expect("32 bytes is a valid HKDF-SHA256 output length");
-            XChaCha20Poly1305::new(&key.into())
-        });
         Self {
-            cipher,
-            rng: rand::make_rng(),
+            key: secret.map(|secret| ClusterKey::derive(secret, KDF_INFO)),
         }
     }
 
     /// Encodes `packet` into one datagram, sealed when a secret is configured.
     pub(crate) fn seal(&mut self, packet: &pb::GossipPacket) -> Vec<u8> {
-        let body = match &self.cipher {
+        let body = match &self.key {
             None => pb::datagram::Body::Plain(packet.clone()),
-            Some(cipher) => {
-                let mut nonce = [0u8; NONCE_LEN];
-                self.rng.fill_bytes(&mut nonce);
-                let plaintext = packet.encode_to_vec();
-                let ciphertext = cipher
-                    .encrypt(
-                        &XNonce::from(nonce),
-                        Payload {
-                            msg: &plaintext,
-                            aad: AAD,
-                        },
-                    )
-                    .expect("XChaCha20-Poly1305 accepts messages far larger than a datagram");
-                pb::datagram::Body::Sealed(pb::SealedPacket {
-                    nonce: nonce.to_vec(),
-                    ciphertext,
-                })
-            }
+            Some(key) => pb::datagram::Body::Sealed(key.seal(AAD, &packet.encode_to_vec())),
         };
         pb::Datagram { body: Some(body) }.encode_to_vec()
     }
@@ -93,23 +56,13 @@ impl Sealer {
     pub(crate) fn open(&self, datagram: &[u8]) -> Result<pb::GossipPacket, PacketError> {
         let datagram =
             pb::Datagram::decode(datagram).map_err(|e| PacketError::Malformed(e.to_string()))?;
-        match (datagram.body, &self.cipher) {
+        match (datagram.body, &self.key) {
             (None, _) => Err(PacketError::Malformed("empty datagram".into())),
             (Some(pb::datagram::Body::Plain(packet)), None) => Ok(packet),
             (Some(pb::datagram::Body::Sealed(_)), None)
             | (Some(pb::datagram::Body::Plain(_)), Some(_)) => Err(PacketError::AuthFailed),
-            (Some(pb::datagram::Body::Sealed(sealed)), Some(cipher)) => {
-                let nonce = <[u8; NONCE_LEN]>::try_from(sealed.nonce.as_slice())
-                    .map_err(|_| PacketError::AuthFailed)?;
-                let plaintext = cipher
-                    .decrypt(
-                        &XNonce::from(nonce),
-                        Payload {
-                            msg: &sealed.ciphertext,
-                            aad: AAD,
-                        },
-                    )
-                    .map_err(|_| PacketError::AuthFailed)?;
+            (Some(pb::datagram::Body::Sealed(sealed)), Some(key)) => {
+                let plaintext = key.open(AAD, &sealed).ok_or(PacketError::AuthFailed)?;
                 pb::GossipPacket::decode(plaintext.as_slice())
                     .map_err(|e| PacketError::Malformed(e.to_string()))
             }

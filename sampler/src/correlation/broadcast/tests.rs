@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{
     BatchBuilder, BroadcastConfig, NOTICES_PATH, NoticeBroadcaster, NoticeSink, NoticesServer,
-    Received, receive,
+    OpenError, Received, notice_key, open, receive, seal,
 };
 use crate::correlation::{DecisionNotice, ResourceIdentity};
 
@@ -169,6 +169,7 @@ fn receive_keeps_valid_notices_and_measures_propagation() {
         origin: ORIGIN.to_owned(),
         sent_at_unix_nano: 5_000_000_000,
         notices: vec![notice(1).to_proto(), bad_id, inverted, notice(4).to_proto()],
+        sealed: None,
     };
 
     let received = receive(batch.clone(), 5_250_000_000);
@@ -398,6 +399,7 @@ async fn the_server_acknowledges_valid_notices_over_grpc() {
         origin: ORIGIN.to_owned(),
         sent_at_unix_nano: 1,
         notices: vec![notice(1).to_proto(), bad, notice(2).to_proto()],
+        sealed: None,
     };
     let ack: NoticeAck = forwarder(Duration::from_secs(2))
         .unary(receiver.addr, NOTICES_PATH, batch, Duration::from_secs(2))
@@ -418,4 +420,78 @@ async fn the_server_acknowledges_valid_notices_over_grpc() {
         )
         .await;
     assert!(unknown.is_err());
+}
+
+#[test]
+fn sealed_batches_open_only_with_the_cluster_key() {
+    let key = notice_key(b"cluster secret");
+    let batch = NoticeBatch {
+        origin: ORIGIN.to_owned(),
+        sent_at_unix_nano: 7,
+        notices: vec![notice(1).to_proto()],
+        sealed: None,
+    };
+    let sealed = seal(batch.clone(), Some(&key));
+    assert!(sealed.notices.is_empty() && sealed.origin.is_empty());
+    assert_eq!(open(sealed.clone(), Some(&key)), Ok(batch.clone()));
+    assert_eq!(
+        open(sealed.clone(), Some(&notice_key(b"other secret"))),
+        Err(OpenError::Unauthenticated)
+    );
+    assert_eq!(open(sealed, None), Err(OpenError::Unauthenticated));
+    assert_eq!(
+        open(batch.clone(), Some(&key)),
+        Err(OpenError::Unauthenticated),
+        "a keyed node refuses plain batches"
+    );
+    assert_eq!(open(batch.clone(), None), Ok(batch));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_notices_reach_a_keyed_peer_and_forged_ones_are_refused() {
+    let key = notice_key(b"cluster secret");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let service = NoticesServer::new(recorder.clone()).with_key(Some(key.clone()));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    let broadcaster = spawn(
+        BroadcastConfig {
+            key: Some(key),
+            ..BroadcastConfig::default()
+        },
+        vec![addr],
+    );
+    assert!(broadcaster.push(notice(1)));
+    assert!(
+        wait_until(Duration::from_secs(5), || recorder.0.lock().unwrap().len()
+            == 1)
+        .await,
+        "the sealed batch arrived"
+    );
+    assert_eq!(recorder.0.lock().unwrap()[0].notices, vec![notice(1)]);
+    let forged: Result<NoticeAck, _> = forwarder(Duration::from_secs(2))
+        .unary(
+            addr,
+            NOTICES_PATH,
+            NoticeBatch {
+                origin: "intruder".into(),
+                notices: vec![notice(2).to_proto()],
+                ..NoticeBatch::default()
+            },
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(forged.is_err(), "a plain batch is refused by a keyed node");
+    assert_eq!(recorder.0.lock().unwrap().len(), 1);
 }
