@@ -6,6 +6,7 @@ use std::time::Duration;
 use otel_tail_proto::v1::{self, NoticeAck, NoticeBatch};
 use otel_tail_shared::forward::{ForwardCompression, Forwarder, ForwarderConfig};
 use otel_tail_shared::otlp::TraceId;
+use otel_tail_shared::seal::ClusterKey;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -86,12 +87,16 @@ struct Receiver {
 }
 
 async fn start_receiver() -> Receiver {
+    start_keyed_receiver(None).await
+}
+
+async fn start_keyed_receiver(key: Option<Arc<ClusterKey>>) -> Receiver {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let recorder = Arc::new(Recorder::default());
     let (stop, stopped) = oneshot::channel::<()>();
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let service = NoticesServer::new(recorder.clone());
+    let service = NoticesServer::new(recorder.clone()).with_key(key);
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
@@ -450,21 +455,8 @@ fn sealed_batches_open_only_with_the_cluster_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_notices_reach_a_keyed_peer_and_forged_ones_are_refused() {
     let key = notice_key(b"cluster secret");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let recorder = Arc::new(Recorder::default());
-    let service = NoticesServer::new(recorder.clone()).with_key(Some(key.clone()));
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
+    let receiver = start_keyed_receiver(Some(key.clone())).await;
+    let (addr, recorder) = (receiver.addr, receiver.recorder.clone());
     let broadcaster = spawn(
         BroadcastConfig {
             key: Some(key),
