@@ -13,6 +13,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod completeness;
+pub mod correlate;
 pub mod error;
 pub mod export;
 pub mod generate;
@@ -23,6 +24,7 @@ pub mod metrics_text;
 pub mod process;
 pub mod procfs;
 pub mod raw_grpc;
+pub mod reduction;
 pub mod router;
 pub mod sampler;
 pub mod sdk;

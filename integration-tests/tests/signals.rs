@@ -1,8 +1,10 @@
 //! Logs and metrics through the sampler, sent by the real OpenTelemetry Rust SDK:
-//! logs with a trace id follow their trace's decision; logs without one and all
-//! metrics pass through without loss.
+//! logs with a trace id follow their trace's decision (kept traces' logs leave raw,
+//! marked `otel_tail.correlated=trace_id`; dropped traces' logs go down the summary
+//! path); with correlation and rollups off, logs without a trace id and all metrics
+//! pass through without loss.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -11,20 +13,30 @@ use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::{Span as _, SpanContext, Status, Tracer, TracerProvider as _};
 use opentelemetry_proto::tonic::common::v1::any_value;
 use otel_tail_integration_tests::SamplerProcess;
-use otel_tail_integration_tests::export::hex;
+use otel_tail_integration_tests::export::{attribute_str, hex};
 use otel_tail_integration_tests::sdk::{self, Transport};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn start() -> SamplerProcess {
-    SamplerProcess::start(json!({
-        "sampler": {"decision_wait": "1s", "policies": [
-            {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}}
-        ]},
-    }))
-    .await
-    .expect("sampler starts")
+/// The attribute marking an item kept raw because it correlates with a kept trace.
+const CORRELATED: &str = "otel_tail.correlated";
+
+/// Starts a sampler keeping error traces (1 s decision wait) with `extra` merged in as
+/// further top-level sections. `correlate` sets the policy's `correlate` flag (`None`:
+/// the default, on for `status_code`).
+async fn start(correlate: Option<bool>, extra: Value) -> SamplerProcess {
+    let mut policy = json!(
+        {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}}
+    );
+    if let Some(correlate) = correlate {
+        policy["correlate"] = json!(correlate);
+    }
+    let mut config = json!({"sampler": {"decision_wait": "1s", "policies": [policy]}});
+    if let (Some(root), Value::Object(extra)) = (config.as_object_mut(), extra) {
+        root.extend(extra);
+    }
+    SamplerProcess::start(config).await.expect("sampler starts")
 }
 
 fn body_text(body: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> Option<String> {
@@ -34,9 +46,21 @@ fn body_text(body: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) ->
     }
 }
 
+/// Logs of a kept trace leave raw with their trace, marked `otel_tail.correlated=trace_id`;
+/// logs of a dropped trace are held and then go down the summary path, here pass-through
+/// (log rollup off, short hold) so each of them can be seen to leave once, unmarked.
+/// All traces share one resource and one moment, so the policy does not correlate by
+/// window: that would keep the dropped traces' logs raw too (marked `window`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_with_a_trace_id_follow_their_trace() {
-    let sampler = start().await;
+    let sampler = start(
+        Some(false),
+        json!({
+            "correlation": {"window": "2s"},
+            "rollup": {"logs": {"enabled": false}},
+        }),
+    )
+    .await;
     let tracer_provider = sdk::tracer_provider(
         Transport::Grpc,
         &sampler.grpc_endpoint(),
@@ -90,36 +114,61 @@ async fn logs_with_a_trace_id_follow_their_trace() {
         .map(|(sc, _)| sc.trace_id().to_string())
         .collect();
     sampler
-        .wait_for_export("logs of the kept traces", WAIT, |d| {
-            d.log_records().len() >= kept.len() * 3
+        .wait_for_export("logs of the kept and the dropped traces", WAIT, |d| {
+            d.log_records().len() >= contexts.len() * 3
         })
         .await
-        .expect("kept traces' logs exported");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+        .expect("every log exported");
     let data = sampler.settle(WAIT).await.expect("settles");
     assert_eq!(data.trace_ids(), kept, "only the error traces are kept");
     let records = data.log_records();
     assert_eq!(
         records.len(),
-        kept.len() * 3,
-        "every log of a kept trace, once"
+        contexts.len() * 3,
+        "every log of every trace, once"
     );
-    let log_traces: BTreeSet<String> = records.iter().map(|r| hex(&r.trace_id)).collect();
-    assert_eq!(log_traces, kept);
-    assert!(log_traces.is_disjoint(&dropped));
+    let mut per_trace: BTreeMap<String, usize> = BTreeMap::new();
     for record in records {
+        let trace_id = hex(&record.trace_id);
         let body = body_text(record.body.as_ref()).expect("string body");
-        assert!(
-            body.starts_with(&format!("trace {}", hex(&record.trace_id))),
-            "{body}"
-        );
+        assert!(body.starts_with(&format!("trace {trace_id}")), "{body}");
+        let mark = attribute_str(&record.attributes, CORRELATED);
+        if kept.contains(&trace_id) {
+            assert_eq!(
+                mark.as_deref(),
+                Some("trace_id"),
+                "a kept trace's log is marked: {body}"
+            );
+        } else {
+            assert!(
+                dropped.contains(&trace_id),
+                "log of an unknown trace: {body}"
+            );
+            assert_eq!(mark, None, "a dropped trace's log is not marked: {body}");
+        }
+        *per_trace.entry(trace_id).or_default() += 1;
     }
+    let expected: BTreeMap<String, usize> = kept
+        .iter()
+        .chain(&dropped)
+        .map(|t| (t.clone(), 3))
+        .collect();
+    assert_eq!(per_trace, expected, "three logs per trace, none duplicated");
 }
 
+/// With correlation and both rollups off nothing is held or rolled up: logs without a
+/// trace id and metric points reach the exporter unchanged, each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traceless_logs_and_metrics_pass_through_without_loss() {
     const LOGS: usize = 250;
-    let sampler = start().await;
+    let sampler = start(
+        None,
+        json!({
+            "correlation": {"enabled": false},
+            "rollup": {"logs": {"enabled": false}, "metrics": {"enabled": false}},
+        }),
+    )
+    .await;
     let logger_provider =
         sdk::logger_provider(&sampler.grpc_endpoint(), "inventory").expect("logger pipeline");
     let meter_provider =
@@ -172,6 +221,12 @@ async fn traceless_logs_and_metrics_pass_through_without_loss() {
         .filter_map(|r| body_text(r.body.as_ref()))
         .collect();
     assert_eq!(exported, bodies, "bodies unchanged");
+    assert!(
+        records
+            .iter()
+            .all(|r| attribute_str(&r.attributes, CORRELATED).is_none()),
+        "pass-through logs carry no correlation mark"
+    );
     assert_eq!(
         data.data_point_count(),
         50,
