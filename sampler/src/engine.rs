@@ -289,7 +289,7 @@ impl Engine {
             }
             self.queues
                 .enqueue(&ExportRequest::Traces(ExportTraceServiceRequest {
-                    resource_spans,
+                    resource_spans: otlp::merge_spans(resource_spans),
                 }))?;
             counter!(names::LATE_SPANS, "decision" => "sampled").increment(spans);
             counter!(names::SPANS_KEPT).increment(spans);
@@ -348,7 +348,7 @@ impl Engine {
         if !late_kept.is_empty() {
             self.queues
                 .enqueue(&ExportRequest::Logs(ExportLogsServiceRequest {
-                    resource_logs: late_kept,
+                    resource_logs: otlp::merge_logs(late_kept),
                 }))?;
         }
         self.finish_evicted(&evicted)?;
@@ -533,11 +533,15 @@ impl Engine {
         }
         let mut staged = Vec::new();
         if !resource_spans.is_empty() {
-            let request = ExportRequest::Traces(ExportTraceServiceRequest { resource_spans });
+            let request = ExportRequest::Traces(ExportTraceServiceRequest {
+                resource_spans: otlp::merge_spans(resource_spans),
+            });
             staged.push(self.queues.stage(&mut batch, &request));
         }
         if !resource_logs.is_empty() {
-            let request = ExportRequest::Logs(ExportLogsServiceRequest { resource_logs });
+            let request = ExportRequest::Logs(ExportLogsServiceRequest {
+                resource_logs: otlp::merge_logs(resource_logs),
+            });
             staged.push(self.queues.stage(&mut batch, &request));
         }
         self.storage.write(batch)?;

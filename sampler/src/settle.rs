@@ -34,6 +34,7 @@ use opentelemetry_proto::tonic::logs::v1::ResourceLogs;
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
 use otel_tail_shared::config::{CorrelationConfig, RollupConfig, SamplerConfig};
 use otel_tail_shared::exporter::ExportRequest;
+use otel_tail_shared::otlp;
 use otel_tail_shared::telemetry::names;
 use prost::Message;
 use rocksdb::{IteratorMode, WriteBatch};
@@ -466,14 +467,14 @@ impl Settler {
         raw_logs.extend(pass_logs);
         if !raw_logs.is_empty() {
             let request = ExportRequest::Logs(ExportLogsServiceRequest {
-                resource_logs: raw_logs,
+                resource_logs: otlp::merge_logs(raw_logs),
             });
             staged.push(self.queues.stage(&mut batch, &request));
         }
         raw_metrics.extend(pass_metrics);
         if !raw_metrics.is_empty() {
             let request = ExportRequest::Metrics(ExportMetricsServiceRequest {
-                resource_metrics: raw_metrics,
+                resource_metrics: otlp::merge_metrics(raw_metrics),
             });
             staged.push(self.queues.stage(&mut batch, &request));
         }

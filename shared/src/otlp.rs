@@ -155,6 +155,73 @@ pub fn data_point_count(request: &ExportMetricsServiceRequest) -> usize {
         .sum()
 }
 
+// Held and kept data leaves the sampler in many small groups of the same few resources;
+// merged, an export request carries each resource and scope once, which for typical SDK
+// resources (a dozen attributes) is a large share of the output bytes.
+macro_rules! merge_groups {
+    ($name:ident, $group:ty, $scopes:ident, $items:ident) => {
+        #[doc = concat!(
+            "Merges `", stringify!($group), "` groups that share a resource (and schema URL), ",
+            "and inside each the scope groups that share a scope, in first-seen order, so an ",
+            "export request carries each resource and scope once."
+        )]
+        pub fn $name(groups: Vec<$group>) -> Vec<$group> {
+            use prost::Message as _;
+            let mut out: Vec<$group> = Vec::new();
+            let mut by_resource: std::collections::HashMap<(Vec<u8>, String), usize> =
+                std::collections::HashMap::new();
+            let mut by_scope: std::collections::HashMap<(usize, Vec<u8>, String), usize> =
+                std::collections::HashMap::new();
+            for mut group in groups {
+                let key = (
+                    group.resource.as_ref().map(|r| r.encode_to_vec()).unwrap_or_default(),
+                    std::mem::take(&mut group.schema_url),
+                );
+                let scopes = std::mem::take(&mut group.$scopes);
+                let at = *by_resource.entry(key).or_insert_with_key(|key| {
+                    group.schema_url = key.1.clone();
+                    out.push(group);
+                    out.len() - 1
+                });
+                for scope in scopes {
+                    let scope_key = (
+                        at,
+                        scope.scope.as_ref().map(|s| s.encode_to_vec()).unwrap_or_default(),
+                        scope.schema_url.clone(),
+                    );
+                    match by_scope.get(&scope_key) {
+                        Some(&j) => out[at].$scopes[j].$items.extend(scope.$items),
+                        None => {
+                            by_scope.insert(scope_key, out[at].$scopes.len());
+                            out[at].$scopes.push(scope);
+                        }
+                    }
+                }
+            }
+            out
+        }
+    };
+}
+
+merge_groups!(
+    merge_spans,
+    opentelemetry_proto::tonic::trace::v1::ResourceSpans,
+    scope_spans,
+    spans
+);
+merge_groups!(
+    merge_logs,
+    opentelemetry_proto::tonic::logs::v1::ResourceLogs,
+    scope_logs,
+    log_records
+);
+merge_groups!(
+    merge_metrics,
+    opentelemetry_proto::tonic::metrics::v1::ResourceMetrics,
+    scope_metrics,
+    metrics
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +282,71 @@ mod tests {
         assert!(trace_id(&[0; 16]).is_none());
         assert!(trace_id(&[1; 8]).is_none());
         assert_eq!(trace_id(&[7; 16]), Some([7; 16]));
+    }
+
+    #[test]
+    fn merge_joins_equal_resources_and_scopes_in_first_seen_order() {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
+        use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        let resource = |name: &str| Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(
+                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                            name.into(),
+                        ),
+                    ),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let group = |service: &str, scope: &str, n: u64| ResourceLogs {
+            resource: Some(resource(service)),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope {
+                    name: scope.into(),
+                    ..Default::default()
+                }),
+                log_records: vec![LogRecord {
+                    time_unix_nano: n,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let merged = merge_logs(vec![
+            group("a", "x", 1),
+            group("b", "x", 2),
+            group("a", "y", 3),
+            group("a", "x", 4),
+        ]);
+        type Scopes = Vec<(String, Vec<u64>)>;
+        let shape: Vec<(String, Scopes)> = merged
+            .iter()
+            .map(|rl| {
+                (
+                    format!("{:?}", rl.resource.as_ref().unwrap().attributes[0].value),
+                    rl.scope_logs
+                        .iter()
+                        .map(|sl| {
+                            (
+                                sl.scope.as_ref().unwrap().name.clone(),
+                                sl.log_records.iter().map(|r| r.time_unix_nano).collect(),
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(shape.len(), 2);
+        assert_eq!(
+            shape[0].1,
+            vec![("x".into(), vec![1, 4]), ("y".into(), vec![3])]
+        );
+        assert_eq!(shape[1].1, vec![("x".into(), vec![2])]);
     }
 }

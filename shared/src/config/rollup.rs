@@ -24,7 +24,9 @@ pub struct CorrelationConfig {
     /// belongs to and their broadcast.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub window: Option<Duration>,
-    /// Window correlation starts this long before a kept trace's first span.
+    /// Window correlation starts this long before a kept trace's first span. A margin for
+    /// clock skew and buffered logging, not a search radius: on a busy pod every extra
+    /// second keeps that second's logs of every request raw.
     #[serde(with = "humantime_serde")]
     pub before: Duration,
     /// Window correlation ends this long after a kept trace's last span.
@@ -44,8 +46,8 @@ impl Default for CorrelationConfig {
         CorrelationConfig {
             enabled: true,
             window: None,
-            before: Duration::from_secs(1),
-            after: Duration::from_secs(1),
+            before: Duration::from_millis(100),
+            after: Duration::from_millis(100),
             max_traces: 200_000,
             max_held_items: 1_000_000,
             max_held_bytes: 1024 * 1024 * 1024,

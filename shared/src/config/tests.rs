@@ -363,7 +363,7 @@ fn correlation_and_rollup_default_to_on_with_documented_values() {
         Duration::from_secs(7),
         "decision_wait + 5s"
     );
-    assert_eq!(c.correlation.before, Duration::from_secs(1));
+    assert_eq!(c.correlation.before, Duration::from_millis(100));
     assert!(c.rollup.logs.enabled && c.rollup.metrics.enabled);
     assert_eq!(c.rollup.logs.interval, Duration::from_secs(60));
     assert_eq!(c.rollup.metrics.interval, Duration::from_secs(60));
@@ -432,5 +432,5 @@ fn readme_configuration_example_loads() {
     let block = &section[start..start + section[start..].find("```").expect("block end")];
     let c = Config::from_yaml(block, &|_| Some("key".into())).unwrap();
     assert_eq!(c.rollup.metrics.rules.len(), 2);
-    assert_eq!(c.correlation.before, Duration::from_secs(1));
+    assert_eq!(c.correlation.before, Duration::from_millis(100));
 }
