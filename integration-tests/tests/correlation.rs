@@ -22,7 +22,7 @@ use otel_tail_integration_tests::completeness::TraceKey;
 use otel_tail_integration_tests::correlate::{
     Assessment, Batch, HELD_ITEMS, ITEM_ID_ATTRIBUTE, Identity, ItemKind, Observed, Reason, Sender,
     SentItem, SentSignals, SentTrace, SignalCluster, TEST_METRIC, VIRTUAL_NODES, Widening,
-    Workload, WorkloadShape, held_items, kept_traces, span,
+    Workload, WorkloadShape, held_items, kept_traces, repeated_rollup_series, span,
 };
 use otel_tail_integration_tests::export::ExportedData;
 use otel_tail_integration_tests::load::unix_nanos_now;
@@ -410,6 +410,16 @@ async fn correlated_logs_and_points_of_kept_traces_leave_raw_across_nodes() {
     assert_eq!(
         a.points_out, a.points_sent as f64,
         "raw + rolled-up point values: {a}"
+    );
+    let (repeated, distinct) = repeated_rollup_series(&data);
+    println!(
+        "  rolled-up metric series (per interval): {distinct}, written twice: {}",
+        repeated.len()
+    );
+    assert!(distinct > 0, "metrics were rolled up");
+    assert!(
+        repeated.is_empty(),
+        "each rolled-up series is written by one sampler per interval: {repeated:?}"
     );
 }
 

@@ -81,6 +81,9 @@ pub enum Origin {
     Forwarded,
     /// Handed off by a peer ([`peer::HANDOFF_HEADER`]): accepted here, counted as handoff.
     Handoff,
+    /// Settled to the summary path by a peer and handed to this node, which owns its
+    /// rollup ([`peer::SUMMARY_HEADER`]): held here for the summary path at once.
+    Summary,
 }
 
 /// This node's view of the cluster: who it is, the current ring, recently seen trace ids
@@ -292,6 +295,10 @@ impl ClusterIngest {
         origin: Origin,
         request: ExportLogsServiceRequest,
     ) -> Result<Accepted, IngestError> {
+        if origin == Origin::Summary {
+            let settler = self.engine.settler().clone();
+            return blocking(move || settler.hold_summary_logs(&request)).await;
+        }
         self.route(origin, Payload::Logs(request)).await
     }
 
@@ -301,6 +308,10 @@ impl ClusterIngest {
         origin: Origin,
         request: ExportMetricsServiceRequest,
     ) -> Result<Accepted, IngestError> {
+        if origin == Origin::Summary {
+            let settler = self.engine.settler().clone();
+            return blocking(move || settler.hold_summary_metrics(&request)).await;
+        }
         self.route(origin, Payload::Metrics(request)).await
     }
 
@@ -455,6 +466,117 @@ impl ClusterIngest {
     }
 }
 
+/// Runs a storage write on a blocking thread.
+async fn blocking(
+    f: impl FnOnce() -> Result<(), crate::storage::StorageError> + Send + 'static,
+) -> Result<Accepted, IngestError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| IngestError::Unavailable(format!("ingest task failed: {e}")))??;
+    Ok(Accepted::default())
+}
+
+/// Where summary parts belong on the current ring, and the peer calls that hand them
+/// over (see [`crate::settle::SummaryRouter`]).
+struct RingSummaryRouter {
+    cluster: Arc<Cluster>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Longest wait for a peer to take summary data before it is rolled up here instead.
+const SUMMARY_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RingSummaryRouter {
+    /// The forward address of the owner of `key`, unless that is this node.
+    fn remote_owner(&self, topology: &Topology, key: RouteKey<'_>) -> Option<SocketAddr> {
+        let owner = topology.owner_index(key)?;
+        let node = &topology.ring.members()[owner];
+        (node != &self.cluster.local)
+            .then(|| topology.forward.get(node).copied())
+            .flatten()
+    }
+
+    fn send(
+        &self,
+        owner: SocketAddr,
+        signal: Signal,
+        body: Bytes,
+        items: usize,
+    ) -> Result<(), String> {
+        self.runtime
+            .block_on(self.cluster.peers.send(
+                owner,
+                signal,
+                body,
+                items,
+                Mark::Summary,
+                SUMMARY_TIMEOUT,
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl crate::settle::SummaryRouter for RingSummaryRouter {
+    fn owner_of_logs(
+        &self,
+        rl: &opentelemetry_proto::tonic::logs::v1::ResourceLogs,
+    ) -> Option<SocketAddr> {
+        let mut key = Vec::new();
+        otel_tail_shared::split::resource_identity_key(rl.resource.as_ref(), &mut key);
+        self.remote_owner(&self.cluster.topology(), RouteKey::Key(&key))
+    }
+
+    fn split_metrics(
+        &self,
+        rm: opentelemetry_proto::tonic::metrics::v1::ResourceMetrics,
+    ) -> Vec<(
+        Option<SocketAddr>,
+        opentelemetry_proto::tonic::metrics::v1::ResourceMetrics,
+    )> {
+        let topology = self.cluster.topology();
+        let Some(local) = topology.index_of(&self.cluster.local) else {
+            return vec![(None, rm)];
+        };
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![rm],
+        };
+        partition::partition_metrics(request, |k| topology.owner_index(k).unwrap_or(local))
+            .into_iter()
+            .flat_map(|(owner, part)| {
+                let node = &topology.ring.members()[owner];
+                let addr = (owner != local)
+                    .then(|| topology.forward.get(node).copied())
+                    .flatten();
+                part.resource_metrics.into_iter().map(move |rm| (addr, rm))
+            })
+            .collect()
+    }
+
+    fn send_logs(
+        &self,
+        owner: SocketAddr,
+        request: ExportLogsServiceRequest,
+    ) -> Result<(), String> {
+        let items = otlp::log_count(&request);
+        self.send(owner, Signal::Logs, request.encode_to_vec().into(), items)
+    }
+
+    fn send_metrics(
+        &self,
+        owner: SocketAddr,
+        request: ExportMetricsServiceRequest,
+    ) -> Result<(), String> {
+        let items = otlp::data_point_count(&request);
+        self.send(
+            owner,
+            Signal::Metrics,
+            request.encode_to_vec().into(),
+            items,
+        )
+    }
+}
+
 /// The public receivers' view of cluster ingest: every request is a client's.
 struct PublicIngest(Arc<ClusterIngest>);
 
@@ -598,6 +720,10 @@ pub(crate) async fn serve(
         stop_rx.clone(),
     ));
     let settler = core.engine.settler().clone();
+    settler.set_router(Arc::new(RingSummaryRouter {
+        cluster: cluster.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    }));
     if settler.correlates() {
         settler.set_broadcaster(Arc::new(NoticeBroadcaster::spawn(
             node_id.clone(),

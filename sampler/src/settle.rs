@@ -24,6 +24,8 @@
 //! Settling, rollups and flushes run on one thread (the settle loop), so a flush never
 //! races with a summary input being written.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -124,8 +126,35 @@ pub struct Settler {
     correlate: bool,
     kept: Mutex<KeptIndex>,
     broadcaster: OnceLock<Arc<NoticeBroadcaster>>,
+    router: OnceLock<Arc<dyn SummaryRouter>>,
     rollups: Mutex<Rollups>,
     max_pending_bytes: u64,
+}
+
+/// Where summary parts belong in a cluster, and the calls that hand them over. Sending
+/// blocks the settle thread for at most the implementation's timeout.
+pub trait SummaryRouter: Send + Sync {
+    /// The sampler owning the log rollup of this resource, when it is another one.
+    fn owner_of_logs(&self, rl: &ResourceLogs) -> Option<SocketAddr>;
+    /// Splits one resource's metrics by the sampler owning each metric's rollup (`None`:
+    /// this one).
+    fn split_metrics(&self, rm: ResourceMetrics) -> Vec<(Option<SocketAddr>, ResourceMetrics)>;
+    /// Hands summary logs to `owner`; `Ok` once it holds them durably.
+    fn send_logs(&self, owner: SocketAddr, request: ExportLogsServiceRequest)
+    -> Result<(), String>;
+    /// Hands summary metric points to `owner`; `Ok` once it holds them durably.
+    fn send_metrics(
+        &self,
+        owner: SocketAddr,
+        request: ExportMetricsServiceRequest,
+    ) -> Result<(), String>;
+}
+
+/// One resource's metrics again from parts split off it (they share the resource).
+fn merge_local(parts: Vec<ResourceMetrics>) -> Option<ResourceMetrics> {
+    let mut merged = otlp::merge_metrics(parts);
+    debug_assert!(merged.len() <= 1, "parts of one resource merge into one");
+    merged.pop()
 }
 
 /// What a [`Settler::settle_due`] pass did.
@@ -201,6 +230,7 @@ impl Settler {
             correlate: correlation.enabled,
             kept: Mutex::new(kept),
             broadcaster: OnceLock::new(),
+            router: OnceLock::new(),
             rollups: Mutex::new(Rollups { logs, metrics }),
             max_pending_bytes: rollup.max_pending_bytes,
         })
@@ -302,6 +332,47 @@ impl Settler {
             .hold(batch, HeldKind::Logs, &rl.encode_to_vec(), now);
     }
 
+    /// Holds logs another sampler settled to the summary path and forwarded here, their
+    /// rollup's owner; written before returning, settled on the next pass.
+    pub fn hold_summary_logs(
+        &self,
+        request: &ExportLogsServiceRequest,
+    ) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        for rl in &request.resource_logs {
+            self.store.hold(
+                &mut batch,
+                HeldKind::SummaryLogs,
+                &rl.encode_to_vec(),
+                unix_now(),
+            );
+        }
+        self.storage.write(batch)
+    }
+
+    /// Holds metric points another sampler settled to the summary path and forwarded
+    /// here; see [`Settler::hold_summary_logs`].
+    pub fn hold_summary_metrics(
+        &self,
+        request: &ExportMetricsServiceRequest,
+    ) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        for rm in &request.resource_metrics {
+            self.store.hold(
+                &mut batch,
+                HeldKind::SummaryMetrics,
+                &rm.encode_to_vec(),
+                unix_now(),
+            );
+        }
+        self.storage.write(batch)
+    }
+
+    /// Sends summary parts owned by other samplers to them from now on (cluster mode).
+    pub fn set_router(&self, router: Arc<dyn SummaryRouter>) {
+        let _ = self.router.set(router);
+    }
+
     /// Stages holding one resource's metrics (arrived at `now`) in `batch`.
     pub fn hold_metrics(&self, batch: &mut WriteBatch, rm: &ResourceMetrics, now: u64) {
         self.store
@@ -365,29 +436,124 @@ impl Settler {
         }
         let mut logs = Vec::new();
         let mut metrics = Vec::new();
+        // Summary parts that may belong to another sampler's rollup; those settled here
+        // by a peer already (`HeldKind::Summary*`) stay here, so nothing travels twice.
+        let mut movable_logs = Vec::new();
+        let mut movable_metrics = Vec::new();
         {
             let kept = self.kept();
             for item in &released {
                 match item.kind {
                     HeldKind::Logs => match ResourceLogs::decode(item.bytes.as_slice()) {
-                        Ok(rl) if self.correlate => logs.push(classify::split_logs(rl, &kept)),
-                        Ok(rl) => logs.push(classify::all_summary_logs(rl)),
+                        Ok(rl) if self.correlate => {
+                            movable_logs.push(classify::split_logs(rl, &kept))
+                        }
+                        Ok(rl) => movable_logs.push(classify::all_summary_logs(rl)),
                         Err(e) => corrupt("logs", &e),
                     },
                     HeldKind::Metrics => match ResourceMetrics::decode(item.bytes.as_slice()) {
                         Ok(rm) if self.correlate => {
-                            metrics.push(classify::split_metrics(rm, &kept))
+                            movable_metrics.push(classify::split_metrics(rm, &kept))
                         }
-                        Ok(rm) => metrics.push(classify::all_summary_metrics(rm)),
+                        Ok(rm) => movable_metrics.push(classify::all_summary_metrics(rm)),
                         Err(e) => corrupt("metrics", &e),
                     },
+                    HeldKind::SummaryLogs => match ResourceLogs::decode(item.bytes.as_slice()) {
+                        Ok(rl) => logs.push(classify::all_summary_logs(rl)),
+                        Err(e) => corrupt("logs", &e),
+                    },
+                    HeldKind::SummaryMetrics => {
+                        match ResourceMetrics::decode(item.bytes.as_slice()) {
+                            Ok(rm) => metrics.push(classify::all_summary_metrics(rm)),
+                            Err(e) => corrupt("metrics", &e),
+                        }
+                    }
                 }
             }
         }
+        self.send_to_owners(&mut movable_logs, &mut movable_metrics);
+        logs.extend(movable_logs);
+        metrics.extend(movable_metrics);
         let keys: Vec<_> = released.iter().map(|i| i.key).collect();
         let mut pass = self.route(logs, metrics, |batch| self.store.forget(batch, &keys), now)?;
         pass.groups = released.len();
         Ok(pass)
+    }
+
+    /// Hands the summary parts whose rollup another sampler owns to that sampler (a
+    /// dropped trace's logs were held on the trace's owner; a ring change moved an
+    /// owner), so each rolled-up series has one writer. A part its owner did not take
+    /// stays here and is rolled up here. Only with a cluster router and the rollup on.
+    fn send_to_owners(
+        &self,
+        logs: &mut [Split<ResourceLogs>],
+        metrics: &mut [Split<ResourceMetrics>],
+    ) {
+        let Some(router) = self.router.get() else {
+            return;
+        };
+        let (roll_logs, roll_metrics) = {
+            let rollups = self.rollups();
+            (rollups.logs.is_some(), rollups.metrics.is_some())
+        };
+        if roll_logs {
+            let mut by_owner: HashMap<SocketAddr, Vec<(usize, ResourceLogs)>> = HashMap::new();
+            for (i, split) in logs.iter_mut().enumerate() {
+                if let Some(owner) = split
+                    .summary
+                    .as_ref()
+                    .and_then(|rl| router.owner_of_logs(rl))
+                    && let Some(rl) = split.summary.take()
+                {
+                    by_owner.entry(owner).or_default().push((i, rl));
+                }
+            }
+            for (owner, parts) in by_owner {
+                let request = ExportLogsServiceRequest {
+                    resource_logs: parts.iter().map(|(_, rl)| rl.clone()).collect(),
+                };
+                if let Err(error) = router.send_logs(owner, request) {
+                    tracing::debug!(%owner, %error, "summary logs stay here: owner did not take them");
+                    for (i, rl) in parts {
+                        logs[i].summary = Some(rl);
+                    }
+                } else {
+                    counter!(names::SUMMARY_FORWARDED, "signal" => "logs")
+                        .increment(parts.len() as u64);
+                }
+            }
+        }
+        if roll_metrics {
+            let mut by_owner: HashMap<SocketAddr, Vec<(usize, ResourceMetrics)>> = HashMap::new();
+            for (i, split) in metrics.iter_mut().enumerate() {
+                let Some(rm) = split.summary.take() else {
+                    continue;
+                };
+                let mut local = Vec::new();
+                for (owner, part) in router.split_metrics(rm) {
+                    match owner {
+                        Some(owner) => by_owner.entry(owner).or_default().push((i, part)),
+                        None => local.push(part),
+                    }
+                }
+                split.summary = merge_local(local);
+            }
+            for (owner, parts) in by_owner {
+                let request = ExportMetricsServiceRequest {
+                    resource_metrics: parts.iter().map(|(_, rm)| rm.clone()).collect(),
+                };
+                if let Err(error) = router.send_metrics(owner, request) {
+                    tracing::debug!(%owner, %error, "summary metrics stay here: owner did not take them");
+                    for (i, rm) in parts {
+                        let mine = metrics[i].summary.take().into_iter().chain([rm]);
+                        metrics[i].summary = merge_local(mine.collect());
+                    }
+                } else {
+                    counter!(names::SUMMARY_FORWARDED, "signal" => "metrics")
+                        .increment(parts.len() as u64);
+                }
+            }
+        }
     }
 
     /// Settles everything held now, whatever its window, and closes the open rollup

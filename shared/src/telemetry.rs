@@ -69,6 +69,9 @@ pub mod names {
     pub const SUMMARY_ITEMS: &str = "otel_tail_summary_items_total";
     /// Log records and data points folded into rollups, by `signal`. Counter.
     pub const ROLLUP_IN: &str = "otel_tail_rollup_in_total";
+    /// Held groups settled to the summary path and handed to the sampler owning their
+    /// rollup, by `signal`. Counter.
+    pub const SUMMARY_FORWARDED: &str = "otel_tail_summary_forwarded_total";
     /// Summary log records and rolled-up data points emitted, by `signal`. Counter.
     pub const ROLLUP_OUT: &str = "otel_tail_rollup_out_total";
 }

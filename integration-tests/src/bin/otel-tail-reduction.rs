@@ -1,11 +1,11 @@
 //! `otel-tail-reduction`: how much correlated retention and rollups reduce a realistic
 //! workload, and how fast the rollups run.
 //!
-//! Part 1 starts one standalone `otel-tail-sampler` (file exporter, default policies:
-//! errors + a 10% baseline unless `--baseline-percent`; `decision_wait` 1s,
+//! Part 1 starts one standalone `otel-tail-sampler` (file exporter, policies: errors + a
+//! `--baseline-percent` (default 1%) probabilistic baseline; `decision_wait` 1s,
 //! `correlation.window` 3s, `correlation.before`/`after` as the sampler's defaults unless
 //! `--before-ms`/`--after-ms`; log and metric rollups every `--rollup-interval` seconds,
-//! default 5, with attribute rules dropping the per-user and per-request ids, and a
+//! default 60 as in the sampler, with attribute rules dropping the per-user and per-request ids, and a
 //! cardinality limit of 100 series that bounds the one metric left without a rule) and
 //! sends it the synthetic estate of [`otel_tail_integration_tests::reduction`] over
 //! OTLP/gRPC for `--seconds`: 50 services × 4 pods, traces with 1.5% failures, logs from a
@@ -59,7 +59,7 @@ use tonic::Status;
 )]
 struct Args {
     /// Seconds of steady load.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 120)]
     seconds: u64,
     /// Seed of the workload.
     #[arg(long, default_value_t = 42)]
@@ -79,8 +79,8 @@ struct Args {
     /// Background log lines (no trace id) per pod per second.
     #[arg(long, default_value_t = 10.0)]
     background_logs: f64,
-    /// `rollup.logs.interval` and `rollup.metrics.interval`, seconds.
-    #[arg(long, default_value_t = 5)]
+    /// `rollup.logs.interval` and `rollup.metrics.interval`, seconds (the sampler's default).
+    #[arg(long, default_value_t = 60)]
     rollup_interval: u64,
     /// `correlation.window`, seconds.
     #[arg(long, default_value_t = 3)]
@@ -91,10 +91,10 @@ struct Args {
     /// `correlation.after` in milliseconds (the sampler's default when absent).
     #[arg(long)]
     after_ms: Option<u64>,
-    /// Replace the default policies by errors plus a probabilistic baseline of this
-    /// percentage (the default policies keep errors plus 10%).
-    #[arg(long)]
-    baseline_percent: Option<f64>,
+    /// Policies: errors plus a probabilistic baseline of this percentage (the chart's
+    /// default baseline is 1%; the sampler's built-in default policies use 10%).
+    #[arg(long, default_value_t = 1.0)]
+    baseline_percent: f64,
     /// `rollup.metrics.cardinality_limit`.
     #[arg(long, default_value_t = 100)]
     cardinality_limit: usize,
@@ -140,13 +140,11 @@ impl Args {
             correlation["after"] = json!(format!("{ms}ms"));
         }
         let interval = format!("{}s", self.rollup_interval);
-        let mut sampler = json!({"decision_wait": "1s"});
-        if let Some(percent) = self.baseline_percent {
-            sampler["policies"] = json!([
-                {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
-                {"name": "baseline", "type": "probabilistic", "probabilistic": {"sampling_percentage": percent}},
-            ]);
-        }
+        let percent = self.baseline_percent;
+        let sampler = json!({"decision_wait": "1s", "policies": [
+            {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
+            {"name": "baseline", "type": "probabilistic", "probabilistic": {"sampling_percentage": percent}},
+        ]});
         json!({
             "sampler": sampler,
             "correlation": correlation,

@@ -20,6 +20,9 @@ use otel_tail_shared::receiver::Accepted;
 pub const HOP_HEADER: &str = "x-otel-tail-hop";
 /// Metadata header on buffered data handed to its new owner after a ring change.
 pub const HANDOFF_HEADER: &str = "x-otel-tail-handoff";
+/// Metadata header on logs and metric points a sampler settled to the summary path and
+/// hands to the sampler owning their rollup: held there for the summary path at once.
+pub const SUMMARY_HEADER: &str = "x-otel-tail-summary";
 /// gRPC path of the decision handoff call (`otel_tail.v1.Handoff/Decisions`).
 pub const DECISIONS_PATH: &str = "/otel_tail.v1.Handoff/Decisions";
 /// How long to wait for a connection to a peer.
@@ -32,6 +35,8 @@ pub enum Mark {
     Forwarded,
     /// Buffered data handed to its new owner ([`HANDOFF_HEADER`]).
     Handoff,
+    /// Settled summary data handed to its rollup's owner ([`SUMMARY_HEADER`]).
+    Summary,
 }
 
 impl Mark {
@@ -39,6 +44,7 @@ impl Mark {
         match self {
             Mark::Forwarded => HOP_HEADER,
             Mark::Handoff => HANDOFF_HEADER,
+            Mark::Summary => SUMMARY_HEADER,
         }
     }
 }

@@ -43,7 +43,7 @@ use tonic::{Request, Response, Status};
 
 use crate::correlation::broadcast::NoticesServer;
 
-use super::peer::{DECISIONS_PATH, HANDOFF_HEADER, HOP_HEADER};
+use super::peer::{DECISIONS_PATH, HANDOFF_HEADER, HOP_HEADER, SUMMARY_HEADER};
 use super::{ClusterIngest, Origin};
 
 /// Serves the forward endpoint on `listener` until `shutdown` completes; in-flight calls
@@ -81,7 +81,9 @@ pub async fn serve(
 
 /// How a request reached the forward endpoint, from its metadata.
 fn origin_of(metadata: &MetadataMap) -> Origin {
-    if metadata.contains_key(HANDOFF_HEADER) {
+    if metadata.contains_key(SUMMARY_HEADER) {
+        Origin::Summary
+    } else if metadata.contains_key(HANDOFF_HEADER) {
         Origin::Handoff
     } else if metadata.contains_key(HOP_HEADER) {
         Origin::Forwarded

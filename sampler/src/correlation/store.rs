@@ -37,13 +37,26 @@ pub enum HeldKind {
     Logs = 1,
     /// A `ResourceMetrics` holding one resource's metric data points.
     Metrics = 2,
+    /// A `ResourceLogs` another sampler already settled to the summary path and forwarded
+    /// to this one, which owns its resource: due at once, never correlated again.
+    SummaryLogs = 3,
+    /// A `ResourceMetrics` another sampler already settled to the summary path and
+    /// forwarded to this one, which owns its series: due at once, never correlated again.
+    SummaryMetrics = 4,
 }
 
 impl HeldKind {
+    /// Whether items of this kind are settled already and wait for no window.
+    pub fn settled(self) -> bool {
+        matches!(self, HeldKind::SummaryLogs | HeldKind::SummaryMetrics)
+    }
+
     fn from_byte(b: u8) -> Option<HeldKind> {
         match b {
             1 => Some(HeldKind::Logs),
             2 => Some(HeldKind::Metrics),
+            3 => Some(HeldKind::SummaryLogs),
+            4 => Some(HeldKind::SummaryMetrics),
             _ => None,
         }
     }
@@ -217,15 +230,16 @@ impl HoldStore {
             let (key, value) = entry?;
             let key = HoldKey::from_bytes(&key)
                 .ok_or_else(|| HoldError::Corrupt(format!("{}-byte key", key.len())))?;
-            let (_, payload) = split_value(&value)?;
+            let (kind, payload) = split_value(&value)?;
             index.latest_arrival = index.latest_arrival.max(key.arrived);
             index.held_items += 1;
             index.held_bytes += payload.len();
+            let window = if kind.settled() { 0 } else { self.window };
             index.slots.insert(
                 key,
                 Slot {
                     bytes: payload.len(),
-                    due: key.arrived.min(now).saturating_add(self.window),
+                    due: key.arrived.min(now).saturating_add(window),
                     released: false,
                 },
             );
@@ -261,11 +275,12 @@ impl HoldStore {
         value.push(kind as u8);
         value.extend_from_slice(group);
         batch.put_cf(self.storage.cf(CF_HOLD), key.to_bytes(), value);
+        let window = if kind.settled() { 0 } else { self.window };
         index.slots.insert(
             key,
             Slot {
                 bytes: group.len(),
-                due: key.arrived.saturating_add(self.window),
+                due: key.arrived.saturating_add(window),
                 released: false,
             },
         );
