@@ -1217,6 +1217,60 @@ fn sampler_config(
     config
 }
 
+/// Rolled-up metric series (reduced resource, metric, point attributes, interval) that
+/// appear more than once in `data`, and how many distinct rolled-up series were seen.
+/// Each output series must be written by exactly one sampler per interval: a series
+/// written by two would appear twice for the same interval.
+pub fn repeated_rollup_series(data: &ExportedData) -> (Vec<String>, usize) {
+    fn canonical(attributes: &[KeyValue]) -> String {
+        let mut pairs: Vec<String> = attributes
+            .iter()
+            .map(|kv| format!("{}={:?}", kv.key, kv.value))
+            .collect();
+        pairs.sort();
+        pairs.join(",")
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for rm in data.metrics.iter().flat_map(|r| &r.resource_metrics) {
+        let resource = canonical(rm.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+        for metric in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+            let points: Vec<(&[KeyValue], u64, u64)> = match &metric.data {
+                Some(metric::Data::Sum(s)) => s
+                    .data_points
+                    .iter()
+                    .map(|p| (&p.attributes[..], p.start_time_unix_nano, p.time_unix_nano))
+                    .collect(),
+                Some(metric::Data::Gauge(g)) => g
+                    .data_points
+                    .iter()
+                    .map(|p| (&p.attributes[..], p.start_time_unix_nano, p.time_unix_nano))
+                    .collect(),
+                Some(metric::Data::Histogram(h)) => h
+                    .data_points
+                    .iter()
+                    .map(|p| (&p.attributes[..], p.start_time_unix_nano, p.time_unix_nano))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (attributes, start, time) in points.into_iter().filter(|p| is_rollup(p.0)) {
+                let key = format!(
+                    "{resource} | {} | {} | {start}..{time}",
+                    metric.name,
+                    canonical(attributes)
+                );
+                *seen.entry(key).or_default() += 1;
+            }
+        }
+    }
+    let distinct = seen.len();
+    let repeated = seen
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, _)| k)
+        .collect();
+    (repeated, distinct)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1423,58 +1477,4 @@ mod tests {
         assert!(windowed >= errors.len() * 3, "{windowed}");
         assert!(sent.items().values().any(|i| i.exemplar.is_some()));
     }
-}
-
-/// Rolled-up metric series (reduced resource, metric, point attributes, interval) that
-/// appear more than once in `data`, and how many distinct rolled-up series were seen.
-/// Each output series must be written by exactly one sampler per interval: a series
-/// written by two would appear twice for the same interval.
-pub fn repeated_rollup_series(data: &ExportedData) -> (Vec<String>, usize) {
-    fn canonical(attributes: &[KeyValue]) -> String {
-        let mut pairs: Vec<String> = attributes
-            .iter()
-            .map(|kv| format!("{}={:?}", kv.key, kv.value))
-            .collect();
-        pairs.sort();
-        pairs.join(",")
-    }
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for rm in data.metrics.iter().flat_map(|r| &r.resource_metrics) {
-        let resource = canonical(rm.resource.as_ref().map_or(&[][..], |r| &r.attributes));
-        for metric in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
-            let points: Vec<(&[KeyValue], u64, u64)> = match &metric.data {
-                Some(metric::Data::Sum(s)) => s
-                    .data_points
-                    .iter()
-                    .map(|p| (&p.attributes[..], p.start_time_unix_nano, p.time_unix_nano))
-                    .collect(),
-                Some(metric::Data::Gauge(g)) => g
-                    .data_points
-                    .iter()
-                    .map(|p| (&p.attributes[..], p.start_time_unix_nano, p.time_unix_nano))
-                    .collect(),
-                Some(metric::Data::Histogram(h)) => h
-                    .data_points
-                    .iter()
-                    .map(|p| (&p.attributes[..], p.start_time_unix_nano, p.time_unix_nano))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            for (attributes, start, time) in points.into_iter().filter(|p| is_rollup(p.0)) {
-                let key = format!(
-                    "{resource} | {} | {} | {start}..{time}",
-                    metric.name,
-                    canonical(attributes)
-                );
-                *seen.entry(key).or_default() += 1;
-            }
-        }
-    }
-    let distinct = seen.len();
-    let repeated = seen
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .map(|(k, _)| k)
-        .collect();
-    (repeated, distinct)
 }
