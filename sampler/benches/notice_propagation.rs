@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use otel_tail_sampler::correlation::broadcast::{
-    BroadcastConfig, NoticeBroadcaster, NoticeSink, NoticesServer, Received,
+    BroadcastConfig, NoticeBroadcaster, NoticeSink, NoticesServer, Received, notice_key,
 };
 use otel_tail_sampler::correlation::{DecisionNotice, ResourceIdentity};
 use otel_tail_shared::forward::{Forwarder, ForwarderConfig};
@@ -94,7 +94,7 @@ async fn start_receiver() -> (SocketAddr, Arc<Arrivals>, oneshot::Sender<()>) {
     let arrivals = Arc::new(Arrivals::default());
     let (stop, stopped) = oneshot::channel::<()>();
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let service = NoticesServer::new(arrivals.clone());
+    let service = NoticesServer::new(arrivals.clone()).with_key(Some(bench_key()));
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
@@ -115,7 +115,10 @@ async fn run(peers: usize, count: u32, per_tick: u32) {
     let (_peers_tx, peers_rx) = watch::channel(receivers.iter().map(|r| r.0).collect());
     let broadcaster = NoticeBroadcaster::spawn(
         "sampler-0".to_owned(),
-        BroadcastConfig::default(),
+        BroadcastConfig {
+            key: Some(bench_key()),
+            ..BroadcastConfig::default()
+        },
         Arc::new(Forwarder::new(ForwarderConfig::default())),
         peers_rx,
     );
@@ -191,4 +194,9 @@ fn main() {
             run(10, count, per_tick).await;
         }
     });
+}
+
+/// Batches are sealed with the cluster secret, as in a cluster with `cluster.secret` set.
+fn bench_key() -> std::sync::Arc<otel_tail_shared::seal::ClusterKey> {
+    notice_key(b"bench cluster secret")
 }
