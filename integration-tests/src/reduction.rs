@@ -34,6 +34,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span, status,
 };
 use otel_tail_sampler::rollup::metrics::Rule;
+use otel_tail_shared::otlp;
 use prost::Message;
 
 use crate::export::{ExportedData, attribute_str, hex};
@@ -1844,125 +1845,32 @@ fn split_log_records(
     (part(true), part(false))
 }
 
-/// Entries of one resource: its scopes, each with its items.
-type Merged<T> = Vec<(
-    Option<Resource>,
-    Vec<(Option<InstrumentationScope>, Vec<T>)>,
-)>;
-
-/// Groups `(resource, scope, items)` entries by equal resource, then equal scope, in
-/// first-seen order.
-fn merge<'a, T: Clone + 'a>(
-    entries: impl Iterator<
-        Item = (
-            &'a Option<Resource>,
-            &'a Option<InstrumentationScope>,
-            &'a [T],
-        ),
-    >,
-) -> Merged<T> {
-    let mut out: Merged<T> = Vec::new();
-    let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
-    for (resource, scope, items) in entries {
-        let key = resource
-            .as_ref()
-            .map(Message::encode_to_vec)
-            .unwrap_or_default();
-        let r = *index.entry(key).or_insert_with(|| {
-            out.push((resource.clone(), Vec::new()));
-            out.len() - 1
-        });
-        let scopes = &mut out[r].1;
-        match scopes.iter_mut().find(|(s, _)| s == scope) {
-            Some((_, existing)) => existing.extend_from_slice(items),
-            None => scopes.push((scope.clone(), items.to_vec())),
-        }
-    }
-    out
-}
-
-/// See [`Output::merged_bytes`].
+/// See [`Output::merged_bytes`]: each signal as one request, equal resources and scopes
+/// merged with the sampler's own [`otlp::merge_spans`] and friends.
 fn merged_bytes(data: &ExportedData) -> [u64; 3] {
-    let traces = merge(
-        data.traces
-            .iter()
-            .flat_map(|r| &r.resource_spans)
-            .flat_map(|rs| {
-                rs.scope_spans
-                    .iter()
-                    .map(move |ss| (&rs.resource, &ss.scope, ss.spans.as_slice()))
-            }),
-    );
     let traces = ExportTraceServiceRequest {
-        resource_spans: traces
-            .into_iter()
-            .map(|(resource, scopes)| ResourceSpans {
-                resource,
-                scope_spans: scopes
-                    .into_iter()
-                    .map(|(scope, spans)| ScopeSpans {
-                        scope,
-                        spans,
-                        schema_url: String::new(),
-                    })
-                    .collect(),
-                schema_url: String::new(),
-            })
-            .collect(),
+        resource_spans: otlp::merge_spans(
+            data.traces
+                .iter()
+                .flat_map(|r| r.resource_spans.clone())
+                .collect(),
+        ),
     };
-    let logs = merge(
-        data.logs
-            .iter()
-            .flat_map(|r| &r.resource_logs)
-            .flat_map(|rl| {
-                rl.scope_logs
-                    .iter()
-                    .map(move |sl| (&rl.resource, &sl.scope, sl.log_records.as_slice()))
-            }),
-    );
     let logs = ExportLogsServiceRequest {
-        resource_logs: logs
-            .into_iter()
-            .map(|(resource, scopes)| ResourceLogs {
-                resource,
-                scope_logs: scopes
-                    .into_iter()
-                    .map(|(scope, log_records)| ScopeLogs {
-                        scope,
-                        log_records,
-                        schema_url: String::new(),
-                    })
-                    .collect(),
-                schema_url: String::new(),
-            })
-            .collect(),
+        resource_logs: otlp::merge_logs(
+            data.logs
+                .iter()
+                .flat_map(|r| r.resource_logs.clone())
+                .collect(),
+        ),
     };
-    let metrics = merge(
-        data.metrics
-            .iter()
-            .flat_map(|r| &r.resource_metrics)
-            .flat_map(|rm| {
-                rm.scope_metrics
-                    .iter()
-                    .map(move |sm| (&rm.resource, &sm.scope, sm.metrics.as_slice()))
-            }),
-    );
     let metrics = ExportMetricsServiceRequest {
-        resource_metrics: metrics
-            .into_iter()
-            .map(|(resource, scopes)| ResourceMetrics {
-                resource,
-                scope_metrics: scopes
-                    .into_iter()
-                    .map(|(scope, metrics)| ScopeMetrics {
-                        scope,
-                        metrics,
-                        schema_url: String::new(),
-                    })
-                    .collect(),
-                schema_url: String::new(),
-            })
-            .collect(),
+        resource_metrics: otlp::merge_metrics(
+            data.metrics
+                .iter()
+                .flat_map(|r| r.resource_metrics.clone())
+                .collect(),
+        ),
     };
     [
         traces.encoded_len() as u64,
