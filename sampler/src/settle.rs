@@ -70,7 +70,7 @@ pub enum SettleError {
     /// `rollup.metrics` is invalid.
     #[error(transparent)]
     Rollup(#[from] MetricRollupError),
-    /// Storage refused an operation.
+    /// The hold store failed.
     #[error(transparent)]
     Hold(#[from] HoldError),
     /// Storage refused an operation.
@@ -91,8 +91,6 @@ struct Interval<R> {
     start: u64,
     /// Bytes of summary inputs written to [`CF_ROLLUP`] this interval.
     pending_bytes: u64,
-    /// Summary inputs this interval.
-    pending_items: u64,
 }
 
 impl<R> Interval<R> {
@@ -103,7 +101,6 @@ impl<R> Interval<R> {
             length,
             start: now - now % length,
             pending_bytes: 0,
-            pending_items: 0,
         }
     }
 
@@ -695,7 +692,6 @@ impl Settler {
             counter!(names::ROLLUP_OUT, "signal" => "logs").increment(output.summaries as u64);
             interval.start = now - now % interval.length;
             interval.pending_bytes = 0;
-            interval.pending_items = 0;
         }
         if let Some(interval) = rollups.metrics.as_mut()
             && (force || now >= interval.end() || interval.pending_bytes > self.max_pending_bytes)
@@ -724,7 +720,6 @@ impl Settler {
             counter!(names::ROLLUP_OUT, "signal" => "metrics").increment(points);
             interval.start = now - now % interval.length;
             interval.pending_bytes = 0;
-            interval.pending_items = 0;
         }
         Ok(())
     }
@@ -785,7 +780,6 @@ fn fold_logs(interval: &mut Interval<LogRollup>, rl: &ResourceLogs, bytes: usize
         }
     }
     interval.pending_bytes += bytes as u64;
-    interval.pending_items += n;
     counter!(names::ROLLUP_IN, "signal" => "logs").increment(n);
 }
 
@@ -804,7 +798,6 @@ fn fold_metrics(
     }
     let n = classify::otlp_points(rm);
     interval.pending_bytes += bytes as u64;
-    interval.pending_items += n;
     counter!(names::ROLLUP_IN, "signal" => "metrics").increment(n);
 }
 
