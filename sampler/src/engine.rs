@@ -311,7 +311,6 @@ impl Engine {
             ..Arrival::default()
         };
         let mut late_kept = Vec::new();
-        let mut late_dropped = 0u64;
         let evicted;
         {
             let mut state = self.state();
@@ -326,10 +325,7 @@ impl Engine {
                         mark_trace_logs(&mut rl);
                         late_kept.push(rl);
                     }
-                    Some(Cached::NotSampled) => {
-                        late_dropped += log_records(&rl) as u64;
-                        self.settler.hold_logs(&mut batch, &rl, now_unix);
-                    }
+                    Some(Cached::NotSampled) => self.settler.hold_logs(&mut batch, &rl, now_unix),
                     None => {
                         self.storage.stage_buffered(
                             &mut batch,
@@ -341,9 +337,6 @@ impl Engine {
                 }
             }
             evicted = self.commit_buffered(&mut state, batch, &buffered, now)?;
-        }
-        if late_dropped > 0 {
-            counter!(names::LOGS_DROPPED).increment(late_dropped);
         }
         if !late_kept.is_empty() {
             self.queues
@@ -779,10 +772,6 @@ fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
         }
     }
     n
-}
-
-fn log_records(rl: &ResourceLogs) -> usize {
-    rl.scope_logs.iter().map(|sl| sl.log_records.len()).sum()
 }
 
 pub mod cluster;

@@ -34,8 +34,6 @@ pub mod names {
     pub const LATE_SPANS: &str = "otel_tail_late_spans_total";
     /// Spans dropped because their trace was not sampled. Counter.
     pub const SPANS_DROPPED: &str = "otel_tail_spans_dropped_total";
-    /// Log records dropped because their trace was not sampled. Counter.
-    pub const LOGS_DROPPED: &str = "otel_tail_log_records_dropped_total";
     /// Spans sent to the export queue because their trace was kept. Counter.
     pub const SPANS_KEPT: &str = "otel_tail_spans_kept_total";
     /// Items handed to an exporter, by `signal`, `exporter` and `outcome`. Counter.
