@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -427,7 +427,7 @@ impl Engine {
     /// Decides traces just removed from the index and caches the decisions. Runs under the
     /// state lock that removed them, so no span can slip in between removal and caching.
     fn decide_locked(&self, state: &mut State, traces: Vec<(TraceId, TraceEntry)>) -> Vec<Decided> {
-        let now_unix = unix_nanos();
+        let now_unix = unix_now();
         let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
         let mut decided = Vec::with_capacity(traces.len());
         for (trace, entry) in traces {
@@ -593,13 +593,6 @@ impl From<StorageError> for IngestError {
     fn from(error: StorageError) -> Self {
         IngestError::Unavailable(error.to_string())
     }
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// Splits a request into one `ResourceSpans` per (trace, input resource), each holding only

@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use metrics::{counter, gauge};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -53,12 +53,7 @@ use crate::storage::{CF_ROLLUP, Storage, StorageError};
 /// Most held groups settled per RocksDB write.
 const SETTLE_BATCH: usize = 1024;
 
-/// Current time, unix nanoseconds.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+pub use otel_tail_shared::otlp::unix_now;
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -698,7 +693,7 @@ impl Settler {
         {
             let end = now.min(interval.end()).max(interval.start);
             let request = interval.rollup.flush(interval.start, end);
-            let points = classify::otlp_points_request(&request);
+            let points = otlp::data_point_count(&request) as u64;
             let mut batch = WriteBatch::default();
             let mut staged = Vec::new();
             if !request.resource_metrics.is_empty() {
@@ -796,7 +791,7 @@ fn fold_metrics(
                 .add(rm.resource.as_ref(), sm.scope.as_ref(), metric, now);
         }
     }
-    let n = classify::otlp_points(rm);
+    let n = otlp::resource_data_points(rm) as u64;
     interval.pending_bytes += bytes as u64;
     counter!(names::ROLLUP_IN, "signal" => "metrics").increment(n);
 }

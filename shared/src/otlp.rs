@@ -41,6 +41,13 @@ impl Signal {
     }
 }
 
+/// The current time in OTLP's unit, unix nanoseconds (0 before 1970, saturated after 2554).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// Parses a trace id: exactly 16 bytes, not all zero.
 pub fn trace_id(bytes: &[u8]) -> Option<TraceId> {
     let id: TraceId = bytes.try_into().ok()?;
@@ -142,7 +149,16 @@ pub fn data_point_count(request: &ExportMetricsServiceRequest) -> usize {
     request
         .resource_metrics
         .iter()
-        .flat_map(|rm| &rm.scope_metrics)
+        .map(resource_data_points)
+        .sum()
+}
+
+/// Data points of one resource's metrics.
+pub fn resource_data_points(
+    rm: &opentelemetry_proto::tonic::metrics::v1::ResourceMetrics,
+) -> usize {
+    rm.scope_metrics
+        .iter()
         .flat_map(|sm| &sm.metrics)
         .map(|m| match &m.data {
             Some(Data::Gauge(g)) => g.data_points.len(),

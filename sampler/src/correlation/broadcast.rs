@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use otel_tail_proto::v1::{self, NoticeAck, NoticeBatch};
 use otel_tail_shared::forward::{ForwardError, Forwarder};
@@ -348,12 +348,6 @@ impl NoticeBroadcaster {
     }
 }
 
-/// `time` in unix nanoseconds (0 before 1970, saturated after 2554).
-fn unix_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 /// Batches queued notices until the queue closes, then lets the peer workers drain.
 async fn run_batcher(
     origin: String,
@@ -381,7 +375,7 @@ async fn run_batcher(
                 Err(_elapsed) => break,
             }
         }
-        let batch = builder.take(&origin, unix_nanos(SystemTime::now()));
+        let batch = builder.take(&origin, otel_tail_shared::otlp::unix_now());
         fanout.dispatch(batch);
     }
     fanout.close().await;
@@ -638,7 +632,7 @@ impl tonic::server::UnaryService<NoticeBatch> for NoticesMethod {
                 metrics::counter!(names::BATCHES_UNAUTHENTICATED).increment(1);
                 Status::unauthenticated(e.to_string())
             })?;
-            let received = receive(batch, unix_nanos(SystemTime::now()));
+            let received = receive(batch, otel_tail_shared::otlp::unix_now());
             if received.rejected > 0 {
                 tracing::debug!(
                     origin = received.origin,

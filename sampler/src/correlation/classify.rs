@@ -2,7 +2,6 @@
 //! against the [`KeptIndex`] and goes to exactly one side, raw (marked with
 //! [`super::CORRELATED_ATTRIBUTE`]) or summary. Pure: the caller holds the index.
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -289,32 +288,11 @@ pub fn split_metrics(rm: ResourceMetrics, kept: &KeptIndex) -> Split<ResourceMet
 /// Everything to summary, unchanged (correlation off): the same shape as
 /// [`split_metrics`].
 pub fn all_summary_metrics(rm: ResourceMetrics) -> Split<ResourceMetrics> {
-    let items = otlp_points(&rm);
+    let items = otlp::resource_data_points(&rm) as u64;
     Split {
         raw: None,
         summary: Some(rm),
         raw_items: [0; 3],
         summary_items: items,
     }
-}
-
-/// Data points in a resource's metrics.
-pub fn otlp_points(rm: &ResourceMetrics) -> u64 {
-    rm.scope_metrics
-        .iter()
-        .flat_map(|sm| &sm.metrics)
-        .map(|m| match &m.data {
-            Some(metric::Data::Gauge(g)) => g.data_points.len(),
-            Some(metric::Data::Sum(s)) => s.data_points.len(),
-            Some(metric::Data::Histogram(h)) => h.data_points.len(),
-            Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
-            Some(metric::Data::Summary(s)) => s.data_points.len(),
-            None => 0,
-        } as u64)
-        .sum()
-}
-
-/// Data points in a request.
-pub fn otlp_points_request(request: &ExportMetricsServiceRequest) -> u64 {
-    request.resource_metrics.iter().map(otlp_points).sum()
 }
