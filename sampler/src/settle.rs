@@ -102,6 +102,24 @@ impl<R> Interval<R> {
     fn end(&self) -> u64 {
         self.start.saturating_add(self.length)
     }
+
+    /// Whether the interval closes at `now`: it has ended, its inputs are over
+    /// `max_pending_bytes`, or the caller forces it.
+    fn due(&self, now: u64, force: bool, max_pending_bytes: u64) -> bool {
+        force || now >= self.end() || self.pending_bytes > max_pending_bytes
+    }
+
+    /// The end of the interval closed at `now` (earlier than its nominal end when closed
+    /// early).
+    fn close_at(&self, now: u64) -> u64 {
+        now.min(self.end()).max(self.start)
+    }
+
+    /// Opens the interval containing `now`.
+    fn restart(&mut self, now: u64) {
+        self.start = now - now % self.length;
+        self.pending_bytes = 0;
+    }
 }
 
 /// Rollup state, touched by the settle loop only (the mutex makes that checkable).
@@ -287,30 +305,27 @@ impl Settler {
         drop(rollups);
         if !unrolled_logs.is_empty() || !unrolled_metrics.is_empty() {
             let mut batch = WriteBatch::default();
-            let mut staged = Vec::new();
             let cf = self.storage.cf(CF_ROLLUP);
+            let upto = self.storage.next_seq();
+            // Only the signals whose rollup is off: the others were folded in and stay on
+            // disk until their flush below.
             if !unrolled_logs.is_empty() {
-                staged.push(self.queues.stage(
-                    &mut batch,
-                    &ExportRequest::Logs(ExportLogsServiceRequest {
-                        resource_logs: unrolled_logs,
-                    }),
-                ));
-                stage_clear(&mut batch, cf, HeldKind::Logs, self.storage.next_seq());
+                stage_clear(&mut batch, cf, HeldKind::Logs, upto);
             }
             if !unrolled_metrics.is_empty() {
-                staged.push(self.queues.stage(
-                    &mut batch,
-                    &ExportRequest::Metrics(ExportMetricsServiceRequest {
+                stage_clear(&mut batch, cf, HeldKind::Metrics, upto);
+            }
+            self.write_with_exports(
+                batch,
+                vec![
+                    ExportRequest::Logs(ExportLogsServiceRequest {
+                        resource_logs: unrolled_logs,
+                    }),
+                    ExportRequest::Metrics(ExportMetricsServiceRequest {
                         resource_metrics: unrolled_metrics,
                     }),
-                ));
-                stage_clear(&mut batch, cf, HeldKind::Metrics, self.storage.next_seq());
-            }
-            self.storage.write(batch)?;
-            for s in staged {
-                self.queues.committed(s);
-            }
+                ],
+            )?;
         }
         if replayed > 0 {
             self.flush(now, true)?;
@@ -621,26 +636,20 @@ impl Settler {
                 }
             }
         }
-        let mut staged = Vec::new();
         raw_logs.extend(pass_logs);
-        if !raw_logs.is_empty() {
-            let request = ExportRequest::Logs(ExportLogsServiceRequest {
-                resource_logs: otlp::merge_logs(raw_logs),
-            });
-            staged.push(self.queues.stage(&mut batch, &request));
-        }
         raw_metrics.extend(pass_metrics);
-        if !raw_metrics.is_empty() {
-            let request = ExportRequest::Metrics(ExportMetricsServiceRequest {
-                resource_metrics: otlp::merge_metrics(raw_metrics),
-            });
-            staged.push(self.queues.stage(&mut batch, &request));
-        }
         stage_more(&mut batch);
-        self.storage.write(batch)?;
-        for s in staged {
-            self.queues.committed(s);
-        }
+        self.write_with_exports(
+            batch,
+            vec![
+                ExportRequest::Logs(ExportLogsServiceRequest {
+                    resource_logs: otlp::merge_logs(raw_logs),
+                }),
+                ExportRequest::Metrics(ExportMetricsServiceRequest {
+                    resource_metrics: otlp::merge_metrics(raw_metrics),
+                }),
+            ],
+        )?;
         if let Some(interval) = rollups.logs.as_mut() {
             for (rl, bytes) in &fold_l {
                 fold_logs(interval, rl, *bytes);
@@ -661,60 +670,59 @@ impl Settler {
         let mut rollups = self.rollups();
         let cf = self.storage.cf(CF_ROLLUP);
         if let Some(interval) = rollups.logs.as_mut()
-            && (force || now >= interval.end() || interval.pending_bytes > self.max_pending_bytes)
+            && interval.due(now, force, self.max_pending_bytes)
         {
-            let end = now.min(interval.end()).max(interval.start);
-            let output = interval.rollup.flush(interval.start, end);
+            let output = interval
+                .rollup
+                .flush(interval.start, interval.close_at(now));
             let mut batch = WriteBatch::default();
-            let mut staged = Vec::new();
-            if !output.logs.resource_logs.is_empty() {
-                staged.push(
-                    self.queues
-                        .stage(&mut batch, &ExportRequest::Logs(output.logs)),
-                );
-            }
-            if !output.metrics.resource_metrics.is_empty() {
-                staged.push(
-                    self.queues
-                        .stage(&mut batch, &ExportRequest::Metrics(output.metrics)),
-                );
-            }
             stage_clear(&mut batch, cf, HeldKind::Logs, self.storage.next_seq());
-            self.storage.write(batch)?;
-            for s in staged {
-                self.queues.committed(s);
-            }
+            self.write_with_exports(
+                batch,
+                vec![
+                    ExportRequest::Logs(output.logs),
+                    ExportRequest::Metrics(output.metrics),
+                ],
+            )?;
             counter!(names::ROLLUP_OUT, "signal" => "logs").increment(output.summaries as u64);
-            interval.start = now - now % interval.length;
-            interval.pending_bytes = 0;
+            interval.restart(now);
         }
         if let Some(interval) = rollups.metrics.as_mut()
-            && (force || now >= interval.end() || interval.pending_bytes > self.max_pending_bytes)
+            && interval.due(now, force, self.max_pending_bytes)
         {
-            let end = now.min(interval.end()).max(interval.start);
-            let request = interval.rollup.flush(interval.start, end);
+            let request = interval
+                .rollup
+                .flush(interval.start, interval.close_at(now));
             let points = otlp::data_point_count(&request) as u64;
             let mut batch = WriteBatch::default();
-            let mut staged = Vec::new();
-            if !request.resource_metrics.is_empty() {
-                staged.push(
-                    self.queues
-                        .stage(&mut batch, &ExportRequest::Metrics(request)),
-                );
-            }
             stage_clear(&mut batch, cf, HeldKind::Metrics, self.storage.next_seq());
             batch.put_cf(
                 cf,
                 CUMULATIVE_STATE_KEY,
                 interval.rollup.cumulative_state().encode_to_vec(),
             );
-            self.storage.write(batch)?;
-            for s in staged {
-                self.queues.committed(s);
-            }
+            self.write_with_exports(batch, vec![ExportRequest::Metrics(request)])?;
             counter!(names::ROLLUP_OUT, "signal" => "metrics").increment(points);
-            interval.start = now - now % interval.length;
-            interval.pending_bytes = 0;
+            interval.restart(now);
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` together with queueing every non-empty request of `exports`, then
+    /// wakes the exporters: one atomic step of the summary path.
+    fn write_with_exports(
+        &self,
+        mut batch: WriteBatch,
+        exports: Vec<ExportRequest>,
+    ) -> Result<(), StorageError> {
+        let staged: Vec<_> = exports
+            .iter()
+            .filter(|request| !request.is_empty())
+            .map(|request| self.queues.stage(&mut batch, request))
+            .collect();
+        self.storage.write(batch)?;
+        for s in staged {
+            self.queues.committed(s);
         }
         Ok(())
     }

@@ -38,6 +38,15 @@ impl ExportRequest {
         }
     }
 
+    /// Whether the request holds no resource group (nothing worth sending).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            ExportRequest::Traces(r) => r.resource_spans.is_empty(),
+            ExportRequest::Logs(r) => r.resource_logs.is_empty(),
+            ExportRequest::Metrics(r) => r.resource_metrics.is_empty(),
+        }
+    }
+
     /// Spans, log records or data points in the request.
     pub fn item_count(&self) -> usize {
         match self {
