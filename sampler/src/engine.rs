@@ -512,13 +512,13 @@ impl Engine {
                 None => {
                     dropped_spans += u64::from(d.spans);
                     if d.has_logs {
-                        for (kind, payload) in self.storage.read_trace(&d.trace, d.watermark)? {
-                            if kind == BufferedKind::Logs {
-                                let rl = ResourceLogs::decode(payload.as_slice())
-                                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                                self.settler.hold_logs(&mut batch, &rl, now_unix);
-                            }
-                        }
+                        self.storage
+                            .visit_trace(&d.trace, d.watermark, |_, kind, payload| {
+                                if kind == BufferedKind::Logs {
+                                    self.settler
+                                        .hold_encoded_logs(&mut batch, payload, now_unix);
+                                }
+                            })?;
                     }
                 }
             }

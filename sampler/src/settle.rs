@@ -335,8 +335,13 @@ impl Settler {
 
     /// Stages holding one resource's logs (arrived at `now`) in `batch`.
     pub fn hold_logs(&self, batch: &mut WriteBatch, rl: &ResourceLogs, now: u64) {
-        self.store
-            .hold(batch, HeldKind::Logs, &rl.encode_to_vec(), now);
+        self.hold_encoded_logs(batch, &rl.encode_to_vec(), now);
+    }
+
+    /// [`Settler::hold_logs`] for a `ResourceLogs` already encoded (as buffered with a
+    /// trace), without decoding it again.
+    pub fn hold_encoded_logs(&self, batch: &mut WriteBatch, encoded: &[u8], now: u64) {
+        self.store.hold(batch, HeldKind::Logs, encoded, now);
     }
 
     /// Holds logs another sampler settled to the summary path and forwarded here, their
