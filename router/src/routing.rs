@@ -83,9 +83,9 @@ impl RoutingTable {
             .unwrap_or(0)
         };
         SPLITTER.with_borrow_mut(|splitter| match signal {
-            Signal::Traces => splitter.split_traces(body, ring.len(), owner),
-            Signal::Logs => splitter.split_logs(body, ring.len(), owner),
-            Signal::Metrics => splitter.split_metrics(body, ring.len(), owner),
+            Signal::Traces => splitter.wire_traces_by_owner(body, ring.len(), owner),
+            Signal::Logs => splitter.wire_logs_by_owner(body, ring.len(), owner),
+            Signal::Metrics => splitter.wire_metrics_by_owner(body, ring.len(), owner),
         })
     }
 }
@@ -128,7 +128,7 @@ impl Router {
     pub async fn route(&self, signal: Signal, body: Bytes) -> Result<Accepted, IngestError> {
         let table = self.table();
         if table.is_empty() {
-            return Err(IngestError::Unavailable(NO_SAMPLERS.to_owned()));
+            return Err(IngestError::unavailable_msg(NO_SAMPLERS));
         }
         let split = table
             .split(signal, &body)
@@ -290,7 +290,7 @@ impl Outcome {
             });
         }
         if !self.unavailable.is_empty() {
-            return Err(IngestError::Unavailable(format!(
+            return Err(IngestError::unavailable_msg(format!(
                 "cannot reach the owning sampler(s): {}",
                 self.unavailable.join("; ")
             )));
@@ -361,7 +361,7 @@ mod tests {
         ));
         assert!(matches!(
             outcome.finish(Signal::Logs),
-            Err(IngestError::Unavailable(m)) if m.contains("s-1 down")
+            Err(IngestError::Unavailable { context: m, .. }) if m.contains("s-1 down")
         ));
     }
 

@@ -362,7 +362,7 @@ async fn a_dead_owner_is_unavailable() {
         )
         .await;
     assert!(
-        matches!(&result, Err(IngestError::Unavailable(m)) if m.contains(&dead.to_string())),
+        matches!(&result, Err(IngestError::Unavailable { context: m, .. }) if m.contains(&dead.to_string())),
         "{result:?}"
     );
 }
@@ -377,7 +377,7 @@ async fn no_samplers_is_unavailable() {
         )
         .await;
     assert!(
-        matches!(&result, Err(IngestError::Unavailable(m)) if m == NO_SAMPLERS),
+        matches!(&result, Err(IngestError::Unavailable { context: m, .. }) if m == NO_SAMPLERS),
         "{result:?}"
     );
 }

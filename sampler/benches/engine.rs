@@ -5,15 +5,16 @@
 //! `cargo bench -p otel-tail-sampler --bench engine`
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
-use otel_tail_sampler::engine::Engine;
+use otel_tail_sampler::clock::ManualClock;
+use otel_tail_sampler::engine::{Engine, Wiring};
 use otel_tail_sampler::export_queue::ExportQueues;
+use otel_tail_sampler::settle::SettleLinks;
 use otel_tail_sampler::storage::Storage;
 use otel_tail_shared::config::Config;
 use otel_tail_shared::exporter::Exporter;
@@ -93,7 +94,7 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-fn engine(dir: &std::path::Path, num_traces: usize) -> Engine {
+fn engine(dir: &std::path::Path, num_traces: usize, clock: Arc<ManualClock>) -> Engine {
     let yaml = format!(
         "sampler:\n  decision_wait: 1s\n  num_traces: {num_traces}\n  max_storage_bytes: 1000000000000\n  policies:\n    - {{name: errors, type: status_code, status_code: {{status_codes: [ERROR]}}}}\nexporter:\n  queue: {{max_bytes: 1000000000000}}\n"
     );
@@ -102,15 +103,19 @@ fn engine(dir: &std::path::Path, num_traces: usize) -> Engine {
     let exporters =
         Exporter::from_config(&config.exporter, &dir.join("out.jsonl")).expect("exporter");
     let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).expect("queues");
-    Engine::new(&config, storage, queues).expect("engine")
+    let wiring = Wiring {
+        clock,
+        links: SettleLinks::default(),
+    };
+    Engine::new(&config, storage, queues, wiring).expect("engine")
 }
 
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     // Throughput: ingest for a simulated 10 s at 1 s decision_wait; decide as time passes.
-    let clock = Arc::new(AtomicU64::new(0));
-    let eng = engine(&dir.path().join("throughput"), 1_000_000).with_manual_clock(clock.clone());
+    let clock = Arc::new(ManualClock::now());
+    let eng = engine(&dir.path().join("throughput"), 1_000_000, clock.clone());
     let requests: Vec<_> = (0..200u64).map(|i| request(i * 64)).collect();
     let rounds = 20u64;
     let started = Instant::now();
@@ -126,12 +131,12 @@ fn main() {
             eng.ingest_traces(r).expect("ingest");
             spans += SPANS_PER_REQUEST;
             if i.is_multiple_of(20) {
-                clock.fetch_add(50, Ordering::SeqCst);
+                clock.advance(Duration::from_millis(50));
                 eng.decide_due().expect("decide");
             }
         }
     }
-    clock.fetch_add(5_000, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(5));
     eng.decide_due().expect("decide");
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -141,8 +146,11 @@ fn main() {
     drop(eng);
 
     // Memory: hold 200k traces undecided and compare resident memory.
-    let eng = engine(&dir.path().join("memory"), 1_000_000)
-        .with_manual_clock(Arc::new(AtomicU64::new(0)));
+    let eng = engine(
+        &dir.path().join("memory"),
+        1_000_000,
+        Arc::new(ManualClock::now()),
+    );
     let before = rss_bytes();
     let traces = 200_000u64;
     let mut first = 0;

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use otel_tail_sampler::correlation::broadcast::{
+use otel_tail_sampler::correlation::fanout::{
     BroadcastConfig, NoticeBroadcaster, NoticeSink, NoticesServer, Received, notice_key,
 };
 use otel_tail_sampler::correlation::{DecisionNotice, ResourceIdentity};

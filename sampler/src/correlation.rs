@@ -17,8 +17,8 @@
 //! Kept raw items are marked with the attribute [`CORRELATED_ATTRIBUTE`] whose value is a
 //! [`Reason`].
 
-pub mod broadcast;
 pub mod classify;
+pub mod fanout;
 mod hold;
 mod kept;
 mod notice;

@@ -12,9 +12,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -25,18 +24,18 @@ use otel_tail_shared::config::Config;
 use otel_tail_shared::exporter::ExportRequest;
 use otel_tail_shared::otlp::{self, TraceId};
 use otel_tail_shared::receiver::{Accepted, IngestError};
-use otel_tail_shared::telemetry::names;
 use prost::Message;
 use rocksdb::WriteBatch;
 
 use crate::buffer::{Arrival, BufferSettings, TraceEntry, TraceIndex};
+use crate::clock::{Clock, SystemClock};
 use crate::correlation::classify::mark_trace_logs;
 use crate::correlation::{DecisionNotice, ResourceIdentity};
 use crate::decision::{Cached, DecisionCache, Kept};
 use crate::export_queue::ExportQueues;
 use crate::policy::{PolicyEngine, PolicyError, TraceStats, apply_sampling_probability};
-use crate::settle::{SettleError, Settler, unix_now};
-use crate::storage::{BufferedKind, Storage, StorageError};
+use crate::settle::{SettleConfig, SettleError, SettleLinks, Settler};
+use crate::storage::{BufferedKind, Storage, StorageError, Store};
 
 /// Span attribute naming the policy that kept a trace (as the Collector records it).
 pub const POLICY_ATTRIBUTE: &str = "tailsampling.policy";
@@ -48,12 +47,24 @@ const FINISH_CHUNK: usize = 256;
 /// Back-off suggested to clients while a limit is reached.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// Where the engine reads the time used for deadlines.
-enum Clock {
-    /// Milliseconds since the engine started.
-    Real(Instant),
-    /// Milliseconds set by the owner.
-    Manual(Arc<AtomicU64>),
+/// What an engine is built with besides its configuration and storage: the one clock it
+/// and its settler read, and, in a cluster, the settler's links to the other samplers.
+#[derive(Clone)]
+pub struct Wiring {
+    /// Where every deadline, hold window and rollup interval reads the time.
+    pub clock: Arc<dyn Clock>,
+    /// The settler's cluster links (none standalone).
+    pub links: SettleLinks,
+}
+
+impl Default for Wiring {
+    /// The system clock, standalone.
+    fn default() -> Self {
+        Wiring {
+            clock: Arc::new(SystemClock::new()),
+            links: SettleLinks::default(),
+        }
+    }
 }
 
 /// Index and cache, guarded together.
@@ -84,32 +95,49 @@ pub enum BuildError {
     Settle(#[from] SettleError),
 }
 
+/// Why the index could not be rebuilt after a restart.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// The buffer could not be read.
+    #[error("reading the trace buffer")]
+    Storage(#[from] StorageError),
+    /// The hold or the rollup inputs could not be read back.
+    #[error("recovering held logs, metrics and rollup inputs")]
+    Settle(#[from] SettleError),
+}
+
 /// The sampler core. Shared as `Arc<Engine>`.
 pub struct Engine {
     storage: Arc<Storage>,
     queues: Arc<ExportQueues>,
     policies: RwLock<PolicyEngine>,
     state: Mutex<State>,
-    clock: Clock,
+    clock: Arc<dyn Clock>,
     max_storage_bytes: u64,
     storage_bytes: AtomicU64,
     settler: Arc<Settler>,
 }
 
 impl Engine {
-    /// Builds the engine over opened storage and queues. Call [`Engine::recover`] next.
+    /// Builds the engine over opened storage and queues, with its clock and cluster links
+    /// fixed here. Call [`Engine::recover`] next.
     pub fn new(
         full: &Config,
         storage: Arc<Storage>,
         queues: Arc<ExportQueues>,
+        wiring: Wiring,
     ) -> Result<Engine, BuildError> {
         let config = &full.sampler;
         let settler = Arc::new(Settler::new(
-            config,
-            &full.correlation,
-            &full.rollup,
+            SettleConfig {
+                sampler: config,
+                correlation: &full.correlation,
+                rollup: &full.rollup,
+            },
             storage.clone(),
             queues.clone(),
+            wiring.clock.clone(),
+            wiring.links,
         )?);
         let policies = PolicyEngine::new(&config.policies, config.sample_on_first_match)?;
         let settings = BufferSettings {
@@ -130,24 +158,19 @@ impl Engine {
                     config.decision_cache.non_sampled_cache_size,
                 ),
             }),
-            clock: Clock::Real(Instant::now()),
+            clock: wiring.clock,
             max_storage_bytes: config.max_storage_bytes,
             storage_bytes: AtomicU64::new(0),
             settler,
         })
     }
 
-    /// Replaces the clock with one the caller advances (tests of the shell's timing).
-    pub fn with_manual_clock(mut self, millis: Arc<AtomicU64>) -> Self {
-        self.clock = Clock::Manual(millis);
-        self
+    fn now_ms(&self) -> u64 {
+        self.clock.monotonic_ms()
     }
 
-    fn now_ms(&self) -> u64 {
-        match &self.clock {
-            Clock::Real(start) => start.elapsed().as_millis() as u64,
-            Clock::Manual(ms) => ms.load(Ordering::SeqCst),
-        }
+    fn unix_now(&self) -> u64 {
+        self.clock.unix_nanos()
     }
 
     /// The hold and summary path: held logs and metric points, kept-trace notices, rollups.
@@ -166,19 +189,22 @@ impl Engine {
 
     /// Rebuilds the index from what RocksDB still buffers (after a restart or crash). Every
     /// recovered trace gets a fresh `decision_wait`, so its late spans can still join it.
-    pub fn recover(&self) -> Result<usize, StorageError> {
+    /// Buffered records that fail to decode are quarantined (see [`Storage::quarantine`]).
+    pub fn recover(&self) -> Result<usize, RecoverError> {
         let now = self.now_ms();
         let mut full = Vec::new();
-        let mut corrupt = 0usize;
+        let mut corrupt = Vec::new();
         {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
             let mut state = self.state();
-            self.storage.scan_buffer(|trace, kind, payload| {
+            self.storage.scan_buffer(|trace, key, kind, payload| {
                 let arrival = match kind {
                     BufferedKind::Spans => match ResourceSpans::decode(payload) {
                         Ok(rs) => arrival_of(&policies, &rs, payload.len()),
-                        Err(_) => {
-                            corrupt += 1;
+                        Err(error) => {
+                            let mut value = vec![kind as u8];
+                            value.extend_from_slice(payload);
+                            corrupt.push((key.to_vec(), value, error));
                             return;
                         }
                     },
@@ -190,13 +216,11 @@ impl Engine {
                 full.extend(state.index.observe(trace, &arrival, now));
             })?;
         }
-        if corrupt > 0 {
-            tracing::warn!(corrupt, "skipped buffered values that could not be decoded");
+        for (key, value, error) in corrupt {
+            self.storage
+                .quarantine(Store::Buffer, &key, &value, &error)?;
         }
-        let (held, pending) = self
-            .settler
-            .recover(unix_now())
-            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let (held, pending) = self.settler.recover(self.unix_now())?;
         if held + pending > 0 {
             tracing::info!(held, pending, "resumed held logs and metrics from storage");
         }
@@ -206,7 +230,7 @@ impl Engine {
             self.decide_locked(&mut state, full)
         };
         self.finish_all(&evicted)?;
-        gauge!(names::TRACES_ACTIVE).set(self.active_traces() as f64);
+        events::active_traces(self.active_traces());
         Ok(recovered)
     }
 
@@ -231,10 +255,8 @@ impl Engine {
     pub fn refresh_storage_bytes(&self) {
         let bytes = self.storage.approximate_bytes();
         self.storage_bytes.store(bytes, Ordering::Relaxed);
-        gauge!(names::STORAGE_BYTES).set(bytes as f64);
-        gauge!(names::STORAGE_MEMORY_BYTES).set(self.storage.memory_bytes() as f64);
         let index_bytes = self.state().index.memory_bytes();
-        gauge!(names::TRACE_INDEX_BYTES).set(index_bytes as f64);
+        events::storage_sizes(bytes, self.storage.memory_bytes(), index_bytes);
     }
 
     /// Buffers the spans of a request (durably, before returning) or routes them by a cached
@@ -244,7 +266,7 @@ impl Engine {
         request: ExportTraceServiceRequest,
     ) -> Result<Accepted, IngestError> {
         self.admit()?;
-        let groups = split_traces(request);
+        let groups = group_spans_by_trace(request);
         let prepared: Vec<(TraceId, ResourceSpans, Arrival, Vec<u8>)> = {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
             groups
@@ -276,10 +298,7 @@ impl Engine {
             }
             evicted = self.commit_buffered(&mut state, batch, &buffered, now)?;
         }
-        if late_dropped > 0 {
-            counter!(names::LATE_SPANS, "decision" => "not_sampled").increment(late_dropped);
-            counter!(names::SPANS_DROPPED).increment(late_dropped);
-        }
+        events::late_spans_dropped(late_dropped);
         if !late_kept.is_empty() {
             let mut resource_spans = Vec::with_capacity(late_kept.len());
             let mut spans = 0u64;
@@ -291,8 +310,7 @@ impl Engine {
                 .enqueue(&ExportRequest::Traces(ExportTraceServiceRequest {
                     resource_spans: otlp::merge_spans(resource_spans),
                 }))?;
-            counter!(names::LATE_SPANS, "decision" => "sampled").increment(spans);
-            counter!(names::SPANS_KEPT).increment(spans);
+            events::late_spans_kept(spans);
         }
         self.finish_evicted(&evicted)?;
         Ok(Accepted::default())
@@ -303,9 +321,9 @@ impl Engine {
     /// holds the others until their fate is settled.
     pub fn ingest_logs(&self, request: ExportLogsServiceRequest) -> Result<Accepted, IngestError> {
         self.admit()?;
-        let (with_trace, without_trace) = split_logs(request);
+        let (with_trace, without_trace) = group_logs_by_trace(request);
         let now = self.now_ms();
-        let now_unix = unix_now();
+        let now_unix = self.unix_now();
         let arrival = Arrival {
             logs: true,
             ..Arrival::default()
@@ -371,7 +389,7 @@ impl Engine {
         if evicted.is_empty() {
             return Ok(());
         }
-        counter!(names::TRACES_EVICTED).increment(evicted.len() as u64);
+        events::traces_evicted(evicted.len());
         self.finish_all(evicted)
     }
 
@@ -384,7 +402,7 @@ impl Engine {
         if request.resource_metrics.is_empty() {
             return Ok(Accepted::default());
         }
-        let now_unix = unix_now();
+        let now_unix = self.unix_now();
         let mut batch = WriteBatch::default();
         for rm in &request.resource_metrics {
             self.settler.hold_metrics(&mut batch, rm, now_unix);
@@ -402,8 +420,7 @@ impl Engine {
                 let mut state = self.state();
                 let due = state.index.pop_due(now, DECIDE_BATCH);
                 for (_, entry) in &due {
-                    histogram!(names::DECISION_LATENCY)
-                        .record(now.saturating_sub(entry.deadline_ms) as f64 / 1000.0);
+                    events::decision_latency(now.saturating_sub(entry.deadline_ms));
                 }
                 self.decide_locked(&mut state, due)
             };
@@ -427,7 +444,7 @@ impl Engine {
     /// Decides traces just removed from the index and caches the decisions. Runs under the
     /// state lock that removed them, so no span can slip in between removal and caching.
     fn decide_locked(&self, state: &mut State, traces: Vec<(TraceId, TraceEntry)>) -> Vec<Decided> {
-        let now_unix = unix_now();
+        let now_unix = self.unix_now();
         let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
         let mut decided = Vec::with_capacity(traces.len());
         for (trace, entry) in traces {
@@ -437,17 +454,7 @@ impl Engine {
                 probability: decision.probability,
                 correlate: decision.correlate,
             });
-            let label_policy = kept
-                .as_ref()
-                .map(|k| k.policy.to_string())
-                .unwrap_or_default();
-            let label_decision = if kept.is_some() {
-                "sampled"
-            } else {
-                "not_sampled"
-            };
-            counter!(names::TRACES_DECIDED, "decision" => label_decision, "policy" => label_policy)
-                .increment(1);
+            events::trace_decided(kept.as_ref());
             state.cache.insert(
                 trace,
                 match &kept {
@@ -463,7 +470,7 @@ impl Engine {
                 has_logs: entry.has_logs,
             });
         }
-        gauge!(names::TRACES_ACTIVE).set(state.index.len() as f64);
+        events::active_traces(state.index.len());
         decided
     }
 
@@ -477,7 +484,9 @@ impl Engine {
 
     /// Moves kept traces from the buffer to the export queue (their logs marked as
     /// correlated), moves the logs of dropped traces to the hold, and forgets the rest,
-    /// in one atomic write; then publishes the kept traces for correlation.
+    /// in one atomic write; then publishes the kept traces for correlation. A buffered
+    /// record that fails to decode is quarantined and the rest of its trace, and of the
+    /// chunk, carries on.
     fn finish(&self, decided: &[Decided]) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let mut resource_spans = Vec::new();
@@ -485,28 +494,35 @@ impl Engine {
         let mut kept_spans = 0u64;
         let mut dropped_spans = 0u64;
         let mut notices = Vec::new();
-        let now_unix = unix_now();
+        let mut corrupt = Vec::new();
+        let now_unix = self.unix_now();
         for d in decided {
             match &d.kept {
                 Some(kept) => {
                     let mut notice = NoticeBuilder::new(d.trace, kept);
-                    for (kind, payload) in self.storage.read_trace(&d.trace, d.watermark)? {
-                        match kind {
-                            BufferedKind::Spans => {
-                                let mut rs = ResourceSpans::decode(payload.as_slice())
-                                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                                notice.add(&rs);
-                                kept_spans += annotate_kept(&mut rs, kept);
-                                resource_spans.push(rs);
+                    self.storage
+                        .visit_trace(&d.trace, d.watermark, |key, kind, payload| {
+                            let decoded = match kind {
+                                BufferedKind::Spans => {
+                                    ResourceSpans::decode(payload).map(|mut rs| {
+                                        notice.add(&rs);
+                                        kept_spans += annotate_kept(&mut rs, kept);
+                                        resource_spans.push(rs);
+                                    })
+                                }
+                                BufferedKind::Logs => {
+                                    ResourceLogs::decode(payload).map(|mut rl| {
+                                        mark_trace_logs(&mut rl);
+                                        resource_logs.push(rl);
+                                    })
+                                }
+                            };
+                            if let Err(error) = decoded {
+                                let mut value = vec![kind as u8];
+                                value.extend_from_slice(payload);
+                                corrupt.push((key.to_vec(), value, error));
                             }
-                            BufferedKind::Logs => {
-                                let mut rl = ResourceLogs::decode(payload.as_slice())
-                                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                                mark_trace_logs(&mut rl);
-                                resource_logs.push(rl);
-                            }
-                        }
-                    }
+                        })?;
                     notices.extend(notice.build());
                 }
                 None => {
@@ -537,12 +553,15 @@ impl Engine {
             });
             staged.push(self.queues.stage(&mut batch, &request));
         }
+        for (key, value, error) in corrupt {
+            self.storage
+                .quarantine(Store::Buffer, &key, &value, &error)?;
+        }
         self.storage.write(batch)?;
         for s in staged {
             self.queues.committed(s);
         }
-        counter!(names::SPANS_KEPT).increment(kept_spans);
-        counter!(names::SPANS_DROPPED).increment(dropped_spans);
+        events::spans_finished(kept_spans, dropped_spans);
         self.settler.publish(notices, now_unix);
         Ok(())
     }
@@ -591,13 +610,13 @@ impl NoticeBuilder {
 impl From<StorageError> for IngestError {
     /// A storage failure is transient for the client: it may retry.
     fn from(error: StorageError) -> Self {
-        IngestError::Unavailable(error.to_string())
+        IngestError::unavailable("buffer storage failed", error)
     }
 }
 
 /// Splits a request into one `ResourceSpans` per (trace, input resource), each holding only
 /// that trace's spans under their original scopes.
-pub fn split_traces(request: ExportTraceServiceRequest) -> Vec<(TraceId, ResourceSpans)> {
+pub fn group_spans_by_trace(request: ExportTraceServiceRequest) -> Vec<(TraceId, ResourceSpans)> {
     let mut out = Vec::new();
     for rs in request.resource_spans {
         let mut per_trace: HashMap<TraceId, Vec<ScopeSpans>> = HashMap::new();
@@ -649,7 +668,7 @@ pub fn split_traces(request: ExportTraceServiceRequest) -> Vec<(TraceId, Resourc
 
 /// Splits log records into those with a trace id (grouped per trace and resource) and the
 /// rest, which keep their original grouping.
-pub fn split_logs(
+pub fn group_logs_by_trace(
     request: ExportLogsServiceRequest,
 ) -> (Vec<(TraceId, ResourceLogs)>, ExportLogsServiceRequest) {
     let mut with_trace = Vec::new();
@@ -767,6 +786,9 @@ fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
     n
 }
 
-pub mod cluster;
+mod events;
+pub mod transfer;
+
+pub(crate) use events::register as register_metrics;
 #[cfg(test)]
 mod tests;

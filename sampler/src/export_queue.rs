@@ -48,7 +48,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::storage::{CF_QUEUE, Storage, StorageError};
+use crate::storage::{CF_QUEUE, Storage, StorageError, Store};
 
 /// Largest merged request, in protobuf bytes (a single larger entry is still sent alone).
 pub const MAX_MERGE_BYTES: usize = 4 * 1024 * 1024;
@@ -380,8 +380,9 @@ impl ExportQueues {
                 tracing::error!(
                     exporter,
                     reason,
-                    "dropping an unreadable export queue entry"
+                    "an export queue entry cannot be read; moving it to quarantine"
                 );
+                self.quarantine(&batch, &reason);
                 lane.rejected_items
                     .fetch_add(batch.items, Ordering::Relaxed);
                 self.remove(lane, &batch, batch.signal, "rejected");
@@ -507,6 +508,22 @@ impl ExportQueues {
 
     /// Deletes a finished batch and records its outcome (`signal` is `None` for unreadable
     /// entries, which count under no signal).
+    /// Moves the entries of an unreadable batch to quarantine (the one corruption policy,
+    /// [`Storage::quarantine`]); [`ExportQueues::remove`] then accounts for them.
+    fn quarantine(&self, batch: &Batch, reason: &str) {
+        let cf = self.storage.cf(CF_QUEUE);
+        for key in &batch.keys {
+            let moved = match self.storage.db().get_cf(cf, key) {
+                Ok(Some(value)) => self.storage.quarantine(Store::Queue, key, &value, &reason),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = moved {
+                tracing::error!(error = %e, "cannot quarantine an export queue entry; it is deleted");
+            }
+        }
+    }
+
     fn remove(&self, lane: &Lane, batch: &Batch, signal: Option<Signal>, outcome: &'static str) {
         let cf = self.storage.cf(CF_QUEUE);
         let mut write = WriteBatch::default();

@@ -14,10 +14,12 @@
 //! [`correlation`] decides which held logs and metric points belong to a kept trace.
 
 pub mod buffer;
+pub mod clock;
 pub mod cluster;
 pub mod correlation;
 pub mod decision;
 pub mod engine;
+mod events;
 pub mod export_queue;
 pub mod policy;
 pub mod rollup;
@@ -40,7 +42,8 @@ use otel_tail_shared::receiver::{self, Accepted, BoundAddrs, Ingest, IngestError
 use otel_tail_shared::telemetry::{self, Health};
 use tokio::sync::watch;
 
-use crate::engine::Engine;
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{Engine, Wiring};
 use crate::export_queue::ExportQueues;
 use crate::storage::Storage;
 
@@ -66,7 +69,7 @@ impl SamplerIngest {
         let engine = self.0.clone();
         tokio::task::spawn_blocking(move || f(&engine, request))
             .await
-            .map_err(|e| IngestError::Unavailable(format!("ingest task failed: {e}")))?
+            .map_err(|e| IngestError::unavailable("ingest task failed", e))?
     }
 }
 
@@ -144,7 +147,7 @@ pub async fn run(
     on_ready: impl FnOnce(&Listening, &[String]) + Send,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    register_metrics();
+    events::register();
     let storage_dir = config.sampler.storage_dir.clone();
     let storage = Arc::new(
         Storage::open(&storage_dir, config.sampler.sync_writes)
@@ -154,8 +157,23 @@ pub async fn run(
         .context("configuring exporters")?;
     let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter)
         .context("opening export queue")?;
-    let engine =
-        Arc::new(Engine::new(&config, storage, queues.clone()).context("building policies")?);
+    let standalone = config.cluster.is_standalone();
+    let node = if standalone {
+        None
+    } else {
+        Some(cluster::Node::prepare(&config).await?)
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let wiring = Wiring {
+        clock,
+        links: node
+            .as_ref()
+            .map(cluster::Node::settle_links)
+            .unwrap_or_default(),
+    };
+    let engine = Arc::new(
+        Engine::new(&config, storage, queues.clone(), wiring).context("building policies")?,
+    );
     let recovered = engine
         .recover()
         .context("rebuilding the trace index from storage")?;
@@ -178,7 +196,6 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
     let (queue_stop_tx, queue_stop_rx) = watch::channel(false);
-    let standalone = config.cluster.is_standalone();
     let drain = if standalone {
         SHUTDOWN_DRAIN
     } else {
@@ -187,7 +204,7 @@ pub async fn run(
     let sender = tokio::spawn(queues.clone().run(stopped(queue_stop_rx), drain));
     let decider = Decider::start(engine.clone());
 
-    if !standalone {
+    if let Some(node) = node {
         let core = cluster::Core {
             engine: engine.clone(),
             queues: queues.clone(),
@@ -195,7 +212,7 @@ pub async fn run(
             admin: admin_addr,
             decider,
         };
-        let served = cluster::serve(&config, core, on_ready, shutdown).await;
+        let served = cluster::serve(&config, node, core, on_ready, shutdown).await;
         let _ = queue_stop_tx.send(true);
         let _ = sender.await;
         let _ = stop_tx.send(true);
@@ -238,39 +255,7 @@ pub async fn run(
     served.context("serving OTLP receivers")
 }
 
-/// Makes the main counters visible on `/metrics` from the start, at zero, so dashboards and
-/// alerts see a series before the first event.
-fn register_metrics() {
-    use metrics::counter;
-    use otel_tail_shared::telemetry::names;
-    for name in [
-        names::SPANS_RECEIVED,
-        names::SPANS_KEPT,
-        names::SPANS_DROPPED,
-        names::TRACES_EVICTED,
-        names::LOGS_RECEIVED,
-        names::DATA_POINTS_RECEIVED,
-    ] {
-        counter!(name).increment(0);
-    }
-    for decision in ["sampled", "not_sampled"] {
-        counter!(names::LATE_SPANS, "decision" => decision).increment(0);
-    }
-    counter!(names::SPANS_REJECTED, "reason" => "invalid_id").increment(0);
-    counter!(names::HOLD_RELEASED_EARLY).increment(0);
-    for signal in ["logs", "metrics"] {
-        counter!(names::SUMMARY_ITEMS, "signal" => signal).increment(0);
-        counter!(names::ROLLUP_IN, "signal" => signal).increment(0);
-        counter!(names::ROLLUP_OUT, "signal" => signal).increment(0);
-        for reason in correlation::classify::REASONS {
-            counter!(names::CORRELATED_ITEMS, "signal" => signal, "reason" => reason.as_str())
-                .increment(0);
-        }
-    }
-    counter!(correlation::broadcast::names::DECISIONS_BROADCAST, "outcome" => "ok").increment(0);
-    metrics::gauge!(names::HELD_ITEMS).set(0.0);
-}
-
+/// Resolves once `rx` reads `true` (or its sender is gone).
 pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
@@ -279,7 +264,7 @@ pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
 /// until stopped.
 async fn settle_loop(settler: Arc<settle::Settler>, mut stop: watch::Receiver<bool>) {
     loop {
-        let now = settle::unix_now();
+        let now = settler.now();
         let pause = settler
             .next_due()
             .map_or(SETTLE_TICK, |due| {
@@ -291,7 +276,7 @@ async fn settle_loop(settler: Arc<settle::Settler>, mut stop: watch::Receiver<bo
             _ = tokio::time::sleep(pause) => {}
         }
         let s = settler.clone();
-        match tokio::task::spawn_blocking(move || s.settle_due(settle::unix_now())).await {
+        match tokio::task::spawn_blocking(move || s.settle_due(s.now())).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "settling held data failed; will retry"),
             Err(e) => tracing::error!(error = %e, "settle task failed"),

@@ -8,6 +8,9 @@
 //! - `queue`: the disk-backed export queues (layout owned by `export_queue`).
 //! - `hold`: trace-less logs and metric points held for `correlation.window` (layout owned
 //!   by `correlation::store`).
+//! - `rollup`: summary inputs of the open rollup intervals (layout owned by `settle`).
+//! - `quarantine`: stored records that failed to decode, moved aside by the one corruption
+//!   policy ([`Storage::quarantine`]).
 //!
 //! A kept trace moves from `buffer` to `queue` in one atomic `WriteBatch`, so a crash
 //! at any point leaves it either still buffered (and re-decided after restart) or queued.
@@ -30,6 +33,39 @@ pub const CF_QUEUE: &str = "queue";
 pub const CF_HOLD: &str = "hold";
 /// Column family of summary inputs waiting for their rollup interval to close.
 pub const CF_ROLLUP: &str = "rollup";
+/// Column family of records that failed to decode, kept for inspection.
+pub const CF_QUARANTINE: &str = "quarantine";
+
+/// The column family a corrupt record was read from: the `store` label of
+/// `otel_tail_corrupt_records_total` and the first byte of its quarantine key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Store {
+    /// [`CF_BUFFER`].
+    Buffer = 1,
+    /// [`CF_HOLD`].
+    Hold = 2,
+    /// [`CF_ROLLUP`].
+    Rollup = 3,
+    /// [`CF_QUEUE`].
+    Queue = 4,
+}
+
+impl Store {
+    /// The column family's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Store::Buffer => CF_BUFFER,
+            Store::Hold => CF_HOLD,
+            Store::Rollup => CF_ROLLUP,
+            Store::Queue => CF_QUEUE,
+        }
+    }
+
+    fn cf(self) -> &'static str {
+        self.as_str()
+    }
+}
 
 /// What a buffered value holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +96,17 @@ impl BufferedKind {
     }
 }
 
+/// A record moved aside by [`Storage::quarantine`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The [`Store`] it was read from, as its tag byte.
+    pub store: u8,
+    /// Its key in that store.
+    pub key: Vec<u8>,
+    /// Its value as stored.
+    pub value: Vec<u8>,
+}
+
 /// A storage failure; surfaced to clients as a retryable error.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -69,6 +116,15 @@ pub enum StorageError {
     /// A stored value could not be read back.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    /// The storage directory could not be created.
+    #[error("cannot create {path}")]
+    CreateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The sampler's database.
@@ -81,8 +137,10 @@ pub struct Storage {
 impl Storage {
     /// Opens (or creates) the database in `dir`. `sync` fsyncs the WAL on every write.
     pub fn open(dir: &Path, sync: bool) -> Result<Storage, StorageError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StorageError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -105,9 +163,10 @@ impl Storage {
             dir,
             vec![
                 ColumnFamilyDescriptor::new(CF_BUFFER, buffer_options),
-                ColumnFamilyDescriptor::new(CF_QUEUE, queue_options),
+                ColumnFamilyDescriptor::new(CF_QUEUE, queue_options.clone()),
                 ColumnFamilyDescriptor::new(CF_HOLD, hold_options.clone()),
                 ColumnFamilyDescriptor::new(CF_ROLLUP, hold_options),
+                ColumnFamilyDescriptor::new(CF_QUARANTINE, queue_options),
             ],
         )?;
         let mut write_options = WriteOptions::default();
@@ -180,7 +239,8 @@ impl Storage {
     }
 
     /// Visits what is buffered for `trace` with a sequence below `upto`, in arrival order,
-    /// with each item's key (for deleting exactly what was read, as handoff does).
+    /// with each item's key (for deleting exactly what was read, as handoff does). Records
+    /// that fail to decode are quarantined and skipped.
     pub fn visit_trace(
         &self,
         trace: &TraceId,
@@ -200,34 +260,84 @@ impl Storage {
             if seq >= upto {
                 break;
             }
-            let (kind, payload) = split_value_ref(&value)?;
-            visit(&key, kind, payload);
+            match split_value_ref(&value) {
+                Ok((kind, payload)) => visit(&key, kind, payload),
+                Err(error) => self.quarantine(Store::Buffer, &key, &value, &error)?,
+            }
         }
         Ok(())
     }
 
     /// Visits every buffered item, grouped by trace in key order; used to rebuild the
     /// in-memory index after a restart.
+    /// Records that fail to decode are quarantined and skipped.
     pub fn scan_buffer(
         &self,
-        mut visit: impl FnMut(TraceId, BufferedKind, &[u8]),
+        mut visit: impl FnMut(TraceId, &[u8], BufferedKind, &[u8]),
     ) -> Result<(), StorageError> {
         for item in self.db.iterator_cf(self.cf(CF_BUFFER), IteratorMode::Start) {
             let (key, value) = item?;
-            let trace: TraceId = key
-                .get(..16)
-                .and_then(|k| k.try_into().ok())
-                .ok_or_else(|| StorageError::Corrupt("short buffer key".into()))?;
-            let (kind, payload) = split_value_ref(&value)?;
-            visit(trace, kind, payload);
+            let trace: Option<TraceId> = key.get(..16).and_then(|k| k.try_into().ok());
+            match (trace, split_value_ref(&value)) {
+                (Some(trace), Ok((kind, payload))) => visit(trace, &key, kind, payload),
+                (None, _) => self.quarantine(
+                    Store::Buffer,
+                    &key,
+                    &value,
+                    &StorageError::Corrupt(format!("{}-byte buffer key", key.len())),
+                )?,
+                (_, Err(error)) => self.quarantine(Store::Buffer, &key, &value, &error)?,
+            }
         }
         Ok(())
+    }
+
+    /// The one corruption policy: a stored record that fails to decode is moved from
+    /// `store` into [`CF_QUARANTINE`] (key: store tag ++ original key) in one write,
+    /// counted in `otel_tail_corrupt_records_total{store}` and logged; the reader skips it
+    /// and carries on with everything else. Nothing is retried on a record that cannot
+    /// decode, and nothing else waits on it.
+    pub fn quarantine(
+        &self,
+        store: Store,
+        key: &[u8],
+        value: &[u8],
+        error: &dyn std::fmt::Display,
+    ) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let mut moved = Vec::with_capacity(key.len() + 1);
+        moved.push(store as u8);
+        moved.extend_from_slice(key);
+        batch.put_cf(self.cf(CF_QUARANTINE), moved, value);
+        batch.delete_cf(self.cf(store.cf()), key);
+        self.write(batch)?;
+        crate::events::corrupt_record(store, error);
+        Ok(())
+    }
+
+    /// Records moved to [`CF_QUARANTINE`], in key order.
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StorageError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_QUARANTINE), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            if let Some((&store, original)) = key.split_first() {
+                out.push(Quarantined {
+                    store,
+                    key: original.to_vec(),
+                    value: value.to_vec(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Approximate bytes held on disk and in memtables.
     pub fn approximate_bytes(&self) -> u64 {
         let prop = |name: &str| {
-            [CF_BUFFER, CF_QUEUE, CF_HOLD, CF_ROLLUP]
+            [CF_BUFFER, CF_QUEUE, CF_HOLD, CF_ROLLUP, CF_QUARANTINE]
                 .iter()
                 .map(|cf| {
                     self.db
@@ -246,7 +356,7 @@ impl Storage {
     /// Bytes RocksDB holds in memory: memtables, block cache and table readers (index and
     /// filter blocks of the files on disk) of every column family.
     pub fn memory_bytes(&self) -> u64 {
-        [CF_BUFFER, CF_QUEUE, CF_HOLD, CF_ROLLUP]
+        [CF_BUFFER, CF_QUEUE, CF_HOLD, CF_ROLLUP, CF_QUARANTINE]
             .iter()
             .map(|cf| {
                 [
@@ -327,6 +437,35 @@ mod tests {
     }
 
     #[test]
+    fn corrupt_buffer_values_are_quarantined_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), false).unwrap();
+        let trace = [7u8; 16];
+        let mut batch = WriteBatch::default();
+        storage.stage_buffered(&mut batch, &trace, &tagged(BufferedKind::Spans, b"a"));
+        storage.stage_buffered(&mut batch, &trace, &[99, 1, 2]);
+        storage.stage_buffered(&mut batch, &trace, &tagged(BufferedKind::Logs, b"b"));
+        storage.write(batch).unwrap();
+        let got = storage.read_trace(&trace, u64::MAX).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (BufferedKind::Spans, b"a".to_vec()),
+                (BufferedKind::Logs, b"b".to_vec())
+            ],
+            "the records around the corrupt one are still read"
+        );
+        let quarantined = storage.quarantined().unwrap();
+        assert_eq!(quarantined.len(), 1);
+        assert_eq!(quarantined[0].store, Store::Buffer as u8);
+        assert_eq!(&quarantined[0].key[..16], &trace);
+        assert_eq!(quarantined[0].value, vec![99, 1, 2]);
+        let mut seen = 0;
+        storage.scan_buffer(|_, _, _, _| seen += 1).unwrap();
+        assert_eq!(seen, 2, "the quarantined record left the buffer");
+    }
+
+    #[test]
     fn reopen_keeps_data_and_sequence_increases() {
         let dir = tempfile::tempdir().unwrap();
         let first_seq;
@@ -341,7 +480,7 @@ mod tests {
         assert!(storage.next_seq() > first_seq);
         let mut seen = Vec::new();
         storage
-            .scan_buffer(|t, k, p| seen.push((t, k, p.to_vec())))
+            .scan_buffer(|t, _, k, p| seen.push((t, k, p.to_vec())))
             .unwrap();
         assert_eq!(seen, vec![([3; 16], BufferedKind::Spans, b"x".to_vec())]);
     }

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
 use otel_tail_shared::otlp::trace_id;
 use otel_tail_shared::ring::{DEFAULT_VNODES, NodeId, Ring};
-use otel_tail_shared::split::{RouteKey, Splitter, split_traces};
+use otel_tail_shared::split::{RouteKey, Splitter, wire_traces_by_owner};
 use prost::Message;
 
 const SPANS: usize = 1000;
@@ -202,21 +202,21 @@ fn main() {
         .expect("ring has members")
     };
 
-    let check = split_traces(&bytes, OWNERS, owner).expect("valid request");
+    let check = wire_traces_by_owner(&bytes, OWNERS, owner).expect("valid request");
     println!("spans per owner: {:?}", check.counts);
 
     let mut splitter = Splitter::new();
     let split = measure(|| {
         black_box(
             splitter
-                .split_traces(black_box(&bytes), OWNERS, owner)
+                .wire_traces_by_owner(black_box(&bytes), OWNERS, owner)
                 .expect("valid request"),
         );
     });
     report("split (reused Splitter, ring lookup)", split, bytes.len());
 
     let fresh = measure(|| {
-        black_box(split_traces(black_box(&bytes), OWNERS, owner).expect("valid request"));
+        black_box(wire_traces_by_owner(black_box(&bytes), OWNERS, owner).expect("valid request"));
     });
     report("split (fresh scratch per request)", fresh, bytes.len());
 

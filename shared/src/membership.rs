@@ -20,10 +20,10 @@
 
 mod broadcast;
 mod codec;
+mod datagram;
 mod driver;
 mod identity;
 mod node;
-mod seal;
 mod stats;
 #[cfg(test)]
 mod tests;

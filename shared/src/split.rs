@@ -108,32 +108,32 @@ pub enum SplitError {
 /// Splits an encoded `ExportTraceServiceRequest`; spans route by trace id.
 ///
 /// Allocates scratch space per call; a [`Splitter`] kept per worker reuses it.
-pub fn split_traces(
+pub fn wire_traces_by_owner(
     request: &[u8],
     owners: usize,
     owner: impl FnMut(RouteKey<'_>) -> usize,
 ) -> Result<Split, SplitError> {
-    Splitter::new().split_traces(request, owners, owner)
+    Splitter::new().wire_traces_by_owner(request, owners, owner)
 }
 
 /// Splits an encoded `ExportLogsServiceRequest`; log records route by trace id, or by
 /// resource identity when they have none.
-pub fn split_logs(
+pub fn wire_logs_by_owner(
     request: &[u8],
     owners: usize,
     owner: impl FnMut(RouteKey<'_>) -> usize,
 ) -> Result<Split, SplitError> {
-    Splitter::new().split_logs(request, owners, owner)
+    Splitter::new().wire_logs_by_owner(request, owners, owner)
 }
 
 /// Splits an encoded `ExportMetricsServiceRequest`; each metric routes whole by its series
 /// key.
-pub fn split_metrics(
+pub fn wire_metrics_by_owner(
     request: &[u8],
     owners: usize,
     owner: impl FnMut(RouteKey<'_>) -> usize,
 ) -> Result<Split, SplitError> {
-    Splitter::new().split_metrics(request, owners, owner)
+    Splitter::new().wire_metrics_by_owner(request, owners, owner)
 }
 
 /// Which signal a request carries: message names for errors and how items route.
@@ -263,8 +263,8 @@ impl Splitter {
         Splitter::default()
     }
 
-    /// See [`split_traces`].
-    pub fn split_traces(
+    /// See [`wire_traces_by_owner`].
+    pub fn wire_traces_by_owner(
         &mut self,
         request: &[u8],
         owners: usize,
@@ -273,8 +273,8 @@ impl Splitter {
         self.split(TRACES, request, owners, owner)
     }
 
-    /// See [`split_logs`].
-    pub fn split_logs(
+    /// See [`wire_logs_by_owner`].
+    pub fn wire_logs_by_owner(
         &mut self,
         request: &[u8],
         owners: usize,
@@ -283,8 +283,8 @@ impl Splitter {
         self.split(LOGS, request, owners, owner)
     }
 
-    /// See [`split_metrics`].
-    pub fn split_metrics(
+    /// See [`wire_metrics_by_owner`].
+    pub fn wire_metrics_by_owner(
         &mut self,
         request: &[u8],
         owners: usize,

@@ -57,8 +57,9 @@ pub mod names {
     /// Held groups settled before their window ended because the hold was over a bound.
     /// Counter.
     pub const HOLD_RELEASED_EARLY: &str = "otel_tail_hold_released_early_total";
-    /// Held groups that could not be decoded and were skipped. Counter.
-    pub const HELD_CORRUPT: &str = "otel_tail_held_corrupt_total";
+    /// Stored records that failed to decode, moved to quarantine and skipped, by `store`
+    /// (`buffer`, `hold`, `rollup`, `queue`). Counter.
+    pub const CORRUPT_RECORDS: &str = "otel_tail_corrupt_records_total";
     /// Kept traces this node can match held items against. Gauge.
     pub const KEPT_TRACES_INDEXED: &str = "otel_tail_kept_traces_indexed";
     /// Log records and data points kept raw, by `signal` and `reason`. Counter.

@@ -46,7 +46,7 @@ use otel_tail_integration_tests::reduction::{
 };
 use otel_tail_integration_tests::wait::poll_until;
 use otel_tail_integration_tests::{SamplerProcess, procfs};
-use otel_tail_sampler::rollup::logs::{LogRollup, LogRollupConfig, MinerConfig, TemplateMiner};
+use otel_tail_sampler::rollup::logs::{LogRollup, LogRollupOptions, MinerConfig, TemplateMiner};
 use otel_tail_sampler::rollup::metrics::{MetricRollup, MetricRollupConfig};
 use serde_json::json;
 use tonic::Status;
@@ -696,7 +696,7 @@ fn throughput(args: &Args) {
     let warm = measure(args.throughput_seconds, || mine(&mut miners));
     let templates: usize = miners.iter().map(TemplateMiner::len).sum();
 
-    let mut rollup = LogRollup::new(LogRollupConfig::default());
+    let mut rollup = LogRollup::new(LogRollupOptions::default());
     let mut interval = 0u64;
     let mut add_records = |rollup: &mut LogRollup| {
         for (resource, records) in &log_groups {

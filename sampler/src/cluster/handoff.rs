@@ -28,7 +28,7 @@ use super::peer::{Mark, push_field_1};
 use super::plan::{Topology, batches_by_bytes, plan_decisions, plan_traces};
 use crate::decision::Cached;
 use crate::engine::Engine;
-use crate::engine::cluster::{Acknowledged, TakenTrace};
+use crate::engine::transfer::{Acknowledged, TakenTrace};
 
 /// Traces handed off, by `direction` (`out` = sent and acknowledged, `in` = received).
 /// Counter.

@@ -20,7 +20,7 @@ use otel_tail_shared::split::{RouteKey, metric_series_key, resource_identity_key
 /// Partitions spans by trace id. `owner` maps a route key to a member index; spans with
 /// an invalid trace id (receivers remove those first) go to `fallback`. Returns one
 /// request per owner, in owner order.
-pub fn partition_traces(
+pub fn decoded_traces_by_owner(
     request: ExportTraceServiceRequest,
     fallback: usize,
     owner: impl FnMut(RouteKey<'_>) -> usize,
@@ -65,7 +65,7 @@ pub fn partition_traces(
 
 /// Partitions log records: by trace id when they carry a valid one, else by the identity
 /// of their resource.
-pub fn partition_logs(
+pub fn decoded_logs_by_owner(
     request: ExportLogsServiceRequest,
     owner: impl FnMut(RouteKey<'_>) -> usize,
 ) -> Vec<(usize, ExportLogsServiceRequest)> {
@@ -105,7 +105,7 @@ pub fn partition_logs(
 }
 
 /// Partitions metrics: each metric (with all its data points) by its series key.
-pub fn partition_metrics(
+pub fn decoded_metrics_by_owner(
     request: ExportMetricsServiceRequest,
     owner: impl FnMut(RouteKey<'_>) -> usize,
 ) -> Vec<(usize, ExportMetricsServiceRequest)> {
@@ -293,7 +293,7 @@ mod tests {
                 schema_url: "res-schema".into(),
             }],
         };
-        let parts = partition_traces(request, 0, by_parity);
+        let parts = decoded_traces_by_owner(request, 0, by_parity);
         assert_eq!(parts.len(), 2);
         let (o0, even) = &parts[0];
         let (o1, odd) = &parts[1];
@@ -328,7 +328,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let parts = partition_traces(request.clone(), 0, by_parity);
+        let parts = decoded_traces_by_owner(request.clone(), 0, by_parity);
         assert_eq!(parts, vec![(1, request)]);
     }
 
@@ -349,7 +349,7 @@ mod tests {
             }],
         };
         let mut keys = Vec::new();
-        let parts = partition_logs(request, |k| {
+        let parts = decoded_logs_by_owner(request, |k| {
             if let RouteKey::Key(k) = k {
                 keys.push(k.to_vec());
             }
@@ -384,7 +384,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let parts = partition_metrics(request, |k| match k {
+        let parts = decoded_metrics_by_owner(request, |k| match k {
             RouteKey::Key(k) => usize::from(k.ends_with(b"b")),
             RouteKey::Trace(_) => unreachable!("metrics route by key"),
         });

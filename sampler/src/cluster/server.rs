@@ -41,7 +41,7 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
-use crate::correlation::broadcast::NoticesServer;
+use crate::correlation::fanout::NoticesServer;
 
 use super::peer::{DECISIONS_PATH, HANDOFF_HEADER, HOP_HEADER, SUMMARY_HEADER};
 use super::{ClusterIngest, Origin};

@@ -58,7 +58,7 @@ pub fn mark_trace_logs(rl: &mut ResourceLogs) -> u64 {
 /// Splits one resource's log records. A record is raw when its trace id is kept, or when
 /// it lies (by its time, else its observed time) in the window of a correlating kept
 /// trace of the same resource.
-pub fn split_logs(rl: ResourceLogs, kept: &KeptIndex) -> Split<ResourceLogs> {
+pub fn classify_logs(rl: ResourceLogs, kept: &KeptIndex) -> Split<ResourceLogs> {
     let identity = ResourceIdentity::from_resource(rl.resource.as_ref());
     let mut split = Split::default();
     let mut raw_scopes = Vec::new();
@@ -106,7 +106,7 @@ pub fn split_logs(rl: ResourceLogs, kept: &KeptIndex) -> Split<ResourceLogs> {
     split
 }
 
-/// Everything to summary, unchanged (correlation off): the same shape as [`split_logs`].
+/// Everything to summary, unchanged (correlation off): the same shape as [`classify_logs`].
 pub fn all_summary_logs(rl: ResourceLogs) -> Split<ResourceLogs> {
     let items = rl
         .scope_logs
@@ -247,7 +247,7 @@ fn split_metric(
 /// Splits one resource's metric points. A point is raw when one of its exemplars
 /// references a kept trace, or when its time lies in the window of a correlating kept
 /// trace of the same resource.
-pub fn split_metrics(rm: ResourceMetrics, kept: &KeptIndex) -> Split<ResourceMetrics> {
+pub fn classify_metrics(rm: ResourceMetrics, kept: &KeptIndex) -> Split<ResourceMetrics> {
     let identity = ResourceIdentity::from_resource(rm.resource.as_ref());
     let mut counts = [0u64; 4];
     let mut raw_scopes = Vec::new();
@@ -286,7 +286,7 @@ pub fn split_metrics(rm: ResourceMetrics, kept: &KeptIndex) -> Split<ResourceMet
 }
 
 /// Everything to summary, unchanged (correlation off): the same shape as
-/// [`split_metrics`].
+/// [`classify_metrics`].
 pub fn all_summary_metrics(rm: ResourceMetrics) -> Split<ResourceMetrics> {
     let items = otlp::resource_data_points(&rm) as u64;
     Split {

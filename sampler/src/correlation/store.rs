@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rocksdb::{IteratorMode, WriteBatch};
 
 use super::HoldLimits;
-use crate::storage::{CF_HOLD, Storage, StorageError};
+use crate::storage::{CF_HOLD, Storage, StorageError, Store};
 
 #[cfg(test)]
 mod tests;
@@ -222,15 +222,24 @@ impl HoldStore {
     /// Items keep their original arrival, so each is released once its window has passed
     /// (at once if it already has); an arrival later than `now` (the clock stepped back
     /// across the restart) counts as `now`, so no item is held more than one window from
-    /// here. Call before the first [`HoldStore::hold`].
+    /// here. Entries that fail to decode are quarantined (see [`Storage::quarantine`]).
+    /// Call before the first [`HoldStore::hold`].
     pub fn recover(&self, now: u64) -> Result<usize, HoldError> {
         let mut index = Index::default();
         let db = self.storage.db();
         for entry in db.iterator_cf(self.storage.cf(CF_HOLD), IteratorMode::Start) {
-            let (key, value) = entry?;
-            let key = HoldKey::from_bytes(&key)
-                .ok_or_else(|| HoldError::Corrupt(format!("{}-byte key", key.len())))?;
-            let (kind, payload) = split_value(&value)?;
+            let (raw_key, value) = entry?;
+            let parsed = HoldKey::from_bytes(&raw_key)
+                .ok_or_else(|| HoldError::Corrupt(format!("{}-byte key", raw_key.len())))
+                .and_then(|key| Ok((key, split_value(&value)?)));
+            let (key, (kind, payload)) = match parsed {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    self.storage
+                        .quarantine(Store::Hold, &raw_key, &value, &error)?;
+                    continue;
+                }
+            };
             index.latest_arrival = index.latest_arrival.max(key.arrived);
             index.held_items += 1;
             index.held_bytes += payload.len();

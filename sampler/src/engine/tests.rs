@@ -1,16 +1,15 @@
-use std::sync::atomic::AtomicU64;
-
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status, status};
 use otel_tail_shared::config::Config;
 
 use super::*;
+use crate::clock::ManualClock;
 
 /// An engine over real RocksDB and a real file exporter, with a manual clock.
 struct Rig {
     dir: tempfile::TempDir,
-    clock: Arc<AtomicU64>,
+    clock: Arc<ManualClock>,
     engine: Engine,
     queues: Arc<ExportQueues>,
 }
@@ -33,10 +32,12 @@ fn rig_in(dir: tempfile::TempDir, yaml: &str) -> Rig {
     )
     .unwrap();
     let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
-    let clock = Arc::new(AtomicU64::new(0));
-    let engine = Engine::new(&config, storage, queues.clone())
-        .unwrap()
-        .with_manual_clock(clock.clone());
+    let clock = Arc::new(ManualClock::now());
+    let wiring = Wiring {
+        clock: clock.clone(),
+        links: SettleLinks::default(),
+    };
+    let engine = Engine::new(&config, storage, queues.clone(), wiring).unwrap();
     Rig {
         dir,
         clock,
@@ -51,7 +52,12 @@ fn rig(yaml: &str) -> Rig {
 
 impl Rig {
     fn advance(&self, ms: u64) {
-        self.clock.fetch_add(ms, Ordering::SeqCst);
+        self.clock.advance(Duration::from_millis(ms));
+    }
+
+    /// The rig's wall time, unix nanoseconds.
+    fn now(&self) -> u64 {
+        self.clock.unix_nanos()
     }
 
     /// Flushes the export queue into the file and returns every exported span's
@@ -303,7 +309,7 @@ async fn logs_of_kept_traces_are_marked_and_the_rest_pass_through_when_rollups_a
         .unwrap();
     rig.advance(1000);
     rig.engine.decide_due().unwrap();
-    rig.engine.settler().settle_due(unix_now()).unwrap();
+    rig.engine.settler().settle_due(rig.now()).unwrap();
     rig.exported_spans().await;
     assert_eq!(
         rig.exported_logs(),
@@ -405,7 +411,7 @@ async fn held_logs_in_a_kept_error_traces_window_are_kept_raw_and_others_are_not
     rig.advance(1000);
     rig.engine.decide_due().unwrap();
     let settler = rig.engine.settler();
-    let now = unix_now();
+    let now = rig.now();
     assert_eq!(
         settler.settle_due(now).unwrap().groups,
         0,
@@ -461,7 +467,7 @@ fn correlated(attributes: &[KeyValue]) -> String {
 }
 
 #[test]
-fn split_traces_groups_by_trace_and_keeps_resource_and_scope() {
+fn grouping_spans_by_trace_groups_by_trace_and_keeps_resource_and_scope() {
     let mut req = request(vec![
         span(1, 1, false),
         span(2, 1, false),
@@ -471,7 +477,7 @@ fn split_traces_groups_by_trace_and_keeps_resource_and_scope() {
         spans: vec![span(2, 3, false)],
         ..Default::default()
     });
-    let groups = split_traces(req);
+    let groups = group_spans_by_trace(req);
     assert_eq!(groups.len(), 2);
     assert_eq!(groups[0].0, [1; 16]);
     assert_eq!(groups[0].1.scope_spans.len(), 1);
@@ -483,4 +489,81 @@ fn split_traces_groups_by_trace_and_keeps_resource_and_scope() {
         "trace 2 appears under both scopes"
     );
     assert!(groups.iter().all(|(_, rs)| rs.resource.is_some()));
+}
+
+#[tokio::test]
+async fn a_corrupt_buffered_record_is_quarantined_and_strands_nothing() {
+    let rig = rig(
+        "sampler:\n  decision_wait: 1s\n  policies:\n    - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n",
+    );
+    rig.engine
+        .ingest_traces(request(vec![span(1, 1, true), span(2, 1, true)]))
+        .unwrap();
+    // A value with the spans tag but bytes that are not a ResourceSpans, between the
+    // first and the second group of trace 1.
+    let mut batch = WriteBatch::default();
+    rig.engine.storage.stage_buffered(
+        &mut batch,
+        &[1; 16],
+        &[BufferedKind::Spans as u8, 0xff, 0xff],
+    );
+    rig.engine.storage.write(batch).unwrap();
+    rig.engine
+        .ingest_traces(request(vec![span(1, 2, false), span(3, 1, true)]))
+        .unwrap();
+    rig.advance(1000);
+    assert_eq!(rig.engine.decide_due().unwrap(), 3);
+    let exported = rig.exported_spans().await;
+    let errors = "errors".to_string();
+    assert_eq!(
+        exported,
+        vec![
+            (1, 1, errors.clone()),
+            (1, 2, errors.clone()),
+            (2, 1, errors.clone()),
+            (3, 1, errors)
+        ],
+        "every readable span of every trace in the chunk is exported"
+    );
+    let quarantined = rig.engine.storage.quarantined().unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].store, Store::Buffer as u8);
+    assert_eq!(
+        quarantined[0].value,
+        vec![BufferedKind::Spans as u8, 0xff, 0xff]
+    );
+    assert_eq!(
+        rig.engine.storage.read_trace(&[1; 16], u64::MAX).unwrap(),
+        vec![]
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_buffered_record_is_quarantined_on_recovery() {
+    let rig = rig(CONFIG);
+    rig.engine
+        .ingest_traces(request(vec![span(4, 1, false)]))
+        .unwrap();
+    let mut batch = WriteBatch::default();
+    rig.engine
+        .storage
+        .stage_buffered(&mut batch, &[5; 16], &[BufferedKind::Spans as u8, 0xff]);
+    rig.engine.storage.write(batch).unwrap();
+    let Rig {
+        dir,
+        engine,
+        queues,
+        ..
+    } = rig;
+    drop((engine, queues));
+    let reopened = rig_in(dir, CONFIG);
+    assert_eq!(
+        reopened.engine.recover().unwrap(),
+        1,
+        "the readable trace is back"
+    );
+    assert_eq!(reopened.engine.active_traces(), 1);
+    let quarantined = reopened.engine.storage.quarantined().unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(&quarantined[0].key[..16], &[5; 16]);
 }

@@ -47,7 +47,7 @@ pub use record::RESOURCE_IDENTITY_ATTRIBUTES;
 
 /// Settings of [`LogRollup`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct LogRollupConfig {
+pub struct LogRollupOptions {
     /// Settings of every resource's miner.
     pub miner: MinerConfig,
     /// Example bodies kept per summary.
@@ -57,9 +57,9 @@ pub struct LogRollupConfig {
     pub max_resources: usize,
 }
 
-impl Default for LogRollupConfig {
+impl Default for LogRollupOptions {
     fn default() -> Self {
-        LogRollupConfig {
+        LogRollupOptions {
             miner: MinerConfig::default(),
             samples_per_template: 1,
             max_resources: 1000,
@@ -126,7 +126,7 @@ struct DrainedResource {
 /// Aggregates log lines into per-interval summaries; see the module docs.
 #[derive(Debug)]
 pub struct LogRollup {
-    config: LogRollupConfig,
+    config: LogRollupOptions,
     resources: HashMap<Box<[u8]>, ResourceState>,
     /// Resources holding a miner of their own.
     mining_resources: usize,
@@ -138,7 +138,7 @@ pub struct LogRollup {
 
 impl LogRollup {
     /// An empty rollup.
-    pub fn new(config: LogRollupConfig) -> Self {
+    pub fn new(config: LogRollupOptions) -> Self {
         LogRollup {
             shared: TemplateMiner::new(config.miner.clone()),
             config,
@@ -306,6 +306,6 @@ impl LogRollup {
 
 impl Default for LogRollup {
     fn default() -> Self {
-        LogRollup::new(LogRollupConfig::default())
+        LogRollup::new(LogRollupOptions::default())
     }
 }

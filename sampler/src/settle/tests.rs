@@ -13,8 +13,11 @@ use otel_tail_shared::config::Config;
 use proptest::prelude::*;
 
 use super::*;
+use crate::clock::ManualClock;
 
 const SEC: u64 = 1_000_000_000;
+/// The tests' wall time: fixed, so intervals and windows fall the same way on every run.
+const T0: u64 = 1_767_225_600 * SEC + 123_456_789;
 
 /// A settler, its queues and storage, opened on `dir`.
 struct Node {
@@ -31,11 +34,15 @@ fn open(dir: &Path, yaml: &str) -> Node {
             .unwrap();
     let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
     let settler = Settler::new(
-        &config.sampler,
-        &config.correlation,
-        &config.rollup,
+        SettleConfig {
+            sampler: &config.sampler,
+            correlation: &config.correlation,
+            rollup: &config.rollup,
+        },
         storage,
         queues.clone(),
+        Arc::new(ManualClock::starting_at(T0)),
+        SettleLinks::default(),
     )
     .unwrap();
     Node { settler, queues }
@@ -220,7 +227,7 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let now = unix_now();
+        let now = T0;
         let lines: u64 = before.iter().chain(&after).map(|g| g.2.len() as u64).sum();
         let total: i64 = before.iter().chain(&after).flat_map(|g| &g.2).map(|v| i64::from(*v)).sum();
         {
@@ -263,7 +270,7 @@ proptest! {
 #[tokio::test]
 async fn pending_inputs_of_a_rollup_turned_off_pass_through_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let now = unix_now();
+    let now = T0;
     {
         let node = open(dir.path(), ROLLUP_ONLY);
         let mut batch = WriteBatch::default();
@@ -286,7 +293,7 @@ async fn an_interval_closes_on_time_and_over_its_pending_bound() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = "correlation: {enabled: false}\nrollup: {logs: {interval: 10s}, metrics: {interval: 10s}, max_pending_bytes: 1}\n";
     let node = open(dir.path(), yaml);
-    let now = unix_now();
+    let now = T0;
     let mut batch = WriteBatch::default();
     node.settler
         .hold_logs(&mut batch, &logs(1, 1, &[1, 2]), now);
@@ -303,7 +310,7 @@ async fn settle_all_releases_everything_held_and_closes_the_intervals() {
     let yaml =
         "correlation: {window: 1h}\nrollup: {logs: {interval: 1h}, metrics: {interval: 1h}}\n";
     let node = open(dir.path(), yaml);
-    let now = unix_now();
+    let now = T0;
     let mut batch = WriteBatch::default();
     node.settler
         .hold_logs(&mut batch, &logs(1, 1, &[1, 2, 3]), now);
@@ -371,7 +378,7 @@ fn cumulative_total(dir: &Path) -> i64 {
 #[tokio::test]
 async fn cumulative_inputs_convert_to_exact_deltas_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let now = unix_now();
+    let now = T0;
     let feed = |node: &Node, value: i64, time: u64| {
         let mut batch = WriteBatch::default();
         node.settler
@@ -396,5 +403,30 @@ async fn cumulative_inputs_convert_to_exact_deltas_across_a_restart() {
         cumulative_total(dir.path()),
         22,
         "10 + 5 + 7: the restart neither loses nor recounts the stream"
+    );
+}
+
+#[tokio::test]
+async fn a_held_group_that_does_not_decode_is_quarantined_and_the_rest_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml =
+        "correlation: {window: 1s}\nrollup: {logs: {enabled: false}, metrics: {enabled: false}}\n";
+    let node = open(dir.path(), yaml);
+    let mut batch = WriteBatch::default();
+    node.settler.hold_logs(&mut batch, &logs(1, 1, &[1, 2]), T0);
+    node.settler
+        .hold_encoded_logs(&mut batch, &[0xff, 0xff], T0);
+    node.settler.hold_logs(&mut batch, &logs(2, 1, &[3]), T0);
+    node.settler.storage.write(batch).unwrap();
+    let settled = node.settler.settle_due(T0 + 2 * SEC).unwrap();
+    assert_eq!((settled.groups, settled.summary), (3, 3));
+    let quarantined = node.settler.storage.quarantined().unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].store, Store::Hold as u8);
+    assert_eq!(quarantined[0].value, vec![HeldKind::Logs as u8, 0xff, 0xff]);
+    assert_eq!(
+        node.settler.held().held_items,
+        0,
+        "nothing is left in the hold"
     );
 }

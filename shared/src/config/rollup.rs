@@ -87,7 +87,7 @@ impl CorrelationConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RollupConfig {
     /// Log records not kept become counted template summaries.
-    pub logs: LogRollupSettings,
+    pub logs: LogRollupConfig,
     /// Metric points not kept are aggregated per interval.
     pub metrics: MetricRollupConfig,
     /// Summary inputs waiting on disk for their interval to close; past it the interval
@@ -98,7 +98,7 @@ pub struct RollupConfig {
 impl Default for RollupConfig {
     fn default() -> Self {
         RollupConfig {
-            logs: LogRollupSettings::default(),
+            logs: LogRollupConfig::default(),
             metrics: MetricRollupConfig::default(),
             max_pending_bytes: 512 * 1024 * 1024,
         }
@@ -108,7 +108,7 @@ impl Default for RollupConfig {
 /// `rollup.logs.*`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LogRollupSettings {
+pub struct LogRollupConfig {
     /// Roll logs up. Off: logs that are not kept pass through unchanged.
     pub enabled: bool,
     /// One summary per (resource, severity, template) per interval.
@@ -122,9 +122,9 @@ pub struct LogRollupSettings {
     pub max_resources: usize,
 }
 
-impl Default for LogRollupSettings {
+impl Default for LogRollupConfig {
     fn default() -> Self {
-        LogRollupSettings {
+        LogRollupConfig {
             enabled: true,
             interval: Duration::from_secs(60),
             samples_per_template: 1,

@@ -227,7 +227,7 @@ async fn refusals_are_classified() {
     sink.answer_with(Err(IngestError::Invalid("nope".to_owned())));
     assert!(matches!(send().await, Err(ForwardError::Rejected(m)) if m.contains("nope")));
 
-    sink.answer_with(Err(IngestError::Unavailable("disk".to_owned())));
+    sink.answer_with(Err(IngestError::unavailable_msg("disk")));
     assert!(matches!(send().await, Err(ForwardError::Unavailable(m)) if m.contains("disk")));
 
     // Bytes that are not a request: the receiver answers INVALID_ARGUMENT.

@@ -30,8 +30,8 @@ use super::{
     Error, MAX_BROADCAST_PAYLOAD, MembershipEvent, NodeIdentity,
     broadcast::{BroadcastInbox, Delivered},
     codec::{self, ProtoCodec},
+    datagram::{PacketError, Sealer},
     identity::GossipIdentity,
-    seal::{PacketError, Sealer},
     stats::{self, PacketStats},
 };
 

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Role, names, seal::PacketError};
+use super::{Role, datagram::PacketError, names};
 
 /// Counts of gossip datagrams one node sent and received, by outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

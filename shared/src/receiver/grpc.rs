@@ -128,7 +128,7 @@ pub fn status_of(error: &IngestError) -> Status {
             ErrorDetails::with_retry_info(Some(*retry_after)),
         ),
         IngestError::Invalid(_) => Status::invalid_argument(error.to_string()),
-        IngestError::Unavailable(_) => Status::unavailable(error.to_string()),
+        IngestError::Unavailable { .. } => Status::unavailable(error.detail()),
     }
 }
 

@@ -365,7 +365,7 @@ impl Refusal {
             Refusal::Malformed(_)
             | Refusal::BodyRead(_)
             | Refusal::Ingest(IngestError::Invalid(_)) => StatusCode::BAD_REQUEST,
-            Refusal::Ingest(IngestError::Overloaded { .. } | IngestError::Unavailable(_)) => {
+            Refusal::Ingest(IngestError::Overloaded { .. } | IngestError::Unavailable { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -382,7 +382,7 @@ impl Refusal {
             | Refusal::BodyRead(_)
             | Refusal::Ingest(IngestError::Invalid(_)) => Code::InvalidArgument,
             Refusal::TooLarge { .. } => Code::ResourceExhausted,
-            Refusal::Ingest(IngestError::Overloaded { .. } | IngestError::Unavailable(_)) => {
+            Refusal::Ingest(IngestError::Overloaded { .. } | IngestError::Unavailable { .. }) => {
                 Code::Unavailable
             }
         }

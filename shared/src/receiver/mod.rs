@@ -63,8 +63,47 @@ pub enum IngestError {
     #[error("invalid request: {0}")]
     Invalid(String),
     /// A transient internal failure (e.g. storage error); retryable.
-    #[error("internal error: {0}")]
-    Unavailable(String),
+    #[error("internal error: {context}")]
+    Unavailable {
+        /// What failed.
+        context: String,
+        /// Why, when another error caused it (kept for logs and error chains).
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl IngestError {
+    /// A retryable internal failure described by `context` alone.
+    pub fn unavailable_msg(context: impl Into<String>) -> IngestError {
+        IngestError::Unavailable {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A retryable internal failure caused by `source`.
+    pub fn unavailable(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> IngestError {
+        IngestError::Unavailable {
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The message and every cause, joined with `: ` (what clients and logs are told).
+    pub fn detail(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            cause = e.source();
+        }
+        out
+    }
 }
 
 /// The sink receivers deliver decoded, id-validated requests to. Implemented by the

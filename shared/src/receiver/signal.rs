@@ -142,7 +142,7 @@ pub(crate) fn ingest_error_reason(error: &IngestError) -> &'static str {
     match error {
         IngestError::Overloaded { .. } => reason::OVERLOADED,
         IngestError::Invalid(_) => reason::INVALID,
-        IngestError::Unavailable(_) => reason::UNAVAILABLE,
+        IngestError::Unavailable { .. } => reason::UNAVAILABLE,
     }
 }
 

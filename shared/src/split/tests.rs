@@ -493,7 +493,7 @@ proptest! {
     fn trace_split_partitions_the_valid_spans_by_owner(request in trace_request()) {
         let ring = ring(3);
         let bytes = request.encode_to_vec();
-        let split = split_traces(&bytes, 3, |k| owner_of(&ring, k)).unwrap();
+        let split = wire_traces_by_owner(&bytes, 3, |k| owner_of(&ring, k)).unwrap();
         prop_assert_eq!(split.parts.len(), 3);
 
         let mut all = Vec::new();
@@ -519,7 +519,7 @@ proptest! {
     fn trace_split_matches_decode_group_encode(request in trace_request()) {
         let ring = ring(3);
         let bytes = request.encode_to_vec();
-        let split = split_traces(&bytes, 3, |k| owner_of(&ring, k)).unwrap();
+        let split = wire_traces_by_owner(&bytes, 3, |k| owner_of(&ring, k)).unwrap();
         let reference = reference_traces(&request, &ring);
         for (part, expected) in split.parts.iter().zip(&reference.parts) {
             prop_assert_eq!(&ExportTraceServiceRequest::decode(part.as_ref()).unwrap(), expected);
@@ -532,7 +532,7 @@ proptest! {
     fn log_split_matches_decode_group_encode(request in logs_request()) {
         let ring = ring(3);
         let bytes = request.encode_to_vec();
-        let split = split_logs(&bytes, 3, |k| owner_of(&ring, k)).unwrap();
+        let split = wire_logs_by_owner(&bytes, 3, |k| owner_of(&ring, k)).unwrap();
         let reference = reference_logs(&request, &ring);
         for (part, expected) in split.parts.iter().zip(&reference.parts) {
             prop_assert_eq!(&ExportLogsServiceRequest::decode(part.as_ref()).unwrap(), expected);
@@ -545,7 +545,7 @@ proptest! {
     fn metric_split_matches_decode_group_encode(request in metrics_request()) {
         let ring = ring(3);
         let bytes = request.encode_to_vec();
-        let split = split_metrics(&bytes, 3, |k| owner_of(&ring, k)).unwrap();
+        let split = wire_metrics_by_owner(&bytes, 3, |k| owner_of(&ring, k)).unwrap();
         let reference = reference_metrics(&request, &ring);
         for (part, expected) in split.parts.iter().zip(&reference.parts) {
             prop_assert_eq!(&ExportMetricsServiceRequest::decode(part.as_ref()).unwrap(), expected);
@@ -564,7 +564,7 @@ proptest! {
         prop_assume!(!bytes.is_empty());
         let mut splitter = Splitter::new();
         let truncated = &bytes[..cut.index(bytes.len())];
-        let _ = splitter.split_traces(truncated, 2, |k| match k {
+        let _ = splitter.wire_traces_by_owner(truncated, 2, |k| match k {
             RouteKey::Trace(id) => usize::from(id[0] & 1),
             RouteKey::Key(_) => 0,
         });
@@ -572,7 +572,7 @@ proptest! {
         let at = flip.0.index(corrupted.len());
         corrupted[at] ^= flip.1;
         // Whatever the result, a success must still decode into valid requests.
-        if let Ok(split) = splitter.split_traces(&corrupted, 2, |k| match k {
+        if let Ok(split) = splitter.wire_traces_by_owner(&corrupted, 2, |k| match k {
             RouteKey::Trace(id) => usize::from(id[0] & 1),
             RouteKey::Key(_) => 0,
         }) {
@@ -668,7 +668,7 @@ fn unknown_fields_at_every_level_are_carried_to_the_owner() {
     let mut request = len_field(1, &resource);
     request.extend(len_field(97, b"request-extension"));
 
-    let split = split_traces(&request, 2, by_first_byte).unwrap();
+    let split = wire_traces_by_owner(&request, 2, by_first_byte).unwrap();
     assert_eq!(split.counts, vec![1, 1]);
     let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
     let (even, odd) = (&split.parts[0], &split.parts[1]);
@@ -707,7 +707,7 @@ fn invalid_trace_ids_are_counted_and_left_out() {
     short.trace_id.truncate(8);
     let request = one_container(vec![empty, span_with_id(4), zero, short]).encode_to_vec();
 
-    let split = split_traces(&request, 2, by_first_byte).unwrap();
+    let split = wire_traces_by_owner(&request, 2, by_first_byte).unwrap();
     assert_eq!(split.invalid, 3);
     assert_eq!(split.counts, vec![1, 0]);
     assert!(split.parts[1].is_empty());
@@ -722,13 +722,13 @@ fn the_last_trace_id_field_wins_as_in_protobuf() {
     span.extend(len_field(1, &[2; 16]));
     let scope = len_field(2, &span);
     let request = len_field(1, &len_field(2, &scope));
-    let split = split_traces(&request, 2, by_first_byte).unwrap();
+    let split = wire_traces_by_owner(&request, 2, by_first_byte).unwrap();
     assert_eq!(split.counts, vec![1, 0]);
 }
 
 #[test]
 fn empty_request_gives_empty_parts() {
-    let split = split_traces(&[], 3, by_first_byte).unwrap();
+    let split = wire_traces_by_owner(&[], 3, by_first_byte).unwrap();
     assert_eq!(split.parts, vec![Bytes::new(); 3]);
     assert_eq!(split.counts, vec![0; 3]);
     assert_eq!(split.invalid, 0);
@@ -738,7 +738,7 @@ fn empty_request_gives_empty_parts() {
 fn every_truncation_of_a_request_is_malformed() {
     let request = one_container(vec![span_with_id(1), span_with_id(2)]).encode_to_vec();
     for cut in 1..request.len() {
-        let err = split_traces(&request[..cut], 2, by_first_byte).unwrap_err();
+        let err = wire_traces_by_owner(&request[..cut], 2, by_first_byte).unwrap_err();
         assert!(
             matches!(err, SplitError::Malformed { .. }),
             "cut at {cut}: {err}"
@@ -753,7 +753,7 @@ fn malformed_input_names_the_message_and_the_problem() {
     let mut scope = len_field(2, &span);
     scope.truncate(scope.len() - 1);
     let request = len_field(1, &len_field(2, &scope));
-    let err = split_traces(&request, 2, by_first_byte).unwrap_err();
+    let err = wire_traces_by_owner(&request, 2, by_first_byte).unwrap_err();
     assert!(
         matches!(
             err,
@@ -774,7 +774,7 @@ fn malformed_input_names_the_message_and_the_problem() {
     // trace_id sent as a varint.
     let span = [0x08, 0x01];
     let request = len_field(1, &len_field(2, &len_field(2, &span)));
-    let err = split_traces(&request, 2, by_first_byte).unwrap_err();
+    let err = wire_traces_by_owner(&request, 2, by_first_byte).unwrap_err();
     assert_eq!(
         err,
         SplitError::Malformed {
@@ -789,12 +789,12 @@ fn malformed_input_names_the_message_and_the_problem() {
     );
 
     // Wire type 7 at the top level, field number 0, an unterminated varint.
-    let err = split_traces(&[0x0f], 2, by_first_byte).unwrap_err();
+    let err = wire_traces_by_owner(&[0x0f], 2, by_first_byte).unwrap_err();
     assert_eq!(
         err.to_string(),
         "malformed ExportTraceServiceRequest at byte 0: invalid wire type 7"
     );
-    let err = split_traces(&[0x02, 0x00], 2, by_first_byte).unwrap_err();
+    let err = wire_traces_by_owner(&[0x02, 0x00], 2, by_first_byte).unwrap_err();
     assert!(matches!(
         err,
         SplitError::Malformed {
@@ -802,7 +802,7 @@ fn malformed_input_names_the_message_and_the_problem() {
             ..
         }
     ));
-    let err = split_traces(&[0x08, 0xff], 2, by_first_byte).unwrap_err();
+    let err = wire_traces_by_owner(&[0x08, 0xff], 2, by_first_byte).unwrap_err();
     assert!(matches!(
         err,
         SplitError::Malformed {
@@ -810,7 +810,7 @@ fn malformed_input_names_the_message_and_the_problem() {
             ..
         }
     ));
-    let err = split_traces(
+    let err = wire_traces_by_owner(
         &[0x08; 1]
             .iter()
             .chain(&[0xff; 10])
@@ -828,7 +828,7 @@ fn malformed_input_names_the_message_and_the_problem() {
         }
     ));
     // An end-group with no group, and a group that never ends.
-    let err = split_traces(&[0x0c], 2, by_first_byte).unwrap_err();
+    let err = wire_traces_by_owner(&[0x0c], 2, by_first_byte).unwrap_err();
     assert!(matches!(
         err,
         SplitError::Malformed {
@@ -836,7 +836,7 @@ fn malformed_input_names_the_message_and_the_problem() {
             ..
         }
     ));
-    let err = split_traces(&[0x0b, 0x10, 0x01], 2, by_first_byte).unwrap_err();
+    let err = wire_traces_by_owner(&[0x0b, 0x10, 0x01], 2, by_first_byte).unwrap_err();
     assert!(matches!(
         err,
         SplitError::Malformed {
@@ -850,14 +850,14 @@ fn malformed_input_names_the_message_and_the_problem() {
 fn owner_function_misuse_is_an_error() {
     let request = one_container(vec![span_with_id(1)]).encode_to_vec();
     assert_eq!(
-        split_traces(&request, 2, |_| 5).unwrap_err(),
+        wire_traces_by_owner(&request, 2, |_| 5).unwrap_err(),
         SplitError::OwnerOutOfRange {
             owner: 5,
             owners: 2
         }
     );
     assert_eq!(
-        split_traces(&request, 0, |_| 0).unwrap_err(),
+        wire_traces_by_owner(&request, 0, |_| 0).unwrap_err(),
         SplitError::NoOwners
     );
 }
@@ -903,7 +903,7 @@ fn logs_without_trace_id_route_by_resource_identity() {
     .encode_to_vec();
 
     let mut seen = Vec::new();
-    let split = split_logs(&request, 3, |k| {
+    let split = wire_logs_by_owner(&request, 3, |k| {
         let owner = match k {
             RouteKey::Trace(_) => 1,
             RouteKey::Key(_) => 2,
@@ -1065,7 +1065,7 @@ fn pods_of_one_service_share_metric_keys_but_not_log_keys() {
             .collect(),
     };
     let mut metric_keys = Vec::new();
-    split_metrics(&metrics.encode_to_vec(), 1, |k| {
+    wire_metrics_by_owner(&metrics.encode_to_vec(), 1, |k| {
         if let RouteKey::Key(k) = k {
             metric_keys.push(k.to_vec());
         }
@@ -1088,7 +1088,7 @@ fn pods_of_one_service_share_metric_keys_but_not_log_keys() {
             .collect(),
     };
     let mut log_keys = Vec::new();
-    split_logs(&logs.encode_to_vec(), 1, |k| {
+    wire_logs_by_owner(&logs.encode_to_vec(), 1, |k| {
         if let RouteKey::Key(k) = k {
             log_keys.push(k.to_vec());
         }
@@ -1152,7 +1152,7 @@ proptest! {
         let resource = decoded.resource_metrics[0].resource.as_ref();
         prop_assert_eq!(resource.is_some(), pieces > 0);
         let mut seen = Vec::new();
-        split_metrics(&request, 1, |k| {
+        wire_metrics_by_owner(&request, 1, |k| {
             if let RouteKey::Key(k) = k {
                 seen.push(k.to_vec());
             }
@@ -1173,7 +1173,7 @@ proptest! {
             container_with_split_resource(&attributes, pieces, &[LogRecord::default().encode_to_vec()]);
         let decoded = ExportLogsServiceRequest::decode(request.as_slice()).unwrap();
         let mut seen = Vec::new();
-        split_logs(&request, 1, |k| {
+        wire_logs_by_owner(&request, 1, |k| {
             if let RouteKey::Key(k) = k {
                 seen.push(k.to_vec());
             }
@@ -1207,7 +1207,7 @@ fn metric_counts_follow_oneof_merge_rules() {
         let request = len_field(1, &len_field(2, &len_field(2, &metric)));
         let decoded = ExportMetricsServiceRequest::decode(request.as_slice()).unwrap();
         assert_eq!(crate::otlp::data_point_count(&decoded), points);
-        let split = split_metrics(&request, 1, |_| 0).unwrap();
+        let split = wire_metrics_by_owner(&request, 1, |_| 0).unwrap();
         assert_eq!(split.counts, vec![points]);
     }
 }
@@ -1218,7 +1218,7 @@ fn splitter_scratch_is_reusable_across_signals() {
     let mut splitter = Splitter::new();
     let traces = one_container((1..40).map(span_with_id).collect()).encode_to_vec();
     let first = splitter
-        .split_traces(&traces, 3, |k| owner_of(&ring, k))
+        .wire_traces_by_owner(&traces, 3, |k| owner_of(&ring, k))
         .unwrap();
     let logs = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
@@ -1229,12 +1229,12 @@ fn splitter_scratch_is_reusable_across_signals() {
             ..Default::default()
         }],
     };
-    let split_logs = splitter
-        .split_logs(&logs.encode_to_vec(), 3, |k| owner_of(&ring, k))
+    let wire_logs_by_owner = splitter
+        .wire_logs_by_owner(&logs.encode_to_vec(), 3, |k| owner_of(&ring, k))
         .unwrap();
-    assert_eq!(split_logs.counts.iter().sum::<usize>(), 1);
+    assert_eq!(wire_logs_by_owner.counts.iter().sum::<usize>(), 1);
     let again = splitter
-        .split_traces(&traces, 3, |k| owner_of(&ring, k))
+        .wire_traces_by_owner(&traces, 3, |k| owner_of(&ring, k))
         .unwrap();
     assert_eq!(first, again);
     assert_eq!(first.counts.iter().sum::<usize>(), 39);

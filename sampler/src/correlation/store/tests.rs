@@ -366,14 +366,27 @@ fn a_late_write_is_released_once_it_lands() {
 }
 
 #[test]
-fn a_corrupt_value_is_reported() {
+fn a_corrupt_value_is_quarantined_and_the_rest_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let (storage, store) = open(dir.path(), limits(100, 1 << 20));
+    let mut batch = WriteBatch::default();
+    store.hold(&mut batch, HeldKind::Logs, b"good", 5 * SECOND);
+    storage.write(batch).unwrap();
     let key = HoldKey { arrived: 1, seq: 1 };
     storage
         .db()
         .put_cf(storage.cf(CF_HOLD), key.to_bytes(), [9u8, 1, 2])
         .unwrap();
-    let err = store.recover(0).unwrap_err();
-    assert!(matches!(err, HoldError::Corrupt(_)), "{err}");
+    assert_eq!(
+        store.recover(0).unwrap(),
+        1,
+        "the readable item is held again"
+    );
+    let quarantined = storage.quarantined().unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].key, key.to_bytes().to_vec());
+    assert_eq!(quarantined[0].value, vec![9u8, 1, 2]);
+    let released = store.release_due(u64::MAX, 10).unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].bytes, b"good");
 }

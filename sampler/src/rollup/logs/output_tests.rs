@@ -396,14 +396,14 @@ fn non_string_bodies_are_rendered_deterministically() {
 
 #[test]
 fn overflow_summary_is_marked() {
-    let mut rollup = LogRollup::new(LogRollupConfig {
+    let mut rollup = LogRollup::new(LogRollupOptions {
         miner: MinerConfig {
             max_templates: 1,
             min_idle_lines: 1_000,
             ..MinerConfig::default()
         },
         samples_per_template: 0,
-        ..LogRollupConfig::default()
+        ..LogRollupOptions::default()
     });
     let svc = resource(&[("service.name", "batch")]);
     let kept = rollup.add_record(Some(&svc), &record(9, "", "job started", 1));
@@ -511,9 +511,9 @@ fn resources_are_told_apart_by_identity_attributes_only() {
 
 #[test]
 fn shared_miner_resources_keep_their_attributes_until_drained() {
-    let mut rollup = LogRollup::new(LogRollupConfig {
+    let mut rollup = LogRollup::new(LogRollupOptions {
         max_resources: 1,
-        ..LogRollupConfig::default()
+        ..LogRollupOptions::default()
     });
     let own = resource(&[("service.name", "own")]);
     let shared = resource(&[("service.name", "shared")]);
@@ -583,7 +583,7 @@ proptest! {
         max_templates in 1usize..6,
         max_resources in 0usize..4,
     ) {
-        let mut rollup = LogRollup::new(LogRollupConfig {
+        let mut rollup = LogRollup::new(LogRollupOptions {
             miner: MinerConfig { max_templates, min_idle_lines: 5, ..MinerConfig::default() },
             samples_per_template: 1,
             max_resources,

@@ -190,9 +190,9 @@ fn rollup_groups_by_resource_severity_and_template() {
 
 #[test]
 fn rollup_reports_the_generalized_template_and_bounded_samples() {
-    let mut rollup = LogRollup::new(LogRollupConfig {
+    let mut rollup = LogRollup::new(LogRollupOptions {
         samples_per_template: 2,
-        ..LogRollupConfig::default()
+        ..LogRollupOptions::default()
     });
     for user in ["ann", "ben", "cy", "dee"] {
         rollup.add(b"svc", 9, &format!("login ok for user {user}"), 1);
@@ -209,9 +209,9 @@ fn rollup_reports_the_generalized_template_and_bounded_samples() {
 
 #[test]
 fn resources_past_the_bound_share_a_miner_but_keep_their_summaries() {
-    let mut rollup = LogRollup::new(LogRollupConfig {
+    let mut rollup = LogRollup::new(LogRollupOptions {
         max_resources: 1,
-        ..LogRollupConfig::default()
+        ..LogRollupOptions::default()
     });
     let own = rollup.add(b"first", 9, "cache warmed in 12 ms", 1);
     let shared_b = rollup.add(b"second", 9, "cache warmed in 13 ms", 2);
@@ -250,7 +250,7 @@ proptest! {
         max_templates in 1usize..8,
         samples in 0usize..3,
     ) {
-        let mut rollup = LogRollup::new(LogRollupConfig {
+        let mut rollup = LogRollup::new(LogRollupOptions {
             miner: MinerConfig { max_templates, min_idle_lines: 5, ..MinerConfig::default() },
             samples_per_template: samples,
             max_resources: 2,

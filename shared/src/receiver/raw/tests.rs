@@ -297,7 +297,7 @@ async fn grpc_reports_partial_success_and_maps_refusals() {
 
     harness
         .ingest
-        .answer_with(Err(IngestError::Unavailable("no samplers".to_owned())));
+        .answer_with(Err(IngestError::unavailable_msg("no samplers")));
     let status = client.export(traces(1, 1)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.get_details_retry_info().is_none());

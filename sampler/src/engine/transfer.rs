@@ -90,7 +90,7 @@ impl Engine {
                 .iter()
                 .filter_map(|t| state.index.remove(t).map(|e| (*t, e)))
                 .collect();
-            gauge!(names::TRACES_ACTIVE).set(state.index.len() as f64);
+            events::active_traces(state.index.len());
             (taken, self.storage.next_seq())
         };
         let mut out = Vec::with_capacity(taken.len());
@@ -198,11 +198,11 @@ impl Engine {
                 full.extend(state.index.observe(t.trace, &arrival, now));
             }
             let evicted = self.decide_locked(&mut state, full);
-            gauge!(names::TRACES_ACTIVE).set(state.index.len() as f64);
+            events::active_traces(state.index.len());
             evicted
         };
         if !evicted.is_empty() {
-            counter!(names::TRACES_EVICTED).increment(evicted.len() as u64);
+            events::traces_evicted(evicted.len());
         }
         self.finish_all(&evicted)
     }
@@ -242,7 +242,7 @@ impl Engine {
                 }
                 state.cache.insert(trace, cached);
             }
-            gauge!(names::TRACES_ACTIVE).set(state.index.len() as f64);
+            events::active_traces(state.index.len());
             decided
         };
         self.finish_all(&decided)?;
@@ -279,11 +279,12 @@ mod tests {
     use otel_tail_shared::exporter::Exporter;
 
     use super::*;
+    use crate::clock::ManualClock;
 
     struct Fixture {
         _dir: tempfile::TempDir,
         engine: Engine,
-        clock: Arc<AtomicU64>,
+        clock: Arc<ManualClock>,
     }
 
     fn fixture() -> Fixture {
@@ -298,10 +299,12 @@ mod tests {
             Exporter::from_config(&ExporterConfig::default(), &dir.path().join("out.jsonl"))
                 .unwrap();
         let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
-        let clock = Arc::new(AtomicU64::new(0));
-        let engine = Engine::new(&config, storage, queues)
-            .unwrap()
-            .with_manual_clock(clock.clone());
+        let clock = Arc::new(ManualClock::now());
+        let wiring = Wiring {
+            clock: clock.clone(),
+            links: SettleLinks::default(),
+        };
+        let engine = Engine::new(&config, storage, queues, wiring).unwrap();
         Fixture {
             _dir: dir,
             engine,
@@ -353,7 +356,7 @@ mod tests {
             f.engine.held_trace_ids().unwrap(),
             vec![[1; 16], [2; 16], [3; 16], [9; 16]]
         );
-        f.clock.store(5_000, Ordering::SeqCst);
+        f.clock.advance(Duration::from_millis(5_000));
         f.engine.decide_due().unwrap();
         assert!(f.engine.held_trace_ids().unwrap().is_empty());
     }

@@ -1,0 +1,76 @@
+//! What the engine reports: one function per event, metric names from
+//! [`otel_tail_shared::telemetry::names`].
+
+use metrics::{counter, gauge, histogram};
+use otel_tail_shared::telemetry::names;
+
+use crate::decision::Kept;
+
+/// Spans that arrived after their trace was dropped (they are dropped too).
+pub(super) fn late_spans_dropped(spans: u64) {
+    if spans > 0 {
+        counter!(names::LATE_SPANS, "decision" => "not_sampled").increment(spans);
+        counter!(names::SPANS_DROPPED).increment(spans);
+    }
+}
+
+/// Spans that arrived after their trace was kept (they are exported at once).
+pub(super) fn late_spans_kept(spans: u64) {
+    counter!(names::LATE_SPANS, "decision" => "sampled").increment(spans);
+    counter!(names::SPANS_KEPT).increment(spans);
+}
+
+/// Traces decided early because the index was full.
+pub(super) fn traces_evicted(traces: usize) {
+    counter!(names::TRACES_EVICTED).increment(traces as u64);
+}
+
+/// Time from a trace's deadline to its decision, milliseconds.
+pub(super) fn decision_latency(ms: u64) {
+    histogram!(names::DECISION_LATENCY).record(ms as f64 / 1000.0);
+}
+
+/// One trace decided: kept by a policy, or dropped.
+pub(super) fn trace_decided(kept: Option<&Kept>) {
+    let (decision, policy) = match kept {
+        Some(k) => ("sampled", k.policy.to_string()),
+        None => ("not_sampled", String::new()),
+    };
+    counter!(names::TRACES_DECIDED, "decision" => decision, "policy" => policy).increment(1);
+}
+
+/// Buffered spans that left with their trace's decision.
+pub(super) fn spans_finished(kept: u64, dropped: u64) {
+    counter!(names::SPANS_KEPT).increment(kept);
+    counter!(names::SPANS_DROPPED).increment(dropped);
+}
+
+/// Traces in the index.
+pub(super) fn active_traces(traces: usize) {
+    gauge!(names::TRACES_ACTIVE).set(traces as f64);
+}
+
+/// Storage on disk and in memory, and the index's heap.
+pub(super) fn storage_sizes(storage: u64, storage_memory: u64, index: usize) {
+    gauge!(names::STORAGE_BYTES).set(storage as f64);
+    gauge!(names::STORAGE_MEMORY_BYTES).set(storage_memory as f64);
+    gauge!(names::TRACE_INDEX_BYTES).set(index as f64);
+}
+
+/// Makes the engine's series visible on `/metrics` from the start, at zero.
+pub(crate) fn register() {
+    for name in [
+        names::SPANS_RECEIVED,
+        names::SPANS_KEPT,
+        names::SPANS_DROPPED,
+        names::TRACES_EVICTED,
+        names::LOGS_RECEIVED,
+        names::DATA_POINTS_RECEIVED,
+    ] {
+        counter!(name).increment(0);
+    }
+    for decision in ["sampled", "not_sampled"] {
+        counter!(names::LATE_SPANS, "decision" => decision).increment(0);
+    }
+    counter!(names::SPANS_REJECTED, "reason" => "invalid_id").increment(0);
+}
