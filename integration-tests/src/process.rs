@@ -188,18 +188,24 @@ impl NodeProcess {
 
     /// Sends SIGTERM without waiting for the exit.
     pub(crate) fn signal_term(&self) -> Result<(), HarnessError> {
+        self.signal("TERM")
+    }
+
+    /// Sends the signal named `name` (as `kill -<name>` spells it, e.g. `HUP`).
+    pub(crate) fn signal(&self, name: &str) -> Result<(), HarnessError> {
+        let what = format!("kill -{name}");
         let pid = self
             .pid()
-            .ok_or_else(|| HarnessError::io("SIGTERM", std::io::Error::other("not running")))?;
+            .ok_or_else(|| HarnessError::io(&what, std::io::Error::other("not running")))?;
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([format!("-{name}"), pid.to_string()])
             .status()
-            .map_err(|e| HarnessError::io("running kill -TERM", e))?;
+            .map_err(|e| HarnessError::io(&what, e))?;
         if status.success() {
             Ok(())
         } else {
             Err(HarnessError::io(
-                "kill -TERM",
+                &what,
                 std::io::Error::other(format!("exited with {status}")),
             ))
         }

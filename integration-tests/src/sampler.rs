@@ -127,6 +127,11 @@ impl SamplerProcess {
         self.process.signal_term()
     }
 
+    /// Sends SIGHUP: the sampler reloads its config file.
+    pub fn signal_hup(&self) -> Result<(), HarnessError> {
+        self.process.signal("HUP")
+    }
+
     /// Waits up to `timeout` for the process to exit by itself.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, HarnessError> {
         self.process.wait_exit(timeout).await

@@ -30,6 +30,7 @@ const RELEASE: &str = "sim";
 const NAMESPACE: &str = "observability";
 const ROUTERS: &str = "sim-otel-tail-sampler-router";
 const SAMPLERS: &str = "sim-otel-tail-sampler-sampler";
+const CONFIG_MAP: &str = "sim-otel-tail-sampler-config";
 /// The export backend named in `ci/simulation-values.yaml`.
 const BACKEND: &str = "trace-backend.observability.svc.cluster.local:4317";
 /// `config.sampler.decision_wait` in `ci/simulation-values.yaml`.
@@ -284,6 +285,54 @@ fn a_config_or_secret_change_rolls_the_pods_and_nothing_else_does() {
         secret(&base),
         secret(&rekeyed),
         "a new gossip secret rolls the pods"
+    );
+}
+
+#[test]
+fn with_policy_reload_a_policy_change_does_not_roll_the_pods_and_other_changes_do() {
+    let Some(helm_bin) = helm_or_notice() else {
+        return;
+    };
+    let render = |set: &[&str]| {
+        let mut all = vec!["sampler.policyReload.enabled=true"];
+        all.extend_from_slice(set);
+        helm::render(&helm_bin, RELEASE, NAMESPACE, &[], &all).expect("render")
+    };
+    let base = render(&[]);
+    let policies = render(&["config.sampler.sample_on_first_match=true"]);
+    let other = render(&["config.sampler.decision_wait=10s"]);
+    assert_eq!(
+        config_checksum(&base),
+        config_checksum(&policies),
+        "a policy change is reloaded in place"
+    );
+    assert_ne!(
+        config_checksum(&base),
+        config_checksum(&other),
+        "any other config change rolls the pods"
+    );
+    let without = helm::render(
+        &helm_bin,
+        RELEASE,
+        NAMESPACE,
+        &[],
+        &["config.sampler.sample_on_first_match=true"],
+    )
+    .expect("render");
+    assert_ne!(
+        config_checksum(&base),
+        config_checksum(&without),
+        "without policyReload a policy change rolls the pods"
+    );
+    let config = policies
+        .config_map_data(CONFIG_MAP)
+        .expect("the ConfigMap")
+        .remove("config.yaml")
+        .expect("config.yaml");
+    assert!(
+        config.contains("config_watch_interval: 10s")
+            && config.contains("sample_on_first_match: true"),
+        "the samplers watch their config file and get the new policy set:\n{config}"
     );
 }
 

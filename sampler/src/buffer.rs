@@ -40,7 +40,13 @@ pub struct TraceEntry {
     scheduled_ms: u64,
     /// Whether log records wait with the trace.
     pub has_logs: bool,
+    /// Generation of the policy set `policy` was observed under, or [`STALE`] when spans
+    /// observed under different sets were merged (the decider observes them again).
+    pub generation: u32,
 }
+
+/// [`TraceEntry::generation`] of a trace whose policy state mixes policy sets.
+pub const STALE: u32 = u32::MAX;
 
 /// Hasher for trace ids: they are random already, so their first 8 bytes are the hash.
 #[derive(Default)]
@@ -74,6 +80,9 @@ pub struct Arrival {
     pub root: bool,
     /// Log records are among them.
     pub logs: bool,
+    /// Generation of the policy set `policy` was observed under (see
+    /// [`TraceEntry::generation`]); meaningless without spans.
+    pub generation: u32,
 }
 
 /// The index of active traces.
@@ -145,7 +154,12 @@ impl TraceIndex {
             root_deadline_ms: u64::MAX,
             scheduled_ms: u64::MAX,
             has_logs: false,
+            generation: arrival.generation,
         });
+        if arrival.stats.span_count > 0 {
+            let same = entry.stats.span_count == 0 || entry.generation == arrival.generation;
+            entry.generation = if same { arrival.generation } else { STALE };
+        }
         merge_stats(&mut entry.stats, &arrival.stats);
         entry.policy.merge(&arrival.policy);
         entry.has_logs |= arrival.logs;
@@ -246,6 +260,38 @@ pub fn merge_stats(into: &mut TraceStats, more: &TraceStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_observed_under_different_policy_sets_mark_the_trace_stale() {
+        let mut index = TraceIndex::new(settings());
+        let t = [1u8; 16];
+        let logs_only = Arrival {
+            logs: true,
+            generation: 7,
+            ..Arrival::default()
+        };
+        index.observe(t, &logs_only, 0);
+        let mut first = spans(1);
+        first.generation = 2;
+        index.observe(t, &first, 0);
+        assert_eq!(
+            index.get(&t).unwrap().generation,
+            2,
+            "logs carry no policy state"
+        );
+        index.observe(t, &first, 1);
+        assert_eq!(index.get(&t).unwrap().generation, 2);
+        let mut later = spans(1);
+        later.generation = 3;
+        index.observe(t, &later, 2);
+        assert_eq!(index.get(&t).unwrap().generation, STALE);
+        index.observe(t, &later, 3);
+        assert_eq!(
+            index.get(&t).unwrap().generation,
+            STALE,
+            "stale until decided"
+        );
+    }
 
     fn settings() -> BufferSettings {
         BufferSettings {

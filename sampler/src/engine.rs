@@ -20,20 +20,22 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-use otel_tail_shared::config::Config;
+use otel_tail_shared::config::{Config, PolicyConfig};
 use otel_tail_shared::exporter::ExportRequest;
 use otel_tail_shared::otlp::{self, TraceId};
 use otel_tail_shared::receiver::{Accepted, IngestError};
 use prost::Message;
 use rocksdb::WriteBatch;
 
-use crate::buffer::{Arrival, BufferSettings, TraceEntry, TraceIndex};
+use crate::buffer::{Arrival, BufferSettings, STALE, TraceEntry, TraceIndex};
 use crate::clock::{Clock, SystemClock};
 use crate::correlation::classify::mark_trace_logs;
 use crate::correlation::{DecisionNotice, ResourceIdentity};
 use crate::decision::{Cached, DecisionCache, Kept};
 use crate::export_queue::ExportQueues;
-use crate::policy::{PolicyEngine, PolicyError, TraceStats, apply_sampling_probability};
+use crate::policy::{
+    PolicyEngine, PolicyError, PolicyState, TraceStats, apply_sampling_probability,
+};
 use crate::settle::{SettleConfig, SettleError, SettleLinks, Settler};
 use crate::storage::{BufferedKind, Storage, StorageError, Store};
 
@@ -65,6 +67,13 @@ impl Default for Wiring {
             links: SettleLinks::default(),
         }
     }
+}
+
+/// The policy set in force and its generation (bumped by each reload, so traces observed
+/// under an earlier set are recognised; see [`TraceEntry::generation`]).
+struct Policies {
+    engine: PolicyEngine,
+    generation: u32,
 }
 
 /// Index and cache, guarded together.
@@ -110,7 +119,7 @@ pub enum RecoverError {
 pub struct Engine {
     storage: Arc<Storage>,
     queues: Arc<ExportQueues>,
-    policies: RwLock<PolicyEngine>,
+    policies: RwLock<Policies>,
     state: Mutex<State>,
     clock: Arc<dyn Clock>,
     max_storage_bytes: u64,
@@ -150,7 +159,10 @@ impl Engine {
         Ok(Engine {
             storage,
             queues,
-            policies: RwLock::new(policies),
+            policies: RwLock::new(Policies {
+                engine: policies,
+                generation: 0,
+            }),
             state: Mutex::new(State {
                 index: TraceIndex::new(settings),
                 cache: DecisionCache::new(
@@ -196,11 +208,12 @@ impl Engine {
         let mut corrupt = Vec::new();
         {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+            let policies = &*policies;
             let mut state = self.state();
             self.storage.scan_buffer(|trace, key, kind, payload| {
                 let arrival = match kind {
                     BufferedKind::Spans => match ResourceSpans::decode(payload) {
-                        Ok(rs) => arrival_of(&policies, &rs, payload.len()),
+                        Ok(rs) => arrival_of(policies, &rs, payload.len()),
                         Err(error) => {
                             let mut value = vec![kind as u8];
                             value.extend_from_slice(payload);
@@ -269,11 +282,12 @@ impl Engine {
         let groups = group_spans_by_trace(request);
         let prepared: Vec<(TraceId, ResourceSpans, Arrival, Vec<u8>)> = {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+            let policies = &*policies;
             groups
                 .into_iter()
                 .map(|(trace, rs)| {
                     let payload = BufferedKind::Spans.encode(&rs);
-                    let arrival = arrival_of(&policies, &rs, payload.len());
+                    let arrival = arrival_of(policies, &rs, payload.len());
                     (trace, rs, arrival, payload)
                 })
                 .collect()
@@ -447,8 +461,13 @@ impl Engine {
         let now_unix = self.unix_now();
         let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
         let mut decided = Vec::with_capacity(traces.len());
-        for (trace, entry) in traces {
-            let decision = policies.decide(&trace, &entry.policy, &entry.stats, now_unix);
+        for (trace, mut entry) in traces {
+            if entry.generation != policies.generation && entry.stats.span_count > 0 {
+                entry.policy = self.observe_again(&policies.engine, &trace);
+            }
+            let decision = policies
+                .engine
+                .decide(&trace, &entry.policy, &entry.stats, now_unix);
             let kept = decision.sampled.then(|| Kept {
                 policy: decision.policy.unwrap_or_else(|| "unknown".into()),
                 probability: decision.probability,
@@ -472,6 +491,47 @@ impl Engine {
         }
         events::active_traces(state.index.len());
         decided
+    }
+
+    /// The policy state of `trace` under `policies`, from its buffered spans: for a trace
+    /// whose spans were observed (partly) under a policy set replaced since. Runs under the
+    /// state lock, so the buffer holds exactly what the index counted. Records that do not
+    /// decode are left to [`Engine::finish`], which quarantines them.
+    fn observe_again(&self, policies: &PolicyEngine, trace: &TraceId) -> PolicyState {
+        let mut state = PolicyState::default();
+        let read = self
+            .storage
+            .visit_trace(trace, u64::MAX, |_, kind, payload| {
+                if kind == BufferedKind::Spans
+                    && let Ok(rs) = ResourceSpans::decode(payload)
+                {
+                    for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                        policies.observe_span(&mut state, rs.resource.as_ref(), span);
+                    }
+                }
+            });
+        if let Err(error) = read {
+            tracing::warn!(%error, "cannot read a trace again after a policy reload; deciding on what was observed");
+        }
+        state
+    }
+
+    /// Replaces the policy set, atomically: traces decided from now on are decided by
+    /// `policies` (those whose spans were observed under the old set are observed again
+    /// from the buffer first). An invalid set is refused and the current one stays.
+    pub fn replace_policies(
+        &self,
+        policies: &[PolicyConfig],
+        sample_on_first_match: bool,
+    ) -> Result<(), PolicyError> {
+        let engine = PolicyEngine::new(policies, sample_on_first_match)?;
+        let mut current = self.policies.write().unwrap_or_else(|e| e.into_inner());
+        current.engine = engine;
+        current.generation = match current.generation.wrapping_add(1) {
+            STALE => 0,
+            next => next,
+        };
+        Ok(())
     }
 
     /// Moves decided traces out of the buffer, a chunk per RocksDB write.
@@ -738,8 +798,9 @@ pub fn group_logs_by_trace(
 /// What one trace's group of spans contributes to the index; `encoded_len` is the group's
 /// stored size, counted as the trace's bytes (for `bytes_limiting`) without walking every
 /// span's encoding again.
-fn arrival_of(policies: &PolicyEngine, rs: &ResourceSpans, encoded_len: usize) -> Arrival {
+fn arrival_of(policies: &Policies, rs: &ResourceSpans, encoded_len: usize) -> Arrival {
     let mut arrival = Arrival {
+        generation: policies.generation,
         stats: TraceStats {
             min_start_unix_nano: u64::MAX,
             bytes: u32::try_from(encoded_len).unwrap_or(u32::MAX),
@@ -749,7 +810,9 @@ fn arrival_of(policies: &PolicyEngine, rs: &ResourceSpans, encoded_len: usize) -
     };
     for ss in &rs.scope_spans {
         for span in &ss.spans {
-            policies.observe_span(&mut arrival.policy, rs.resource.as_ref(), span);
+            policies
+                .engine
+                .observe_span(&mut arrival.policy, rs.resource.as_ref(), span);
             arrival.stats.span_count += 1;
             arrival.stats.min_start_unix_nano = arrival
                 .stats

@@ -28,4 +28,7 @@ pub(crate) fn register() {
     }
     counter!(crate::correlation::fanout::names::DECISIONS_BROADCAST, "outcome" => "ok")
         .increment(0);
+    for outcome in ["applied", "unchanged", "rejected"] {
+        counter!(names::CONFIG_RELOADS, "outcome" => outcome).increment(0);
+    }
 }

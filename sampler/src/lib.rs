@@ -22,6 +22,7 @@ pub mod engine;
 mod events;
 pub mod export_queue;
 pub mod policy;
+pub mod reload;
 pub mod rollup;
 pub mod settle;
 pub mod storage;
@@ -140,9 +141,11 @@ impl Decider {
 /// [`SHUTDOWN_DRAIN`] and what is undecided stays buffered on disk; in a cluster the node
 /// first leaves and hands its undecided traces to their new owners (see
 /// [`cluster::SHUTDOWN_BUDGET`]). `on_ready` gets the bound addresses and the exporter
-/// descriptions once everything listens.
+/// descriptions once everything listens. With `config_path`, the file is reloaded on
+/// SIGHUP (and on change, see `sampler.config_watch_interval`); see [`reload`].
 pub async fn run(
     config: Config,
+    config_path: Option<std::path::PathBuf>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     on_ready: impl FnOnce(&Listening, &[String]) + Send,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -203,6 +206,14 @@ pub async fn run(
     };
     let sender = tokio::spawn(queues.clone().run(stopped(queue_stop_rx), drain));
     let decider = Decider::start(engine.clone());
+    if let Some(path) = config_path {
+        tokio::spawn(reload::reload_loop(
+            path,
+            config.clone(),
+            engine.clone(),
+            stop_rx.clone(),
+        ));
+    }
 
     if let Some(node) = node {
         let core = cluster::Core {

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         check_config: cli.check_config,
         print_prefix: "",
     };
+    let config_path = cli.config.clone();
     launch(
         flags,
         |_| Ok(()),
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
             let storage_dir = config.sampler.storage_dir.clone();
             otel_tail_sampler::run(
                 config,
+                config_path,
                 metrics,
                 move |listening, exporters| print_banner(listening, exporters, &storage_dir),
                 shutdown_signal(),

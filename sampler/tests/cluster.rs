@@ -75,6 +75,7 @@ telemetry: {{admin_endpoint: "127.0.0.1:0", log_level: warn}}
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(otel_tail_sampler::run(
             config,
+            None,
             metrics,
             move |listening, _| {
                 let _ = ready_tx.send(listening.clone());

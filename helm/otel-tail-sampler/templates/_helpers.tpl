@@ -95,7 +95,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- $managed := dict "cluster" (dict
       "dns_seed" (printf "%s.%s.svc.%s:%s" (include "ots.sampler.headlessName" .) .Release.Namespace .Values.clusterDomain $gossipPort)
       "secret_file" (printf "%s/gossip-secret" (include "ots.secretDir" .))) -}}
+{{- if .Values.sampler.policyReload.enabled -}}
+{{- $_ := set $managed "sampler" (dict "config_watch_interval" .Values.sampler.policyReload.interval) -}}
+{{- end -}}
 {{- mustMergeOverwrite $managed (deepCopy .Values.config) | toYaml -}}
+{{- end -}}
+
+{{/* What the config checksum covers: the whole config, or, with
+`sampler.policyReload.enabled`, everything but the policy set (which the samplers reload
+from the updated file without a restart). */}}
+{{- define "ots.configChecksumSource" -}}
+{{- if .Values.sampler.policyReload.enabled -}}
+{{- $config := include "ots.configDict" . | fromYaml -}}
+{{- $sampler := get $config "sampler" | default dict -}}
+{{- $_ := unset $sampler "policies" -}}
+{{- $_ := unset $sampler "sample_on_first_match" -}}
+{{- toYaml $config -}}
+{{- else -}}
+{{- include "ots.configYaml" . -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The config file text (what the ConfigMap holds). */}}
@@ -111,9 +129,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "ots.adminPort" -}}{{ include "ots.portOf" .Values.config.telemetry.admin_endpoint }}{{- end -}}
 
 {{/* Pod annotations shared by both components: config checksum (a config change rolls the
-pods), gossip secret checksum over its values, scrape annotations. */}}
+pods; see ots.configChecksumSource), gossip secret checksum over its values, scrape annotations. */}}
 {{- define "ots.podAnnotations" -}}
-checksum/config: {{ include "ots.configYaml" . | sha256sum | quote }}
+checksum/config: {{ include "ots.configChecksumSource" . | sha256sum | quote }}
 checksum/secret: {{ printf "%s/%s/%s" .Values.cluster.secret .Values.cluster.existingSecret .Values.cluster.existingSecretKey | sha256sum | quote }}
 {{- if .Values.prometheusScrapeAnnotations }}
 prometheus.io/scrape: "true"

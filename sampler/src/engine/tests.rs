@@ -567,3 +567,51 @@ async fn a_corrupt_buffered_record_is_quarantined_on_recovery() {
     assert_eq!(quarantined.len(), 1);
     assert_eq!(&quarantined[0].key[..16], &[5; 16]);
 }
+
+#[tokio::test]
+async fn a_replaced_policy_set_decides_traces_buffered_before_the_reload() {
+    let rig = rig(CONFIG);
+    let tagged = |trace: u8, id: u8| {
+        let mut s = span(trace, id, false);
+        s.attributes.push(KeyValue {
+            key: "http.route".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("/b".into())),
+            }),
+            ..Default::default()
+        });
+        s
+    };
+    // Trace 1 arrives wholly before the reload, trace 2 on both sides of it, trace 3
+    // (an error) before it: the new set keeps /b and errors; the old one only errors.
+    rig.engine
+        .ingest_traces(request(vec![tagged(1, 1), tagged(2, 1), span(3, 1, true)]))
+        .unwrap();
+    let new_set: Vec<PolicyConfig> = serde_json::from_value(serde_json::json!([
+        {"name": "route", "type": "string_attribute",
+         "string_attribute": {"key": "http.route", "values": ["/b"]}},
+        {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
+    ]))
+    .unwrap();
+    rig.engine.replace_policies(&new_set, false).unwrap();
+    rig.engine
+        .ingest_traces(request(vec![tagged(2, 2), span(4, 1, false)]))
+        .unwrap();
+    let bad: Vec<PolicyConfig> =
+        serde_json::from_value(serde_json::json!([{"name": "x", "type": "string_attribute",
+            "string_attribute": {"key": "k", "values": ["("], "enabled_regex_matching": true}}]))
+        .unwrap();
+    assert!(
+        rig.engine.replace_policies(&bad, false).is_err(),
+        "an invalid set is refused"
+    );
+    rig.advance(1000);
+    rig.engine.decide_due().unwrap();
+    let exported = rig.exported_spans().await;
+    let kept: Vec<(u8, u8)> = exported.iter().map(|(t, s, _)| (*t, *s)).collect();
+    assert_eq!(kept, vec![(1, 1), (2, 1), (2, 2), (3, 1)]);
+    assert_eq!(
+        exported[3].2, "errors",
+        "bits observed under the old set are not reused"
+    );
+}

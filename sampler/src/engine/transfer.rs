@@ -194,6 +194,7 @@ impl Engine {
                     },
                     root: false,
                     logs: logs_left,
+                    generation: t.entry.generation,
                 };
                 full.extend(state.index.observe(t.trace, &arrival, now));
             }

@@ -380,6 +380,12 @@ pub struct SamplerConfig {
     /// Policies in the Collector `tail_sampling` syntax. Absent: keep traces with an error
     /// span plus a 10% probabilistic baseline, so a bare sampler does something useful.
     pub policies: Vec<PolicyConfig>,
+    /// How often the config file is checked for changes to reload (`0s`: only on SIGHUP).
+    /// A reload applies a changed policy set to traces decided from then on; other keys
+    /// need a restart. For Kubernetes, where a ConfigMap update reaches the pod as a file
+    /// change and nobody sends SIGHUP.
+    #[serde(with = "humantime_serde")]
+    pub config_watch_interval: Duration,
 }
 
 impl Default for SamplerConfig {
@@ -395,6 +401,7 @@ impl Default for SamplerConfig {
             decision_cache: DecisionCacheConfig::default(),
             sample_on_first_match: false,
             policies: default_policies(),
+            config_watch_interval: Duration::ZERO,
         }
     }
 }
