@@ -26,7 +26,7 @@ pub struct BufferSettings {
 }
 
 /// What the buffer knows about one trace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceEntry {
     /// Span counts, bytes and time range.
     pub stats: TraceStats,
@@ -64,7 +64,7 @@ impl Hasher for TraceIdHasher {
 pub type TraceMap<V> = HashMap<TraceId, V, BuildHasherDefault<TraceIdHasher>>;
 
 /// What arrived for a trace in one request.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Arrival {
     /// Stats of the arriving spans, folded into the trace's.
     pub stats: TraceStats,

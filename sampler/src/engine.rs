@@ -34,7 +34,9 @@ use crate::correlation::classify::mark_trace_logs;
 use crate::correlation::{DecisionNotice, ResourceIdentity};
 use crate::decision::{Cached, DecisionCache, Kept};
 use crate::export_queue::ExportQueues;
-use crate::policy::{PolicyEngine, PolicyError, TraceStats, apply_sampling_probability};
+use crate::policy::{
+    PolicyEngine, PolicyError, TraceStats, apply_sample_rate, apply_sampling_probability,
+};
 use crate::settle::{SettleError, Settler, unix_now};
 use crate::storage::{BufferedKind, Storage, StorageError};
 
@@ -332,7 +334,7 @@ impl Engine {
                             &trace,
                             &BufferedKind::Logs.encode(&rl),
                         );
-                        buffered.push((trace, arrival));
+                        buffered.push((trace, arrival.clone()));
                     }
                 }
             }
@@ -744,7 +746,8 @@ fn arrival_of(policies: &PolicyEngine, rs: &ResourceSpans, encoded_len: usize) -
     arrival
 }
 
-/// Marks every span with the keeping policy and, where defined, the sampling probability.
+/// Marks every span with the keeping policy and, where defined, the sampling probability
+/// (tracestate `ot=th:` and the `SampleRate` attribute).
 /// Returns the number of spans.
 fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
     let mut n = 0;
@@ -760,6 +763,7 @@ fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
             });
             if let Some(p) = kept.probability {
                 span.trace_state = apply_sampling_probability(&span.trace_state, p);
+                apply_sample_rate(&mut span.attributes, p);
             }
             n += 1;
         }
