@@ -161,6 +161,15 @@ impl Engine {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Tells the policies this node's share of the cluster's traffic (`1 / samplers on the
+    /// ring`), by which the dynamic throughput goals are scaled. Called on ring changes.
+    pub fn set_policy_share(&self, share: f64) {
+        self.policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_share(share);
+    }
+
     /// Traces currently buffered.
     pub fn active_traces(&self) -> usize {
         self.state().index.len()

@@ -39,6 +39,12 @@ const TRACES_PER_TAKE: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Decisions per `Decisions` call.
 const DECISIONS_PER_CALL: usize = 4096;
+/// This node's share of the traffic on `ring` (it is a member): what dynamic throughput
+/// goals are scaled by.
+fn share_of(ring: &Ring) -> f64 {
+    1.0 / ring.len().max(1) as f64
+}
+
 /// Quiet time after a trigger before a pass, so a burst of ring changes settles first.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Pause before retrying a pass that left traces behind.
@@ -94,6 +100,7 @@ impl Handoff {
             stopping.store(true, Ordering::SeqCst);
         });
         let mut last = self.cluster.topology();
+        self.engine.set_policy_share(share_of(&last.ring));
         let mut retry = false;
         loop {
             tokio::select! {
@@ -107,6 +114,7 @@ impl Handoff {
             }
             let topology = self.cluster.topology();
             if topology.ring != last.ring {
+                self.engine.set_policy_share(share_of(&topology.ring));
                 let sent = self
                     .decisions(&last.ring, &topology, Instant::now() + PASS_BUDGET)
                     .await;
