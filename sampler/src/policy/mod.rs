@@ -5,13 +5,14 @@
 //! trace-flag conditions: "does any span or its resource match?") is compiled to one bit of
 //! [`PolicyState`]; [`PolicyEngine::observe_span`] sets the bits as spans arrive. The other
 //! inputs are trace-level facts the buffer keeps anyway ([`TraceStats`]) or the trace id. So
-//! [`PolicyEngine::decide`] never needs the spans again, and a trace costs 8 bytes of state.
+//! [`PolicyEngine::decide`] never needs the spans again, and a trace costs 8 bytes of
+//! condition bits (plus a pointer to its key values, see below).
 //!
 //! The engine is pure logic: the caller passes the time, which drives the `rate_limiting`,
 //! `bytes_limiting` and `composite` budgets and the dynamic samplers' intervals.
 //!
 //! Our extension, the dynamic sampling types (`ema_dynamic`, `ema_throughput`,
-//! `windowed_throughput`), lives in [`dynamic`]: they need the values of their key fields, which
+//! `windowed_throughput`), lives in `dynamic.rs`: they need the values of their key fields, which
 //! are folded into [`PolicyState`] as spans arrive too (a null pointer when no such policy is
 //! configured).
 //!
