@@ -39,12 +39,6 @@ const TRACES_PER_TAKE: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Decisions per `Decisions` call.
 const DECISIONS_PER_CALL: usize = 4096;
-/// This node's share of the traffic on `ring` (it is a member): what dynamic throughput
-/// goals are scaled by.
-fn share_of(ring: &Ring) -> f64 {
-    1.0 / ring.len().max(1) as f64
-}
-
 /// Quiet time after a trigger before a pass, so a burst of ring changes settles first.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Pause before retrying a pass that left traces behind.
@@ -437,4 +431,10 @@ fn to_proto(trace: &TraceId, decision: Cached) -> TraceDecision {
             correlate: false,
         },
     }
+}
+
+/// This node's share of the traffic on `ring` (it is a member): what dynamic throughput
+/// goals are scaled by.
+fn share_of(ring: &Ring) -> f64 {
+    1.0 / ring.len().max(1) as f64
 }

@@ -54,7 +54,7 @@ use otel_tail_shared::config::policy::{PolicyType, StatusCodeName};
 use otel_tail_shared::otlp::TraceId;
 use regex::Regex;
 
-pub use tracestate::{SAMPLE_RATE_ATTRIBUTE, apply_sample_rate, apply_sampling_probability};
+pub use tracestate::{apply_sample_rate, apply_sampling_probability};
 
 use limiter::{SecondWindow, TokenBucket};
 use predicate::{Predicate, StringMatcher};
@@ -328,8 +328,8 @@ impl PolicyEngine {
     /// Tells the dynamic throughput policies this node's share of the cluster's traffic
     /// (`1 / samplers on the ring`; 1 standalone), which their goals are scaled by.
     pub fn set_share(&mut self, share: f64) {
-        let share = if share.is_finite() {
-            share.clamp(0.0, 1.0)
+        let share = if share.is_finite() && share > 0.0 {
+            share.min(1.0)
         } else {
             1.0
         };
