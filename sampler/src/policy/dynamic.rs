@@ -720,6 +720,7 @@ impl DynamicPolicy {
                 let rates = Rates::Windowed(WindowedRates::new(settings));
                 (key, rates, c.use_cluster_size)
             }
+            // Only called for the three types above (see `compile` in mod.rs).
             _ => return Err(missing()),
         };
         Ok(DynamicPolicy {
