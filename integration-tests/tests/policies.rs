@@ -201,6 +201,99 @@ async fn probabilistic_rate_is_within_binomial_bounds_http() {
     }
 }
 
+/// The integer `SampleRate` attribute of a kept span.
+fn sample_rate(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<i64> {
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == "SampleRate")
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .and_then(|v| match v {
+            any_value::Value::IntValue(n) => Some(*n),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ema_dynamic_records_its_rates_and_keeps_rare_routes_whole_grpc() {
+    let sampler = start(json!([{
+        "name": "dynamic",
+        "type": "ema_dynamic",
+        "ema_dynamic": {"key_fields": ["http.route"], "goal_sample_rate": 10,
+                        "adjustment_interval": "1s"}
+    }]))
+    .await;
+    let provider = provider(&sampler, Transport::Grpc);
+    // Two waves of the same skewed traffic (100 × /api/cart for each /api/rare): the first
+    // teaches the sampler the routes' frequencies, the second is sampled by what it learnt.
+    let mut waves: Vec<(BTreeSet<String>, BTreeSet<String>)> = Vec::new();
+    for wave in 0..2 {
+        let (mut cart, mut rare) = (BTreeSet::new(), BTreeSet::new());
+        for i in 0..300 {
+            cart.insert(hex_trace(&send_trace(&provider, "/api/cart", 1, false)));
+            if i % 100 == 50 {
+                rare.insert(hex_trace(&send_trace(&provider, "/api/rare", 1, false)));
+            }
+        }
+        sdk::flush_traces(&provider)
+            .await
+            .expect("gRPC export succeeds");
+        waves.push((cart, rare));
+        if wave == 0 {
+            // decision_wait (1 s), then more than one adjustment interval.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            sampler.settle(WAIT).await.expect("first wave decided");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+    sdk::shutdown_traces(provider)
+        .await
+        .expect("gRPC export succeeds");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let data = sampler.settle(WAIT).await.expect("settles");
+    let by_trace = data.spans_by_trace();
+    let mut rates: BTreeMap<String, i64> = BTreeMap::new();
+    for (trace, spans) in &by_trace {
+        assert_eq!(spans.len(), 2, "trace {trace} kept whole");
+        for span in spans {
+            assert_eq!(span.policy().as_deref(), Some("dynamic"));
+            let rate = sample_rate(span.span)
+                .unwrap_or_else(|| panic!("no SampleRate on a span of {trace}"));
+            assert!(rate >= 1, "SampleRate {rate}");
+            let p = threshold_probability(&span.span.trace_state)
+                .unwrap_or_else(|| panic!("no ot=th in tracestate {:?}", span.span.trace_state));
+            assert!(
+                (p - 1.0 / rate as f64).abs() < 1e-9,
+                "tracestate {:?} encodes {p}, SampleRate is {rate}",
+                span.span.trace_state
+            );
+            let previous = rates.insert(trace.clone(), rate);
+            assert!(
+                previous.is_none_or(|r| r == rate),
+                "the spans of {trace} agree on their rate"
+            );
+        }
+    }
+    let (cart, rare) = &waves[1];
+    for trace in rare {
+        assert_eq!(
+            rates.get(trace),
+            Some(&1),
+            "rare route trace {trace} kept at rate 1"
+        );
+    }
+    let cart_kept: Vec<i64> = cart.iter().filter_map(|t| rates.get(t).copied()).collect();
+    assert!(
+        !cart_kept.is_empty() && cart_kept.len() < 150,
+        "the frequent route is thinned out: {} of 300 kept",
+        cart_kept.len()
+    );
+    assert!(
+        cart_kept.iter().all(|&r| r > 1),
+        "frequent route rates: {cart_kept:?}"
+    );
+}
+
 /// Sampling probability encoded by the OTel `ot=th:<hex>` tracestate threshold
 /// (rejection threshold T over 2^56: probability = 1 - T / 2^56).
 fn threshold_probability(tracestate: &str) -> Option<f64> {

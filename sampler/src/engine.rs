@@ -34,7 +34,8 @@ use crate::correlation::{DecisionNotice, ResourceIdentity};
 use crate::decision::{Cached, DecisionCache, Kept};
 use crate::export_queue::ExportQueues;
 use crate::policy::{
-    PolicyEngine, PolicyError, PolicyState, TraceStats, apply_sampling_probability,
+    PolicyEngine, PolicyError, PolicyState, TraceStats, apply_sample_rate,
+    apply_sampling_probability,
 };
 use crate::settle::{SettleConfig, SettleError, SettleLinks, Settler};
 use crate::storage::{BufferedKind, Storage, StorageError, Store};
@@ -74,6 +75,8 @@ impl Default for Wiring {
 struct Policies {
     engine: PolicyEngine,
     generation: u32,
+    /// This node's share of the cluster's traffic, kept for a replacement set.
+    share: f64,
 }
 
 /// Index and cache, guarded together.
@@ -162,6 +165,7 @@ impl Engine {
             policies: RwLock::new(Policies {
                 engine: policies,
                 generation: 0,
+                share: 1.0,
             }),
             state: Mutex::new(State {
                 index: TraceIndex::new(settings),
@@ -192,6 +196,14 @@ impl Engine {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the policies this node's share of the cluster's traffic (`1 / samplers on the
+    /// ring`), by which the dynamic throughput goals are scaled. Called on ring changes.
+    pub fn set_policy_share(&self, share: f64) {
+        let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
+        policies.share = share;
+        policies.engine.set_share(share);
     }
 
     /// Traces currently buffered.
@@ -364,7 +376,7 @@ impl Engine {
                             &trace,
                             &BufferedKind::Logs.encode(&rl),
                         );
-                        buffered.push((trace, arrival));
+                        buffered.push((trace, arrival.clone()));
                     }
                 }
             }
@@ -524,8 +536,9 @@ impl Engine {
         policies: &[PolicyConfig],
         sample_on_first_match: bool,
     ) -> Result<(), PolicyError> {
-        let engine = PolicyEngine::new(policies, sample_on_first_match)?;
+        let mut engine = PolicyEngine::new(policies, sample_on_first_match)?;
         let mut current = self.policies.write().unwrap_or_else(|e| e.into_inner());
+        engine.set_share(current.share);
         current.engine = engine;
         current.generation = match current.generation.wrapping_add(1) {
             STALE => 0,
@@ -826,7 +839,8 @@ fn arrival_of(policies: &Policies, rs: &ResourceSpans, encoded_len: usize) -> Ar
     arrival
 }
 
-/// Marks every span with the keeping policy and, where defined, the sampling probability.
+/// Marks every span with the keeping policy and, where defined, the sampling probability
+/// (tracestate `ot=th:` and the `SampleRate` attribute).
 /// Returns the number of spans.
 fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
     let mut n = 0;
@@ -842,6 +856,7 @@ fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
             });
             if let Some(p) = kept.probability {
                 span.trace_state = apply_sampling_probability(&span.trace_state, p);
+                apply_sample_rate(&mut span.attributes, p);
             }
             n += 1;
         }

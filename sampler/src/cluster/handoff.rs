@@ -94,6 +94,7 @@ impl Handoff {
             stopping.store(true, Ordering::SeqCst);
         });
         let mut last = self.cluster.topology();
+        self.engine.set_policy_share(share_of(&last.ring));
         let mut retry = false;
         loop {
             tokio::select! {
@@ -107,6 +108,7 @@ impl Handoff {
             }
             let topology = self.cluster.topology();
             if topology.ring != last.ring {
+                self.engine.set_policy_share(share_of(&topology.ring));
                 let sent = self
                     .decisions(&last.ring, &topology, Instant::now() + PASS_BUDGET)
                     .await;
@@ -429,4 +431,10 @@ fn to_proto(trace: &TraceId, decision: Cached) -> TraceDecision {
             correlate: false,
         },
     }
+}
+
+/// This node's share of the traffic on `ring` (it is a member): what dynamic throughput
+/// goals are scaled by.
+fn share_of(ring: &Ring) -> f64 {
+    1.0 / ring.len().max(1) as f64
 }

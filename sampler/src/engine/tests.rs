@@ -615,3 +615,59 @@ async fn a_replaced_policy_set_decides_traces_buffered_before_the_reload() {
         "bits observed under the old set are not reused"
     );
 }
+
+#[tokio::test]
+async fn dynamically_kept_spans_and_their_late_spans_carry_the_sample_rate() {
+    // Before its first adjustment an ema_dynamic policy samples every key at goal_sample_rate.
+    let rig = rig(r#"
+sampler:
+  decision_wait: 1s
+  num_traces: 100
+  policies:
+    - {name: dynamic, type: ema_dynamic, ema_dynamic: {key_fields: [name], goal_sample_rate: 2}}
+"#);
+    let traces: Vec<u8> = (1..=16).collect();
+    rig.engine
+        .ingest_traces(request(traces.iter().map(|&t| span(t, 1, false)).collect()))
+        .unwrap();
+    rig.advance(1000);
+    assert_eq!(rig.engine.decide_due().unwrap(), 16);
+    rig.engine
+        .ingest_traces(request(traces.iter().map(|&t| span(t, 9, false)).collect()))
+        .unwrap();
+    let exported = rig.exported_spans().await;
+    let kept: std::collections::BTreeSet<u8> = exported.iter().map(|e| e.0).collect();
+    assert!(
+        (1..16).contains(&kept.len()),
+        "about half of 16 traces kept at rate 2: {kept:?}"
+    );
+    for trace in &kept {
+        let ids: Vec<u8> = exported
+            .iter()
+            .filter(|e| e.0 == *trace)
+            .map(|e| e.1)
+            .collect();
+        assert_eq!(ids, vec![1, 9], "trace {trace}: its span and its late span");
+    }
+    let text = std::fs::read_to_string(rig.dir.path().join("out.jsonl")).unwrap();
+    let mut checked = 0;
+    for line in text.lines() {
+        let request: ExportTraceServiceRequest = serde_json::from_str(line).unwrap();
+        for span in request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+        {
+            let rate = span
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "SampleRate")
+                .and_then(|kv| kv.value.clone()?.value);
+            assert_eq!(rate, Some(any_value::Value::IntValue(2)));
+            assert_eq!(span.trace_state, "ot=th:8", "probability 1/2");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2 * kept.len());
+}

@@ -5,10 +5,16 @@
 //! trace-flag conditions: "does any span or its resource match?") is compiled to one bit of
 //! [`PolicyState`]; [`PolicyEngine::observe_span`] sets the bits as spans arrive. The other
 //! inputs are trace-level facts the buffer keeps anyway ([`TraceStats`]) or the trace id. So
-//! [`PolicyEngine::decide`] never needs the spans again, and a trace costs 8 bytes of state.
+//! [`PolicyEngine::decide`] never needs the spans again, and a trace costs 8 bytes of
+//! condition bits (plus a pointer to its key values, see below).
 //!
 //! The engine is pure logic: the caller passes the time, which drives the `rate_limiting`,
-//! `bytes_limiting` and `composite` budgets.
+//! `bytes_limiting` and `composite` budgets and the dynamic samplers' intervals.
+//!
+//! Our extension, the dynamic sampling types (`ema_dynamic`, `ema_throughput`,
+//! `windowed_throughput`), lives in `dynamic.rs`: they need the values of their key fields, which
+//! are folded into [`PolicyState`] as spans arrive too (a null pointer when no such policy is
+//! configured).
 //!
 //! Semantics follow the Collector (`internal/sampling/*.go`, `processor.go`):
 //! - policies yield Sampled, NotSampled, InvertSampled / InvertNotSampled (`invert_match`), or
@@ -31,6 +37,7 @@
 //!   when every policy that sampled the trace defines one (a trace also kept by, say, an error
 //!   policy would have been kept anyway, so it carries no adjusted count).
 
+mod dynamic;
 mod limiter;
 mod predicate;
 #[cfg(test)]
@@ -47,7 +54,7 @@ use otel_tail_shared::config::policy::{PolicyType, StatusCodeName};
 use otel_tail_shared::otlp::TraceId;
 use regex::Regex;
 
-pub use tracestate::apply_sampling_probability;
+pub use tracestate::{apply_sample_rate, apply_sampling_probability};
 
 use limiter::{SecondWindow, TokenBucket};
 use predicate::{Predicate, StringMatcher};
@@ -58,11 +65,14 @@ pub const MAX_SPAN_CONDITIONS: usize = 64;
 /// The Collector's salt for `probabilistic` when `hash_salt` is empty.
 const DEFAULT_HASH_SALT: &str = "default-hash-seed";
 
-/// Running, per-trace policy state: which span-level conditions some span has met so far.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Running, per-trace policy state: which span-level conditions some span has met so far,
+/// and the values the dynamic policies' key fields took.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PolicyState {
     /// Bit `i` set: span-level condition `i` matched a span or its resource.
     matched: u64,
+    /// Distinct key-field values seen (empty without dynamic policies).
+    key_values: dynamic::KeyValues,
 }
 
 impl PolicyState {
@@ -70,17 +80,22 @@ impl PolicyState {
     /// observed before the trace's entry was locked).
     pub fn merge(&mut self, other: &PolicyState) {
         self.matched |= other.matched;
+        self.key_values.merge(&other.key_values);
     }
 
-    /// The raw bits, to persist or hand a trace's state to another node running the same
-    /// policies (bits mean nothing under a different policy list).
-    pub fn to_bits(self) -> u64 {
+    /// The condition bits, to persist or hand a trace's state to another node running the
+    /// same policies (bits mean nothing under a different policy list). Key-field values are
+    /// not included: they are rebuilt from the spans, as handoff and recovery do.
+    pub fn to_bits(&self) -> u64 {
         self.matched
     }
 
     /// A state from [`PolicyState::to_bits`].
     pub fn from_bits(bits: u64) -> Self {
-        PolicyState { matched: bits }
+        PolicyState {
+            matched: bits,
+            key_values: Default::default(),
+        }
     }
 }
 
@@ -104,7 +119,8 @@ pub struct Decision {
     pub sampled: bool,
     /// Name of the top-level policy that decided to keep (None if dropped).
     pub policy: Option<Arc<str>>,
-    /// Effective sampling probability, when the deciding policy defines one (`probabilistic`).
+    /// Effective sampling probability, when the deciding policy defines one (`probabilistic`,
+    /// and `1 / rate` for the dynamic types).
     pub probability: Option<f64>,
     /// The deciding policy correlates logs and metric points by resource and time window
     /// (see `PolicyConfig::correlates`).
@@ -146,6 +162,15 @@ pub enum PolicyError {
     NestedDrop {
         /// The policy's name.
         policy: String,
+    },
+    /// More distinct `key_fields` across the dynamic policies than a key value can index.
+    #[error(
+        "the dynamic policies use {found} distinct key_fields; at most {} are supported",
+        dynamic::MAX_KEY_FIELDS
+    )]
+    TooManyKeyFields {
+        /// How many the configuration needs.
+        found: usize,
     },
 }
 
@@ -231,6 +256,7 @@ enum Node {
     Not(Box<Node>),
     Drop(Vec<Node>),
     Composite(Composite),
+    Dynamic(Box<dynamic::DynamicPolicy>),
 }
 
 /// A compiled `composite` policy and its per-second counters.
@@ -262,6 +288,8 @@ struct TopPolicy {
 pub struct PolicyEngine {
     policies: Vec<TopPolicy>,
     conditions: Vec<Predicate>,
+    /// Key fields of the dynamic policies, read from every span.
+    key_fields: dynamic::KeyFields,
     sample_on_first_match: bool,
 }
 
@@ -273,7 +301,7 @@ impl PolicyEngine {
         sample_on_first_match: bool,
     ) -> Result<Self, PolicyError> {
         let mut conditions = Vec::new();
-        let compiled = policies
+        let mut compiled = policies
             .iter()
             .map(|cfg| {
                 Ok(TopPolicy {
@@ -288,11 +316,26 @@ impl PolicyEngine {
                 found: conditions.len(),
             });
         }
+        let key_fields = dynamic::register_fields(compiled.iter_mut().map(|p| &mut p.node))?;
         Ok(PolicyEngine {
             policies: compiled,
             conditions,
+            key_fields,
             sample_on_first_match,
         })
+    }
+
+    /// Tells the dynamic throughput policies this node's share of the cluster's traffic
+    /// (`1 / samplers on the ring`; 1 standalone), which their goals are scaled by.
+    pub fn set_share(&mut self, share: f64) {
+        let share = if share.is_finite() && share > 0.0 {
+            share.min(1.0)
+        } else {
+            1.0
+        };
+        for policy in &mut self.policies {
+            dynamic::for_each_dynamic(&mut policy.node, &mut |d| d.set_share(share));
+        }
     }
 
     /// Folds one span (with its resource) into the trace's state. Called once per span as it
@@ -303,6 +346,10 @@ impl PolicyEngine {
             if state.matched & bit == 0 && condition.matches(resource, span) {
                 state.matched |= bit;
             }
+        }
+        if !self.key_fields.is_empty() {
+            self.key_fields
+                .observe(&mut state.key_values, resource, span);
         }
     }
 
@@ -559,6 +606,9 @@ fn compile(
                 subs,
             })
         }
+        PolicyType::EmaDynamic | PolicyType::EmaThroughput | PolicyType::WindowedThroughput => {
+            Node::Dynamic(Box::new(dynamic::DynamicPolicy::compile(cfg)?))
+        }
     })
 }
 
@@ -660,6 +710,7 @@ fn evaluate(node: &mut Node, facts: &Facts<'_>) -> Outcome {
             Outcome::of(Verdict::Dropped)
         }
         Node::Composite(composite) => composite.evaluate(facts),
+        Node::Dynamic(policy) => policy.evaluate(facts),
     }
 }
 

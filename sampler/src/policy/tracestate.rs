@@ -1,6 +1,14 @@
-//! Recording the effective sampling probability in the W3C tracestate, per the OpenTelemetry
-//! specification "TraceState: Probability Sampling": the `ot` entry's `th` sub-key holds the
-//! rejection threshold `(1 - p) * 2^56` as up to 14 hex digits, trailing zeros removed.
+//! Recording the effective sampling probability on kept spans, two ways:
+//! - in the W3C tracestate, per the OpenTelemetry specification "TraceState: Probability
+//!   Sampling": the `ot` entry's `th` sub-key holds the rejection threshold `(1 - p) * 2^56` as
+//!   up to 14 hex digits, trailing zeros removed;
+//! - as the integer span attribute `SampleRate` (`1 / p`, rounded), the convention of Refinery
+//!   and Honeycomb, which re-weight counts by it.
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+
+/// The span attribute holding the sample rate (keep 1 in N), Refinery's name for it.
+pub const SAMPLE_RATE_ATTRIBUTE: &str = "SampleRate";
 
 /// 2^56: thresholds and randomness values are 56-bit.
 const MAX_ADJUSTED: u64 = 1 << 56;
@@ -49,6 +57,39 @@ pub fn apply_sampling_probability(tracestate: &str, probability: f64) -> String 
         out.push_str(member);
     }
     out
+}
+
+/// Sets the `SampleRate` attribute for `probability`, multiplied by a rate the span already
+/// carried (sampled upstream: the span stands for that many times more), like the threshold
+/// above. Nothing is written for a probability of 0 or not a number.
+pub fn apply_sample_rate(attributes: &mut Vec<KeyValue>, probability: f64) {
+    if probability.is_nan() || probability <= 0.0 {
+        return;
+    }
+    let ours = 1.0 / probability.min(1.0);
+    let existing = attributes
+        .iter()
+        .position(|kv| kv.key == SAMPLE_RATE_ATTRIBUTE);
+    let upstream = existing
+        .and_then(|i| attributes[i].value.as_ref()?.value.as_ref())
+        .and_then(|v| match v {
+            any_value::Value::IntValue(n) if *n >= 1 => Some(*n as f64),
+            any_value::Value::DoubleValue(d) if *d >= 1.0 => Some(*d),
+            _ => None,
+        })
+        .unwrap_or(1.0);
+    let rate = (upstream * ours).round().clamp(1.0, i64::MAX as f64) as i64;
+    let value = Some(AnyValue {
+        value: Some(any_value::Value::IntValue(rate)),
+    });
+    match existing {
+        Some(i) => attributes[i].value = value,
+        None => attributes.push(KeyValue {
+            key: SAMPLE_RATE_ATTRIBUTE.to_owned(),
+            value,
+            ..Default::default()
+        }),
+    }
 }
 
 /// Parses a `th` value: 1 to 14 hex digits, right-padded with zeros to 56 bits.

@@ -16,10 +16,17 @@
 //!   `composite.max_total_spans_per_second` must be positive;
 //! - `rate_allocation` entries must name a `composite_sub_policy` and sum to at most 100%;
 //! - `drop` is accepted only as a top-level policy (its "drop" verdict means nothing nested).
+//!
+//! Beside the Collector's types sit our dynamic sampling types (`ema_dynamic`,
+//! `ema_throughput`, `windowed_throughput`, Refinery's samplers), configured in [`dynamic`].
 
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+
+pub mod dynamic;
+
+pub use dynamic::{EmaDynamicConfig, EmaThroughputConfig, WindowedThroughputConfig};
 
 /// One tail-sampling policy (top level, or a sub-policy of `and`, `not`, `drop`, `composite`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +84,15 @@ pub struct PolicyConfig {
     /// `composite`: ordered sub-policies sharing a spans-per-second budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub composite: Option<CompositeConfig>,
+    /// `ema_dynamic` (our extension): Refinery's EMA dynamic sampler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_dynamic: Option<EmaDynamicConfig>,
+    /// `ema_throughput` (our extension): Refinery's EMA throughput sampler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_throughput: Option<EmaThroughputConfig>,
+    /// `windowed_throughput` (our extension): Refinery's windowed throughput sampler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windowed_throughput: Option<WindowedThroughputConfig>,
 }
 
 /// The policy types of the Collector's `tail_sampling` processor that this sampler implements.
@@ -115,6 +131,13 @@ pub enum PolicyType {
     Drop,
     /// Ordered sub-policies with per-policy shares of a spans-per-second budget.
     Composite,
+    /// Per-key sample rates aiming at an average rate (Refinery's `EMADynamicSampler`).
+    EmaDynamic,
+    /// Per-key sample rates aiming at kept spans per second (Refinery's `EMAThroughputSampler`).
+    EmaThroughput,
+    /// Kept spans per second split equally between keys (Refinery's
+    /// `WindowedThroughputSampler`).
+    WindowedThroughput,
 }
 
 impl PolicyType {
@@ -137,6 +160,9 @@ impl PolicyType {
             PolicyType::Not => "not",
             PolicyType::Drop => "drop",
             PolicyType::Composite => "composite",
+            PolicyType::EmaDynamic => "ema_dynamic",
+            PolicyType::EmaThroughput => "ema_throughput",
+            PolicyType::WindowedThroughput => "windowed_throughput",
         }
     }
 
@@ -373,6 +399,12 @@ impl PolicyConfig {
             (PolicyType::Not, self.not.is_some()),
             (PolicyType::Drop, self.drop.is_some()),
             (PolicyType::Composite, self.composite.is_some()),
+            (PolicyType::EmaDynamic, self.ema_dynamic.is_some()),
+            (PolicyType::EmaThroughput, self.ema_throughput.is_some()),
+            (
+                PolicyType::WindowedThroughput,
+                self.windowed_throughput.is_some(),
+            ),
         ];
         blocks
             .into_iter()
@@ -448,16 +480,32 @@ impl PolicyConfig {
                 None => Ok(()),
             },
             PolicyType::Drop => match &self.drop {
-                Some(c) => validate_subs(&c.drop_sub_policy, &format!("{block}.drop_sub_policy")),
+                Some(c) => {
+                    let path = format!("{block}.drop_sub_policy");
+                    validate_subs(&c.drop_sub_policy, &path)?;
+                    let subs: Vec<_> = c.drop_sub_policy.iter().collect();
+                    dynamic::refuse_dynamic_below(&subs, &path, ty)
+                }
                 None => Ok(()),
             },
             PolicyType::Not => match &self.not {
-                Some(c) => c
-                    .not_sub_policy
-                    .validate_at(&format!("{block}.not_sub_policy"), Level::Nested),
+                Some(c) => {
+                    let path = format!("{block}.not_sub_policy");
+                    c.not_sub_policy.validate_at(&path, Level::Nested)?;
+                    dynamic::refuse_dynamic_below(&[&c.not_sub_policy], &path, ty)
+                }
                 None => Ok(()),
             },
             PolicyType::Composite => validate_composite(self.composite.as_ref(), &block),
+            PolicyType::EmaDynamic => {
+                dynamic::validate_ema_dynamic(self.ema_dynamic.as_ref(), &block)
+            }
+            PolicyType::EmaThroughput => {
+                dynamic::validate_ema_throughput(self.ema_throughput.as_ref(), &block)
+            }
+            PolicyType::WindowedThroughput => {
+                dynamic::validate_windowed(self.windowed_throughput.as_ref(), &block)
+            }
         }
     }
 }
