@@ -24,3 +24,5 @@ pub mod ring;
 pub mod seal;
 pub mod split;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -328,23 +328,9 @@ mod tests {
 
     #[test]
     fn merge_joins_equal_resources_and_scopes_in_first_seen_order() {
-        use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
+        use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
         use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-        use opentelemetry_proto::tonic::resource::v1::Resource;
-        let resource = |name: &str| Resource {
-            attributes: vec![KeyValue {
-                key: "service.name".into(),
-                value: Some(AnyValue {
-                    value: Some(
-                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
-                            name.into(),
-                        ),
-                    ),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let resource = |name: &str| crate::testing::resource(vec![kv_str("service.name", name)]);
         let group = |service: &str, scope: &str, n: u64| ResourceLogs {
             resource: Some(resource(service)),
             scope_logs: vec![ScopeLogs {

@@ -6,6 +6,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::Exemplar;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use otel_tail_proto::v1;
+use otel_tail_shared::otlp::kv_str;
 use proptest::prelude::*;
 use prost::Message;
 
@@ -44,19 +45,9 @@ fn config(max_traces: usize) -> KeptIndexConfig {
     }
 }
 
-fn string_kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 fn resource(attributes: &[(&str, &str)]) -> Resource {
     Resource {
-        attributes: attributes.iter().map(|(k, v)| string_kv(k, v)).collect(),
+        attributes: attributes.iter().map(|(k, v)| kv_str(k, *v)).collect(),
         ..Default::default()
     }
 }
@@ -140,8 +131,8 @@ fn identity_ignores_non_string_and_repeated_attributes() {
             ..Default::default()
         },
     );
-    r.attributes.push(string_kv("service.instance.id", "later"));
-    r.attributes.push(string_kv("host.name", "h"));
+    r.attributes.push(kv_str("service.instance.id", "later"));
+    r.attributes.push(kv_str("host.name", "h"));
     let identity = ResourceIdentity::from_resource(Some(&r));
     assert_eq!(identity.key(), Some("svc\0h"));
 }

@@ -1,6 +1,8 @@
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status};
+use otel_tail_shared::otlp::kv;
+use otel_tail_shared::testing::resource;
 use serde_json::{Value, json};
 
 use super::*;
@@ -19,14 +21,6 @@ fn engine(policies: Vec<Value>) -> PolicyEngine {
     PolicyEngine::new(&configs, false).unwrap()
 }
 
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
-
 fn s(v: &str) -> any_value::Value {
     any_value::Value::StringValue(v.to_owned())
 }
@@ -41,13 +35,6 @@ fn b(v: bool) -> any_value::Value {
 
 fn span(attributes: Vec<KeyValue>) -> Span {
     Span {
-        attributes,
-        ..Default::default()
-    }
-}
-
-fn resource(attributes: Vec<KeyValue>) -> Resource {
-    Resource {
         attributes,
         ..Default::default()
     }

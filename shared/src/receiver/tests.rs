@@ -29,13 +29,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::AnyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::number_data_point;
-use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
-};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
@@ -43,7 +40,7 @@ use tonic_types::StatusExt;
 
 use super::{Accepted, BoundAddrs, Ingest, IngestError};
 use crate::config::ReceiverConfig;
-use crate::otlp;
+use crate::{otlp, testing};
 
 /// Cap used by most tests: small enough to exceed cheaply.
 const LIMIT: usize = 64 * 1024;
@@ -332,15 +329,7 @@ fn span(trace_id: Vec<u8>, span_id: Vec<u8>, name: &str) -> Span {
 }
 
 fn traces(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    testing::traces_of(None, spans)
 }
 
 /// `count` valid spans of trace `0x01..`, named `span-<i>`.
@@ -363,45 +352,20 @@ fn traces_with_bad_ids() -> ExportTraceServiceRequest {
 }
 
 fn logs(count: usize) -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: (0..count)
-                    .map(|i| LogRecord {
-                        body: Some(AnyValue {
-                            value: Some(Value::StringValue(format!("log {i}"))),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
+    let records = (0..count)
+        .map(|i| LogRecord {
+            body: Some(AnyValue {
+                value: Some(Value::StringValue(format!("log {i}"))),
+            }),
             ..Default::default()
-        }],
-    }
+        })
+        .collect();
+    testing::logs_of(None, records)
 }
 
 fn gauge(points: usize) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "queue.depth".to_owned(),
-                    data: Some(Data::Gauge(Gauge {
-                        data_points: (0..points)
-                            .map(|i| NumberDataPoint {
-                                value: Some(number_data_point::Value::AsInt(i as i64)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let points = (0..points).map(|i| testing::int_point(i as i64)).collect();
+    testing::metrics_of(None, vec![testing::gauge("queue.depth", points)])
 }
 
 /// Spans whose encoding exceeds `bytes`.

@@ -20,11 +20,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data, number_data_point,
-};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
@@ -34,6 +31,7 @@ use super::RawIngest;
 use crate::config::ReceiverConfig;
 use crate::otlp::Signal;
 use crate::receiver::{Accepted, BoundAddrs, IngestError};
+use crate::testing;
 
 /// Receiver limit used by the tests: small enough to exceed cheaply.
 const LIMIT: usize = 64 * 1024;
@@ -142,52 +140,21 @@ fn traces(spans: usize, name_len: usize) -> ExportTraceServiceRequest {
             ..Default::default()
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    testing::traces_of(None, spans)
 }
 
 fn logs() -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord {
-                    time_unix_nano: 42,
-                    trace_id: vec![3; 16],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let record = LogRecord {
+        time_unix_nano: 42,
+        trace_id: vec![3; 16],
+        ..Default::default()
+    };
+    testing::logs_of(None, vec![record])
 }
 
 fn metrics() -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "queue.depth".to_owned(),
-                    data: Some(Data::Gauge(Gauge {
-                        data_points: vec![NumberDataPoint {
-                            value: Some(number_data_point::Value::AsInt(5)),
-                            ..Default::default()
-                        }],
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let gauge = testing::gauge("queue.depth", vec![testing::int_point(5)]);
+    testing::metrics_of(None, vec![gauge])
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
