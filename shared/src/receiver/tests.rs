@@ -38,6 +38,7 @@ use tonic::Code;
 use tonic::codec::CompressionEncoding;
 use tonic_types::StatusExt;
 
+use super::running::{RunningReceivers, loopback_config};
 use super::{Accepted, BoundAddrs, Ingest, IngestError};
 use crate::config::ReceiverConfig;
 use crate::{otlp, testing};
@@ -117,41 +118,22 @@ impl Ingest for RecordingIngest {
 struct Harness {
     ingest: Arc<RecordingIngest>,
     addrs: BoundAddrs,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    running: RunningReceivers,
 }
 
 impl Harness {
     async fn start(max_request_bytes: usize) -> Harness {
-        let config = ReceiverConfig {
-            grpc_endpoint: ([127, 0, 0, 1], 0).into(),
-            http_endpoint: ([127, 0, 0, 1], 0).into(),
-            max_request_bytes,
-            ..ReceiverConfig::default()
-        };
+        let config = loopback_config(max_request_bytes);
         let ingest = Arc::new(RecordingIngest::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let sink = ingest.clone();
-        let server = tokio::spawn(async move {
-            super::serve(
-                &config,
-                sink,
-                |addrs| {
-                    let _ = bound_tx.send(addrs);
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        });
-        let addrs = bound_rx.await.expect("receivers bound");
+        let running = RunningReceivers::start(move |on_bound, shutdown| async move {
+            super::serve(&config, sink, on_bound, shutdown).await
+        })
+        .await;
         Harness {
             ingest,
-            addrs,
-            stop,
-            server,
+            addrs: running.addrs,
+            running,
         }
     }
 
@@ -191,12 +173,7 @@ impl Harness {
 
     /// Stops the receivers and checks they shut down cleanly.
     async fn stop(self) {
-        self.stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.server)
-            .await
-            .expect("receivers stop promptly")
-            .unwrap()
-            .unwrap();
+        self.running.stop().await;
     }
 }
 
@@ -1157,31 +1134,16 @@ impl Ingest for GatedIngest {
 #[tokio::test]
 async fn requests_beyond_the_in_flight_bound_are_throttled_on_both_transports() {
     let config = ReceiverConfig {
-        grpc_endpoint: ([127, 0, 0, 1], 0).into(),
-        http_endpoint: ([127, 0, 0, 1], 0).into(),
         max_concurrent_requests: 1,
-        ..ReceiverConfig::default()
+        ..loopback_config(ReceiverConfig::default().max_request_bytes)
     };
     let ingest = Arc::new(GatedIngest::default());
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let ingest = ingest.clone();
-        async move {
-            super::serve(
-                &config,
-                ingest,
-                |addrs| {
-                    let _ = bound_tx.send(addrs);
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        }
-    });
-    let addrs: BoundAddrs = bound_rx.await.unwrap();
+    let sink = ingest.clone();
+    let running = RunningReceivers::start(move |on_bound, shutdown| async move {
+        super::serve(&config, sink, on_bound, shutdown).await
+    })
+    .await;
+    let addrs = running.addrs;
 
     // One request occupies the only slot.
     let mut client = TraceServiceClient::connect(format!("http://{}", addrs.grpc))
@@ -1221,6 +1183,5 @@ async fn requests_beyond_the_in_flight_bound_are_throttled_on_both_transports() 
         .await
         .expect("served after release");
 
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    running.stop().await;
 }

@@ -28,8 +28,8 @@ use tonic::codec::CompressionEncoding;
 use tonic_types::StatusExt;
 
 use super::RawIngest;
-use crate::config::ReceiverConfig;
 use crate::otlp::Signal;
+use crate::receiver::running::{RunningReceivers, loopback_config};
 use crate::receiver::{Accepted, BoundAddrs, IngestError};
 use crate::testing;
 
@@ -79,41 +79,22 @@ impl RawIngest for RecordingRaw {
 struct Harness {
     ingest: Arc<RecordingRaw>,
     addrs: BoundAddrs,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    running: RunningReceivers,
 }
 
 impl Harness {
     async fn start() -> Harness {
-        let config = ReceiverConfig {
-            grpc_endpoint: ([127, 0, 0, 1], 0).into(),
-            http_endpoint: ([127, 0, 0, 1], 0).into(),
-            max_request_bytes: LIMIT,
-            ..ReceiverConfig::default()
-        };
+        let config = loopback_config(LIMIT);
         let ingest = Arc::new(RecordingRaw::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let sink = ingest.clone();
-        let server = tokio::spawn(async move {
-            super::serve(
-                &config,
-                sink,
-                |addrs| {
-                    let _ = bound_tx.send(addrs);
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        });
-        let addrs = bound_rx.await.expect("receivers bound");
+        let running = RunningReceivers::start(move |on_bound, shutdown| async move {
+            super::serve(&config, sink, on_bound, shutdown).await
+        })
+        .await;
         Harness {
             ingest,
-            addrs,
-            stop,
-            server,
+            addrs: running.addrs,
+            running,
         }
     }
 
@@ -122,12 +103,7 @@ impl Harness {
     }
 
     async fn stop(self) {
-        self.stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.server)
-            .await
-            .expect("receivers stop promptly")
-            .unwrap()
-            .unwrap();
+        self.running.stop().await;
     }
 }
 
