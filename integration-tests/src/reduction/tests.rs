@@ -206,6 +206,40 @@ fn everything_raw_adds_up_and_finds_every_correlated_item_but_misses_the_target(
 }
 
 #[test]
+fn the_report_shows_totals_that_add_up_as_ok_and_others_as_mismatch() {
+    let mut w = Workload::new(small());
+    let tick = w.tick(NOW, NOW + SECOND);
+    let mut ledger = InputLedger::default();
+    tick.logs.iter().for_each(|r| ledger.logs_sent(r));
+    let exported = ExportedData {
+        logs: tick.logs.iter().cloned().map(as_raw_logs).collect(),
+        ..ExportedData::default()
+    };
+    let text = report::report(&ledger, &Output::of(&exported));
+    assert!(text.starts_with("\n== reduction"), "{text}");
+    assert!(text.ends_with('\n'), "{text}");
+    let lines = format!(
+        "log lines: in {}",
+        report::with_thousands(ledger.logs.items)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains(&lines))
+        .expect("log line total");
+    assert!(line.ends_with(" OK"), "{line}");
+
+    ledger.logs.items += 1;
+    let text = report::report(&ledger, &Output::of(&exported));
+    let line = text
+        .lines()
+        .find(|l| l.contains("log lines: in"))
+        .expect("log line total");
+    assert!(line.ends_with(" MISMATCH"), "{line}");
+    assert_eq!(report::with_thousands(1_234_567), "1,234,567");
+    assert_eq!(report::with_thousands(999), "999");
+}
+
+#[test]
 fn a_missing_correlated_log_and_a_short_total_are_reported() {
     let mut w = Workload::new(small());
     let tick = w.tick(NOW, NOW + SECOND);
