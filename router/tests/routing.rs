@@ -107,18 +107,6 @@ fn trace_request(traces: usize, per_trace: usize) -> ExportTraceServiceRequest {
     }
 }
 
-fn spans_of(sink: &Sink) -> Vec<Span> {
-    sink.recorded
-        .traces
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|r| &r.resource_spans)
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| ss.spans.clone())
-        .collect()
-}
-
 /// Checks every span of `request` landed exactly once, on its ring owner.
 fn assert_each_span_once_on_its_owner(
     request: &ExportTraceServiceRequest,
@@ -133,7 +121,7 @@ fn assert_each_span_once_on_its_owner(
         .sum();
     let mut seen = HashSet::new();
     for (i, sink) in sinks.iter().enumerate() {
-        for span in spans_of(sink) {
+        for span in sink.spans() {
             let id: [u8; 16] = span.trace_id.as_slice().try_into().unwrap();
             assert_eq!(
                 table.ring().owner_of_trace(&id),
@@ -163,7 +151,7 @@ async fn every_span_lands_once_on_its_owner() {
     assert_eq!(accepted.rejected, 0);
     assert_each_span_once_on_its_owner(&request, &sinks, &table);
     assert!(
-        sinks.iter().all(|s| !spans_of(s).is_empty()),
+        sinks.iter().all(|s| !s.spans().is_empty()),
         "200 traces spread over all three samplers"
     );
     // Resource attributes travel with each part.
@@ -204,7 +192,7 @@ async fn invalid_trace_ids_are_reported_and_the_rest_is_forwarded() {
         "{}",
         accepted.message
     );
-    let delivered: usize = sinks.iter().map(|s| spans_of(s).len()).sum();
+    let delivered: usize = sinks.iter().map(|s| s.spans().len()).sum();
     assert_eq!(delivered, 8);
 }
 
