@@ -29,6 +29,7 @@ use otel_tail_sampler::cluster::plan::Topology;
 use otel_tail_shared::otlp::{self, kv_int, kv_str};
 use otel_tail_shared::ring::{NodeId, Ring};
 use otel_tail_shared::split::{RouteKey, split_logs, split_metrics, split_traces};
+use otel_tail_shared::testing::span_names;
 use proptest::prelude::*;
 use prost::Message;
 
@@ -279,16 +280,6 @@ fn owners<R>(
     owners
 }
 
-fn span_labels(request: &ExportTraceServiceRequest) -> Vec<String> {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| &ss.spans)
-        .map(|s| s.name.clone())
-        .collect()
-}
-
 fn log_labels(request: &ExportLogsServiceRequest) -> Vec<String> {
     request
         .resource_logs
@@ -332,10 +323,10 @@ proptest! {
         // The splitter leaves out spans whose trace id is invalid; the sampler's receiver
         // refuses those and also spans with an invalid span id (none here).
         prop_assert_eq!(split.invalid, refused);
-        let by_router = owners(decoded_parts(&split.parts), span_labels);
+        let by_router = owners(decoded_parts(&split.parts), span_names);
         let by_sampler = owners(
             partition_traces(accepted.clone(), usize::MAX, sampler_owner(&topology)),
-            span_labels,
+            span_names,
         );
         prop_assert_eq!(by_router.len(), otlp::span_count(&accepted));
         prop_assert_eq!(by_router, by_sampler);

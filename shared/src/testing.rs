@@ -81,6 +81,17 @@ pub fn metrics_of(resource: Option<Resource>, metrics: Vec<Metric>) -> ExportMet
     }
 }
 
+/// The names of a request's spans, in order.
+pub fn span_names(request: &ExportTraceServiceRequest) -> Vec<String> {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 /// A number point holding the integer `value`, without attributes or times.
 pub fn int_point(value: i64) -> NumberDataPoint {
     NumberDataPoint {

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use otel_tail_shared::config::{OtlpGrpcExporterConfig, QueueConfig, TlsConfig};
 use otel_tail_shared::exporter::file::FileExporter;
 use otel_tail_shared::exporter::grpc::GrpcExporter;
-use otel_tail_shared::testing;
+use otel_tail_shared::testing::{self, span_names};
 use tokio::sync::oneshot;
 
 use super::*;
@@ -45,16 +45,6 @@ fn logs(text: &str) -> ExportRequest {
 fn metrics(name: &str) -> ExportRequest {
     let gauge = testing::gauge(name, vec![NumberDataPoint::default()]);
     ExportRequest::Metrics(testing::metrics_of(None, vec![gauge]))
-}
-
-fn span_names(request: &ExportTraceServiceRequest) -> Vec<String> {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| &ss.spans)
-        .map(|s| s.name.clone())
-        .collect()
 }
 
 fn fast_retry_config(max_bytes: u64) -> ExporterConfig {
