@@ -15,7 +15,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data, number_data_point,
@@ -25,7 +24,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use otel_tail_router::routing::{NO_SAMPLERS, Router, RoutingTable};
 use otel_tail_shared::config::ReceiverConfig;
 use otel_tail_shared::forward::{ForwardCompression, Forwarder, ForwarderConfig};
-use otel_tail_shared::otlp::Signal;
+use otel_tail_shared::otlp::{self, Signal};
 use otel_tail_shared::receiver::IngestError;
 use otel_tail_shared::receiver::raw;
 use otel_tail_shared::ring::NodeId;
@@ -63,13 +62,7 @@ fn table(members: impl IntoIterator<Item = (usize, SocketAddr)>) -> RoutingTable
 
 fn service(name: &str) -> Option<Resource> {
     Some(Resource {
-        attributes: vec![KeyValue {
-            key: "service.name".to_owned(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(name.to_owned())),
-            }),
-            ..Default::default()
-        }],
+        attributes: vec![otlp::kv_str("service.name", name)],
         ..Default::default()
     })
 }

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use prost::Message;
 
 use super::*;
-use crate::otlp::{kv_str, trace_id};
+use crate::otlp::{kv_int, kv_str, trace_id};
 use crate::ring::{DEFAULT_VNODES, NodeId, Ring};
 use crate::testing;
 
@@ -940,13 +940,7 @@ fn resource_identity_falls_back_in_order() {
         b"a\0h"
     );
     assert_eq!(key_of(vec![kv_str("user.id", "u")]), b"\0");
-    let int_name = KeyValue {
-        key: "service.name".into(),
-        value: Some(AnyValue {
-            value: Some(Value::IntValue(3)),
-        }),
-        ..Default::default()
-    };
+    let int_name = kv_int("service.name", 3);
     assert_eq!(
         key_of(vec![int_name, kv_str("service.name", "later")]),
         b"\0",
@@ -992,13 +986,7 @@ fn metric_series_key_is_the_service_identity_and_the_name() {
             "deployment.environment.name"
         ]
     );
-    let int_namespace = KeyValue {
-        key: "service.namespace".into(),
-        value: Some(AnyValue {
-            value: Some(Value::IntValue(3)),
-        }),
-        ..Default::default()
-    };
+    let int_namespace = kv_int("service.namespace", 3);
     assert_eq!(
         series_key_of(
             vec![
