@@ -1391,20 +1391,8 @@ mod tests {
             .push(kv_str(CORRELATED_ATTRIBUTE, "window"));
         let mut summary = record.clone();
         summary.attributes = vec![
-            KeyValue {
-                key: LOG_COUNT_ATTRIBUTE.into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::IntValue(7)),
-                }),
-                ..Default::default()
-            },
-            KeyValue {
-                key: ROLLUP_ATTRIBUTE.into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::BoolValue(true)),
-                }),
-                ..Default::default()
-            },
+            otel_tail_shared::otlp::kv_int(LOG_COUNT_ATTRIBUTE, 7),
+            otel_tail_shared::otlp::kv_bool(ROLLUP_ATTRIBUTE, true),
         ];
         requests.logs.resource_logs[0].scope_logs[0]
             .log_records

@@ -5,7 +5,7 @@
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
@@ -429,9 +429,9 @@ impl Generator {
                 kv_str("service.namespace", "shop"),
                 kv_str(
                     "service.instance.id",
-                    &format!("{}-{}", SERVICES[service], self.instance),
+                    format!("{}-{}", SERVICES[service], self.instance),
                 ),
-                kv_str("host.name", &format!("node-{}", service % 3)),
+                kv_str("host.name", format!("node-{}", service % 3)),
                 kv_str("deployment.environment.name", "bench"),
                 kv_str("telemetry.sdk.language", "rust"),
             ],
@@ -448,27 +448,8 @@ fn scope() -> InstrumentationScope {
     }
 }
 
-/// A string attribute.
-pub fn kv_str(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key_strindex: 0,
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-    }
-}
-
-/// An integer attribute.
-pub fn kv_int(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key_strindex: 0,
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
-        }),
-    }
-}
+/// Attribute builders, re-exported where the generators' users have always found them.
+pub use otel_tail_shared::otlp::{kv_int, kv_str};
 
 #[cfg(test)]
 mod tests {

@@ -46,7 +46,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::wait::poll_until;
-use crate::{HarnessError, binary, http_client};
+use crate::{HarnessError, binary, http_client, prerequisites};
 
 /// The chart, relative to the workspace root.
 pub const CHART_PATH: &str = "helm/otel-tail-sampler";
@@ -55,8 +55,7 @@ pub const CHART_PATH: &str = "helm/otel-tail-sampler";
 /// below the chart's `kubeVersion` constraint.
 pub const KUBE_VERSION: &str = "1.31.0";
 
-/// Environment variable naming a helm binary to use instead of the cached one.
-pub const HELM_BIN_ENV: &str = "OTEL_TAIL_HELM_BIN";
+pub use crate::prerequisites::HELM_BIN_ENV;
 
 /// How long a pod may take from start to a passing readiness probe.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -140,19 +139,12 @@ pub fn helm_binary() -> Result<PathBuf, HelmError> {
     if let Some(path) = std::env::var_os(HELM_BIN_ENV) {
         return Ok(PathBuf::from(path));
     }
-    let home = std::env::var_os("HOME")
+    let cached = prerequisites::cached_helm()
         .ok_or_else(|| HelmError::HelmUnavailable("$HOME is not set".into()))?;
-    let cached = Path::new(&home).join(".cache/otel-tail-sampler/go-bin/helm");
     if cached.is_file() {
         return Ok(cached);
     }
-    let go_found = Command::new("go")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !go_found {
+    if !prerequisites::go_on_path() {
         return Err(HelmError::HelmUnavailable(format!(
             "{} does not exist and the go command needed to install it is not on PATH \
              (run helm/otel-tail-sampler/ci/check.sh --install-only)",

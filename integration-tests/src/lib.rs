@@ -21,6 +21,7 @@ pub mod helm;
 pub mod http_client;
 pub mod load;
 pub mod metrics_text;
+pub mod prerequisites;
 pub mod process;
 pub mod procfs;
 pub mod raw_grpc;

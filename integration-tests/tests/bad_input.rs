@@ -67,7 +67,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 fn huge_request(generator: &mut Generator, size: usize) -> ExportTraceServiceRequest {
     let mut request = generator.trace_batch(1, unix_nanos_now()).traces;
     let span = &mut request.resource_spans[0].scope_spans[0].spans[0];
-    span.attributes.push(kv_str("payload", &"0".repeat(size)));
+    span.attributes.push(kv_str("payload", "0".repeat(size)));
     request
 }
 

@@ -1,6 +1,7 @@
 //! End to end with the OpenTelemetry Python SDK (OTLP/HTTP and OTLP/gRPC exporters).
-//! Skipped, with a printed notice, when `python3` or the SDK packages are missing;
-//! `.ci/run` installs them.
+//! Ignored where `python3` or the SDK packages are missing (the build script leaves the
+//! `python_sdk` cfg unset), and [`python_sdk_is_available_under_ci`] fails if that happens
+//! under CI; `.ci/run` installs them. See `otel_tail_integration_tests::prerequisites`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -9,28 +10,27 @@ use std::time::Duration;
 
 use otel_tail_integration_tests::SamplerProcess;
 use otel_tail_integration_tests::binary::workspace_root;
+use otel_tail_integration_tests::prerequisites;
 use serde_json::{Value, json};
 
-/// Modules the script needs for `transport`.
-fn python_has(transport: &str) -> bool {
-    let module = match transport {
-        "http" => "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-        _ => "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-    };
-    Command::new("python3")
-        .args(["-c", &format!("import opentelemetry.sdk.trace, {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// Under CI the SDK must be installed, and the build-time probe must still hold.
+#[test]
+fn python_sdk_is_available_under_ci() {
+    let verdict = prerequisites::guard(
+        "Python SDK",
+        prerequisites::PYTHON_SDK_CFG,
+        cfg!(python_sdk),
+        prerequisites::python_sdk_missing(),
+        prerequisites::in_ci(),
+    );
+    if let Err(reason) = verdict {
+        panic!("{reason}");
+    }
 }
 
 async fn python_error_traces_kept_whole(transport: &str) {
-    if !python_has(transport) {
-        eprintln!(
-            "NOTICE: skipping the Python SDK {transport} test: python3 with opentelemetry-sdk and \
-             the OTLP {transport} exporter is not installed \
-             (pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-grpc)"
-        );
-        return;
+    if let Some(reason) = prerequisites::python_sdk_missing() {
+        panic!("{reason}");
     }
     let sampler = SamplerProcess::start(json!({
         "sampler": {"decision_wait": "1s", "policies": [
@@ -95,11 +95,19 @@ async fn run_python_sender(script: &Path, transport: &str, endpoint: &str) -> St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(python_sdk),
+    ignore = "python3 with the OpenTelemetry SDK and OTLP exporters is not installed"
+)]
 async fn python_sdk_over_http_error_traces_kept_whole() {
     python_error_traces_kept_whole("http").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(python_sdk),
+    ignore = "python3 with the OpenTelemetry SDK and OTLP exporters is not installed"
+)]
 async fn python_sdk_over_grpc_error_traces_kept_whole() {
     python_error_traces_kept_whole("grpc").await;
 }

@@ -16,14 +16,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
 use otel_tail_router::routing::{Router, RoutingTable};
 use otel_tail_shared::config::ReceiverConfig;
 use otel_tail_shared::forward::{ForwardCompression, Forwarder, ForwarderConfig};
 use otel_tail_shared::otlp::Signal;
+use otel_tail_shared::otlp::kv;
 use otel_tail_shared::receiver::raw::{self, RawIngest};
 use otel_tail_shared::receiver::{Accepted, IngestError};
 use otel_tail_shared::ring::{DEFAULT_VNODES, NodeId};
@@ -32,14 +33,6 @@ use prost::Message;
 const SPANS: usize = 1000;
 const CONCURRENCY: usize = 16;
 const RUN_FOR: Duration = Duration::from_secs(5);
-
-fn kv(key: &str, value: Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
 
 /// SplitMix64, so the request is the same on every run.
 fn next(state: &mut u64) -> u64 {

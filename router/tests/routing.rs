@@ -15,7 +15,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data, number_data_point,
@@ -25,7 +24,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use otel_tail_router::routing::{NO_SAMPLERS, Router, RoutingTable};
 use otel_tail_shared::config::ReceiverConfig;
 use otel_tail_shared::forward::{ForwardCompression, Forwarder, ForwarderConfig};
-use otel_tail_shared::otlp::Signal;
+use otel_tail_shared::otlp::{self, Signal};
 use otel_tail_shared::receiver::IngestError;
 use otel_tail_shared::receiver::raw;
 use otel_tail_shared::ring::NodeId;
@@ -63,13 +62,7 @@ fn table(members: impl IntoIterator<Item = (usize, SocketAddr)>) -> RoutingTable
 
 fn service(name: &str) -> Option<Resource> {
     Some(Resource {
-        attributes: vec![KeyValue {
-            key: "service.name".to_owned(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(name.to_owned())),
-            }),
-            ..Default::default()
-        }],
+        attributes: vec![otlp::kv_str("service.name", name)],
         ..Default::default()
     })
 }
@@ -107,18 +100,6 @@ fn trace_request(traces: usize, per_trace: usize) -> ExportTraceServiceRequest {
     }
 }
 
-fn spans_of(sink: &Sink) -> Vec<Span> {
-    sink.recorded
-        .traces
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|r| &r.resource_spans)
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| ss.spans.clone())
-        .collect()
-}
-
 /// Checks every span of `request` landed exactly once, on its ring owner.
 fn assert_each_span_once_on_its_owner(
     request: &ExportTraceServiceRequest,
@@ -133,7 +114,7 @@ fn assert_each_span_once_on_its_owner(
         .sum();
     let mut seen = HashSet::new();
     for (i, sink) in sinks.iter().enumerate() {
-        for span in spans_of(sink) {
+        for span in sink.spans() {
             let id: [u8; 16] = span.trace_id.as_slice().try_into().unwrap();
             assert_eq!(
                 table.ring().owner_of_trace(&id),
@@ -163,7 +144,7 @@ async fn every_span_lands_once_on_its_owner() {
     assert_eq!(accepted.rejected, 0);
     assert_each_span_once_on_its_owner(&request, &sinks, &table);
     assert!(
-        sinks.iter().all(|s| !spans_of(s).is_empty()),
+        sinks.iter().all(|s| !s.spans().is_empty()),
         "200 traces spread over all three samplers"
     );
     // Resource attributes travel with each part.
@@ -204,7 +185,7 @@ async fn invalid_trace_ids_are_reported_and_the_rest_is_forwarded() {
         "{}",
         accepted.message
     );
-    let delivered: usize = sinks.iter().map(|s| spans_of(s).len()).sum();
+    let delivered: usize = sinks.iter().map(|s| s.spans().len()).sum();
     assert_eq!(delivered, 8);
 }
 

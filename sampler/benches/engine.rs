@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
 use otel_tail_sampler::clock::ManualClock;
@@ -18,19 +17,10 @@ use otel_tail_sampler::settle::SettleLinks;
 use otel_tail_sampler::storage::Storage;
 use otel_tail_shared::config::Config;
 use otel_tail_shared::exporter::Exporter;
+use otel_tail_shared::otlp::kv_str;
 
 const SPANS_PER_TRACE: u64 = 8;
 const SPANS_PER_REQUEST: u64 = 512;
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        key_strindex: 0,
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_owned())),
-        }),
-    }
-}
 
 /// A request of 512 spans: 64 traces of 8 spans, every 50th trace with an error span.
 fn request(first_trace: u64) -> ExportTraceServiceRequest {
@@ -54,9 +44,9 @@ fn request(first_trace: u64) -> ExportTraceServiceRequest {
                 start_time_unix_nano: 1_700_000_000_000_000_000 + s * 1000,
                 end_time_unix_nano: 1_700_000_000_000_500_000 + s * 1000,
                 attributes: vec![
-                    kv("http.request.method", "GET"),
-                    kv("http.route", "/api/orders/{id}"),
-                    kv("user.id", &format!("user-{}", trace % 9973)),
+                    kv_str("http.request.method", "GET"),
+                    kv_str("http.route", "/api/orders/{id}"),
+                    kv_str("user.id", format!("user-{}", trace % 9973)),
                 ],
                 status: (trace.is_multiple_of(50) && s == 3).then(|| Status {
                     code: status::StatusCode::Error as i32,
@@ -70,8 +60,8 @@ fn request(first_trace: u64) -> ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![
-                    kv("service.name", "checkout"),
-                    kv("service.instance.id", "pod-1"),
+                    kv_str("service.name", "checkout"),
+                    kv_str("service.instance.id", "pod-1"),
                 ],
                 ..Default::default()
             }),

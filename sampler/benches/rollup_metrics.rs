@@ -6,32 +6,23 @@
 
 use std::time::Instant;
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum, metric,
     number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use otel_tail_sampler::rollup::metrics::{MetricRollup, MetricRollupConfig, Rule};
+use otel_tail_shared::otlp::kv_str;
 
 const POINTS_PER_METRIC: u64 = 100;
 const ROUNDS: u64 = 2_000;
 
-fn kv(key: &str, value: String) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value)),
-        }),
-        ..Default::default()
-    }
-}
-
 fn attrs(i: u64) -> Vec<KeyValue> {
     vec![
-        kv("http.route", format!("/api/{}", i % 20)),
-        kv("http.status_code", format!("{}", 200 + (i % 5) * 100)),
-        kv(
+        kv_str("http.route", format!("/api/{}", i % 20)),
+        kv_str("http.status_code", format!("{}", 200 + (i % 5) * 100)),
+        kv_str(
             "user.id",
             format!("user-{}", i.wrapping_mul(2_654_435_761) % 100_000),
         ),
@@ -97,8 +88,8 @@ fn main() {
     let resources: Vec<Resource> = (0..50)
         .map(|pod| Resource {
             attributes: vec![
-                kv("service.name", format!("svc-{}", pod % 5)),
-                kv("k8s.pod.name", format!("pod-{pod}")),
+                kv_str("service.name", format!("svc-{}", pod % 5)),
+                kv_str("k8s.pod.name", format!("pod-{pod}")),
             ],
             ..Default::default()
         })

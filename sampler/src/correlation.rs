@@ -27,7 +27,8 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use otel_tail_shared::otlp;
 
 pub use hold::{DEFAULT_WINDOW_MARGIN, Fate, HoldLimits, HoldQueue, Settled, default_window};
 pub use kept::{KeptIndex, KeptIndexConfig};
@@ -60,12 +61,6 @@ impl Reason {
 
     /// The `otel_tail.correlated=<reason>` attribute to add to a kept raw item.
     pub fn attribute(self) -> KeyValue {
-        KeyValue {
-            key: CORRELATED_ATTRIBUTE.to_owned(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(self.as_str().to_owned())),
-            }),
-            ..KeyValue::default()
-        }
+        otlp::kv_str(CORRELATED_ATTRIBUTE, self.as_str())
     }
 }

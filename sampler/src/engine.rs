@@ -17,7 +17,6 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use otel_tail_shared::config::{Config, PolicyConfig};
@@ -847,13 +846,8 @@ fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
     for ss in &mut rs.scope_spans {
         for span in &mut ss.spans {
             span.attributes.retain(|kv| kv.key != POLICY_ATTRIBUTE);
-            span.attributes.push(KeyValue {
-                key: POLICY_ATTRIBUTE.to_owned(),
-                key_strindex: 0,
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(kept.policy.to_string())),
-                }),
-            });
+            span.attributes
+                .push(otlp::kv_str(POLICY_ATTRIBUTE, kept.policy.to_string()));
             if let Some(p) = kept.probability {
                 span.trace_state = apply_sampling_probability(&span.trace_state, p);
                 apply_sample_rate(&mut span.attributes, p);

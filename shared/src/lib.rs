@@ -12,6 +12,7 @@
 //! - [`otlp`]: small helpers over the OTLP data model (ids, signals, request merging).
 //! - [`ring`]: the consistent-hash ring (virtual nodes over xxh3) that assigns traces and keys to samplers.
 //! - [`split`]: regroups an encoded OTLP request per owner by walking the wire format, copying items as-is.
+//! - `testing` (tests, and the `testing` feature): builders of OTLP requests for tests.
 
 pub mod config;
 pub mod exporter;
@@ -24,3 +25,5 @@ pub mod ring;
 pub mod seal;
 pub mod split;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

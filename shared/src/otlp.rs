@@ -1,8 +1,10 @@
-//! Small helpers over the OTLP data model: ids, signals, validation, counting and merging.
+//! Small helpers over the OTLP data model: ids, attribute builders, signals, validation,
+//! counting and merging.
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 
 use crate::receiver::Accepted;
@@ -46,6 +48,30 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// An attribute with any value: `key = value`.
+pub fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+/// A string attribute.
+pub fn kv_str(key: &str, value: impl Into<String>) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.into()))
+}
+
+/// A boolean attribute.
+pub fn kv_bool(key: &str, value: bool) -> KeyValue {
+    kv(key, any_value::Value::BoolValue(value))
+}
+
+/// An integer attribute.
+pub fn kv_int(key: &str, value: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(value))
 }
 
 /// Parses a trace id: exactly 16 bytes, not all zero.
@@ -302,23 +328,9 @@ mod tests {
 
     #[test]
     fn merge_joins_equal_resources_and_scopes_in_first_seen_order() {
-        use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
+        use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
         use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-        use opentelemetry_proto::tonic::resource::v1::Resource;
-        let resource = |name: &str| Resource {
-            attributes: vec![KeyValue {
-                key: "service.name".into(),
-                value: Some(AnyValue {
-                    value: Some(
-                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
-                            name.into(),
-                        ),
-                    ),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let resource = |name: &str| crate::testing::resource(vec![kv_str("service.name", name)]);
         let group = |service: &str, scope: &str, n: u64| ResourceLogs {
             resource: Some(resource(service)),
             scope_logs: vec![ScopeLogs {

@@ -40,9 +40,9 @@ use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use otel_tail_integration_tests::export::{attribute_str, data_points};
 use otel_tail_integration_tests::load::{connect, is_throttle, retry_delay, unix_nanos_now};
+use otel_tail_integration_tests::reduction::report::{report, with_thousands};
 use otel_tail_integration_tests::reduction::{
-    InputLedger, Output, Volume, Workload, WorkloadConfig, check, expected_raw,
-    logs_and_metrics_reduction, metric_rules,
+    InputLedger, Output, Workload, WorkloadConfig, check, metric_rules,
 };
 use otel_tail_integration_tests::wait::poll_until;
 use otel_tail_integration_tests::{SamplerProcess, procfs};
@@ -349,7 +349,7 @@ async fn reduction(args: &Args) -> anyhow::Result<Vec<String>> {
     let cpu_total = procfs::cpu_seconds(pid)? - cpu_before;
     drop(sampler);
     let output = Output::of(&exported);
-    report(&ledger, &output);
+    print!("{}", report(&ledger, &output));
     println!("\nsampler self-metrics:");
     for (signal, reasons) in [
         ("logs", &["trace_id", "window"][..]),
@@ -429,162 +429,6 @@ async fn drain(
     Ok(data)
 }
 
-fn mb(bytes: u64) -> String {
-    format!("{:.2} MB", bytes as f64 / 1e6)
-}
-
-fn n(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn row(name: &str, input: Volume, output: Volume) {
-    println!(
-        "  {name:<22} {:>12} {:>12} {:>12} {:>12} {:>9.1}%",
-        n(input.items),
-        mb(input.bytes),
-        n(output.items),
-        mb(output.bytes),
-        output.reduction_of(&input)
-    );
-}
-
-fn report(input: &InputLedger, output: &Output) {
-    println!("\n== reduction (protobuf bytes; output re-encoded from the exported OTLP JSON) ==");
-    println!(
-        "  {:<22} {:>12} {:>12} {:>12} {:>12} {:>10}",
-        "signal", "in items", "in bytes", "out items", "out bytes", "reduction"
-    );
-    row("traces (spans)", input.traces, output.traces);
-    let mut logs_out = output.logs;
-    logs_out.add(output.log_metrics);
-    row("logs (records)", input.logs, logs_out);
-    println!(
-        "  {:<22} {:>12} {:>12} {:>12} {:>12}",
-        "  of which log.records",
-        "",
-        "",
-        n(output.log_metrics.items),
-        mb(output.log_metrics.bytes)
-    );
-    row("metrics (points)", input.metrics, output.metrics);
-    let mut lm_in = input.logs;
-    lm_in.add(input.metrics);
-    let mut lm_out = logs_out;
-    lm_out.add(output.metrics);
-    row("logs + metrics", lm_in, lm_out);
-    println!(
-        "  logs + metrics byte reduction: {:.1}%",
-        logs_and_metrics_reduction(input, output)
-    );
-    let [traces_merged, logs_merged, metrics_merged] = output.merged_bytes;
-    let merged_reduction = |merged: u64, input: Volume| {
-        Volume {
-            items: 0,
-            bytes: merged,
-        }
-        .reduction_of(&input)
-    };
-    println!(
-        "  without repeated framing (each signal as one request, equal resources and scopes \
-         merged): traces {} ({:.1}%), logs + metrics {} ({:.1}%)",
-        mb(traces_merged),
-        merged_reduction(traces_merged, input.traces),
-        mb(logs_merged + metrics_merged),
-        merged_reduction(logs_merged + metrics_merged, lm_in),
-    );
-    println!(
-        "  log and metric output by kind (bytes of the items alone, without resource and scope):"
-    );
-    for (part, volume) in &output.parts {
-        println!(
-            "    {part:<24} {:>12} items {:>12}",
-            n(volume.items),
-            mb(volume.bytes)
-        );
-    }
-
-    let (expected_logs, expected_points) = expected_raw(input, output);
-    println!("\n== kept traces ==");
-    println!(
-        "  {} of {} traces exported ({} failing sent); by root span policy: {:?}",
-        n(output.kept_traces.len() as u64),
-        n(input.trace_count),
-        n(input.error_traces),
-        output.kept_by_policy
-    );
-    println!("\n== correlated retention: raw items per reason (otel_tail.correlated) ==");
-    println!(
-        "  logs:    {:?} — log records of kept traces sent: {}",
-        output.raw_logs,
-        n(expected_logs)
-    );
-    println!(
-        "  metrics: {:?} — points with an exemplar of a kept trace sent: {}",
-        output.raw_points,
-        n(expected_points)
-    );
-
-    println!("\n== rollups ==");
-    println!(
-        "  log summaries: {} records standing for {} lines, {} distinct template ids; \
-         log.records sums to {}",
-        n(output.summary_records),
-        n(output.summarized_lines),
-        output.template_ids.len(),
-        output.log_records_metric_sum
-    );
-    for (metric, points_in) in &input.points_by_metric {
-        println!(
-            "  {metric:<30} {:>9} points in → {:>6} rolled-up points{}",
-            n(*points_in),
-            n(output
-                .rollup_points_by_metric
-                .get(metric)
-                .copied()
-                .unwrap_or(0)),
-            match output.overflow_points.get(metric) {
-                Some(o) => format!(" ({o} of them overflow series: cardinality limit reached)"),
-                None => String::new(),
-            }
-        );
-    }
-
-    println!("\n== totals ==");
-    let lines_out = output.raw_log_count() + output.summarized_lines + output.unmarked_logs;
-    println!(
-        "  log lines: in {} | raw {} + summarized {} + unmarked {} = {} {}",
-        n(input.logs.items),
-        n(output.raw_log_count()),
-        n(output.summarized_lines),
-        n(output.unmarked_logs),
-        n(lines_out),
-        verdict(lines_out == input.logs.items)
-    );
-    let requests_out =
-        output.requests_raw_sum + output.requests_rollup_sum + output.requests_unmarked_sum;
-    println!(
-        "  app.requests (value 1 per point): in {} | raw {} + rolled up {} + unmarked {} = {} {}",
-        input.requests_sum,
-        output.requests_raw_sum,
-        output.requests_rollup_sum,
-        output.requests_unmarked_sum,
-        requests_out,
-        verdict(requests_out == input.requests_sum)
-    );
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "OK" } else { "MISMATCH" }
-}
-
 /// One measured rate.
 struct Rate {
     items: u64,
@@ -597,14 +441,14 @@ impl Rate {
     /// kernel's CPU accounting (10 ms ticks) to resolve it.
     fn print(&self, name: &str, unit: &str) {
         let per_cpu = if self.wall >= 0.5 {
-            n((self.items as f64 / self.cpu.max(1e-9)) as u64)
+            with_thousands((self.items as f64 / self.cpu.max(1e-9)) as u64)
         } else {
             "-".to_owned()
         };
         println!(
             "  {name:<36} {:>10} {unit}/s wall, {per_cpu:>10} {unit}/s per CPU-second ({} {unit} in {:.2} s)",
-            n((self.items as f64 / self.wall) as u64),
-            n(self.items),
+            with_thousands((self.items as f64 / self.wall) as u64),
+            with_thousands(self.items),
             self.wall
         );
     }
@@ -679,8 +523,8 @@ fn throughput(args: &Args) {
         "\n== rollup throughput: in-process, one thread, no sampler ({} s of the workload \
          replayed: {} log lines, {} data points) ==",
         SIMULATED_SECONDS,
-        n(lines),
-        n(points)
+        with_thousands(lines),
+        with_thousands(points)
     );
 
     let mut miners: Vec<TemplateMiner> = (0..pods.len())

@@ -24,6 +24,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::trace::v1::Span;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -54,6 +55,21 @@ impl Recorded {
 pub struct Sink {
     pub addr: SocketAddr,
     pub recorded: Arc<Recorded>,
+}
+
+impl Sink {
+    /// Every span received so far, in arrival order.
+    pub fn spans(&self) -> Vec<Span> {
+        self.recorded
+            .traces
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| ss.spans.clone())
+            .collect()
+    }
 }
 
 /// Starts a sink on an ephemeral 127.0.0.1 port; it serves until the runtime ends.

@@ -2,10 +2,11 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::Exemplar;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use otel_tail_proto::v1;
+use otel_tail_shared::otlp::{kv_int, kv_str};
 use proptest::prelude::*;
 use prost::Message;
 
@@ -44,19 +45,9 @@ fn config(max_traces: usize) -> KeptIndexConfig {
     }
 }
 
-fn string_kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 fn resource(attributes: &[(&str, &str)]) -> Resource {
     Resource {
-        attributes: attributes.iter().map(|(k, v)| string_kv(k, v)).collect(),
+        attributes: attributes.iter().map(|(k, v)| kv_str(k, *v)).collect(),
         ..Default::default()
     }
 }
@@ -130,18 +121,9 @@ fn identity_falls_back_to_pod_then_host() {
 #[test]
 fn identity_ignores_non_string_and_repeated_attributes() {
     let mut r = resource(&[("service.name", "svc"), ("service.name", "other")]);
-    r.attributes.insert(
-        0,
-        KeyValue {
-            key: "service.instance.id".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::IntValue(7)),
-            }),
-            ..Default::default()
-        },
-    );
-    r.attributes.push(string_kv("service.instance.id", "later"));
-    r.attributes.push(string_kv("host.name", "h"));
+    r.attributes.insert(0, kv_int("service.instance.id", 7));
+    r.attributes.push(kv_str("service.instance.id", "later"));
+    r.attributes.push(kv_str("host.name", "h"));
     let identity = ResourceIdentity::from_resource(Some(&r));
     assert_eq!(identity.key(), Some("svc\0h"));
 }

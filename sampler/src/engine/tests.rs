@@ -1,3 +1,4 @@
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status, status};
@@ -326,20 +327,8 @@ async fn logs_of_kept_traces_are_marked_and_the_rest_pass_through_when_rollups_a
 fn resource(service: &str, instance: &str) -> Resource {
     Resource {
         attributes: vec![
-            KeyValue {
-                key: "service.name".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(service.into())),
-                }),
-                ..Default::default()
-            },
-            KeyValue {
-                key: "service.instance.id".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(instance.into())),
-                }),
-                ..Default::default()
-            },
+            otlp::kv_str("service.name", service),
+            otlp::kv_str("service.instance.id", instance),
         ],
         ..Default::default()
     }
@@ -573,13 +562,7 @@ async fn a_replaced_policy_set_decides_traces_buffered_before_the_reload() {
     let rig = rig(CONFIG);
     let tagged = |trace: u8, id: u8| {
         let mut s = span(trace, id, false);
-        s.attributes.push(KeyValue {
-            key: "http.route".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue("/b".into())),
-            }),
-            ..Default::default()
-        });
+        s.attributes.push(otlp::kv_str("http.route", "/b"));
         s
     };
     // Trace 1 arrives wholly before the reload, trace 2 on both sides of it, trace 3

@@ -10,79 +10,41 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric,
-};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::metrics::v1::NumberDataPoint;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use otel_tail_shared::config::{OtlpGrpcExporterConfig, QueueConfig, TlsConfig};
 use otel_tail_shared::exporter::file::FileExporter;
 use otel_tail_shared::exporter::grpc::GrpcExporter;
+use otel_tail_shared::testing::{self, span_names};
 use tokio::sync::oneshot;
 
 use super::*;
 
 /// Spans named `{prefix}-{i}`, `n` of them, in one request.
 fn traces(prefix: &str, n: usize) -> ExportRequest {
-    ExportRequest::Traces(ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans: (0..n)
-                    .map(|i| Span {
-                        trace_id: vec![9; 16],
-                        span_id: (i as u64 + 1).to_be_bytes().to_vec(),
-                        name: format!("{prefix}-{i}"),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
+    let spans = (0..n)
+        .map(|i| Span {
+            trace_id: vec![9; 16],
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            name: format!("{prefix}-{i}"),
             ..Default::default()
-        }],
-    })
+        })
+        .collect();
+    ExportRequest::Traces(testing::traces_of(None, spans))
 }
 
 fn logs(text: &str) -> ExportRequest {
-    ExportRequest::Logs(ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord {
-                    severity_text: text.into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    })
+    let record = LogRecord {
+        severity_text: text.into(),
+        ..Default::default()
+    };
+    ExportRequest::Logs(testing::logs_of(None, vec![record]))
 }
 
 fn metrics(name: &str) -> ExportRequest {
-    ExportRequest::Metrics(ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: name.into(),
-                    data: Some(metric::Data::Gauge(Gauge {
-                        data_points: vec![NumberDataPoint::default()],
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    })
-}
-
-fn span_names(request: &ExportTraceServiceRequest) -> Vec<String> {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| &ss.spans)
-        .map(|s| s.name.clone())
-        .collect()
+    let gauge = testing::gauge(name, vec![NumberDataPoint::default()]);
+    ExportRequest::Metrics(testing::metrics_of(None, vec![gauge]))
 }
 
 fn fast_retry_config(max_bytes: u64) -> ExporterConfig {

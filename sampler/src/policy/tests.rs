@@ -1,6 +1,8 @@
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status};
+use otel_tail_shared::otlp::kv;
+use otel_tail_shared::testing::{SplitMix64, resource};
 use serde_json::{Value, json};
 
 use super::*;
@@ -17,14 +19,6 @@ fn policy(value: Value) -> PolicyConfig {
 fn engine(policies: Vec<Value>) -> PolicyEngine {
     let configs: Vec<PolicyConfig> = policies.into_iter().map(policy).collect();
     PolicyEngine::new(&configs, false).unwrap()
-}
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
 }
 
 fn s(v: &str) -> any_value::Value {
@@ -46,29 +40,14 @@ fn span(attributes: Vec<KeyValue>) -> Span {
     }
 }
 
-fn resource(attributes: Vec<KeyValue>) -> Resource {
-    Resource {
-        attributes,
-        ..Default::default()
-    }
-}
-
 /// A deterministic, well-mixed stream of trace ids (splitmix64).
-struct Ids(u64);
+struct Ids(SplitMix64);
 
 impl Ids {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn next_id(&mut self) -> TraceId {
         let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.next_u64().to_be_bytes());
-        id[8..].copy_from_slice(&self.next_u64().to_be_bytes());
+        id[..8].copy_from_slice(&self.0.next_u64().to_be_bytes());
+        id[8..].copy_from_slice(&self.0.next_u64().to_be_bytes());
         id
     }
 }
@@ -401,7 +380,7 @@ fn probabilistic_rate_is_within_statistical_bounds() {
         json!({"name": "ten", "type": "probabilistic", "probabilistic": {"sampling_percentage": 10}}),
     ]);
     let state = PolicyState::default();
-    let mut ids = Ids(42);
+    let mut ids = Ids(SplitMix64(42));
     let n = 100_000;
     let kept = (0..n)
         .filter(|_| e.decide(&ids.next_id(), &state, &stats(1), 0).sampled)
@@ -425,7 +404,7 @@ fn probabilistic_is_deterministic_per_trace_and_salt() {
     };
     let (mut a, mut a2, mut other) = (mk("s1"), mk("s1"), mk("s2"));
     let state = PolicyState::default();
-    let mut ids = Ids(7);
+    let mut ids = Ids(SplitMix64(7));
     let mut differs = 0;
     for _ in 0..1000 {
         let id = ids.next_id();
@@ -452,7 +431,7 @@ fn probabilistic_matches_the_collector_hash() {
     let mut all = engine(vec![
         json!({"name": "all", "type": "probabilistic", "probabilistic": {"sampling_percentage": 150}}),
     ]);
-    let mut ids = Ids(3);
+    let mut ids = Ids(SplitMix64(3));
     let state = PolicyState::default();
     for _ in 0..1000 {
         let id = ids.next_id();
@@ -548,7 +527,7 @@ fn and_with_probabilistic_reports_its_probability() {
         ]}}),
     ]);
     let res = resource(vec![kv("service.name", s("api"))]);
-    let mut ids = Ids(11);
+    let mut ids = Ids(SplitMix64(11));
     let mut state = PolicyState::default();
     e.observe_span(&mut state, Some(&res), &span(vec![]));
     let d = (0..1000)

@@ -10,6 +10,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use otel_tail_shared::config::Config;
+use otel_tail_shared::otlp::kv;
 use proptest::prelude::*;
 
 use super::*;
@@ -57,14 +58,6 @@ impl Node {
                 .run(std::future::ready(()), Duration::from_secs(5)),
         );
         run.await.unwrap();
-    }
-}
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
     }
 }
 

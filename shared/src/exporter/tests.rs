@@ -30,13 +30,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::metrics::v1::NumberDataPoint;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
@@ -49,72 +46,37 @@ use super::*;
 use crate::config::{
     Compression, FileExporterConfig, OtlpGrpcExporterConfig, OtlpHttpExporterConfig, TlsConfig,
 };
+use crate::{otlp, testing};
 
 fn traces(n: usize) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue("checkout".into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: (0..n)
-                    .map(|i| Span {
-                        trace_id: vec![7; 16],
-                        span_id: (i as u64 + 1).to_be_bytes().to_vec(),
-                        name: format!("span-{i}"),
-                        start_time_unix_nano: 1_700_000_000_000_000_000,
-                        end_time_unix_nano: 1_700_000_000_500_000_000,
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
+    let spans = (0..n)
+        .map(|i| Span {
+            trace_id: vec![7; 16],
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            name: format!("span-{i}"),
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_500_000_000,
             ..Default::default()
-        }],
-    }
+        })
+        .collect();
+    let service = testing::resource(vec![otlp::kv_str("service.name", "checkout")]);
+    testing::traces_of(Some(service), spans)
 }
 
 fn logs() -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord {
-                    body: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue("payment failed".into())),
-                    }),
-                    trace_id: vec![7; 16],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let record = LogRecord {
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue("payment failed".into())),
+        }),
+        trace_id: vec![7; 16],
+        ..Default::default()
+    };
+    testing::logs_of(None, vec![record])
 }
 
 fn metrics() -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "queue.depth".into(),
-                    data: Some(metric::Data::Gauge(Gauge {
-                        data_points: vec![NumberDataPoint::default(), NumberDataPoint::default()],
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let gauge = testing::gauge("queue.depth", vec![NumberDataPoint::default(); 2]);
+    testing::metrics_of(None, vec![gauge])
 }
 
 // ---------------------------------------------------------------- gRPC

@@ -10,17 +10,15 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::metrics::v1::{
-    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
-};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use super::{ForwardCompression, ForwardError, Forwarder, ForwarderConfig, forward_addr};
 use crate::membership::{NodeIdentity, Role};
 use crate::otlp::Signal;
 use crate::receiver::{Accepted, Ingest, IngestError};
+use crate::testing;
 
 /// Records decoded requests; answers with a configurable result after a configurable delay.
 #[derive(Default)]
@@ -89,57 +87,26 @@ fn forwarder(compression: ForwardCompression) -> Forwarder {
 }
 
 fn traces() -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    trace_id: vec![1; 16],
-                    span_id: vec![2; 8],
-                    name: "checkout".to_owned(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let span = Span {
+        trace_id: vec![1; 16],
+        span_id: vec![2; 8],
+        name: "checkout".to_owned(),
+        ..Default::default()
+    };
+    testing::traces_of(None, vec![span])
 }
 
 fn logs() -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord {
-                    time_unix_nano: 9,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let record = LogRecord {
+        time_unix_nano: 9,
+        ..Default::default()
+    };
+    testing::logs_of(None, vec![record])
 }
 
 fn metrics() -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "requests".to_owned(),
-                    data: Some(Data::Sum(Sum {
-                        data_points: vec![NumberDataPoint {
-                            value: Some(number_data_point::Value::AsInt(3)),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let sum = testing::sum("requests", vec![testing::int_point(3)]);
+    testing::metrics_of(None, vec![sum])
 }
 
 #[tokio::test]

@@ -11,6 +11,8 @@ mod events;
 pub mod grpc;
 pub mod http;
 pub mod raw;
+#[cfg(test)]
+mod running;
 mod signal;
 #[cfg(test)]
 mod tests;

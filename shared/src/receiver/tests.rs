@@ -29,21 +29,19 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::AnyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::number_data_point;
-use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
-};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
 use tonic_types::StatusExt;
 
+use super::running::{RunningReceivers, loopback_config};
 use super::{Accepted, BoundAddrs, Ingest, IngestError};
 use crate::config::ReceiverConfig;
-use crate::otlp;
+use crate::{otlp, testing};
 
 /// Cap used by most tests: small enough to exceed cheaply.
 const LIMIT: usize = 64 * 1024;
@@ -120,41 +118,22 @@ impl Ingest for RecordingIngest {
 struct Harness {
     ingest: Arc<RecordingIngest>,
     addrs: BoundAddrs,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    running: RunningReceivers,
 }
 
 impl Harness {
     async fn start(max_request_bytes: usize) -> Harness {
-        let config = ReceiverConfig {
-            grpc_endpoint: ([127, 0, 0, 1], 0).into(),
-            http_endpoint: ([127, 0, 0, 1], 0).into(),
-            max_request_bytes,
-            ..ReceiverConfig::default()
-        };
+        let config = loopback_config(max_request_bytes);
         let ingest = Arc::new(RecordingIngest::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let sink = ingest.clone();
-        let server = tokio::spawn(async move {
-            super::serve(
-                &config,
-                sink,
-                |addrs| {
-                    let _ = bound_tx.send(addrs);
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        });
-        let addrs = bound_rx.await.expect("receivers bound");
+        let running = RunningReceivers::start(move |on_bound, shutdown| async move {
+            super::serve(&config, sink, on_bound, shutdown).await
+        })
+        .await;
         Harness {
             ingest,
-            addrs,
-            stop,
-            server,
+            addrs: running.addrs,
+            running,
         }
     }
 
@@ -194,12 +173,7 @@ impl Harness {
 
     /// Stops the receivers and checks they shut down cleanly.
     async fn stop(self) {
-        self.stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.server)
-            .await
-            .expect("receivers stop promptly")
-            .unwrap()
-            .unwrap();
+        self.running.stop().await;
     }
 }
 
@@ -332,15 +306,7 @@ fn span(trace_id: Vec<u8>, span_id: Vec<u8>, name: &str) -> Span {
 }
 
 fn traces(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    testing::traces_of(None, spans)
 }
 
 /// `count` valid spans of trace `0x01..`, named `span-<i>`.
@@ -363,45 +329,20 @@ fn traces_with_bad_ids() -> ExportTraceServiceRequest {
 }
 
 fn logs(count: usize) -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: (0..count)
-                    .map(|i| LogRecord {
-                        body: Some(AnyValue {
-                            value: Some(Value::StringValue(format!("log {i}"))),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
+    let records = (0..count)
+        .map(|i| LogRecord {
+            body: Some(AnyValue {
+                value: Some(Value::StringValue(format!("log {i}"))),
+            }),
             ..Default::default()
-        }],
-    }
+        })
+        .collect();
+    testing::logs_of(None, records)
 }
 
 fn gauge(points: usize) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "queue.depth".to_owned(),
-                    data: Some(Data::Gauge(Gauge {
-                        data_points: (0..points)
-                            .map(|i| NumberDataPoint {
-                                value: Some(number_data_point::Value::AsInt(i as i64)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let points = (0..points).map(|i| testing::int_point(i as i64)).collect();
+    testing::metrics_of(None, vec![testing::gauge("queue.depth", points)])
 }
 
 /// Spans whose encoding exceeds `bytes`.
@@ -1193,31 +1134,16 @@ impl Ingest for GatedIngest {
 #[tokio::test]
 async fn requests_beyond_the_in_flight_bound_are_throttled_on_both_transports() {
     let config = ReceiverConfig {
-        grpc_endpoint: ([127, 0, 0, 1], 0).into(),
-        http_endpoint: ([127, 0, 0, 1], 0).into(),
         max_concurrent_requests: 1,
-        ..ReceiverConfig::default()
+        ..loopback_config(ReceiverConfig::default().max_request_bytes)
     };
     let ingest = Arc::new(GatedIngest::default());
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let ingest = ingest.clone();
-        async move {
-            super::serve(
-                &config,
-                ingest,
-                |addrs| {
-                    let _ = bound_tx.send(addrs);
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        }
-    });
-    let addrs: BoundAddrs = bound_rx.await.unwrap();
+    let sink = ingest.clone();
+    let running = RunningReceivers::start(move |on_bound, shutdown| async move {
+        super::serve(&config, sink, on_bound, shutdown).await
+    })
+    .await;
+    let addrs = running.addrs;
 
     // One request occupies the only slot.
     let mut client = TraceServiceClient::connect(format!("http://{}", addrs.grpc))
@@ -1257,6 +1183,5 @@ async fn requests_beyond_the_in_flight_bound_are_throttled_on_both_transports() 
         .await
         .expect("served after release");
 
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    running.stop().await;
 }

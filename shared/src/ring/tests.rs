@@ -1,26 +1,19 @@
 use super::*;
+use crate::testing::SplitMix64;
 
-/// SplitMix64: a tiny deterministic generator so the tests see the same ids every run.
-struct Ids(u64);
+/// Trace ids from a [`SplitMix64`] seed, the same every run.
+struct Ids(SplitMix64);
 
 impl Ids {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn trace_id(&mut self) -> TraceId {
         let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.next_u64().to_le_bytes());
-        id[8..].copy_from_slice(&self.next_u64().to_le_bytes());
+        id[..8].copy_from_slice(&self.0.next_u64().to_le_bytes());
+        id[8..].copy_from_slice(&self.0.next_u64().to_le_bytes());
         id
     }
 
     fn trace_ids(seed: u64, n: usize) -> Vec<TraceId> {
-        let mut ids = Ids(seed);
+        let mut ids = Ids(SplitMix64(seed));
         (0..n).map(|_| ids.trace_id()).collect()
     }
 }

@@ -14,8 +14,9 @@ use proptest::prelude::*;
 use prost::Message;
 
 use super::*;
-use crate::otlp::trace_id;
+use crate::otlp::{kv_int, kv_str, trace_id};
 use crate::ring::{DEFAULT_VNODES, NodeId, Ring};
+use crate::testing;
 
 // ---------------------------------------------------------------------------------------
 // Owners: a real ring of three samplers.
@@ -40,14 +41,6 @@ fn owner_of(ring: &Ring, key: RouteKey<'_>) -> usize {
 fn string_value(s: &str) -> AnyValue {
     AnyValue {
         value: Some(Value::StringValue(s.to_string())),
-    }
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(string_value(value)),
-        ..Default::default()
     }
 }
 
@@ -597,7 +590,7 @@ fn one_container(spans: Vec<Span>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![kv("service.name", "checkout")],
+                attributes: vec![kv_str("service.name", "checkout")],
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
@@ -657,7 +650,7 @@ fn unknown_fields_at_every_level_are_carried_to_the_owner() {
     let mut resource = len_field(
         1,
         &Resource {
-            attributes: vec![kv("service.name", "checkout")],
+            attributes: vec![kv_str("service.name", "checkout")],
             ..Default::default()
         }
         .encode_to_vec(),
@@ -866,10 +859,10 @@ fn owner_function_misuse_is_an_error() {
 fn logs_without_trace_id_route_by_resource_identity() {
     let resource = Resource {
         attributes: vec![
-            kv("host.name", "node-7"),
-            kv("service.name", "checkout"),
-            kv("k8s.pod.name", "checkout-5d9f"),
-            kv("service.name", "ignored-duplicate"),
+            kv_str("host.name", "node-7"),
+            kv_str("service.name", "checkout"),
+            kv_str("k8s.pod.name", "checkout-5d9f"),
+            kv_str("service.name", "ignored-duplicate"),
         ],
         ..Default::default()
     };
@@ -936,26 +929,20 @@ fn resource_identity_falls_back_in_order() {
     };
     assert_eq!(
         key_of(vec![
-            kv("service.instance.id", "i-1"),
-            kv("k8s.pod.name", "p"),
-            kv("service.name", "a")
+            kv_str("service.instance.id", "i-1"),
+            kv_str("k8s.pod.name", "p"),
+            kv_str("service.name", "a")
         ]),
         b"a\0i-1"
     );
     assert_eq!(
-        key_of(vec![kv("host.name", "h"), kv("service.name", "a")]),
+        key_of(vec![kv_str("host.name", "h"), kv_str("service.name", "a")]),
         b"a\0h"
     );
-    assert_eq!(key_of(vec![kv("user.id", "u")]), b"\0");
-    let int_name = KeyValue {
-        key: "service.name".into(),
-        value: Some(AnyValue {
-            value: Some(Value::IntValue(3)),
-        }),
-        ..Default::default()
-    };
+    assert_eq!(key_of(vec![kv_str("user.id", "u")]), b"\0");
+    let int_name = kv_int("service.name", 3);
     assert_eq!(
-        key_of(vec![int_name, kv("service.name", "later")]),
+        key_of(vec![int_name, kv_str("service.name", "later")]),
         b"\0",
         "first occurrence counts"
     );
@@ -966,28 +953,21 @@ fn resource_identity_falls_back_in_order() {
     assert_eq!(key, b"\0\0\0\0\0cpu");
 }
 
-fn resource_of(attributes: Vec<KeyValue>) -> Resource {
-    Resource {
-        attributes,
-        ..Default::default()
-    }
-}
-
 fn series_key_of(attributes: Vec<KeyValue>, metric: &str) -> Vec<u8> {
     let mut key = Vec::new();
-    metric_series_key(Some(&resource_of(attributes)), metric, &mut key);
+    metric_series_key(Some(&testing::resource(attributes)), metric, &mut key);
     key
 }
 
 /// One pod of service `checkout` in namespace `namespace`, identified every usual way.
 fn pod(namespace: &str, pod: &str) -> Vec<KeyValue> {
     vec![
-        kv("service.instance.id", &format!("{pod}-id")),
-        kv("k8s.pod.name", pod),
-        kv("host.name", &format!("{pod}-host")),
-        kv("deployment.environment.name", "prod"),
-        kv("service.namespace", namespace),
-        kv("service.name", "checkout"),
+        kv_str("service.instance.id", format!("{pod}-id")),
+        kv_str("k8s.pod.name", pod),
+        kv_str("host.name", format!("{pod}-host")),
+        kv_str("deployment.environment.name", "prod"),
+        kv_str("service.namespace", namespace),
+        kv_str("service.name", "checkout"),
     ]
 }
 
@@ -1006,21 +986,15 @@ fn metric_series_key_is_the_service_identity_and_the_name() {
             "deployment.environment.name"
         ]
     );
-    let int_namespace = KeyValue {
-        key: "service.namespace".into(),
-        value: Some(AnyValue {
-            value: Some(Value::IntValue(3)),
-        }),
-        ..Default::default()
-    };
+    let int_namespace = kv_int("service.namespace", 3);
     assert_eq!(
         series_key_of(
             vec![
-                kv("deployment.environment", "staging"),
+                kv_str("deployment.environment", "staging"),
                 int_namespace,
-                kv("service.namespace", "later"),
-                kv("service.name", "a"),
-                kv("deployment.environment", "ignored-duplicate"),
+                kv_str("service.namespace", "later"),
+                kv_str("service.name", "a"),
+                kv_str("deployment.environment", "ignored-duplicate"),
             ],
             "cpu"
         ),
@@ -1052,7 +1026,7 @@ fn pods_of_one_service_share_metric_keys_but_not_log_keys() {
         resource_metrics: [&a, &b]
             .into_iter()
             .map(|attributes| ResourceMetrics {
-                resource: Some(resource_of(attributes.clone())),
+                resource: Some(testing::resource(attributes.clone())),
                 scope_metrics: vec![ScopeMetrics {
                     metrics: vec![Metric {
                         name: "cpu".into(),
@@ -1078,7 +1052,7 @@ fn pods_of_one_service_share_metric_keys_but_not_log_keys() {
         resource_logs: [&a, &b]
             .into_iter()
             .map(|attributes| ResourceLogs {
-                resource: Some(resource_of(attributes.clone())),
+                resource: Some(testing::resource(attributes.clone())),
                 scope_logs: vec![ScopeLogs {
                     log_records: vec![LogRecord::default()],
                     ..Default::default()

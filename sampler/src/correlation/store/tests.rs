@@ -2,12 +2,14 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use otel_tail_shared::otlp::kv_str;
+use otel_tail_shared::testing;
 use prost::Message;
 
 use super::*;
@@ -25,16 +27,7 @@ fn limits(max_items: usize, max_bytes: usize) -> HoldLimits {
 }
 
 fn resource(service: &str) -> Option<Resource> {
-    Some(Resource {
-        attributes: vec![KeyValue {
-            key: "service.name".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(service.into())),
-            }),
-            ..KeyValue::default()
-        }],
-        ..Resource::default()
-    })
+    Some(testing::resource(vec![kv_str("service.name", service)]))
 }
 
 fn logs(service: &str, body: &str) -> Vec<u8> {

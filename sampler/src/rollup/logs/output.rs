@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
-    AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value,
+    AnyValue, ArrayValue, InstrumentationScope, any_value::Value,
 };
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -34,7 +34,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::record::{RESOURCE_IDENTITY_ATTRIBUTES, SERVICE_NAME, string_attribute};
+use otel_tail_shared::otlp::{kv, kv_bool, kv_int, kv_str};
+
+use super::record::{RESOURCE_IDENTITY_ATTRIBUTES, SERVICE_NAME};
 use super::{LogRollup, LogSummary, TemplateId};
 use crate::rollup::metrics::ROLLUP_ATTRIBUTE;
 
@@ -110,13 +112,10 @@ impl LogRollup {
                 .into_iter()
                 .map(|((severity, template_id), count)| NumberDataPoint {
                     attributes: vec![
-                        string_attribute(
-                            RESOURCE_IDENTITY_ATTRIBUTES[SERVICE_NAME],
-                            service.clone(),
-                        ),
-                        string_attribute(SEVERITY_ATTRIBUTE, severity),
-                        string_attribute(TEMPLATE_ID_ATTRIBUTE, template_id_hex(template_id)),
-                        bool_attribute(ROLLUP_ATTRIBUTE),
+                        kv_str(RESOURCE_IDENTITY_ATTRIBUTES[SERVICE_NAME], service.clone()),
+                        kv_str(SEVERITY_ATTRIBUTE, severity),
+                        kv_str(TEMPLATE_ID_ATTRIBUTE, template_id_hex(template_id)),
+                        kv_bool(ROLLUP_ATTRIBUTE, true),
                     ],
                     start_time_unix_nano: interval_start_unix_nano,
                     time_unix_nano: interval_end_unix_nano,
@@ -179,10 +178,10 @@ pub fn severity_name(number: i32) -> &'static str {
 /// The summary log record of one group.
 fn summary_record(summary: LogSummary, interval_end: u64) -> LogRecord {
     let mut attributes = vec![
-        int_attribute(COUNT_ATTRIBUTE, summary.count),
-        string_attribute(TEMPLATE_ID_ATTRIBUTE, template_id_hex(summary.template_id)),
-        int_attribute(FIRST_TIMESTAMP_ATTRIBUTE, summary.first_time_unix_nano),
-        int_attribute(LAST_TIMESTAMP_ATTRIBUTE, summary.last_time_unix_nano),
+        kv_int(COUNT_ATTRIBUTE, int(summary.count)),
+        kv_str(TEMPLATE_ID_ATTRIBUTE, template_id_hex(summary.template_id)),
+        kv_int(FIRST_TIMESTAMP_ATTRIBUTE, int(summary.first_time_unix_nano)),
+        kv_int(LAST_TIMESTAMP_ATTRIBUTE, int(summary.last_time_unix_nano)),
     ];
     if !summary.samples.is_empty() {
         let values = summary
@@ -192,18 +191,15 @@ fn summary_record(summary: LogSummary, interval_end: u64) -> LogRecord {
                 value: Some(Value::StringValue(s)),
             })
             .collect();
-        attributes.push(KeyValue {
-            key: SAMPLES_ATTRIBUTE.to_owned(),
-            value: Some(AnyValue {
-                value: Some(Value::ArrayValue(ArrayValue { values })),
-            }),
-            ..Default::default()
-        });
+        attributes.push(kv(
+            SAMPLES_ATTRIBUTE,
+            Value::ArrayValue(ArrayValue { values }),
+        ));
     }
     if summary.overflow {
-        attributes.push(bool_attribute(OVERFLOW_ATTRIBUTE));
+        attributes.push(kv_bool(OVERFLOW_ATTRIBUTE, true));
     }
-    attributes.push(bool_attribute(ROLLUP_ATTRIBUTE));
+    attributes.push(kv_bool(ROLLUP_ATTRIBUTE, true));
     LogRecord {
         time_unix_nano: summary.first_time_unix_nano,
         observed_time_unix_nano: interval_end,
@@ -232,25 +228,4 @@ fn template_id_hex(id: TemplateId) -> String {
 /// OTLP ints are signed; counts and timestamps past `i64::MAX` saturate.
 fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn int_attribute(key: &str, value: u64) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(Value::IntValue(int(value))),
-        }),
-        ..Default::default()
-    }
-}
-
-/// A `true` attribute.
-fn bool_attribute(key: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(Value::BoolValue(true)),
-        }),
-        ..Default::default()
-    }
 }

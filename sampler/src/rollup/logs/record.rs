@@ -6,6 +6,7 @@ use std::fmt::{self, Write};
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use otel_tail_shared::otlp::kv_str;
 
 /// Resource attributes that identify where a log line came from, in output order. Summaries
 /// are kept per distinct combination of their values and the rolled-up output carries them
@@ -65,19 +66,8 @@ pub(super) fn resource_attributes(values: &[Option<&str>; 7]) -> Vec<KeyValue> {
     RESOURCE_IDENTITY_ATTRIBUTES
         .iter()
         .zip(values)
-        .filter_map(|(key, value)| value.map(|v| string_attribute(key, v.to_owned())))
+        .filter_map(|(key, value)| value.map(|v| kv_str(key, v)))
         .collect()
-}
-
-/// A string attribute.
-pub(super) fn string_attribute(key: &str, value: String) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(value)),
-        }),
-        ..Default::default()
-    }
 }
 
 /// The text of a log body: a string body as is, an empty body as `""`, and any other kind

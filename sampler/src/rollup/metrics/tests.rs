@@ -5,15 +5,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram,
-    HistogramDataPoint, Metric, NumberDataPoint, Sum, Summary, SummaryDataPoint, metric,
-    number_data_point,
+    HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary,
+    SummaryDataPoint, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use otel_tail_shared::otlp::kv_str;
 use proptest::prelude::*;
+use prost::Message;
 
 use super::exponential::{ExpBuckets, ExpHist};
 use super::*;
@@ -22,22 +24,12 @@ const DELTA: i32 = AggregationTemporality::Delta as i32;
 const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
 const SEC: u64 = 1_000_000_000;
 
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_owned())),
-        }),
-        ..Default::default()
-    }
-}
-
 fn resource(pod: &str) -> Resource {
     Resource {
         attributes: vec![
-            kv("service.name", "checkout"),
-            kv("k8s.pod.name", pod),
-            kv("deployment.environment", "prod"),
+            kv_str("service.name", "checkout"),
+            kv_str("k8s.pod.name", pod),
+            kv_str("deployment.environment", "prod"),
         ],
         ..Default::default()
     }
@@ -200,7 +192,7 @@ fn stored(req: &ExportMetricsServiceRequest) -> ExportMetricsServiceRequest {
 #[test]
 fn primed_state_carries_deltas_across_a_restart() {
     let feed = |r: &mut MetricRollup, time: u64, v: i64| {
-        let point = int_point(vec![kv("route", "/")], 1, time, v);
+        let point = int_point(vec![kv_str("route", "/")], 1, time, v);
         let m = sum_metric("c", CUMULATIVE, vec![point]);
         r.add(Some(&resource("a")), Some(&scope()), &m, time);
     };
@@ -238,7 +230,7 @@ fn primed_state_carries_deltas_across_a_restart() {
     );
     assert_eq!(
         s.data_points,
-        vec![int_point(vec![kv("route", "/")], 1, 10, 10)]
+        vec![int_point(vec![kv_str("route", "/")], 1, 10, 10)]
     );
 
     let mut primed = rollup(MetricRollupConfig::default());
@@ -330,15 +322,15 @@ fn keep_and_drop_attribute_rules() {
     });
     for user in ["u1", "u2", "u3"] {
         let attrs = vec![
-            kv("http.route", "/pay"),
-            kv("user.id", user),
-            kv("request.id", user),
+            kv_str("http.route", "/pay"),
+            kv_str("user.id", user),
+            kv_str("request.id", user),
         ];
         let m = sum_metric("http.calls", DELTA, vec![int_point(attrs.clone(), 0, 1, 1)]);
         r.add(None, None, &m, 0);
         let m = sum_metric("db.calls", DELTA, vec![int_point(attrs.clone(), 0, 1, 2)]);
         r.add(None, None, &m, 0);
-        let attrs = vec![kv("query", user), kv("db", "main")];
+        let attrs = vec![kv_str("query", user), kv_str("db", "main")];
         let m = sum_metric("db.calls", DELTA, vec![int_point(attrs, 0, 1, 4)]);
         r.add(None, None, &m, 0);
     }
@@ -365,7 +357,7 @@ fn cardinality_overflow_keeps_totals_exact() {
         ..Default::default()
     });
     for i in 0..10 {
-        let attrs = vec![kv("user.id", &format!("u{i}"))];
+        let attrs = vec![kv_str("user.id", format!("u{i}"))];
         let m = sum_metric("logins", DELTA, vec![int_point(attrs, 0, 1, i + 1)]);
         r.add(None, None, &m, 0);
     }
@@ -373,7 +365,7 @@ fn cardinality_overflow_keeps_totals_exact() {
     let m = sum_metric(
         "logins",
         DELTA,
-        vec![int_point(vec![kv("user.id", "u0")], 0, 1, 100)],
+        vec![int_point(vec![kv_str("user.id", "u0")], 0, 1, 100)],
     );
     r.add(None, None, &m, 0);
     let out = r.flush(0, 60);
@@ -398,7 +390,7 @@ fn cardinality_overflow_keeps_totals_exact() {
     let m = sum_metric(
         "logins",
         DELTA,
-        vec![int_point(vec![kv("user.id", "u9")], 0, 1, 1)],
+        vec![int_point(vec![kv_str("user.id", "u9")], 0, 1, 1)],
     );
     r.add(None, None, &m, 0);
     assert_eq!(
@@ -625,8 +617,8 @@ fn series_key_ignores_instance_attributes() {
         drop_attributes: vec!["user.id".to_owned()],
     }])
     .expect("rules");
-    let a = rules.reduce("m", &[kv("user.id", "1"), kv("route", "/")]);
-    let b = rules.reduce("m", &[kv("route", "/"), kv("user.id", "2")]);
+    let a = rules.reduce("m", &[kv_str("user.id", "1"), kv_str("route", "/")]);
+    let b = rules.reduce("m", &[kv_str("route", "/"), kv_str("user.id", "2")]);
     assert_eq!(
         series_key(Some(&resource("pod-1")), "m", &a),
         series_key(Some(&resource("pod-2")), "m", &b)
@@ -798,8 +790,8 @@ fn drive(
             *s = (time, 0, [0; 3], BTreeMap::new(), 0);
         }
         let attrs = vec![
-            kv("user.id", &format!("u{stream}")),
-            kv("route", &format!("r{}", stream % 2)),
+            kv_str("user.id", format!("u{stream}")),
+            kv_str("route", format!("r{}", stream % 2)),
         ];
         let data = match kind.0 {
             "sum" | "sum.double" | "updown" | "updown.double" => {

@@ -20,20 +20,18 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data, number_data_point,
-};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
 use tonic_types::StatusExt;
 
 use super::RawIngest;
-use crate::config::ReceiverConfig;
 use crate::otlp::Signal;
+use crate::receiver::running::{RunningReceivers, loopback_config};
 use crate::receiver::{Accepted, BoundAddrs, IngestError};
+use crate::testing;
 
 /// Receiver limit used by the tests: small enough to exceed cheaply.
 const LIMIT: usize = 64 * 1024;
@@ -81,41 +79,22 @@ impl RawIngest for RecordingRaw {
 struct Harness {
     ingest: Arc<RecordingRaw>,
     addrs: BoundAddrs,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    running: RunningReceivers,
 }
 
 impl Harness {
     async fn start() -> Harness {
-        let config = ReceiverConfig {
-            grpc_endpoint: ([127, 0, 0, 1], 0).into(),
-            http_endpoint: ([127, 0, 0, 1], 0).into(),
-            max_request_bytes: LIMIT,
-            ..ReceiverConfig::default()
-        };
+        let config = loopback_config(LIMIT);
         let ingest = Arc::new(RecordingRaw::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let sink = ingest.clone();
-        let server = tokio::spawn(async move {
-            super::serve(
-                &config,
-                sink,
-                |addrs| {
-                    let _ = bound_tx.send(addrs);
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        });
-        let addrs = bound_rx.await.expect("receivers bound");
+        let running = RunningReceivers::start(move |on_bound, shutdown| async move {
+            super::serve(&config, sink, on_bound, shutdown).await
+        })
+        .await;
         Harness {
             ingest,
-            addrs,
-            stop,
-            server,
+            addrs: running.addrs,
+            running,
         }
     }
 
@@ -124,12 +103,7 @@ impl Harness {
     }
 
     async fn stop(self) {
-        self.stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.server)
-            .await
-            .expect("receivers stop promptly")
-            .unwrap()
-            .unwrap();
+        self.running.stop().await;
     }
 }
 
@@ -142,52 +116,21 @@ fn traces(spans: usize, name_len: usize) -> ExportTraceServiceRequest {
             ..Default::default()
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    testing::traces_of(None, spans)
 }
 
 fn logs() -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord {
-                    time_unix_nano: 42,
-                    trace_id: vec![3; 16],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let record = LogRecord {
+        time_unix_nano: 42,
+        trace_id: vec![3; 16],
+        ..Default::default()
+    };
+    testing::logs_of(None, vec![record])
 }
 
 fn metrics() -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "queue.depth".to_owned(),
-                    data: Some(Data::Gauge(Gauge {
-                        data_points: vec![NumberDataPoint {
-                            value: Some(number_data_point::Value::AsInt(5)),
-                            ..Default::default()
-                        }],
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let gauge = testing::gauge("queue.depth", vec![testing::int_point(5)]);
+    testing::metrics_of(None, vec![gauge])
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
