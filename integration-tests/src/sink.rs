@@ -79,7 +79,13 @@ struct Store {
     spans: AtomicU64,
     logs: AtomicU64,
     data_points: AtomicU64,
+    /// Per trace and export request: milliseconds from the trace's latest span end to
+    /// the sink receiving it (the first [`MAX_DELAYS`]).
+    delays: Mutex<Vec<u64>>,
 }
+
+/// Most export delays remembered.
+const MAX_DELAYS: usize = 1 << 20;
 
 /// Largest request the sink accepts (the sampler may batch generously).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -108,6 +114,7 @@ impl OtlpSink {
             spans: AtomicU64::new(0),
             logs: AtomicU64::new(0),
             data_points: AtomicU64::new(0),
+            delays: Mutex::default(),
         });
         let mut sink = Self {
             addr,
@@ -196,6 +203,18 @@ impl OtlpSink {
         Ok(())
     }
 
+    /// Milliseconds from each exported trace's latest span end to its arrival here, one
+    /// entry per trace and request (a benchmark's decision latency: span arrival →
+    /// export, when spans end as they are sent).
+    pub fn export_delays_ms(&self) -> Vec<u64> {
+        self.store.delays.lock().expect("sink lock").clone()
+    }
+
+    /// Forgets the export delays recorded so far.
+    pub fn clear_export_delays(&self) {
+        self.store.delays.lock().expect("sink lock").clear();
+    }
+
     /// A copy of everything recorded (empty in [`SinkMode::Count`]).
     pub fn snapshot(&self) -> ExportedData {
         self.store.recorded.lock().expect("sink lock").data.clone()
@@ -236,6 +255,27 @@ impl Drop for OtlpSink {
 struct Handler(Arc<Store>);
 
 impl Handler {
+    /// Remembers, per trace in `request`, how long after its latest span ended it arrived.
+    fn record_delays(&self, request: &ExportTraceServiceRequest) {
+        let now = otel_tail_shared::otlp::unix_now();
+        let mut latest: std::collections::HashMap<&[u8], u64> = std::collections::HashMap::new();
+        for span in request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+        {
+            let end = latest.entry(span.trace_id.as_slice()).or_default();
+            *end = (*end).max(span.end_time_unix_nano);
+        }
+        let mut delays = self.0.delays.lock().expect("sink lock");
+        for end in latest.into_values() {
+            if delays.len() < MAX_DELAYS {
+                delays.push(now.saturating_sub(end) / 1_000_000);
+            }
+        }
+    }
+
     fn record(&self, add: impl FnOnce(&mut Recorded)) {
         self.0.requests.fetch_add(1, Ordering::Relaxed);
         if self.0.mode == SinkMode::Record {
@@ -264,6 +304,7 @@ impl TraceService for Handler {
             .map(|ss| ss.spans.len())
             .sum();
         self.0.spans.fetch_add(spans as u64, Ordering::Relaxed);
+        self.record_delays(&request);
         self.record(|r| {
             r.data.traces.push(request);
             r.trace_sources.push(source);

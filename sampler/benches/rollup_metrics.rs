@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use otel_tail_sampler::rollup::metrics::{MetricRollup, MetricRollupConfig, Rule};
+use otel_tail_sampler::rollup::metrics::{MetricRollup, MetricRollupConfig, MetricRuleConfig};
 use otel_tail_shared::otlp::kv_str;
 
 const POINTS_PER_METRIC: u64 = 100;
@@ -77,7 +77,7 @@ fn metrics(round: u64) -> Vec<Metric> {
 
 fn main() {
     let config = MetricRollupConfig {
-        rules: vec![Rule {
+        rules: vec![MetricRuleConfig {
             metric: "http.*".to_owned(),
             keep_attributes: None,
             drop_attributes: vec!["user.id".to_owned()],

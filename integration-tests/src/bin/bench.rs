@@ -7,11 +7,21 @@
 //! sustained spans/s accepted, kept spans exported, and spans/s per core (accepted
 //! spans divided by the sampler's own CPU seconds from `/proc/<pid>/stat`).
 //!
-//! Phase 2, memory: with a decision wait long enough that nothing is decided, load a
+//! Phase 2, decision latency: at half the sustained rate, how long after a kept trace's
+//! last span was sent it reaches the sink (p50 / p99).
+//!
+//! Phase 3, memory: with a decision wait long enough that nothing is decided, load a
 //! fixed number of traces and print (RSS after − RSS before) / active traces.
 //!
+//! `--pin` is the set-up the performance issue compares against the Collector: the
+//! sampler pinned to core 1 and this load generator to core 0 (`taskset`), errors +
+//! latency 500 ms + probabilistic 1 % policies, `decision_wait` 5 s, the file exporter
+//! during the throughput phase; it prints `spans_per_cpu_s` = accepted spans / the
+//! sampler's user+sys CPU seconds (`/proc/<pid>/stat`). Without `--pin` both float over
+//! every core.
+//!
 //! ```text
-//! cargo run --release -p otel-tail-integration-tests --bin otel-tail-bench -- [--seconds N] [--traces N]
+//! cargo run --release -p otel-tail-integration-tests --bin otel-tail-bench -- [--pin] [--seconds N] [--traces N]
 //! ```
 
 use std::sync::Arc;
@@ -46,6 +56,12 @@ struct Args {
     /// Spans per export request.
     #[arg(long, default_value_t = 1000)]
     batch_spans: usize,
+    /// Pin the sampler to core 1 and the load generator to core 0 (the issue's set-up).
+    #[arg(long)]
+    pin: bool,
+    /// Seconds of the decision-latency phase at half the sustained rate (0: skip).
+    #[arg(long, default_value_t = 15)]
+    latency_seconds: u64,
 }
 
 #[tokio::main]
@@ -58,33 +74,143 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
         args.batch_spans
     );
-    throughput(&args).await?;
+    if args.pin {
+        pin(std::process::id(), 0)?;
+        println!("pinned: load generator to core 0, sampler to core 1");
+    }
+    let sustained = throughput(&args).await?;
+    if args.latency_seconds > 0 {
+        latency(&args, sustained / 2.0).await?;
+    }
     memory(&args).await?;
     Ok(())
 }
 
-fn policies() -> serde_json::Value {
-    json!([
-        {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
-        {"name": "baseline", "type": "probabilistic", "probabilistic": {"sampling_percentage": 1}}
-    ])
+/// Pins every thread of `pid` (and the threads it starts later, which inherit it) to `core`.
+fn pin(pid: u32, core: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-cp", &core.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "taskset -a -cp {core} {pid} failed: {status}"
+    );
+    Ok(())
 }
 
-async fn throughput(args: &Args) -> anyhow::Result<()> {
-    let sink = OtlpSink::start(SinkMode::Count).await?;
+fn policies(args: &Args) -> serde_json::Value {
+    if args.pin {
+        json!([
+            {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
+            {"name": "slow", "type": "latency", "latency": {"threshold_ms": 500}},
+            {"name": "baseline", "type": "probabilistic", "probabilistic": {"sampling_percentage": 1}}
+        ])
+    } else {
+        json!([
+            {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
+            {"name": "baseline", "type": "probabilistic", "probabilistic": {"sampling_percentage": 1}}
+        ])
+    }
+}
+
+fn decision_wait(args: &Args) -> &'static str {
+    if args.pin { "5s" } else { "2s" }
+}
+
+/// The sampler for the throughput and latency phases, pinned with `--pin`.
+async fn start_sampler(
+    args: &Args,
+    sink: &OtlpSink,
+    file_export: bool,
+) -> anyhow::Result<(SamplerProcess, u32)> {
+    let exporter = if file_export {
+        json!({"file": {"path": "export.jsonl"}})
+    } else {
+        json!({"otlp": {"endpoint": sink.endpoint(), "tls": {"insecure": true}}})
+    };
     let sampler = SamplerProcess::start(json!({
         "sampler": {
-            "decision_wait": "2s",
+            "decision_wait": decision_wait(args),
             "num_traces": 1_000_000,
-            "policies": policies(),
+            "policies": policies(args),
         },
-        "exporter": {"otlp": {"endpoint": sink.endpoint(), "tls": {"insecure": true}}},
+        "exporter": exporter,
         "telemetry": {"log_level": "warn"},
     }))
     .await?;
     let pid = sampler
         .pid()
         .ok_or_else(|| anyhow::anyhow!("sampler not running"))?;
+    if args.pin {
+        pin(pid, 1)?;
+    }
+    Ok((sampler, pid))
+}
+
+/// The `q` quantile (0..=1) of `values`, nearest rank.
+fn quantile(values: &mut [u64], q: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+/// Decision latency at `rate` spans/s: span sent → kept trace at the sink.
+async fn latency(args: &Args, rate: f64) -> anyhow::Result<()> {
+    let sink = OtlpSink::start(SinkMode::Count).await?;
+    let (sampler, _pid) = start_sampler(args, &sink, false).await?;
+    println!(
+        "\n== decision latency: {}s at {rate:.0} spans/s (half the sustained rate) ==",
+        args.latency_seconds
+    );
+    let config = LoadConfig {
+        endpoint: sampler.grpc_endpoint(),
+        rate,
+        duration: Duration::from_secs(args.latency_seconds),
+        shape: TraceShape {
+            spans_per_trace: args.spans_per_trace,
+            error_share: 0.01,
+            logs_per_trace: 0,
+        },
+        metric_points_per_sec: 0,
+        concurrency: args.concurrency,
+        batch_spans: args.batch_spans,
+        seed: 43,
+        span_limit: 0,
+    };
+    let (load, _) = run_load(&config, Arc::new(LoadStats::default())).await?;
+    let _ = poll_until(
+        "active traces to reach 0",
+        Duration::from_secs(120),
+        || async {
+            let m = sampler.metrics().await?;
+            Ok((m.sum("otel_tail_traces_active", &[]) == 0.0).then_some(()))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut delays = sink.export_delays_ms();
+    println!(
+        "accepted                {} spans; {} kept traces measured",
+        load.accepted_spans,
+        delays.len()
+    );
+    let p50 = quantile(&mut delays, 0.50);
+    let p99 = quantile(&mut delays, 0.99);
+    println!(
+        "decision latency        p50 {p50} ms, p99 {p99} ms (span sent -> exported; decision_wait {})",
+        decision_wait(args)
+    );
+    Ok(())
+}
+
+/// Maximum-rate phase; returns the sustained accepted spans/s.
+async fn throughput(args: &Args) -> anyhow::Result<f64> {
+    let sink = OtlpSink::start(SinkMode::Count).await?;
+    let (sampler, pid) = start_sampler(args, &sink, args.pin).await?;
     println!("\n== throughput: {}s at maximum rate ==", args.seconds);
     let cpu_before = procfs::cpu_seconds(pid)?;
     let config = LoadConfig {
@@ -116,10 +242,13 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
         },
     )
     .await;
-    let mut last = sink.counts().spans;
+    let exported = |m: &otel_tail_integration_tests::metrics_text::MetricsSnapshot| {
+        m.sum("otel_tail_exported_items_total", &[("signal", "traces")])
+    };
+    let mut last = exported(&sampler.metrics().await?);
     loop {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let now = sink.counts().spans;
+        let now = exported(&sampler.metrics().await?);
         if now == last {
             break;
         }
@@ -128,7 +257,7 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
     let cpu_total = procfs::cpu_seconds(pid)? - cpu_before;
     let metrics = sampler.metrics().await?;
     let secs = elapsed.as_secs_f64();
-    let kept = sink.counts().spans;
+    let kept = exported(&metrics) as u64;
     println!("load duration           {secs:.1} s");
     println!(
         "spans sent / accepted   {} / {} (rejected {}, throttled requests {}, failed requests {})",
@@ -152,14 +281,19 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
         drain_started.elapsed().as_secs_f64()
     );
     println!(
-        "spans/s per core        {:.0} (accepted spans / sampler CPU seconds, drain included)",
-        load.accepted_spans as f64 / cpu_total.max(f64::EPSILON)
+        "spans_per_cpu_s         {:.0} (accepted spans / sampler user+sys CPU seconds, drain included{})",
+        load.accepted_spans as f64 / cpu_total.max(f64::EPSILON),
+        if args.pin {
+            "; sampler pinned to one core"
+        } else {
+            ""
+        }
     );
     println!(
         "decided traces          {}",
         metrics.sum("otel_tail_traces_decided_total", &[])
     );
-    Ok(())
+    Ok(load.accepted_spans as f64 / secs)
 }
 
 async fn memory(args: &Args) -> anyhow::Result<()> {
@@ -167,7 +301,7 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
         "sampler": {
             "decision_wait": "30m",
             "num_traces": args.traces * 2,
-            "policies": policies(),
+            "policies": policies(args),
         },
         "telemetry": {"log_level": "warn"},
     }))

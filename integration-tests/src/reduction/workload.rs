@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span, status,
 };
-use otel_tail_sampler::rollup::metrics::Rule;
+use otel_tail_sampler::rollup::metrics::MetricRuleConfig;
 
 use super::catalogue::{COMMON_TEMPLATES, DOMAINS, Kind, ROLES, Role, Template, Zipf};
 use super::{DB_METRIC, DURATION_METRIC, MEMORY_METRIC, PAGE_VIEWS_METRIC, REQUESTS_METRIC};
@@ -977,14 +977,14 @@ fn alnum(rng: &mut Rng, n: usize) -> String {
 /// The attribute-reduction rules an operator would write for this estate: per-request and
 /// per-user ids are what make the counters explode, so they go. `frontend.page_views` is
 /// left without a rule on purpose; the cardinality limit bounds it.
-pub fn metric_rules() -> Vec<Rule> {
+pub fn metric_rules() -> Vec<MetricRuleConfig> {
     vec![
-        Rule {
+        MetricRuleConfig {
             metric: REQUESTS_METRIC.into(),
             keep_attributes: None,
             drop_attributes: vec!["user.id".into(), "request.id".into()],
         },
-        Rule {
+        MetricRuleConfig {
             metric: "db.client.*".into(),
             keep_attributes: None,
             drop_attributes: vec!["user.id".into()],

@@ -69,7 +69,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use otel_tail_shared::otlp::{kv_bool, kv_str};
 
 pub use aggregate::{Agg, GaugeAgg, HistAgg, NumberValue};
-pub use config::{AttributeRules, MetricRollupConfig, MetricRollupError, Rule, Temporality};
+pub use config::{
+    AttributeRules, MetricRollupConfig, MetricRollupError, MetricRuleConfig, Temporality,
+};
 pub use stream_key::series_key;
 
 use input::{for_each_point, shape};

@@ -156,7 +156,7 @@ pub struct MetricRollupConfig {
     pub interval: Duration,
     /// Attribute-reduction rules; the first rule whose `metric` pattern matches applies.
     /// A metric no rule matches keeps all its attributes (the cardinality limit still holds).
-    pub rules: Vec<Rule>,
+    pub rules: Vec<MetricRuleConfig>,
     /// Distinct output series per metric (per reduced resource and scope) per interval;
     /// points of further series go to one series marked `otel.metric.overflow=true`.
     pub cardinality_limit: usize,
@@ -182,7 +182,7 @@ impl Default for MetricRollupConfig {
 /// One attribute-reduction rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Rule {
+pub struct MetricRuleConfig {
     /// Metric name: exact, a glob (`*`, `?`), or a regex between slashes (`/^http\..*/`).
     pub metric: String,
     /// When set, only these point attributes are kept (same pattern syntax as `metric`).

@@ -22,7 +22,7 @@ pub enum MetricRollupError {
     ZeroCardinalityLimit,
 }
 
-pub use otel_tail_shared::config::rollup::{MetricRollupConfig, Rule, Temporality};
+pub use otel_tail_shared::config::rollup::{MetricRollupConfig, MetricRuleConfig, Temporality};
 
 /// A compiled name pattern: exact string, glob or `/regex/`.
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ pub struct AttributeRules {
 
 impl AttributeRules {
     /// Compiles the rules; fails on an invalid pattern.
-    pub fn new(rules: &[Rule]) -> Result<AttributeRules, MetricRollupError> {
+    pub fn new(rules: &[MetricRuleConfig]) -> Result<AttributeRules, MetricRollupError> {
         let compile_all = |patterns: &[String]| {
             patterns
                 .iter()

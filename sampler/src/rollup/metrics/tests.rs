@@ -130,7 +130,7 @@ fn config_defaults_and_rejects_unknown_keys() {
         .expect_err("unknown key");
     assert!(err.to_string().contains("intervall"), "{err}");
     let err = MetricRollup::new(MetricRollupConfig {
-        rules: vec![Rule {
+        rules: vec![MetricRuleConfig {
             metric: "/([/".to_owned(),
             keep_attributes: None,
             drop_attributes: vec![],
@@ -307,12 +307,12 @@ fn cumulative_output_keeps_running_totals() {
 fn keep_and_drop_attribute_rules() {
     let mut r = rollup(MetricRollupConfig {
         rules: vec![
-            Rule {
+            MetricRuleConfig {
                 metric: "http.*".to_owned(),
                 keep_attributes: Some(vec!["http.*".to_owned(), "user.id".to_owned()]),
                 drop_attributes: vec!["user.id".to_owned()],
             },
-            Rule {
+            MetricRuleConfig {
                 metric: "/^db\\.(calls|errors)$/".to_owned(),
                 keep_attributes: None,
                 drop_attributes: vec!["query".to_owned()],
@@ -611,7 +611,7 @@ fn summaries_keep_count_and_sum() {
 
 #[test]
 fn series_key_ignores_instance_attributes() {
-    let rules = AttributeRules::new(&[Rule {
+    let rules = AttributeRules::new(&[MetricRuleConfig {
         metric: "m".to_owned(),
         keep_attributes: None,
         drop_attributes: vec!["user.id".to_owned()],
@@ -908,7 +908,7 @@ fn drive(
 
 fn reducing_config() -> MetricRollupConfig {
     MetricRollupConfig {
-        rules: vec![Rule {
+        rules: vec![MetricRuleConfig {
             metric: "*".to_owned(),
             keep_attributes: None,
             drop_attributes: vec!["user.id".to_owned()],
