@@ -31,6 +31,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::correlation::classify::mark_trace_logs;
 use crate::correlation::{DecisionNotice, ResourceIdentity};
 use crate::decision::{Cached, DecisionCache, Kept};
+use crate::dedup::SpanDedup;
 use crate::export_queue::ExportQueues;
 use crate::policy::{
     PolicyEngine, PolicyError, PolicyState, TraceStats, apply_sample_rate,
@@ -46,6 +47,8 @@ pub const POLICY_ATTRIBUTE: &str = "tailsampling.policy";
 const DECIDE_BATCH: usize = 4096;
 /// Kept or dropped traces moved out of the buffer per RocksDB write.
 const FINISH_CHUNK: usize = 256;
+/// Span ids remembered per kept trace to drop repeats that arrive late.
+const DEDUP_SPANS_PER_TRACE: usize = 256;
 /// Back-off suggested to clients while a limit is reached.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -127,6 +130,8 @@ pub struct Engine {
     max_storage_bytes: u64,
     storage_bytes: AtomicU64,
     settler: Arc<Settler>,
+    /// Span ids of recently kept traces, so each leaves once.
+    dedup: Mutex<SpanDedup>,
 }
 
 impl Engine {
@@ -177,6 +182,10 @@ impl Engine {
             max_storage_bytes: config.max_storage_bytes,
             storage_bytes: AtomicU64::new(0),
             settler,
+            dedup: Mutex::new(SpanDedup::new(
+                config.decision_cache.sampled_cache_size,
+                DEDUP_SPANS_PER_TRACE,
+            )),
         })
     }
 
@@ -313,7 +322,7 @@ impl Engine {
             let mut buffered = Vec::with_capacity(prepared.len());
             for (trace, rs, arrival, payload) in prepared {
                 match state.cache.get(&trace) {
-                    Some(Cached::Sampled(kept)) => late_kept.push((rs, kept)),
+                    Some(Cached::Sampled(kept)) => late_kept.push((trace, rs, kept)),
                     Some(Cached::NotSampled) => late_dropped += u64::from(arrival.stats.span_count),
                     None => {
                         self.storage.stage_buffered(&mut batch, &trace, &payload);
@@ -325,20 +334,45 @@ impl Engine {
         }
         events::late_spans_dropped(late_dropped);
         if !late_kept.is_empty() {
-            let mut resource_spans = Vec::with_capacity(late_kept.len());
-            let mut spans = 0u64;
-            for (mut rs, kept) in late_kept {
-                spans += annotate_kept(&mut rs, &kept);
-                resource_spans.push(rs);
-            }
-            self.queues
-                .enqueue(&ExportRequest::Traces(ExportTraceServiceRequest {
-                    resource_spans: otlp::merge_spans(resource_spans),
-                }))?;
-            events::late_spans_kept(spans);
+            self.export_late_spans(late_kept)?;
         }
         self.finish_evicted(&evicted)?;
         Ok(Accepted::default())
+    }
+
+    /// Exports spans of traces kept already, without the span ids exported for them
+    /// before (a client's retry), remembering the new ones once they are queued.
+    fn export_late_spans(
+        &self,
+        late_kept: Vec<(TraceId, ResourceSpans, Kept)>,
+    ) -> Result<(), StorageError> {
+        let mut dedup = self.dedup.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups = Vec::with_capacity(late_kept.len());
+        let mut spans = 0u64;
+        let mut repeats = 0u64;
+        for (trace, mut rs, kept) in late_kept {
+            repeats += dedup.keep_first(&trace, &mut rs);
+            if rs.scope_spans.is_empty() {
+                continue;
+            }
+            spans += annotate_kept(&mut rs, &kept);
+            groups.push((trace, rs));
+        }
+        events::spans_deduplicated(repeats);
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let request = ExportRequest::Traces(ExportTraceServiceRequest {
+            resource_spans: otlp::merge_spans(groups.iter().map(|(_, rs)| rs.clone()).collect()),
+        });
+        if let Err(error) = self.queues.enqueue(&request) {
+            for (trace, rs) in &groups {
+                dedup.forget(trace, rs);
+            }
+            return Err(error);
+        }
+        events::late_spans_kept(spans);
+        Ok(())
     }
 
     /// Buffers log records that carry a trace id with their trace (or routes them by a
@@ -567,6 +601,8 @@ impl Engine {
         let mut dropped_spans = 0u64;
         let mut notices = Vec::new();
         let mut corrupt = Vec::new();
+        let mut repeats = 0u64;
+        let mut dedup = self.dedup.lock().unwrap_or_else(|e| e.into_inner());
         let now_unix = self.unix_now();
         for d in decided {
             match &d.kept {
@@ -577,6 +613,7 @@ impl Engine {
                             let decoded = match kind {
                                 BufferedKind::Spans => {
                                     ResourceSpans::decode(payload).map(|mut rs| {
+                                        repeats += dedup.keep_first(&d.trace, &mut rs);
                                         notice.add(&rs);
                                         kept_spans += annotate_kept(&mut rs, kept);
                                         resource_spans.push(rs);
@@ -629,11 +666,19 @@ impl Engine {
             self.storage
                 .quarantine(Store::Buffer, &key, &value, &error)?;
         }
-        self.storage.write(batch)?;
+        if let Err(error) = self.storage.write(batch) {
+            // Nothing left: a later attempt must not find these spans "exported".
+            for d in decided.iter().filter(|d| d.kept.is_some()) {
+                dedup.forget_trace(&d.trace);
+            }
+            return Err(error);
+        }
+        drop(dedup);
         for s in staged {
             self.queues.committed(s);
         }
         events::spans_finished(kept_spans, dropped_spans);
+        events::spans_deduplicated(repeats);
         self.settler.publish(notices, now_unix);
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod cluster;
 pub mod correlation;
 pub mod decision;
+pub mod dedup;
 pub mod engine;
 mod events;
 pub mod export_queue;

@@ -57,6 +57,8 @@ pub mod names {
     /// Held groups settled before their window ended because the hold was over a bound.
     /// Counter.
     pub const HOLD_RELEASED_EARLY: &str = "otel_tail_hold_released_early_total";
+    /// Repeated spans (same span id) of kept traces removed before export. Counter.
+    pub const SPANS_DEDUPLICATED: &str = "otel_tail_spans_deduplicated_total";
     /// Config file reloads, by `outcome` (`applied`, `unchanged`, `rejected`). Counter.
     pub const CONFIG_RELOADS: &str = "otel_tail_config_reloads_total";
     /// Stored records that failed to decode, moved to quarantine and skipped, by `store`

@@ -45,6 +45,13 @@ pub(super) fn spans_finished(kept: u64, dropped: u64) {
     counter!(names::SPANS_DROPPED).increment(dropped);
 }
 
+/// Repeated spans of kept traces removed before export (client retries).
+pub(super) fn spans_deduplicated(spans: u64) {
+    if spans > 0 {
+        counter!(names::SPANS_DEDUPLICATED).increment(spans);
+    }
+}
+
 /// Traces in the index.
 pub(super) fn active_traces(traces: usize) {
     gauge!(names::TRACES_ACTIVE).set(traces as f64);
@@ -64,6 +71,7 @@ pub(crate) fn register() {
         names::SPANS_KEPT,
         names::SPANS_DROPPED,
         names::TRACES_EVICTED,
+        names::SPANS_DEDUPLICATED,
         names::LOGS_RECEIVED,
         names::DATA_POINTS_RECEIVED,
     ] {

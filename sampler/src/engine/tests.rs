@@ -654,3 +654,22 @@ sampler:
     }
     assert_eq!(checked, 2 * kept.len());
 }
+
+#[tokio::test]
+async fn a_kept_trace_leaves_with_each_span_once_despite_retries() {
+    let rig = rig(CONFIG);
+    // A client retries a request that was accepted already: the same spans twice.
+    let first = request(vec![span(1, 1, true), span(1, 2, false)]);
+    rig.engine.ingest_traces(first.clone()).unwrap();
+    rig.engine.ingest_traces(first.clone()).unwrap();
+    rig.advance(1000);
+    rig.engine.decide_due().unwrap();
+    // After the decision: a retry again (dropped) and one new span (kept, late).
+    rig.engine.ingest_traces(first).unwrap();
+    rig.engine
+        .ingest_traces(request(vec![span(1, 3, false), span(1, 3, false)]))
+        .unwrap();
+    let exported = rig.exported_spans().await;
+    let ids: Vec<(u8, u8)> = exported.iter().map(|(t, s, _)| (*t, *s)).collect();
+    assert_eq!(ids, vec![(1, 1), (1, 2), (1, 3)]);
+}
