@@ -10,12 +10,12 @@
 //!   so apostrophes inside words are left alone.
 //! - **Paths and URLs** (`/var/log/x.log`, `C:\Windows\…`, `hdfs://host/path`) are one
 //!   variable; a URL keeps its scheme (`hdfs://<*>`). A path needs at least two
-//!   separators, so a lone `/default-rack` stays a word.
+//!   separators (or a drive letter), so a lone `/default-rack` stays a word.
 //! - **`key=value`**: the value is a variable whatever its characters (`user=<*>`);
 //!   an empty value stays empty.
 //! - **Host and port** (`api.example.com:8443`): the whole address is one variable.
-//! - **Month and weekday names** (`Oct`, `Monday`) are variables, so dates of any month
-//!   mask alike.
+//! - **Month, weekday and time zone names** (`Oct`, `Monday`, `UTC`) are variables, so
+//!   dates of any month mask alike.
 //! - **Anything with a digit**: inside a token every maximal run of word characters
 //!   (ASCII letters and digits, `_` excluded, plus any non-ASCII byte) that contains a
 //!   digit becomes `<*>`. That covers numbers, hex (`0x7fed806eb5d`), UUIDs, IPv4/IPv6
@@ -98,6 +98,22 @@ fn is_key(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
 }
 
+/// If a masked token ends in `<*>` followed by closing punctuation only, the end of that
+/// `<*>`.
+fn wild_end(token: &[u8]) -> Option<usize> {
+    // Not a plain strip of closing bytes: the `>` of `<*>` is one.
+    let mut end = token.len();
+    loop {
+        if token[..end].ends_with(WILDCARD.as_bytes()) {
+            return Some(end);
+        }
+        if end == 0 || !is_closing(token[end - 1]) {
+            return None;
+        }
+        end -= 1;
+    }
+}
+
 /// Whether a masked token is `<*>` followed by closing punctuation only.
 fn wild_then_closing(token: &[u8]) -> bool {
     token.starts_with(WILDCARD.as_bytes()) && token[WILDCARD.len()..].iter().all(|&b| is_closing(b))
@@ -147,8 +163,8 @@ fn unit_len(raw: &[u8]) -> Option<usize> {
     UNITS.contains(&&raw[..core]).then_some(core)
 }
 
-/// Month and weekday names, as written in timestamps.
-const CALENDAR_WORDS: [&[u8]; 38] = [
+/// Month, weekday and time zone names, as written in timestamps.
+const CALENDAR_WORDS: [&[u8]; 53] = [
     b"Jan",
     b"Feb",
     b"Mar",
@@ -187,6 +203,21 @@ const CALENDAR_WORDS: [&[u8]; 38] = [
     b"Friday",
     b"Saturday",
     b"Sunday",
+    b"UTC",
+    b"GMT",
+    b"EST",
+    b"EDT",
+    b"CST",
+    b"CDT",
+    b"MST",
+    b"MDT",
+    b"PST",
+    b"PDT",
+    b"CET",
+    b"CEST",
+    b"BST",
+    b"IST",
+    b"JST",
 ];
 
 /// Splits `line` on ASCII whitespace into at most `max_tokens` tokens and masks each into
@@ -230,16 +261,17 @@ pub(crate) fn mask_line(line: &str, max_tokens: usize, max_token_len: usize, out
                 out.bytes.truncate(out_start);
                 continue;
             }
-            // After a `<*>` (plus closing punctuation), a unit (`5.2 KB,`) or another such
-            // variable joins it: the merged token keeps the closing punctuation of the last.
-            if wild_then_closing(&out.bytes[prev_start..prev_end]) {
+            // After a token ending in `<*>` (plus closing punctuation), a unit (`5.2 KB,`)
+            // or a `<*>` (plus closing punctuation) joins it: the merged token keeps the
+            // closing punctuation of the last (`(1, 2, 3)` → `(<*>)`).
+            if let Some(wild_end) = wild_end(&out.bytes[prev_start..prev_end]) {
                 let closing = match unit_len(&bytes[start..i]) {
                     Some(len) => Some(out_start + len),
                     None => (variable && wild_then_closing(&out.bytes[out_start..]))
                         .then_some(out_start + WILDCARD.len()),
                 };
                 if let Some(from) = closing {
-                    let to = prev_start + WILDCARD.len();
+                    let to = prev_start + wild_end;
                     let len = out.bytes.len() - from;
                     out.bytes.copy_within(from.., to);
                     out.bytes.truncate(to + len);
@@ -417,9 +449,8 @@ fn whole_variable(core: &[u8]) -> Option<usize> {
     {
         return (c + 3 < core.len()).then_some(c + 3);
     }
-    // Absolute, relative or home paths with at least two separators; Windows paths.
-    let path_start = matches!(core[0], b'/' | b'~' | b'.') || core.get(1..3) == Some(b":\\");
-    if (path_start && slashes >= 2) || backslashes >= 2 {
+    // Paths of at least two separators (absolute, relative or home); Windows paths.
+    if slashes >= 2 || backslashes >= 2 || core.get(1..3) == Some(b":\\") {
         return Some(0);
     }
     // host.name:port
@@ -555,6 +586,7 @@ mod tests {
             ["peers", "<*>"]
         );
         assert_eq!(masked("peers 10.0.0.1, 10.0.0.2."), ["peers", "<*>."]);
+        assert_eq!(masked("IRQs (3, 4, 5) *0"), ["IRQs", "(<*>)", "*<*>"]);
         // Sizes and durations with their units, whatever the unit.
         assert_eq!(
             masked("(estimated size 5.2 KB, free 1.1 GB) took 30 ms"),
@@ -597,6 +629,15 @@ mod tests {
         assert_eq!(
             masked("Oct 11 22:14:15 host sshd[42]: closed"),
             ["<*>", "host", "sshd[<*>]:", "closed"]
+        );
+        assert_eq!(
+            masked("built Fri Dec 10 19:02:14 EST 2004)"),
+            ["built", "<*>)"]
+        );
+        assert_eq!(
+            masked("update (/var/rrds/C Nodes/cn304/pkts.rrd): failed"),
+            ["update", "(<*>):", "failed"],
+            "a relative path joins the path before it"
         );
     }
 
