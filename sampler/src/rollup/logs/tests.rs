@@ -185,6 +185,46 @@ fn ids_are_deterministic_across_miners() {
 }
 
 #[test]
+fn template_ids_survive_a_restart() {
+    // Before and after a restart the miner sees other values, in another order; every
+    // template gets the same id, the hash of its masked text, which persists across
+    // versions as long as the masking of that text does.
+    let before = [
+        "Received block blk_1 of size 67108864 from /10.250.19.102:50010",
+        "worker 7 started in 12 ms",
+        "session opened for user root by (uid=0)",
+        "Received block blk_-42 of size 512 from /10.251.73.220:50010",
+        "GET /api/v1/orders/17 took 3.5 s",
+    ];
+    let after = [
+        "GET /api/v1/users/9 took 120 ms",
+        "session opened for user root by (uid=1000)",
+        "worker 12 started in 1.5 s",
+        "Received block blk_99 of size 1 from /10.0.0.1:1",
+    ];
+    let mut first = TemplateMiner::default();
+    let ids: HashMap<String, TemplateId> = before
+        .iter()
+        .map(|line| {
+            let m = first.add(line);
+            (m.template.to_owned(), m.id)
+        })
+        .collect();
+    let mut restarted = TemplateMiner::default();
+    for line in after {
+        let m = restarted.add(line);
+        assert!(m.is_new);
+        assert_eq!(ids.get(m.template), Some(&m.id), "{line}");
+        assert_eq!(
+            m.id,
+            TemplateId(xxhash_rust::xxh3::xxh3_64(m.template.as_bytes())),
+            "the id is the xxh3 of the template text"
+        );
+    }
+    assert_eq!(restarted.len(), 4);
+}
+
+#[test]
 fn rollup_groups_by_resource_severity_and_template() {
     let mut rollup = LogRollup::default();
     rollup.add(b"svc-a", 9, "request 1 served in 5 ms", 300);
