@@ -119,106 +119,119 @@ fn wild_then_closing(token: &[u8]) -> bool {
     token.starts_with(WILDCARD.as_bytes()) && token[WILDCARD.len()..].iter().all(|&b| is_closing(b))
 }
 
-/// Units of sizes, durations and rates, as written after a number (`5.2 KB`, `30 s`).
-const UNITS: [&[u8]; 33] = [
-    b"B",
-    b"KB",
-    b"MB",
-    b"GB",
-    b"TB",
-    b"PB",
-    b"KiB",
-    b"MiB",
-    b"GiB",
-    b"TiB",
-    b"kB",
-    b"bytes",
-    b"ns",
-    b"us",
-    b"\xc2\xb5s",
-    b"ms",
-    b"s",
-    b"sec",
-    b"secs",
-    b"second",
-    b"seconds",
-    b"min",
-    b"mins",
-    b"minute",
-    b"minutes",
-    b"h",
-    b"hr",
-    b"hrs",
-    b"hour",
-    b"hours",
-    b"day",
-    b"days",
-    b"%",
-];
+/// Whether `word` is a unit of size, duration or rate, as written after a number
+/// (`5.2 KB`, `30 s`).
+fn is_unit(word: &[u8]) -> bool {
+    if word.is_empty() || word.len() > 7 {
+        return false;
+    }
+    matches!(
+        word,
+        b"B" | b"KB"
+            | b"MB"
+            | b"GB"
+            | b"TB"
+            | b"PB"
+            | b"KiB"
+            | b"MiB"
+            | b"GiB"
+            | b"TiB"
+            | b"kB"
+            | b"bytes"
+            | b"ns"
+            | b"us"
+            | b"\xc2\xb5s"
+            | b"ms"
+            | b"s"
+            | b"sec"
+            | b"secs"
+            | b"second"
+            | b"seconds"
+            | b"min"
+            | b"mins"
+            | b"minute"
+            | b"minutes"
+            | b"h"
+            | b"hr"
+            | b"hrs"
+            | b"hour"
+            | b"hours"
+            | b"day"
+            | b"days"
+            | b"%"
+    )
+}
 
 /// If the whitespace-free token `raw` is a unit, possibly followed by closing punctuation,
 /// the length of the unit.
 fn unit_len(raw: &[u8]) -> Option<usize> {
     let core = raw.len() - raw.iter().rev().take_while(|&&b| is_closing(b)).count();
-    UNITS.contains(&&raw[..core]).then_some(core)
+    is_unit(&raw[..core]).then_some(core)
 }
 
-/// Month, weekday and time zone names, as written in timestamps.
-const CALENDAR_WORDS: [&[u8]; 53] = [
-    b"Jan",
-    b"Feb",
-    b"Mar",
-    b"Apr",
-    b"May",
-    b"Jun",
-    b"Jul",
-    b"Aug",
-    b"Sep",
-    b"Sept",
-    b"Oct",
-    b"Nov",
-    b"Dec",
-    b"January",
-    b"February",
-    b"March",
-    b"April",
-    b"June",
-    b"July",
-    b"August",
-    b"September",
-    b"October",
-    b"November",
-    b"December",
-    b"Mon",
-    b"Tue",
-    b"Wed",
-    b"Thu",
-    b"Fri",
-    b"Sat",
-    b"Sun",
-    b"Monday",
-    b"Tuesday",
-    b"Wednesday",
-    b"Thursday",
-    b"Friday",
-    b"Saturday",
-    b"Sunday",
-    b"UTC",
-    b"GMT",
-    b"EST",
-    b"EDT",
-    b"CST",
-    b"CDT",
-    b"MST",
-    b"MDT",
-    b"PST",
-    b"PDT",
-    b"CET",
-    b"CEST",
-    b"BST",
-    b"IST",
-    b"JST",
-];
+/// Whether `word` is a month, weekday or time zone name, as written in timestamps.
+fn is_calendar_word(word: &[u8]) -> bool {
+    // Most words fail this cheap test and skip the comparisons.
+    if !(3..=9).contains(&word.len()) || !word[0].is_ascii_uppercase() {
+        return false;
+    }
+    matches!(
+        word,
+        b"Jan"
+            | b"Feb"
+            | b"Mar"
+            | b"Apr"
+            | b"May"
+            | b"Jun"
+            | b"Jul"
+            | b"Aug"
+            | b"Sep"
+            | b"Sept"
+            | b"Oct"
+            | b"Nov"
+            | b"Dec"
+            | b"January"
+            | b"February"
+            | b"March"
+            | b"April"
+            | b"June"
+            | b"July"
+            | b"August"
+            | b"September"
+            | b"October"
+            | b"November"
+            | b"December"
+            | b"Mon"
+            | b"Tue"
+            | b"Wed"
+            | b"Thu"
+            | b"Fri"
+            | b"Sat"
+            | b"Sun"
+            | b"Monday"
+            | b"Tuesday"
+            | b"Wednesday"
+            | b"Thursday"
+            | b"Friday"
+            | b"Saturday"
+            | b"Sunday"
+            | b"UTC"
+            | b"GMT"
+            | b"EST"
+            | b"EDT"
+            | b"CST"
+            | b"CDT"
+            | b"MST"
+            | b"MDT"
+            | b"PST"
+            | b"PDT"
+            | b"CET"
+            | b"CEST"
+            | b"BST"
+            | b"IST"
+            | b"JST"
+    )
+}
 
 /// Splits `line` on ASCII whitespace into at most `max_tokens` tokens and masks each into
 /// `out` (cleared first); see the module docs. A token longer than `max_token_len` bytes is
@@ -236,7 +249,9 @@ pub(crate) fn mask_line(line: &str, max_tokens: usize, max_token_len: usize, out
             continue;
         }
         let start = i;
+        let mut quote = false;
         while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+            quote |= matches!(bytes[i], b'"' | b'\'');
             i += 1;
         }
         let out_start = out.bytes.len();
@@ -246,7 +261,10 @@ pub(crate) fn mask_line(line: &str, max_tokens: usize, max_token_len: usize, out
         } else if let Some(end) = mask_bracketed(bytes, start, span_len, &mut out.bytes) {
             i = end;
             true
-        } else if let Some(end) = mask_quoted(bytes, start, i, span_len, &mut out.bytes) {
+        } else if let Some(end) = quote
+            .then(|| mask_quoted(bytes, start, i, span_len, &mut out.bytes))
+            .flatten()
+        {
             i = end;
             true
         } else {
@@ -402,35 +420,65 @@ fn mask_token(raw: &[u8], out: &mut Vec<u8>) -> bool {
         out.extend_from_slice(raw);
         return false;
     }
-    if let Some(keep) = whole_variable(core) {
+    let shape = Shape::of(core);
+    if let Some(keep) = whole_variable(core, &shape) {
         out.extend_from_slice(&raw[..lead]);
         out.extend_from_slice(&core[..keep]);
         out.extend_from_slice(WILDCARD.as_bytes());
         out.extend_from_slice(&raw[trail..]);
         return true;
     }
+    if !shape.digit {
+        out.extend_from_slice(raw);
+        return false;
+    }
     mask_runs(raw, out)
+}
+
+/// What [`whole_variable`] and [`mask_token`] need to know of a token's core, found in
+/// one pass.
+#[derive(Debug, Default, Clone, Copy)]
+struct Shape {
+    digit: bool,
+    slashes: u32,
+    backslashes: u32,
+    dots: u32,
+    /// Offset of the first `:`.
+    colon: Option<usize>,
+    /// Offset of the first `=`.
+    eq: Option<usize>,
+}
+
+impl Shape {
+    fn of(core: &[u8]) -> Shape {
+        let mut shape = Shape::default();
+        for (i, &b) in core.iter().enumerate() {
+            match b {
+                b'0'..=b'9' => shape.digit = true,
+                b'/' => shape.slashes += 1,
+                b'\\' => shape.backslashes += 1,
+                b'.' => shape.dots += 1,
+                b':' if shape.colon.is_none() => shape.colon = Some(i),
+                b'=' if shape.eq.is_none() => shape.eq = Some(i),
+                _ => {}
+            }
+        }
+        shape
+    }
 }
 
 /// If `core` (a token without its opening and closing punctuation) is a value as a whole —
 /// a path, a URL, a `key=value`, a host:port or a calendar name — the length of its
 /// prefix to keep before `<*>`: the scheme of a URL (`hdfs://`), the `key=`, else 0.
-fn whole_variable(core: &[u8]) -> Option<usize> {
-    let mut slashes = 0;
-    let mut backslashes = 0;
-    let mut dots = 0;
-    let mut colon = None;
-    let mut eq = None;
-    for (i, &b) in core.iter().enumerate() {
-        match b {
-            b'/' => slashes += 1,
-            b'\\' => backslashes += 1,
-            b'.' => dots += 1,
-            b':' if colon.is_none() => colon = Some(i),
-            b'=' if eq.is_none() => eq = Some(i),
-            _ => {}
-        }
-    }
+fn whole_variable(core: &[u8], shape: &Shape) -> Option<usize> {
+    let Shape {
+        slashes,
+        backslashes,
+        dots,
+        colon,
+        eq,
+        ..
+    } = *shape;
     // key=value, the key a plain word; `a==b` and `=x` are not.
     if let Some(eq) = eq
         && eq > 0
@@ -465,7 +513,7 @@ fn whole_variable(core: &[u8]) -> Option<usize> {
     {
         return Some(0);
     }
-    CALENDAR_WORDS.contains(&core).then_some(0)
+    is_calendar_word(core).then_some(0)
 }
 
 /// Whether the text between two variables of a token makes them one value: joining

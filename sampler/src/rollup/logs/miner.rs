@@ -24,8 +24,7 @@
 //! masked whole. Deterministic: the same lines in the same order give the same templates
 //! and ids on every node.
 
-use std::collections::HashMap;
-
+use super::hash::{FastMap, fast_map};
 use super::mask::{MaskedLine, WILDCARD, mask_line, words_differ};
 
 /// Stable identity of a template: the xxh3 hash of its text when it was created. It does
@@ -148,26 +147,34 @@ impl Cluster {
 
     /// Share of positions where the template's constant token equals the line's (`line`
     /// has the same number of tokens), and whether a plain word of the line differs from a
-    /// plain word of the template. As in Drain, generalized positions do not count as
-    /// agreeing: a template that is mostly `<*>` needs its few constants to match.
-    fn similarity(&self, line: &MaskedLine) -> (f64, bool) {
+    /// plain word of the template; `None` once the share cannot reach `threshold`. As in
+    /// Drain, generalized positions do not count as agreeing: a template that is mostly
+    /// `<*>` needs its few constants to match.
+    fn similarity(&self, line: &MaskedLine, threshold: f64) -> Option<(f64, bool)> {
         let n = self.ranges.len();
         if n == 0 {
-            return (1.0, false);
+            return Some((1.0, false));
         }
-        let mut agree = 0usize;
+        let mut misses = 0usize;
         let mut word_conflict = false;
         for i in 0..n {
-            if self.wild[i] {
-                continue;
-            }
-            match self.compare(i, line) {
-                Compare::Same => agree += 1,
-                Compare::OtherWord => word_conflict = true,
-                Compare::OtherValue => {}
+            let same = !self.wild[i]
+                && match self.compare(i, line) {
+                    Compare::Same => true,
+                    Compare::OtherWord => {
+                        word_conflict = true;
+                        false
+                    }
+                    Compare::OtherValue => false,
+                };
+            if !same {
+                misses += 1;
+                if ((n - misses) as f64 / n as f64) < threshold {
+                    return None;
+                }
             }
         }
-        (agree as f64 / n as f64, word_conflict)
+        Some(((n - misses) as f64 / n as f64, word_conflict))
     }
 
     /// How token `i` of the template compares with the line's: plain words that differ in
@@ -230,13 +237,13 @@ pub struct TemplateMiner {
     /// Live clusters.
     live: usize,
     /// Leaf key → cluster slots, oldest first.
-    leaves: HashMap<Box<[u8]>, Vec<u32>>,
+    leaves: FastMap<Box<[u8]>, Vec<u32>>,
     /// Tree node key (a leaf-key prefix) → live clusters under it.
-    nodes: HashMap<Box<[u8]>, u32>,
+    nodes: FastMap<Box<[u8]>, u32>,
     /// Tree node key → distinct non-wildcard children with live clusters.
-    children: HashMap<Box<[u8]>, u32>,
+    children: FastMap<Box<[u8]>, u32>,
     /// Template id → cluster slot.
-    ids: HashMap<TemplateId, u32>,
+    ids: FastMap<TemplateId, u32>,
     /// LRU list ends.
     head: u32,
     tail: u32,
@@ -262,10 +269,10 @@ impl TemplateMiner {
             clusters: Vec::new(),
             free: Vec::new(),
             live: 0,
-            leaves: HashMap::new(),
-            nodes: HashMap::new(),
-            children: HashMap::new(),
-            ids: HashMap::new(),
+            leaves: fast_map(),
+            nodes: fast_map(),
+            children: fast_map(),
+            ids: fast_map(),
             head: NIL,
             tail: NIL,
             clock: 0,
@@ -403,10 +410,12 @@ impl TemplateMiner {
         let mut best_variant: Option<(u32, f64)> = None;
         let mut variants = 0usize;
         for &slot in slots {
-            let (sim, word_conflict) = self.clusters[slot as usize].similarity(&self.line);
-            if sim < self.config.similarity_threshold {
+            let threshold = self.config.similarity_threshold;
+            let Some((sim, word_conflict)) =
+                self.clusters[slot as usize].similarity(&self.line, threshold)
+            else {
                 continue;
-            }
+            };
             let best = if word_conflict {
                 variants += 1;
                 &mut best_variant
