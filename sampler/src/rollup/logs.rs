@@ -18,6 +18,7 @@
 //! [`MinerConfig::max_templates`], and so are the groups per resource and interval (times
 //! the 25 OTLP severity numbers).
 
+mod hash;
 mod mask;
 mod miner;
 mod output;
@@ -27,8 +28,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-
+use hash::{FastMap, fast_map};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -112,7 +112,7 @@ struct ResourceState {
     /// The present [`RESOURCE_IDENTITY_ATTRIBUTES`], in that order; empty for resources
     /// added by key alone.
     attributes: Vec<KeyValue>,
-    groups: HashMap<(i32, TemplateId), Group>,
+    groups: FastMap<(i32, TemplateId), Group>,
 }
 
 /// One resource's share of a drained interval.
@@ -127,7 +127,7 @@ struct DrainedResource {
 #[derive(Debug)]
 pub struct LogRollup {
     config: LogRollupOptions,
-    resources: HashMap<Box<[u8]>, ResourceState>,
+    resources: FastMap<Box<[u8]>, ResourceState>,
     /// Resources holding a miner of their own.
     mining_resources: usize,
     /// Miner of the resources beyond `max_resources`.
@@ -142,7 +142,7 @@ impl LogRollup {
         LogRollup {
             shared: TemplateMiner::new(config.miner.clone()),
             config,
-            resources: HashMap::new(),
+            resources: fast_map(),
             mining_resources: 0,
             key: Vec::new(),
         }
@@ -211,7 +211,7 @@ impl LogRollup {
                 ResourceState {
                     miner,
                     attributes: attributes(),
-                    groups: HashMap::new(),
+                    groups: fast_map(),
                 },
             );
         }

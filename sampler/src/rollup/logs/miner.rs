@@ -3,13 +3,19 @@
 //! A line is masked ([`super::mask`]), then routed to a leaf keyed by its token count and
 //! its first `depth - 2` tokens (a token holding a variable, or one past a node's
 //! `max_children`, goes to the wildcard branch). The leaf's clusters are compared with the
-//! line position by position; the most similar one at or above `similarity_threshold`
-//! absorbs the line, turning the positions that differ into `<*>`. Otherwise the line starts
-//! a new cluster. Once a cluster has matched `stable_lines` lines, its remaining plain words
-//! are established constants: a plain word of the line that differs from one counts twice
-//! against the similarity, so a short line that swaps a word every earlier line agreed on
-//! (`… by client WindowsUpdateAgent.` vs `… by client SPP.`) starts a template of its own,
-//! while a line differing only in variables, or in one word among many, still joins.
+//! line position by position, and the most similar one at or above `similarity_threshold`
+//! absorbs the line, turning the positions that differ into `<*>`; otherwise the line
+//! starts a new cluster.
+//!
+//! Masking finds the variables; plain words are taken as the constant text of an event.
+//! So a cluster is a candidate only if no plain word of the line differs from a plain word
+//! of the cluster (`… Transitioned from RUNNING to FAILED` never joins `… to SUCCEEDED`,
+//! `stored as bytes` never joins `stored as values`), whatever the share of agreeing
+//! positions. Words can still be variables (user names, host names without digits): when a
+//! line finds no candidate but `word_variants` clusters of its leaf would have taken it
+//! but for their words, the position is taken to be a variable after all and the most
+//! similar of them absorbs the line. That also bounds the templates one word variable can
+//! create.
 //!
 //! Bounded: at most `max_templates` clusters. When full, the least recently matched cluster
 //! makes room if it has been idle for `min_idle_lines` lines; if not (a burst of unique
@@ -18,9 +24,8 @@
 //! masked whole. Deterministic: the same lines in the same order give the same templates
 //! and ids on every node.
 
-use std::collections::HashMap;
-
-use super::mask::{MaskedLine, WILDCARD, mask_line};
+use super::hash::{FastMap, fast_map};
+use super::mask::{MaskedLine, WILDCARD, mask_line, words_differ};
 
 /// Stable identity of a template: the xxh3 hash of its text when it was created. It does
 /// not change when the template later generalizes, so it can key counters and summaries.
@@ -43,9 +48,9 @@ pub struct MinerConfig {
     pub depth: usize,
     /// Share of positions that must agree for a line to join a template.
     pub similarity_threshold: f64,
-    /// Lines a template must have matched before its unmasked words are established: a
-    /// different plain word at such a position then counts as two differing positions.
-    pub stable_lines: u64,
+    /// Clusters of a leaf that may differ from a line only in plain words before the line
+    /// generalizes one of them instead of starting another (see the module docs).
+    pub word_variants: usize,
     /// Distinct tokens a tree node keeps before further ones go to its wildcard branch.
     pub max_children: usize,
     /// Most templates held; see the module docs for what happens past it.
@@ -64,7 +69,7 @@ impl Default for MinerConfig {
         MinerConfig {
             depth: 4,
             similarity_threshold: 0.7,
-            stable_lines: 3,
+            word_variants: 8,
             max_children: 100,
             max_templates: 1000,
             min_idle_lines: 10_000,
@@ -98,6 +103,17 @@ pub struct TemplateInfo<'a> {
     pub count: u64,
 }
 
+/// How a token of a line compares with a template's, see [`Cluster::compare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// Equal, or the same word.
+    Same,
+    /// Another plain word: another event, unless the word is a variable.
+    OtherWord,
+    /// Another value: the position is a variable.
+    OtherValue,
+}
+
 /// One template and its bookkeeping.
 #[derive(Debug)]
 struct Cluster {
@@ -129,37 +145,60 @@ impl Cluster {
         &self.text.as_bytes()[s as usize..e as usize]
     }
 
-    /// Share of positions where the template's constant token equals the line's; `line`
-    /// has the same number of tokens. As in Drain, generalized positions do not count as
-    /// agreeing: a template that is mostly `<*>` needs its few constants to match, which
-    /// keeps templates that share a frame but differ in a word apart. Once the template has
-    /// matched `stable_lines` lines, a plain word of the line differing from a plain word of
-    /// the template is strong evidence of another event and costs one agreeing position.
-    fn similarity(&self, line: &MaskedLine, stable_lines: u64) -> f64 {
+    /// Share of positions where the template's constant token equals the line's (`line`
+    /// has the same number of tokens), and whether a plain word of the line differs from a
+    /// plain word of the template; `None` once the share cannot reach `threshold`. As in
+    /// Drain, generalized positions do not count as agreeing: a template that is mostly
+    /// `<*>` needs its few constants to match.
+    fn similarity(&self, line: &MaskedLine, threshold: f64) -> Option<(f64, bool)> {
         let n = self.ranges.len();
         if n == 0 {
-            return 1.0;
+            return Some((1.0, false));
         }
-        let stable = self.count >= stable_lines;
-        let mut score = 0isize;
+        let mut misses = 0usize;
+        let mut word_conflict = false;
         for i in 0..n {
-            if self.wild[i] {
-                continue;
-            }
-            if self.token(i) == line.token(i) {
-                score += 1;
-            } else if stable && !self.masked[i] && !line.tokens[i].variable {
-                score -= 1;
+            let same = !self.wild[i]
+                && match self.compare(i, line) {
+                    Compare::Same => true,
+                    Compare::OtherWord => {
+                        word_conflict = true;
+                        false
+                    }
+                    Compare::OtherValue => false,
+                };
+            if !same {
+                misses += 1;
+                if ((n - misses) as f64 / n as f64) < threshold {
+                    return None;
+                }
             }
         }
-        score as f64 / n as f64
+        Some(((n - misses) as f64 / n as f64, word_conflict))
+    }
+
+    /// How token `i` of the template compares with the line's: plain words that differ in
+    /// punctuation only (`LOOKING,` and `LOOKING.`) count as the same word.
+    fn compare(&self, i: usize, line: &MaskedLine) -> Compare {
+        let (ours, theirs) = (self.token(i), line.token(i));
+        if ours == theirs {
+            return Compare::Same;
+        }
+        if self.masked[i] || line.tokens[i].variable {
+            return Compare::OtherValue;
+        }
+        if words_differ(ours, theirs) {
+            Compare::OtherWord
+        } else {
+            Compare::Same
+        }
     }
 
     /// Generalizes the positions where `line` differs; returns whether the text changed.
     fn absorb(&mut self, line: &MaskedLine) -> bool {
         let mut changed = false;
         for i in 0..self.ranges.len() {
-            if !self.wild[i] && self.token(i) != line.token(i) {
+            if !self.wild[i] && self.compare(i, line) != Compare::Same {
                 self.wild[i] = true;
                 changed = true;
             }
@@ -198,13 +237,13 @@ pub struct TemplateMiner {
     /// Live clusters.
     live: usize,
     /// Leaf key → cluster slots, oldest first.
-    leaves: HashMap<Box<[u8]>, Vec<u32>>,
+    leaves: FastMap<Box<[u8]>, Vec<u32>>,
     /// Tree node key (a leaf-key prefix) → live clusters under it.
-    nodes: HashMap<Box<[u8]>, u32>,
+    nodes: FastMap<Box<[u8]>, u32>,
     /// Tree node key → distinct non-wildcard children with live clusters.
-    children: HashMap<Box<[u8]>, u32>,
+    children: FastMap<Box<[u8]>, u32>,
     /// Template id → cluster slot.
-    ids: HashMap<TemplateId, u32>,
+    ids: FastMap<TemplateId, u32>,
     /// LRU list ends.
     head: u32,
     tail: u32,
@@ -230,10 +269,10 @@ impl TemplateMiner {
             clusters: Vec::new(),
             free: Vec::new(),
             live: 0,
-            leaves: HashMap::new(),
-            nodes: HashMap::new(),
-            children: HashMap::new(),
-            ids: HashMap::new(),
+            leaves: fast_map(),
+            nodes: fast_map(),
+            children: fast_map(),
+            ids: fast_map(),
             head: NIL,
             tail: NIL,
             clock: 0,
@@ -362,18 +401,33 @@ impl TemplateMiner {
         }
     }
 
-    /// The most similar cluster of the line's leaf at or above the threshold; the oldest
-    /// wins a tie.
+    /// The most similar cluster of the line's leaf at or above the threshold without a
+    /// differing word; failing that, the most similar one with differing words if at least
+    /// `word_variants` clusters qualify but for their words. The oldest wins a tie.
     fn best_match(&self) -> Option<u32> {
         let slots = self.leaves.get(self.key.as_slice())?;
         let mut best: Option<(u32, f64)> = None;
+        let mut best_variant: Option<(u32, f64)> = None;
+        let mut variants = 0usize;
         for &slot in slots {
-            let sim = self.clusters[slot as usize].similarity(&self.line, self.config.stable_lines);
-            if sim >= self.config.similarity_threshold && best.is_none_or(|(_, b)| sim > b) {
-                best = Some((slot, sim));
+            let threshold = self.config.similarity_threshold;
+            let Some((sim, word_conflict)) =
+                self.clusters[slot as usize].similarity(&self.line, threshold)
+            else {
+                continue;
+            };
+            let best = if word_conflict {
+                variants += 1;
+                &mut best_variant
+            } else {
+                &mut best
+            };
+            if best.is_none_or(|(_, b)| sim > b) {
+                *best = Some((slot, sim));
             }
         }
-        best.map(|(slot, _)| slot)
+        best.or(best_variant.filter(|_| variants >= self.config.word_variants))
+            .map(|(slot, _)| slot)
     }
 
     /// Creates a cluster from the current line in the current leaf, evicting the least

@@ -156,8 +156,8 @@ fn flush_emits_summaries_and_counts_as_otlp_that_round_trips() {
     let paid = &rl.scope_logs[0].log_records[0];
     assert_eq!(
         paid.body,
-        Some(string("order <*> paid in <*> ms")),
-        "the body is the template"
+        Some(string("order <*> paid in <*>")),
+        "the body is the template (a duration with its unit is one variable)"
     );
     assert_eq!(paid.time_unix_nano, 1_000);
     assert_eq!(paid.observed_time_unix_nano, 5_000);
@@ -286,6 +286,55 @@ fn severity_labels_follow_the_otlp_ranges_and_same_labels_share_a_point() {
         .map(|p| (str_attr(&p.attributes, SEVERITY_ATTRIBUTE), point_value(p)))
         .collect();
     assert_eq!(by_label, HashMap::from([("INFO", 2), ("UNSPECIFIED", 2)]));
+}
+
+#[test]
+fn records_of_different_severity_never_share_a_summary() {
+    let mut rollup = LogRollup::default();
+    let svc = resource(&[("service.name", "payments")]);
+    // One template, three severities, interleaved.
+    for (i, severity) in [9, 17, 9, 21, 17, 9].into_iter().enumerate() {
+        let body = format!("charge {i} for order {} failed after 3 retries", 100 + i);
+        rollup.add_record(Some(&svc), &record(severity, "", &body, i as u64));
+    }
+    // Unparsed bodies (no severity number) still keep their level words apart.
+    rollup.add_record(Some(&svc), &record(0, "", "[INFO] disk 1 at 80%", 7));
+    rollup.add_record(Some(&svc), &record(0, "", "[ERROR] disk 2 at 99%", 8));
+    let out = rollup.flush(0, 10);
+    let summaries: Vec<(i32, i64, String)> = records(&out.logs)
+        .map(|r| {
+            let body = match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                other => panic!("template body expected, got {other:?}"),
+            };
+            (
+                r.severity_number,
+                int_attr(&r.attributes, COUNT_ATTRIBUTE),
+                body,
+            )
+        })
+        .collect();
+    let template = "charge <*> for order <*> failed after <*> retries";
+    let mut sorted = summaries;
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            (0, 1, "[ERROR] disk <*> at <*>%".to_owned()),
+            (0, 1, "[INFO] disk <*> at <*>%".to_owned()),
+            (9, 3, template.to_owned()),
+            (17, 2, template.to_owned()),
+            (21, 1, template.to_owned()),
+        ]
+    );
+    let by_label: HashMap<&str, i64> = points(&out.metrics)
+        .filter(|p| str_attr(&p.attributes, SEVERITY_ATTRIBUTE) != "UNSPECIFIED")
+        .map(|p| (str_attr(&p.attributes, SEVERITY_ATTRIBUTE), point_value(p)))
+        .collect();
+    assert_eq!(
+        by_label,
+        HashMap::from([("INFO", 3), ("ERROR", 2), ("FATAL", 1)])
+    );
 }
 
 #[test]
