@@ -196,6 +196,9 @@ pub async fn run(
             decider,
         };
         let served = cluster::serve(&config, core, on_ready, shutdown).await;
+        if config.sampler.drop_pending_traces_on_shutdown {
+            drop_pending(&engine);
+        }
         let _ = queue_stop_tx.send(true);
         let _ = sender.await;
         let _ = stop_tx.send(true);
@@ -227,6 +230,9 @@ pub async fn run(
     health.set_ready(false);
     tracing::info!("receivers stopped; flushing decided data");
     decider.stop().await;
+    if config.sampler.drop_pending_traces_on_shutdown {
+        drop_pending(&engine);
+    }
     let _ = stop_tx.send(true);
     let _ = queue_stop_tx.send(true);
     let _ = sender.await;
@@ -236,6 +242,15 @@ pub async fn run(
         "stopped; undecided traces stay buffered on disk"
     );
     served.context("serving OTLP receivers")
+}
+
+/// `drop_pending_traces_on_shutdown`: forgets what is still undecided (once nothing more is
+/// received or decided).
+fn drop_pending(engine: &Engine) {
+    match engine.drop_pending() {
+        Ok(dropped) => tracing::info!(dropped, "dropped pending traces on shutdown"),
+        Err(e) => tracing::warn!(error = %e, "could not drop pending traces on shutdown"),
+    }
 }
 
 /// Makes the main counters visible on `/metrics` from the start, at zero, so dashboards and
