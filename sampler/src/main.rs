@@ -47,7 +47,7 @@ fn main() -> ExitCode {
                 &config.sampler.policies,
                 config.sampler.sample_on_first_match,
             )
-            .map(drop)
+            .map(|_| ())
             .map_err(|e| format!("invalid config at `sampler.policies`: {e}"))
         },
         |config, metrics| {

@@ -37,7 +37,7 @@
 //!   policy would have been kept anyway, so it carries no adjusted count).
 
 mod limiter;
-mod ottl;
+pub mod ottl;
 mod predicate;
 #[cfg(test)]
 mod tests;

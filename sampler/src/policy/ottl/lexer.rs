@@ -25,6 +25,7 @@ pub(crate) enum Token {
     LBracket,
     RBracket,
     LBrace,
+    RBrace,
     Comma,
     Dot,
     /// `=` (named arguments).
@@ -104,6 +105,7 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<Spanned>, ParseError> {
             '[' => Some(Token::LBracket),
             ']' => Some(Token::RBracket),
             '{' => Some(Token::LBrace),
+            '}' => Some(Token::RBrace),
             ',' => Some(Token::Comma),
             '.' => Some(Token::Dot),
             '+' => Some(Token::Math(MathOp::Add)),

@@ -449,6 +449,7 @@ fn describe(token: &Token) -> String {
         Token::LBracket => "`[`".to_owned(),
         Token::RBracket => "`]`".to_owned(),
         Token::LBrace => "`{`".to_owned(),
+        Token::RBrace => "`}`".to_owned(),
         Token::Comma => "`,`".to_owned(),
         Token::Dot => "`.`".to_owned(),
         Token::Assign => "`=`".to_owned(),

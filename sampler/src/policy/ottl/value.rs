@@ -41,6 +41,8 @@ impl<'a> Value<'a> {
                 Value::List(a.values.iter().map(|v| Value::from_any(Some(v))).collect())
             }
             Some(any_value::Value::KvlistValue(kv)) => Value::Map(&kv.values),
+            // An index into a profiles string table, which spans do not carry.
+            Some(any_value::Value::StringValueStrindex(_)) => Value::Nil,
         }
     }
 
