@@ -96,13 +96,13 @@ fn unknown_key_in_a_policy_names_the_policy() {
 
 #[test]
 fn unknown_policy_type_is_rejected_at_its_key() {
-    let text = "sampler:\n  policies:\n    - name: a\n      type: ottl_condition\n";
+    let text = "sampler:\n  policies:\n    - name: a\n      type: cascading\n";
     let err = load(text).unwrap_err();
     let ConfigError::Invalid { path, message } = &err else {
         panic!("expected Invalid, got {err:?}")
     };
     assert_eq!(path, "sampler.policies[0].type");
-    assert!(message.contains("ottl_condition"), "{message}");
+    assert!(message.contains("cascading"), "{message}");
 }
 
 #[test]
