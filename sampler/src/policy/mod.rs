@@ -167,7 +167,6 @@ pub enum PolicyError {
     },
 }
 
-
 /// What one policy says about a trace (the Collector's `Decision`, with its evaluation error as
 /// `Failed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

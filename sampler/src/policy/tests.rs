@@ -308,7 +308,11 @@ fn invert_match_is_a_plain_decision_that_vetoes_nothing() {
         json!({"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}}),
         team_a.clone(),
     ]);
-    let d = decide_spans(&mut with_miss, &[(None, span(vec![kv("team", s("team_b"))]))], 0);
+    let d = decide_spans(
+        &mut with_miss,
+        &[(None, span(vec![kv("team", s("team_b"))]))],
+        0,
+    );
     assert_eq!(d.policy.as_deref(), Some("not-team-a"));
     // Inside `and` it is an ordinary sub-policy decision.
     let mut and = engine(vec![json!({
@@ -319,11 +323,17 @@ fn invert_match_is_a_plain_decision_that_vetoes_nothing() {
     })]);
     assert!(sampled(
         &mut and,
-        &[(None, span(vec![kv("env", s("prod")), kv("team", s("team_b"))]))]
+        &[(
+            None,
+            span(vec![kv("env", s("prod")), kv("team", s("team_b"))])
+        )]
     ));
     assert!(!sampled(
         &mut and,
-        &[(None, span(vec![kv("env", s("prod")), kv("team", s("team_a"))]))]
+        &[(
+            None,
+            span(vec![kv("env", s("prod")), kv("team", s("team_a"))])
+        )]
     ));
 
     let mut numeric = engine(vec![
@@ -340,7 +350,11 @@ fn invert_match_is_a_plain_decision_that_vetoes_nothing() {
         &[(Some(resource(vec![kv("code", i(502))])), span(vec![]))],
         0,
     );
-    assert_eq!(d.policy.as_deref(), Some("all"), "not vetoed by the inverted match");
+    assert_eq!(
+        d.policy.as_deref(),
+        Some("all"),
+        "not vetoed by the inverted match"
+    );
 
     let mut boolean = engine(vec![json!({
         "name": "not-bot", "type": "boolean_attribute", "boolean_attribute": {"key": "bot", "value": true, "invert_match": true}
@@ -871,7 +885,10 @@ fn ottl_condition_samples_when_any_span_or_event_matches() {
     // One span of the trace has an exception event.
     assert!(sampled(
         &mut e,
-        &[(None, plain.clone()), (None, with_exception(health_check("/db", 3)))]
+        &[
+            (None, plain.clone()),
+            (None, with_exception(health_check("/db", 3)))
+        ]
     ));
     // A slow server span.
     let slow = Span {
@@ -914,7 +931,10 @@ fn ottl_condition_works_inside_drop_and_and_composite() {
         json!({"name": "all", "type": "always_sample"}),
     ]);
     assert!(!sampled(&mut e, &[(None, health_check("/healthz", 2))]));
-    assert!(sampled(&mut e, &[(None, health_check("/healthz", 3))]), "client span");
+    assert!(
+        sampled(&mut e, &[(None, health_check("/healthz", 3))]),
+        "client span"
+    );
     assert!(sampled(&mut e, &[(None, health_check("/users", 2))]));
 
     let mut and = engine(vec![json!({
@@ -924,7 +944,10 @@ fn ottl_condition_works_inside_drop_and_and_composite() {
         ]}
     })]);
     let prod = resource(vec![kv("env", s("prod"))]);
-    assert!(sampled(&mut and, &[(Some(prod.clone()), health_check("/ready", 2))]));
+    assert!(sampled(
+        &mut and,
+        &[(Some(prod.clone()), health_check("/ready", 2))]
+    ));
     assert!(!sampled(&mut and, &[(None, health_check("/ready", 2))]));
 
     let mut composite = engine(vec![json!({
@@ -933,8 +956,14 @@ fn ottl_condition_works_inside_drop_and_and_composite() {
             "composite_sub_policy": [health]
         }
     })]);
-    assert!(sampled(&mut composite, &[(None, health_check("/ready", 2))]));
-    assert!(!sampled(&mut composite, &[(None, health_check("/users", 2))]));
+    assert!(sampled(
+        &mut composite,
+        &[(None, health_check("/ready", 2))]
+    ));
+    assert!(!sampled(
+        &mut composite,
+        &[(None, health_check("/users", 2))]
+    ));
 }
 
 /// `error_mode: propagate`: a policy whose condition failed on a span (and matched none) takes
@@ -965,7 +994,10 @@ fn ottl_errors_follow_error_mode() {
     let mut negated_ignore = engine(vec![json!({
         "name": "not-substr", "type": "not", "not": {"not_sub_policy": failing("ignore")}
     })]);
-    assert!(sampled(&mut negated_ignore, &[(None, short.clone())]), "ignore: false, negated");
+    assert!(
+        sampled(&mut negated_ignore, &[(None, short.clone())]),
+        "ignore: false, negated"
+    );
 
     // A failed `drop` sub-policy does not drop.
     let mut dropper = engine(vec![
@@ -978,6 +1010,9 @@ fn ottl_errors_follow_error_mode() {
 
     // A span that matches wins over another span that failed, in either order.
     let mut e = engine(vec![failing("propagate")]);
-    assert!(sampled(&mut e, &[(None, short.clone()), (None, long.clone())]));
+    assert!(sampled(
+        &mut e,
+        &[(None, short.clone()), (None, long.clone())]
+    ));
     assert!(sampled(&mut e, &[(None, long), (None, short)]));
 }

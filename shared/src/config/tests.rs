@@ -543,7 +543,11 @@ fn collector_v0_161_block_with_every_key_loads() {
     );
     let checkout = &s.policies[5].and.as_ref().unwrap().and_sub_policy[0];
     let checkout = checkout.ottl_condition.as_ref().unwrap();
-    assert_eq!(checkout.error_mode, policy::OttlErrorMode::Propagate, "the default");
+    assert_eq!(
+        checkout.error_mode,
+        policy::OttlErrorMode::Propagate,
+        "the default"
+    );
     assert_eq!(checkout.span.len(), 2);
 
     // The printed config loads back to the same values.
@@ -561,9 +565,18 @@ fn new_collector_keys_default_and_validate() {
     assert_eq!(s.sampling_strategy, SamplingStrategy::TraceComplete);
     assert_eq!((s.num_shards, s.tail_storage), (1, None));
 
-    assert_eq!(invalid_path("sampler: {num_shards: 0}"), "sampler.num_shards");
-    assert_eq!(invalid_path("sampler: {num_shards: 257}"), "sampler.num_shards");
-    assert_eq!(invalid_path("sampler: {tail_storage: \"\"}"), "sampler.tail_storage");
+    assert_eq!(
+        invalid_path("sampler: {num_shards: 0}"),
+        "sampler.num_shards"
+    );
+    assert_eq!(
+        invalid_path("sampler: {num_shards: 257}"),
+        "sampler.num_shards"
+    );
+    assert_eq!(
+        invalid_path("sampler: {tail_storage: \"\"}"),
+        "sampler.tail_storage"
+    );
     assert_eq!(
         invalid_path("sampler: {sampling_strategy: eventually}"),
         "sampler.sampling_strategy"
@@ -572,7 +585,10 @@ fn new_collector_keys_default_and_validate() {
         "sampler: {sampling_strategy: span-ingest, policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}",
     )
     .unwrap();
-    assert_eq!(span_ingest.sampler.sampling_strategy, SamplingStrategy::SpanIngest);
+    assert_eq!(
+        span_ingest.sampler.sampling_strategy,
+        SamplingStrategy::SpanIngest
+    );
     // As in the Collector, span-ingest refuses policies whose outcome depends on timing,
     // nested ones included.
     let err = load(
@@ -580,7 +596,10 @@ fn new_collector_keys_default_and_validate() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("sampler.policies[0]") && err.contains("rate_limiting"), "{err}");
+    assert!(
+        err.contains("sampler.policies[0]") && err.contains("rate_limiting"),
+        "{err}"
+    );
 }
 
 #[test]

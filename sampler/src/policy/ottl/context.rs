@@ -226,8 +226,9 @@ impl Accessor {
             Field::ParentSpanIdString => Value::Str(Cow::Owned(hex(&span.parent_span_id))),
             Field::TraceState => {
                 if let Some(Key::Str(member)) = self.keys.first() {
-                    return Ok(trace_state_member(&span.trace_state, member)
-                        .map_or(Value::Nil, borrowed));
+                    return Ok(
+                        trace_state_member(&span.trace_state, member).map_or(Value::Nil, borrowed)
+                    );
                 }
                 borrowed(&span.trace_state)
             }
@@ -256,9 +257,9 @@ impl Accessor {
                 data.event
                     .map_or(&[] as &[KeyValue], |e| e.attributes.as_slice()),
             ),
-            Field::EventDroppedAttributes => {
-                int(u64::from(data.event.map_or(0, |e| e.dropped_attributes_count)))
-            }
+            Field::EventDroppedAttributes => int(u64::from(
+                data.event.map_or(0, |e| e.dropped_attributes_count),
+            )),
         };
         index(base, &self.keys)
     }

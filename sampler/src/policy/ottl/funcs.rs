@@ -64,10 +64,7 @@ pub(crate) enum Case {
 
 /// Which arguments of a call are evaluated at run time (the others were compiled into the
 /// [`Func`]).
-pub(crate) fn compile(
-    call: &Call,
-    context: ContextKind,
-) -> Result<(Func, Vec<usize>), ParseError> {
+pub(crate) fn compile(call: &Call, context: ContextKind) -> Result<(Func, Vec<usize>), ParseError> {
     let column = call.column;
     let arity = |n: usize| -> Result<(), ParseError> {
         if call.args.len() == n {
@@ -105,7 +102,10 @@ pub(crate) fn compile(
             arity(2)?;
             let pattern = literal(1, "pattern")?;
             let regex = Regex::new(&pattern).map_err(|e| {
-                ParseError::new(column, format!("invalid regular expression {pattern:?}: {e}"))
+                ParseError::new(
+                    column,
+                    format!("invalid regular expression {pattern:?}: {e}"),
+                )
             })?;
             Ok((Func::IsMatch(regex), vec![0]))
         }
@@ -141,7 +141,9 @@ pub(crate) fn compile(
                 other => {
                     return Err(ParseError::new(
                         column,
-                        format!("`ConvertCase` case must be lower, upper, snake or camel, got {other:?}"),
+                        format!(
+                            "`ConvertCase` case must be lower, upper, snake or camel, got {other:?}"
+                        ),
                     ));
                 }
             };
@@ -180,7 +182,10 @@ pub(crate) fn compile(
                 Ast::Bytes(b) if b.len() == want => Ok((Func::Id(b.clone()), vec![])),
                 other => Err(ParseError::new(
                     column,
-                    format!("`{}` takes a {want}-byte literal (0x…), got `{other}`", call.name),
+                    format!(
+                        "`{}` takes a {want}-byte literal (0x…), got `{other}`",
+                        call.name
+                    ),
                 )),
             }
         }
@@ -206,11 +211,7 @@ impl Func {
         Ok(match self {
             Func::IsMatch(regex) => {
                 let target = arg(0);
-                Value::Bool(
-                    target
-                        .to_string_like()
-                        .is_some_and(|s| regex.is_match(&s)),
-                )
+                Value::Bool(target.to_string_like().is_some_and(|s| regex.is_match(&s)))
             }
             Func::IsString => Value::Bool(matches!(arg(0), Value::Str(_))),
             Func::IsInt => Value::Bool(matches!(arg(0), Value::Int(_))),
@@ -283,8 +284,12 @@ impl Func {
                 let bytes = &target.as_bytes()[start as usize..end as usize];
                 Value::Str(Cow::Owned(String::from_utf8_lossy(bytes).into_owned()))
             }
-            Func::HasPrefix(prefix) => Value::Bool(string_arg(name, arg(0))?.starts_with(prefix.as_str())),
-            Func::HasSuffix(suffix) => Value::Bool(string_arg(name, arg(0))?.ends_with(suffix.as_str())),
+            Func::HasPrefix(prefix) => {
+                Value::Bool(string_arg(name, arg(0))?.starts_with(prefix.as_str()))
+            }
+            Func::HasSuffix(suffix) => {
+                Value::Bool(string_arg(name, arg(0))?.ends_with(suffix.as_str()))
+            }
             Func::Contains => {
                 let item = arg(1);
                 match arg(0) {
@@ -315,7 +320,10 @@ fn string_arg<'a>(name: &str, value: Value<'a>) -> Result<Cow<'a, str>, CallErro
 fn int_arg(name: &str, what: &str, value: Value<'_>) -> Result<i64, CallError> {
     match value {
         Value::Int(i) => Ok(i),
-        other => Err(format!("{name}: expected an int {what} but got {}", other.kind())),
+        other => Err(format!(
+            "{name}: expected an int {what} but got {}",
+            other.kind()
+        )),
     }
 }
 
@@ -335,7 +343,10 @@ fn convert_case(s: &str, case: Case) -> String {
             .map(|w| {
                 let mut chars = w.chars();
                 chars.next().map_or_else(String::new, |first| {
-                    first.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect()
+                    first
+                        .to_uppercase()
+                        .chain(chars.flat_map(char::to_lowercase))
+                        .collect()
                 })
             })
             .collect(),

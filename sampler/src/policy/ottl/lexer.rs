@@ -242,7 +242,12 @@ fn bytes(chars: &[char], start: usize) -> Result<(Token, usize), ParseError> {
 
 /// An integer or float literal starting at `start`.
 fn number(chars: &[char], start: usize) -> Result<(Token, usize), ParseError> {
-    let digits = |from: usize| chars[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let digits = |from: usize| {
+        chars[from..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count()
+    };
     let mut end = start + digits(start);
     let mut float = false;
     if chars.get(end) == Some(&'.') && chars.get(end + 1).is_some_and(char::is_ascii_digit) {
@@ -273,9 +278,10 @@ fn number(chars: &[char], start: usize) -> Result<(Token, usize), ParseError> {
                 .map_err(|_| ParseError::new(start + 1, "invalid number"))?,
         )
     } else {
-        Token::Int(text.parse().map_err(|_| {
-            ParseError::new(start + 1, "integer does not fit in 64 bits")
-        })?)
+        Token::Int(
+            text.parse()
+                .map_err(|_| ParseError::new(start + 1, "integer does not fit in 64 bits"))?,
+        )
     };
     Ok((token, end - start))
 }

@@ -52,7 +52,10 @@ pub(crate) enum Value {
     Str(String),
     Bytes(Vec<u8>),
     /// An enum symbol (`SPAN_KIND_SERVER`) and where it was written.
-    Enum { name: String, column: usize },
+    Enum {
+        name: String,
+        column: usize,
+    },
     Path(Path),
     Call(Call),
     List(Vec<Value>),
@@ -98,7 +101,10 @@ pub(crate) fn parse(text: &str) -> Result<Condition, ParseError> {
         Token::End => Ok(condition),
         other => Err(ParseError::new(
             parser.column(),
-            format!("unexpected {} after the end of the condition", describe(other)),
+            format!(
+                "unexpected {} after the end of the condition",
+                describe(other)
+            ),
         )),
     }
 }
@@ -183,9 +189,7 @@ impl Parser {
                 Ok(inner)
             });
             match grouped {
-                Ok(inner)
-                    if !matches!(self.peek(), Token::Compare(_) | Token::Math(_)) =>
-                {
+                Ok(inner) if !matches!(self.peek(), Token::Compare(_) | Token::Math(_)) => {
                     return Ok(inner);
                 }
                 Ok(_) => self.pos = start,
@@ -361,7 +365,10 @@ impl Parser {
                 other => {
                     return Err(ParseError::new(
                         at,
-                        format!("expected a path segment after `.`, found {}", describe(&other)),
+                        format!(
+                            "expected a path segment after `.`, found {}",
+                            describe(&other)
+                        ),
                     ));
                 }
             }
@@ -394,7 +401,10 @@ impl Parser {
                 other => {
                     return Err(ParseError::new(
                         self.tokens[self.pos.saturating_sub(1)].column,
-                        format!("expected `,` or `)` in arguments, found {}", describe(&other)),
+                        format!(
+                            "expected `,` or `)` in arguments, found {}",
+                            describe(&other)
+                        ),
                     ));
                 }
             }

@@ -19,8 +19,14 @@ fn parser_prints_the_canonical_form() {
             r#"attributes["http.route"] == "/healthz" and kind == SPAN_KIND_SERVER"#,
         ),
         // `and` binds tighter than `or`.
-        ("a == 1 or b == 2 and c == 3", "a == 1 or (b == 2 and c == 3)"),
-        ("(a == 1 or b == 2) and c == 3", "(a == 1 or b == 2) and c == 3"),
+        (
+            "a == 1 or b == 2 and c == 3",
+            "a == 1 or (b == 2 and c == 3)",
+        ),
+        (
+            "(a == 1 or b == 2) and c == 3",
+            "(a == 1 or b == 2) and c == 3",
+        ),
         ("not a == 1 and b != 2", "not a == 1 and b != 2"),
         ("not (a == 1 or b == 2)", "not (a == 1 or b == 2)"),
         ("not not true", "not not true"),
@@ -50,7 +56,10 @@ fn parser_prints_the_canonical_form() {
             r#"Contains(["a", "b"], span.name)"#,
         ),
         ("Len(attributes) > 0", "Len(attributes) > 0"),
-        ("status.code==STATUS_CODE_ERROR", "status.code == STATUS_CODE_ERROR"),
+        (
+            "status.code==STATUS_CODE_ERROR",
+            "status.code == STATUS_CODE_ERROR",
+        ),
     ];
     for (input, want) in cases {
         let ast = parser::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -75,28 +84,116 @@ fn printed_form_parses_back_to_itself() {
 #[test]
 fn errors_point_at_the_column() {
     let cases = [
-        ("name = \"x\"", ContextKind::Span, "column 6: expected a comparison operator"),
-        ("name == ", ContextKind::Span, "column 9: expected a value, found the end of the condition"),
-        ("name == \"x", ContextKind::Span, "column 9: unterminated string"),
-        ("name == \"x\" and", ContextKind::Span, "column 16: expected a value, found the end"),
-        ("name == \"x\" xor true", ContextKind::Span, "column 13: unexpected `xor` after the end"),
-        ("(name == \"x\"", ContextKind::Span, "column 13: expected `)`"),
-        ("name", ContextKind::Span, "column 1: expected a comparison operator"),
-        ("name ! \"x\"", ContextKind::Span, "column 6: unexpected `!`"),
-        ("attribute[\"k\"] == 1", ContextKind::Span, "column 1: unknown path `attribute` in the span context"),
-        ("name == 1 and resource.attrs[\"k\"] == 1", ContextKind::Span, "column 15: unknown path `resource.attrs`"),
-        ("time_unix_nano > 0", ContextKind::Span, "column 1: unknown path `time_unix_nano` in the span context"),
-        ("name[\"k\"] == 1", ContextKind::Span, "column 1: path `name` cannot be indexed"),
-        ("kind == SPAN_KIND_SERVR", ContextKind::Span, "column 9: unknown enum `SPAN_KIND_SERVR`"),
-        ("IsMatc(name, \"x\")", ContextKind::Span, "column 1: unknown converter `IsMatc`"),
-        ("IsMatch(name)", ContextKind::Span, "column 1: `IsMatch` takes 2 arguments, got 1"),
-        ("IsMatch(name, \"(\")", ContextKind::Span, "column 1: invalid regular expression"),
-        ("name == \"a\" and set(name, \"b\")", ContextKind::Span, "column 17: `set` is an editor"),
-        ("IsRootSpan()", ContextKind::SpanEvent, "column 1: `IsRootSpan` is only available in span conditions"),
-        ("ConvertCase(name, \"title\") == \"x\"", ContextKind::Span, "column 1: `ConvertCase` case must be"),
-        ("trace_id == 0x123", ContextKind::Span, "column 13: a bytes literal needs an even"),
-        ("name == \"x\" + 1", ContextKind::Span, "cannot be used in arithmetic"),
-        ("{} == nil", ContextKind::Span, "column 1: map literals are not supported"),
+        (
+            "name = \"x\"",
+            ContextKind::Span,
+            "column 6: expected a comparison operator",
+        ),
+        (
+            "name == ",
+            ContextKind::Span,
+            "column 9: expected a value, found the end of the condition",
+        ),
+        (
+            "name == \"x",
+            ContextKind::Span,
+            "column 9: unterminated string",
+        ),
+        (
+            "name == \"x\" and",
+            ContextKind::Span,
+            "column 16: expected a value, found the end",
+        ),
+        (
+            "name == \"x\" xor true",
+            ContextKind::Span,
+            "column 13: unexpected `xor` after the end",
+        ),
+        (
+            "(name == \"x\"",
+            ContextKind::Span,
+            "column 13: expected `)`",
+        ),
+        (
+            "name",
+            ContextKind::Span,
+            "column 1: expected a comparison operator",
+        ),
+        (
+            "name ! \"x\"",
+            ContextKind::Span,
+            "column 6: unexpected `!`",
+        ),
+        (
+            "attribute[\"k\"] == 1",
+            ContextKind::Span,
+            "column 1: unknown path `attribute` in the span context",
+        ),
+        (
+            "name == 1 and resource.attrs[\"k\"] == 1",
+            ContextKind::Span,
+            "column 15: unknown path `resource.attrs`",
+        ),
+        (
+            "time_unix_nano > 0",
+            ContextKind::Span,
+            "column 1: unknown path `time_unix_nano` in the span context",
+        ),
+        (
+            "name[\"k\"] == 1",
+            ContextKind::Span,
+            "column 1: path `name` cannot be indexed",
+        ),
+        (
+            "kind == SPAN_KIND_SERVR",
+            ContextKind::Span,
+            "column 9: unknown enum `SPAN_KIND_SERVR`",
+        ),
+        (
+            "IsMatc(name, \"x\")",
+            ContextKind::Span,
+            "column 1: unknown converter `IsMatc`",
+        ),
+        (
+            "IsMatch(name)",
+            ContextKind::Span,
+            "column 1: `IsMatch` takes 2 arguments, got 1",
+        ),
+        (
+            "IsMatch(name, \"(\")",
+            ContextKind::Span,
+            "column 1: invalid regular expression",
+        ),
+        (
+            "name == \"a\" and set(name, \"b\")",
+            ContextKind::Span,
+            "column 17: `set` is an editor",
+        ),
+        (
+            "IsRootSpan()",
+            ContextKind::SpanEvent,
+            "column 1: `IsRootSpan` is only available in span conditions",
+        ),
+        (
+            "ConvertCase(name, \"title\") == \"x\"",
+            ContextKind::Span,
+            "column 1: `ConvertCase` case must be",
+        ),
+        (
+            "trace_id == 0x123",
+            ContextKind::Span,
+            "column 13: a bytes literal needs an even",
+        ),
+        (
+            "name == \"x\" + 1",
+            ContextKind::Span,
+            "cannot be used in arithmetic",
+        ),
+        (
+            "{} == nil",
+            ContextKind::Span,
+            "column 1: map literals are not supported",
+        ),
     ];
     for (input, context, want) in cases {
         let err = compile_condition(input, context).expect_err(input);
@@ -160,8 +257,12 @@ fn server_span() -> Span {
                 "tags",
                 any_value::Value::ArrayValue(ArrayValue {
                     values: vec![
-                        AnyValue { value: Some(s("blue")) },
-                        AnyValue { value: Some(s("green")) },
+                        AnyValue {
+                            value: Some(s("blue")),
+                        },
+                        AnyValue {
+                            value: Some(s("green")),
+                        },
                     ],
                 }),
             ),
@@ -263,10 +364,19 @@ fn span_paths_read_the_span_its_scope_and_resource() {
             (r#"attributes["tags"][1] == "green""#, true),
             (r#"attributes["raw"] == 0xdead"#, true),
             (r#"resource.attributes["service.name"] == "checkout""#, true),
-            (r#"instrumentation_scope.name == "io.opentelemetry.tomcat""#, true),
+            (
+                r#"instrumentation_scope.name == "io.opentelemetry.tomcat""#,
+                true,
+            ),
             (r#"instrumentation_scope.version == "2.1.0""#, true),
-            (r#"trace_id.string == "0102030405060708090a0b0c0d0e0f10""#, true),
-            ("trace_id == TraceID(0x0102030405060708090a0b0c0d0e0f10)", true),
+            (
+                r#"trace_id.string == "0102030405060708090a0b0c0d0e0f10""#,
+                true,
+            ),
+            (
+                "trace_id == TraceID(0x0102030405060708090a0b0c0d0e0f10)",
+                true,
+            ),
             ("span_id == SpanID(0xaaaaaaaaaaaaaaaa)", true),
             (r#"span_id.string == "aaaaaaaaaaaaaaaa""#, true),
             (r#"parent_span_id.string == """#, true),
@@ -274,9 +384,18 @@ fn span_paths_read_the_span_its_scope_and_resource() {
             (r#"trace_state["absent"] == nil"#, true),
             (r#"trace_state == "ot=th:8;rv:abc,vendor=x""#, true),
             ("start_time_unix_nano == 1700000000000000000", true),
-            ("end_time_unix_nano - start_time_unix_nano > 1000000000", true),
-            ("end_time_unix_nano - start_time_unix_nano > 2000000000", false),
-            ("(end_time_unix_nano - start_time_unix_nano) / 1000000 == 1500", true),
+            (
+                "end_time_unix_nano - start_time_unix_nano > 1000000000",
+                true,
+            ),
+            (
+                "end_time_unix_nano - start_time_unix_nano > 2000000000",
+                false,
+            ),
+            (
+                "(end_time_unix_nano - start_time_unix_nano) / 1000000 == 1500",
+                true,
+            ),
             ("dropped_attributes_count == 2", true),
             ("IsRootSpan()", true),
         ],
@@ -290,12 +409,18 @@ fn span_event_paths_read_the_event_and_its_span() {
         &[
             (r#"name == "exception""#, true),
             (r#"spanevent.name == "exception""#, true),
-            (r#"attributes["exception.type"] == "java.lang.NullPointerException""#, true),
+            (
+                r#"attributes["exception.type"] == "java.lang.NullPointerException""#,
+                true,
+            ),
             (r#"span.name == "GET /api/users""#, true),
             (r#"span.attributes["http.route"] == "/api/users""#, true),
             ("span.kind == SPAN_KIND_SERVER", true),
             ("time_unix_nano > span.start_time_unix_nano", true),
-            (r#"resource.attributes["deployment.environment"] == "prod""#, true),
+            (
+                r#"resource.attributes["deployment.environment"] == "prod""#,
+                true,
+            ),
         ],
     );
 }
@@ -310,8 +435,14 @@ fn boolean_operators_and_precedence() {
             ("not true", false),
             ("false or true and false", false),
             ("(false or true) and true", true),
-            ("not (kind == SPAN_KIND_SERVER and status.code == STATUS_CODE_ERROR)", false),
-            (r#"kind == SPAN_KIND_SERVER and not attributes["retry"] == false"#, true),
+            (
+                "not (kind == SPAN_KIND_SERVER and status.code == STATUS_CODE_ERROR)",
+                false,
+            ),
+            (
+                r#"kind == SPAN_KIND_SERVER and not attributes["retry"] == false"#,
+                true,
+            ),
         ],
     );
 }
@@ -353,26 +484,65 @@ fn converters_match_ottl_semantics() {
             (r#"IsMatch(attributes["http.route"], "^/api/")"#, true),
             (r#"IsMatch(attributes["http.route"], "users")"#, true),
             (r#"IsMatch(attributes["missing"], ".*")"#, false),
-            (r#"IsMatch(attributes["http.response.status_code"], "^5\\d\\d$")"#, true),
-            (r#"IsString(name) and IsInt(kind) and IsDouble(attributes["ratio"])"#, true),
-            (r#"IsBool(attributes["retry"]) and IsMap(attributes["peer"])"#, true),
-            (r#"IsList(attributes["tags"]) and not IsString(attributes["missing"])"#, true),
-            (r#"Len(attributes["tags"]) == 2 and Len(name) == 14 and Len(attributes) == 7"#, true),
-            (r#"Int("42") == 42 and Int(2.9) == 2 and Int(true) == 1"#, true),
+            (
+                r#"IsMatch(attributes["http.response.status_code"], "^5\\d\\d$")"#,
+                true,
+            ),
+            (
+                r#"IsString(name) and IsInt(kind) and IsDouble(attributes["ratio"])"#,
+                true,
+            ),
+            (
+                r#"IsBool(attributes["retry"]) and IsMap(attributes["peer"])"#,
+                true,
+            ),
+            (
+                r#"IsList(attributes["tags"]) and not IsString(attributes["missing"])"#,
+                true,
+            ),
+            (
+                r#"Len(attributes["tags"]) == 2 and Len(name) == 14 and Len(attributes) == 7"#,
+                true,
+            ),
+            (
+                r#"Int("42") == 42 and Int(2.9) == 2 and Int(true) == 1"#,
+                true,
+            ),
             (r#"Int("x") == nil"#, true),
             (r#"Double("2.5") == 2.5 and Double(3) == 3.0"#, true),
-            (r#"String(attributes["http.response.status_code"]) == "503""#, true),
+            (
+                r#"String(attributes["http.response.status_code"]) == "503""#,
+                true,
+            ),
             (r#"String(attributes["raw"]) == "dead""#, true),
-            (r#"String(attributes["peer"]) == "{\"zone\":\"eu-1\"}""#, true),
+            (
+                r#"String(attributes["peer"]) == "{\"zone\":\"eu-1\"}""#,
+                true,
+            ),
             (r#"String(attributes["missing"]) == nil"#, true),
-            (r#"Concat([name, kind, attributes["missing"]], "|") == "GET /api/users|2|<nil>""#, true),
+            (
+                r#"Concat([name, kind, attributes["missing"]], "|") == "GET /api/users|2|<nil>""#,
+                true,
+            ),
             (r#"ConvertCase(name, "lower") == "get /api/users""#, true),
             (r#"ConvertCase(name, "upper") == "GET /API/USERS""#, true),
-            (r#"ConvertCase("HTTPServer requestCount", "snake") == "http_server_request_count""#, true),
-            (r#"ConvertCase("any kind_of string", "camel") == "AnyKindOfString""#, true),
-            (r#"ToLowerCase(name) == "get /api/users" and ToUpperCase("a") == "A""#, true),
+            (
+                r#"ConvertCase("HTTPServer requestCount", "snake") == "http_server_request_count""#,
+                true,
+            ),
+            (
+                r#"ConvertCase("any kind_of string", "camel") == "AnyKindOfString""#,
+                true,
+            ),
+            (
+                r#"ToLowerCase(name) == "get /api/users" and ToUpperCase("a") == "A""#,
+                true,
+            ),
             (r#"Substring(name, 4, 4) == "/api""#, true),
-            (r#"HasPrefix(name, "GET ") and HasSuffix(name, "/users")"#, true),
+            (
+                r#"HasPrefix(name, "GET ") and HasSuffix(name, "/users")"#,
+                true,
+            ),
             (r#"Contains(attributes["tags"], "green")"#, true),
             (r#"Contains(["GET /health", "GET /ready"], name)"#, false),
             (r#"Len(Concat(["a", "b"], ""))  == 2"#, true),
@@ -383,10 +553,19 @@ fn converters_match_ottl_semantics() {
 #[test]
 fn evaluation_errors_are_reported() {
     for (condition, want) in [
-        (r#"Substring(name, 10, 20) == "x""#, "exceeds the string's 14 bytes"),
+        (
+            r#"Substring(name, 10, 20) == "x""#,
+            "exceeds the string's 14 bytes",
+        ),
         (r#"Substring(name, -1, 2) == "x""#, "invalid start"),
-        (r#"HasPrefix(attributes["missing"], "x")"#, "expected string but got nil"),
-        (r#"ConvertCase(kind, "lower") == "x""#, "expected string but got int"),
+        (
+            r#"HasPrefix(attributes["missing"], "x")"#,
+            "expected string but got nil",
+        ),
+        (
+            r#"ConvertCase(kind, "lower") == "x""#,
+            "expected string but got int",
+        ),
         (r#"Len(kind) == 1"#, "Len: unsupported type int"),
         (r#"Contains(name, "x")"#, "expected a list"),
         (r#"kind / 0 == 1"#, "divide by zero"),
@@ -417,11 +596,23 @@ fn run(condition: &OttlCondition, span: &Span) -> SpanOutcome {
 #[test]
 fn any_true_condition_of_span_or_event_matches() {
     let span = server_span();
-    let by_span = block(OttlErrorMode::Propagate, &["name == \"x\"", "kind == SPAN_KIND_SERVER"], &[]);
+    let by_span = block(
+        OttlErrorMode::Propagate,
+        &["name == \"x\"", "kind == SPAN_KIND_SERVER"],
+        &[],
+    );
     assert_eq!(run(&by_span, &span), SpanOutcome::Matched);
-    let by_event = block(OttlErrorMode::Propagate, &["name == \"x\""], &["name == \"exception\""]);
+    let by_event = block(
+        OttlErrorMode::Propagate,
+        &["name == \"x\""],
+        &["name == \"exception\""],
+    );
     assert_eq!(run(&by_event, &span), SpanOutcome::Matched);
-    let neither = block(OttlErrorMode::Propagate, &["name == \"x\""], &["name == \"y\""]);
+    let neither = block(
+        OttlErrorMode::Propagate,
+        &["name == \"x\""],
+        &["name == \"y\""],
+    );
     assert_eq!(run(&neither, &span), SpanOutcome::NotMatched);
     let mut no_events = span.clone();
     no_events.events.clear();
@@ -440,12 +631,21 @@ fn error_mode_decides_what_a_failing_condition_does() {
     ));
     // ...but a condition that is true before the failing one decides.
     assert_eq!(
-        run(&block(OttlErrorMode::Propagate, &[later_true, failing], &[]), &span),
+        run(
+            &block(OttlErrorMode::Propagate, &[later_true, failing], &[]),
+            &span
+        ),
         SpanOutcome::Matched
     );
     // ignore / silent: the failing condition is false and the others still count.
     for mode in [OttlErrorMode::Ignore, OttlErrorMode::Silent] {
-        assert_eq!(run(&block(mode, &[failing, later_true], &[]), &span), SpanOutcome::Matched);
-        assert_eq!(run(&block(mode, &[failing], &[]), &span), SpanOutcome::NotMatched);
+        assert_eq!(
+            run(&block(mode, &[failing, later_true], &[]), &span),
+            SpanOutcome::Matched
+        );
+        assert_eq!(
+            run(&block(mode, &[failing], &[]), &span),
+            SpanOutcome::NotMatched
+        );
     }
 }
