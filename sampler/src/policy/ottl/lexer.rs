@@ -227,7 +227,7 @@ fn bytes(chars: &[char], start: usize) -> Result<(Token, usize), ParseError> {
         .iter()
         .take_while(|c| c.is_ascii_hexdigit())
         .collect();
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return Err(ParseError::new(
             start + 1,
             "a bytes literal needs an even, non-zero number of hex digits after `0x`",
