@@ -419,3 +419,70 @@ fn threshold_decoding_matches_the_otel_spec_examples() {
     assert!((one_percent - 0.01).abs() < 1e-9);
     assert_eq!(threshold_probability("ot=rv:12"), None);
 }
+
+/// `ottl_condition` end to end: health checks (server spans on /healthz) are dropped by an
+/// OTTL condition inside `drop`, traces with an exception span event are kept by an OTTL
+/// span event condition, and the rest is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ottl_conditions_drop_health_checks_and_keep_exceptions_grpc() {
+    let sampler = start(json!([
+        {"name": "drop-health", "type": "drop", "drop": {"drop_sub_policy": [
+            {"name": "health", "type": "ottl_condition", "ottl_condition": {
+                "error_mode": "ignore",
+                "span": ["attributes[\"http.route\"] == \"/healthz\" and kind == SPAN_KIND_SERVER"]
+            }}
+        ]}},
+        {"name": "exceptions", "type": "ottl_condition", "ottl_condition": {
+            "spanevent": ["name == \"exception\" and IsMatch(attributes[\"exception.type\"], \"Error$\")"]
+        }}
+    ]))
+    .await;
+    let provider = provider(&sampler, Transport::Grpc);
+    let tracer = provider.tracer("policies-test");
+    let send = |route: &str, exception: bool| {
+        let root = tracer
+            .span_builder(format!("GET {route}"))
+            .with_kind(SpanKind::Server)
+            .with_attributes([KeyValue::new("http.route", route.to_string())])
+            .start(&tracer);
+        let cx = Context::current_with_span(root);
+        let mut child = tracer
+            .span_builder("query")
+            .with_kind(SpanKind::Client)
+            .start_with_context(&tracer, &cx);
+        if exception {
+            child.add_event(
+                "exception",
+                vec![KeyValue::new("exception.type", "ConnectionError")],
+            );
+        }
+        child.end();
+        let trace = hex_trace(cx.span().span_context());
+        cx.span().end();
+        trace
+    };
+    let mut kept = BTreeSet::new();
+    let mut not_kept = BTreeSet::new();
+    for _ in 0..10 {
+        kept.insert(send("/api/orders", true));
+        not_kept.insert(send("/api/orders", false));
+        not_kept.insert(send("/healthz", true));
+    }
+    sdk::shutdown_traces(provider)
+        .await
+        .expect("SDK export succeeds");
+    sampler
+        .wait_for_export("the traces with an exception", WAIT, |d| {
+            kept.is_subset(&d.trace_ids())
+        })
+        .await
+        .expect("kept traces exported");
+    let data = sampler.settle(WAIT).await.expect("settles");
+    assert_eq!(data.trace_ids(), kept, "exactly the exception traces");
+    for (trace, spans) in data.spans_by_trace() {
+        assert_eq!(spans.len(), 2, "trace {trace} exported whole");
+        for span in spans {
+            assert_eq!(span.policy().as_deref(), Some("exceptions"));
+        }
+    }
+}

@@ -132,6 +132,11 @@ pub struct Engine {
     settler: Arc<Settler>,
     /// Span ids of recently kept traces, so each leaves once.
     dedup: Mutex<SpanDedup>,
+    /// `maximum_trace_size_bytes`: a trace buffering more is dropped at once (0: no limit).
+    max_trace_bytes: u64,
+    /// `block_on_overflow`: with this many traces buffered, new data is refused rather than a
+    /// trace being decided early.
+    block_at_traces: Option<usize>,
 }
 
 impl Engine {
@@ -161,7 +166,12 @@ impl Engine {
             after_root_ms: config
                 .decision_wait_after_root_received
                 .map(|d| d.as_millis() as u64),
-            capacity: config.num_traces,
+            // With block_on_overflow the bound is enforced at admission instead.
+            capacity: if config.block_on_overflow {
+                usize::MAX
+            } else {
+                config.num_traces
+            },
         };
         Ok(Engine {
             storage,
@@ -186,6 +196,8 @@ impl Engine {
                 config.decision_cache.sampled_cache_size,
                 DEDUP_SPANS_PER_TRACE,
             )),
+            max_trace_bytes: config.maximum_trace_size_bytes,
+            block_at_traces: config.block_on_overflow.then_some(config.num_traces),
         })
     }
 
@@ -279,6 +291,15 @@ impl Engine {
             return Err(IngestError::Overloaded {
                 retry_after: RETRY_AFTER,
                 reason: "buffer storage full",
+            });
+        }
+        if self
+            .block_at_traces
+            .is_some_and(|limit| self.active_traces() >= limit)
+        {
+            return Err(IngestError::Overloaded {
+                retry_after: Duration::from_secs(1),
+                reason: "num_traces traces buffered (block_on_overflow)",
             });
         }
         Ok(())
@@ -437,10 +458,43 @@ impl Engine {
     ) -> Result<Vec<Decided>, StorageError> {
         self.storage.write(batch)?;
         let mut full = Vec::new();
+        let mut too_large = Vec::new();
         for (trace, arrival) in buffered {
             full.extend(state.index.observe(*trace, arrival, now));
+            if self.max_trace_bytes > 0
+                && state
+                    .index
+                    .get(trace)
+                    .is_some_and(|e| u64::from(e.stats.bytes) > self.max_trace_bytes)
+                && let Some(entry) = state.index.remove(trace)
+            {
+                too_large.push((*trace, entry));
+            }
         }
-        Ok(self.decide_locked(state, full))
+        let mut decided = self.decide_locked(state, full);
+        if !too_large.is_empty() {
+            tracing::debug!(
+                traces = too_large.len(),
+                limit = self.max_trace_bytes,
+                "dropping traces over maximum_trace_size_bytes"
+            );
+            decided.extend(drop_locked(&self.storage, state, too_large));
+        }
+        Ok(decided)
+    }
+
+    /// Drops every trace still waiting for a decision (`drop_pending_traces_on_shutdown`):
+    /// each is decided not sampled without its policies and forgotten from the buffer.
+    /// Returns how many.
+    pub fn drop_pending(&self) -> Result<usize, StorageError> {
+        let dropped = {
+            let mut state = self.state();
+            let pending = state.index.drain();
+            drop_locked(&self.storage, &mut state, pending)
+        };
+        self.finish_all(&dropped)?;
+        events::active_traces(self.active_traces());
+        Ok(dropped.len())
     }
 
     /// Moves traces decided early (index full) out of the buffer.
@@ -684,6 +738,29 @@ impl Engine {
     }
 }
 
+/// Decides traces just removed from the index as not sampled without evaluating policies
+/// (too large, or pending at a shutdown that drops them), caching the decision so their late
+/// spans are dropped too.
+fn drop_locked(
+    storage: &Storage,
+    state: &mut State,
+    traces: Vec<(TraceId, TraceEntry)>,
+) -> Vec<Decided> {
+    let mut decided = Vec::with_capacity(traces.len());
+    for (trace, entry) in traces {
+        events::trace_decided(None);
+        state.cache.insert(trace, Cached::NotSampled);
+        decided.push(Decided {
+            trace,
+            watermark: storage.next_seq(),
+            kept: None,
+            spans: entry.stats.span_count,
+            has_logs: entry.has_logs,
+        });
+    }
+    decided
+}
+
 /// Collects what other samplers need to match a kept trace: its resources and time window.
 struct NoticeBuilder {
     notice: DecisionNotice,
@@ -867,9 +944,12 @@ fn arrival_of(policies: &Policies, rs: &ResourceSpans, encoded_len: usize) -> Ar
     };
     for ss in &rs.scope_spans {
         for span in &ss.spans {
-            policies
-                .engine
-                .observe_span(&mut arrival.policy, rs.resource.as_ref(), span);
+            policies.engine.observe_scoped_span(
+                &mut arrival.policy,
+                rs.resource.as_ref(),
+                ss.scope.as_ref(),
+                span,
+            );
             arrival.stats.span_count += 1;
             arrival.stats.min_start_unix_nano = arrival
                 .stats

@@ -225,6 +225,9 @@ pub async fn run(
             decider,
         };
         let served = cluster::serve(&config, node, core, on_ready, shutdown).await;
+        if config.sampler.drop_pending_traces_on_shutdown {
+            drop_pending(&engine);
+        }
         let _ = queue_stop_tx.send(true);
         let _ = sender.await;
         let _ = stop_tx.send(true);
@@ -256,6 +259,9 @@ pub async fn run(
     health.set_ready(false);
     tracing::info!("receivers stopped; flushing decided data");
     decider.stop().await;
+    if config.sampler.drop_pending_traces_on_shutdown {
+        drop_pending(&engine);
+    }
     let _ = stop_tx.send(true);
     let _ = queue_stop_tx.send(true);
     let _ = sender.await;
@@ -265,6 +271,15 @@ pub async fn run(
         "stopped; undecided traces stay buffered on disk"
     );
     served.context("serving OTLP receivers")
+}
+
+/// `drop_pending_traces_on_shutdown`: forgets what is still undecided (once nothing more is
+/// received or decided).
+fn drop_pending(engine: &Engine) {
+    match engine.drop_pending() {
+        Ok(dropped) => tracing::info!(dropped, "dropped pending traces on shutdown"),
+        Err(e) => tracing::warn!(error = %e, "could not drop pending traces on shutdown"),
+    }
 }
 
 /// Resolves once `rx` reads `true` (or its sender is gone).

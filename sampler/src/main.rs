@@ -41,7 +41,16 @@ fn main() -> ExitCode {
     let config_path = cli.config.clone();
     launch(
         flags,
-        |_| Ok(()),
+        // Policies compile at load, so an OTTL syntax error, unknown path or unknown
+        // function is a configuration error (exit 2, `--check-config` included).
+        |config| {
+            otel_tail_sampler::policy::PolicyEngine::new(
+                &config.sampler.policies,
+                config.sampler.sample_on_first_match,
+            )
+            .map(|_| ())
+            .map_err(|e| format!("invalid config at `sampler.policies`: {e}"))
+        },
         |config, metrics| {
             let storage_dir = config.sampler.storage_dir.clone();
             otel_tail_sampler::run(

@@ -673,3 +673,92 @@ async fn a_kept_trace_leaves_with_each_span_once_despite_retries() {
     let ids: Vec<(u8, u8)> = exported.iter().map(|(t, s, _)| (*t, *s)).collect();
     assert_eq!(ids, vec![(1, 1), (1, 2), (1, 3)]);
 }
+
+const KEEP_ALL: &str = r#"
+sampler:
+  decision_wait: 1s
+  num_traces: 100
+  policies:
+    - {name: all, type: always_sample}
+"#;
+
+#[tokio::test]
+async fn a_trace_over_maximum_trace_size_bytes_is_dropped_at_once_with_its_late_spans() {
+    let rig = rig(&KEEP_ALL.replace(
+        "num_traces: 100",
+        "num_traces: 100\n  maximum_trace_size_bytes: 400",
+    ));
+    let big: Vec<Span> = (1..=20).map(|id| span(1, id, false)).collect();
+    rig.engine
+        .ingest_traces(request(vec![span(2, 1, false)]))
+        .unwrap();
+    rig.engine.ingest_traces(request(big)).unwrap();
+    assert_eq!(
+        rig.engine.active_traces(),
+        1,
+        "trace 1 left the buffer at once"
+    );
+    // A late span of the dropped trace follows the cached decision.
+    rig.engine
+        .ingest_traces(request(vec![span(1, 30, false)]))
+        .unwrap();
+    assert_eq!(rig.engine.active_traces(), 1);
+    rig.advance(1_100);
+    assert_eq!(rig.engine.decide_due().unwrap(), 1);
+    let exported = rig.exported_spans().await;
+    assert_eq!(
+        exported,
+        vec![(2, 1, "all".to_string())],
+        "only the small trace is kept"
+    );
+}
+
+#[tokio::test]
+async fn block_on_overflow_throttles_instead_of_deciding_early() {
+    let rig = rig(&KEEP_ALL.replace(
+        "num_traces: 100",
+        "num_traces: 2\n  block_on_overflow: true",
+    ));
+    rig.engine
+        .ingest_traces(request(vec![span(1, 1, false)]))
+        .unwrap();
+    rig.engine
+        .ingest_traces(request(vec![span(2, 1, false)]))
+        .unwrap();
+    let refused = rig
+        .engine
+        .ingest_traces(request(vec![span(3, 1, false)]))
+        .unwrap_err();
+    assert!(
+        matches!(refused, IngestError::Overloaded { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(rig.engine.active_traces(), 2, "nothing decided early");
+    assert!(rig.exported_spans().await.is_empty());
+    // Once decisions free room, data is accepted again.
+    rig.advance(1_100);
+    assert_eq!(rig.engine.decide_due().unwrap(), 2);
+    rig.engine
+        .ingest_traces(request(vec![span(3, 1, false)]))
+        .unwrap();
+    assert_eq!(rig.engine.active_traces(), 1);
+}
+
+#[tokio::test]
+async fn drop_pending_forgets_undecided_traces_and_their_late_spans() {
+    let rig = rig(KEEP_ALL);
+    rig.engine
+        .ingest_traces(request(vec![span(1, 1, false), span(2, 1, false)]))
+        .unwrap();
+    assert_eq!(rig.engine.drop_pending().unwrap(), 2);
+    assert_eq!(rig.engine.active_traces(), 0);
+    rig.engine
+        .ingest_traces(request(vec![span(1, 2, false)]))
+        .unwrap();
+    assert_eq!(rig.engine.active_traces(), 0, "late span follows the drop");
+    rig.advance(1_100);
+    rig.engine.decide_due().unwrap();
+    assert!(rig.exported_spans().await.is_empty());
+    // Nothing of them is left in the buffer for a restart to pick up.
+    assert_eq!(rig.engine.recover().unwrap(), 0);
+}

@@ -1,9 +1,10 @@
 //! The tail-sampling policy engine: the OpenTelemetry Collector `tail_sampling` processor's
 //! policies and final-decision rules, evaluated incrementally.
 //!
-//! Every policy input that depends on span contents (attribute, status code, tracestate and
-//! trace-flag conditions: "does any span or its resource match?") is compiled to one bit of
-//! [`PolicyState`]; [`PolicyEngine::observe_span`] sets the bits as spans arrive. The other
+//! Every policy input that depends on span contents (attribute, status code, tracestate,
+//! trace-flag and OTTL conditions: "does any span or its resource match?") is compiled to one bit
+//! of [`PolicyState`] (an `ottl_condition` with `error_mode: propagate` takes a second bit that
+//! records an evaluation error); [`PolicyEngine::observe_span`] sets the bits as spans arrive. The other
 //! inputs are trace-level facts the buffer keeps anyway ([`TraceStats`]) or the trace id. So
 //! [`PolicyEngine::decide`] never needs the spans again, and a trace costs 8 bytes of
 //! condition bits (plus a pointer to its key values, see below).
@@ -17,9 +18,13 @@
 //! configured).
 //!
 //! Semantics follow the Collector (`internal/sampling/*.go`, `processor.go`):
-//! - policies yield Sampled, NotSampled, InvertSampled / InvertNotSampled (`invert_match`), or
-//!   Dropped (`drop`); the final decision is: any Dropped → not sampled; else any
-//!   InvertNotSampled → not sampled; else any Sampled or InvertSampled → sampled; else not;
+//! - policies yield Sampled, NotSampled or Dropped (`drop`), or fail (an `ottl_condition` with
+//!   `error_mode: propagate` whose evaluation errored; the failure propagates through `and`,
+//!   `not`, `drop` and `composite`); the final decision is: any Dropped → not sampled; else any
+//!   Sampled → sampled; else not. A failed policy takes no part in it;
+//! - `invert_match` (string, numeric and boolean attribute policies) samples when no resource or
+//!   span matches and vetoes nothing: the v0.161 Collector's plain decision, not the removed
+//!   InvertNotSampled of older releases (see docs/decisions.md);
 //! - `sample_on_first_match` stops at the first Sampled;
 //! - `probabilistic` samples when FNV-1a-64(salt ‖ trace id) ≤ percentage/100 · 2^64
 //!   (percentages above 100 sample everything);
@@ -39,6 +44,7 @@
 
 mod dynamic;
 mod limiter;
+pub mod ottl;
 mod predicate;
 #[cfg(test)]
 mod tests;
@@ -47,6 +53,7 @@ mod tracestate;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use otel_tail_shared::config::PolicyConfig;
@@ -57,9 +64,11 @@ use regex::Regex;
 pub use tracestate::{apply_sample_rate, apply_sampling_probability};
 
 use limiter::{SecondWindow, TokenBucket};
+use ottl::{OttlCondition, SpanOutcome};
 use predicate::{Predicate, StringMatcher};
 
-/// Most span-level conditions a policy set may use: one bit each of [`PolicyState`].
+/// Most span-level condition bits a policy set may use (one per condition, two for an
+/// `ottl_condition` with `error_mode: propagate`): the bits of [`PolicyState`].
 pub const MAX_SPAN_CONDITIONS: usize = 64;
 
 /// The Collector's salt for `probabilistic` when `hash_salt` is empty.
@@ -69,7 +78,8 @@ const DEFAULT_HASH_SALT: &str = "default-hash-seed";
 /// and the values the dynamic policies' key fields took.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PolicyState {
-    /// Bit `i` set: span-level condition `i` matched a span or its resource.
+    /// Bit `i` set: the span-level condition owning bit `i` matched a span or its resource (or,
+    /// for an OTTL error bit, failed on one).
     matched: u64,
     /// Distinct key-field values seen (empty without dynamic policies).
     key_values: dynamic::KeyValues,
@@ -172,28 +182,31 @@ pub enum PolicyError {
         /// How many the configuration needs.
         found: usize,
     },
+    /// An `ottl_condition` condition does not parse or names an unknown path or function.
+    #[error("policy `{policy}`: {source}")]
+    Ottl {
+        /// The policy's name.
+        policy: String,
+        /// Which condition, the column and the problem.
+        source: ottl::ConditionError,
+    },
 }
 
-/// What one policy says about a trace (the Collector's `Decision`).
+/// What one policy says about a trace (the Collector's `Decision`, with its evaluation error as
+/// `Failed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     Sampled,
     NotSampled,
-    InvertSampled,
-    InvertNotSampled,
     Dropped,
+    Failed,
 }
 
 impl Verdict {
-    const COUNT: usize = 5;
+    const COUNT: usize = 4;
 
     fn index(self) -> usize {
         self as usize
-    }
-
-    /// Whether a compound policy counts this as its sub-policy sampling.
-    fn is_negative(self) -> bool {
-        matches!(self, Verdict::NotSampled | Verdict::InvertNotSampled)
     }
 }
 
@@ -246,6 +259,12 @@ enum Node {
         bit: u32,
         invert: bool,
     },
+    /// An `ottl_condition`: sampled when its bit is set; failed when its error bit (propagate
+    /// mode only) is set and no span matched.
+    Ottl {
+        bit: u32,
+        error_bit: Option<u32>,
+    },
     SpanCount {
         min: i64,
         max: i64,
@@ -283,11 +302,55 @@ struct TopPolicy {
     node: Node,
 }
 
+/// A span-level condition and the bits of [`PolicyState`] it owns.
+#[derive(Debug)]
+enum SpanCheck {
+    /// A built-in predicate, setting `bit` on a match.
+    Predicate { bit: u32, predicate: Predicate },
+    /// OTTL conditions, setting `bit` on a match and `error_bit` (propagate mode) on a failure.
+    Ottl {
+        bit: u32,
+        error_bit: Option<u32>,
+        condition: OttlCondition,
+    },
+}
+
+/// The span-level conditions of a policy set, as they are compiled.
+#[derive(Debug, Default)]
+struct Conditions {
+    checks: Vec<SpanCheck>,
+    bits: u32,
+}
+
+impl Conditions {
+    fn next_bit(&mut self) -> u32 {
+        self.bits += 1;
+        self.bits - 1
+    }
+
+    fn predicate(&mut self, predicate: Predicate, invert: bool) -> Node {
+        let bit = self.next_bit();
+        self.checks.push(SpanCheck::Predicate { bit, predicate });
+        Node::SpanCondition { bit, invert }
+    }
+
+    fn ottl(&mut self, condition: OttlCondition) -> Node {
+        let bit = self.next_bit();
+        let error_bit = condition.propagates_errors().then(|| self.next_bit());
+        self.checks.push(SpanCheck::Ottl {
+            bit,
+            error_bit,
+            condition,
+        });
+        Node::Ottl { bit, error_bit }
+    }
+}
+
 /// Evaluates a policy set: folds spans into [`PolicyState`] and decides traces.
 #[derive(Debug)]
 pub struct PolicyEngine {
     policies: Vec<TopPolicy>,
-    conditions: Vec<Predicate>,
+    conditions: Vec<SpanCheck>,
     /// Key fields of the dynamic policies, read from every span.
     key_fields: dynamic::KeyFields,
     sample_on_first_match: bool,
@@ -300,7 +363,7 @@ impl PolicyEngine {
         policies: &[PolicyConfig],
         sample_on_first_match: bool,
     ) -> Result<Self, PolicyError> {
-        let mut conditions = Vec::new();
+        let mut conditions = Conditions::default();
         let mut compiled = policies
             .iter()
             .map(|cfg| {
@@ -311,15 +374,15 @@ impl PolicyEngine {
                 })
             })
             .collect::<Result<Vec<_>, PolicyError>>()?;
-        if conditions.len() > MAX_SPAN_CONDITIONS {
+        if conditions.bits as usize > MAX_SPAN_CONDITIONS {
             return Err(PolicyError::TooManySpanConditions {
-                found: conditions.len(),
+                found: conditions.bits as usize,
             });
         }
         let key_fields = dynamic::register_fields(compiled.iter_mut().map(|p| &mut p.node))?;
         Ok(PolicyEngine {
             policies: compiled,
-            conditions,
+            conditions: conditions.checks,
             key_fields,
             sample_on_first_match,
         })
@@ -341,10 +404,48 @@ impl PolicyEngine {
     /// Folds one span (with its resource) into the trace's state. Called once per span as it
     /// arrives.
     pub fn observe_span(&self, state: &mut PolicyState, resource: Option<&Resource>, span: &Span) {
-        for (i, condition) in self.conditions.iter().enumerate() {
-            let bit = 1u64 << i;
-            if state.matched & bit == 0 && condition.matches(resource, span) {
-                state.matched |= bit;
+        self.observe_scoped_span(state, resource, None, span);
+    }
+
+    /// [`PolicyEngine::observe_span`] with the span's instrumentation scope, which OTTL
+    /// conditions can read (`instrumentation_scope.name`).
+    pub fn observe_scoped_span(
+        &self,
+        state: &mut PolicyState,
+        resource: Option<&Resource>,
+        scope: Option<&InstrumentationScope>,
+        span: &Span,
+    ) {
+        for check in &self.conditions {
+            match check {
+                SpanCheck::Predicate { bit, predicate } => {
+                    let bit = 1u64 << bit;
+                    if state.matched & bit == 0 && predicate.matches(resource, span) {
+                        state.matched |= bit;
+                    }
+                }
+                SpanCheck::Ottl {
+                    bit,
+                    error_bit,
+                    condition,
+                } => {
+                    let bit = 1u64 << bit;
+                    if state.matched & bit != 0 {
+                        continue;
+                    }
+                    match condition.evaluate(resource, scope, span) {
+                        SpanOutcome::Matched => state.matched |= bit,
+                        SpanOutcome::NotMatched => {}
+                        SpanOutcome::Failed(error) => {
+                            if let Some(error_bit) = error_bit {
+                                if state.matched & (1u64 << error_bit) == 0 {
+                                    tracing::debug!(%error, "OTTL condition failed on a span");
+                                }
+                                state.matched |= 1u64 << error_bit;
+                            }
+                        }
+                    }
+                }
             }
         }
         if !self.key_fields.is_empty() {
@@ -373,6 +474,10 @@ impl PolicyEngine {
         let mut sampled_without_probability = false;
         for (i, policy) in self.policies.iter_mut().enumerate() {
             let outcome = evaluate(&mut policy.node, &facts);
+            if outcome.verdict == Verdict::Failed {
+                tracing::debug!(policy = %policy.name, "sampling policy failed to evaluate; it takes no part in the decision");
+                continue;
+            }
             let slot = &mut first[outcome.verdict.index()];
             if slot.is_none() {
                 *slot = Some((i, outcome.probability));
@@ -390,9 +495,7 @@ impl PolicyEngine {
             probability: None,
             correlate: false,
         };
-        if first[Verdict::Dropped.index()].is_some()
-            || first[Verdict::InvertNotSampled.index()].is_some()
-        {
+        if first[Verdict::Dropped.index()].is_some() {
             return not_sampled;
         }
         if let Some((i, probability)) = first[Verdict::Sampled.index()] {
@@ -400,14 +503,6 @@ impl PolicyEngine {
                 sampled: true,
                 policy: Some(self.policies[i].name.clone()),
                 probability: probability.filter(|_| !sampled_without_probability),
-                correlate: self.policies[i].correlate,
-            };
-        }
-        if let Some((i, _)) = first[Verdict::InvertSampled.index()] {
-            return Decision {
-                sampled: true,
-                policy: Some(self.policies[i].name.clone()),
-                probability: None,
                 correlate: self.policies[i].correlate,
             };
         }
@@ -423,7 +518,7 @@ impl PolicyEngine {
 /// Compiles one policy, registering its span-level conditions in `conditions`.
 fn compile(
     cfg: &PolicyConfig,
-    conditions: &mut Vec<Predicate>,
+    conditions: &mut Conditions,
     top: bool,
 ) -> Result<Node, PolicyError> {
     let ty = cfg.policy_type;
@@ -431,11 +526,8 @@ fn compile(
         policy: cfg.name.clone(),
         policy_type: ty.as_str(),
     };
-    let mut condition = |predicate: Predicate, invert: bool| {
-        let bit = conditions.len() as u32;
-        conditions.push(predicate);
-        Node::SpanCondition { bit, invert }
-    };
+    let mut condition =
+        |predicate: Predicate, invert: bool| conditions.predicate(predicate, invert);
     Ok(match ty {
         PolicyType::AlwaysSample => Node::AlwaysSample,
         PolicyType::Latency => {
@@ -539,6 +631,15 @@ fn compile(
             )
         }
         PolicyType::TraceFlags => condition(Predicate::TraceFlagsSampled, false),
+        PolicyType::OttlCondition => {
+            let c = cfg.ottl_condition.as_ref().ok_or_else(missing)?;
+            let compiled =
+                OttlCondition::compile(&cfg.name, c).map_err(|source| PolicyError::Ottl {
+                    policy: cfg.name.clone(),
+                    source,
+                })?;
+            conditions.ottl(compiled)
+        }
         PolicyType::RateLimiting => {
             let c = cfg.rate_limiting.as_ref().ok_or_else(missing)?;
             let rate = c.spans_per_second as f64;
@@ -614,7 +715,7 @@ fn compile(
 
 fn compile_all(
     subs: &[PolicyConfig],
-    conditions: &mut Vec<Predicate>,
+    conditions: &mut Conditions,
 ) -> Result<Vec<Node>, PolicyError> {
     subs.iter()
         .map(|sub| compile(sub, conditions, false))
@@ -659,10 +760,16 @@ fn evaluate(node: &mut Node, facts: &Facts<'_>) -> Outcome {
         }
         Node::SpanCondition { bit, invert } => {
             let matched = facts.state.matched & (1u64 << *bit) != 0;
-            match (*invert, matched) {
-                (false, hit) => Outcome::sampled_if(hit),
-                (true, true) => Outcome::of(Verdict::InvertNotSampled),
-                (true, false) => Outcome::of(Verdict::InvertSampled),
+            Outcome::sampled_if(matched != *invert)
+        }
+        Node::Ottl { bit, error_bit } => {
+            let is_set = |b: u32| facts.state.matched & (1u64 << b) != 0;
+            if is_set(*bit) {
+                Outcome::of(Verdict::Sampled)
+            } else if error_bit.is_some_and(is_set) {
+                Outcome::of(Verdict::Failed)
+            } else {
+                Outcome::of(Verdict::NotSampled)
             }
         }
         Node::SpanCount { min, max } => {
@@ -681,8 +788,10 @@ fn evaluate(node: &mut Node, facts: &Facts<'_>) -> Outcome {
             let mut probability: Option<f64> = None;
             for sub in subs.iter_mut() {
                 let outcome = evaluate(sub, facts);
-                if outcome.verdict.is_negative() {
-                    return Outcome::of(Verdict::NotSampled);
+                match outcome.verdict {
+                    Verdict::NotSampled => return Outcome::of(Verdict::NotSampled),
+                    Verdict::Failed => return Outcome::of(Verdict::Failed),
+                    Verdict::Sampled | Verdict::Dropped => {}
                 }
                 if let Some(p) = outcome.probability {
                     probability = Some(probability.unwrap_or(1.0) * p);
@@ -703,8 +812,10 @@ fn evaluate(node: &mut Node, facts: &Facts<'_>) -> Outcome {
         }
         Node::Drop(subs) => {
             for sub in subs.iter_mut() {
-                if evaluate(sub, facts).verdict.is_negative() {
-                    return Outcome::of(Verdict::NotSampled);
+                match evaluate(sub, facts).verdict {
+                    Verdict::NotSampled => return Outcome::of(Verdict::NotSampled),
+                    Verdict::Failed => return Outcome::of(Verdict::Failed),
+                    Verdict::Sampled | Verdict::Dropped => {}
                 }
             }
             Outcome::of(Verdict::Dropped)
@@ -725,7 +836,10 @@ impl Composite {
         let spans = i64::from(facts.stats.span_count);
         for sub in &mut self.subs {
             let outcome = evaluate(&mut sub.node, facts);
-            if matches!(outcome.verdict, Verdict::Sampled | Verdict::InvertSampled) {
+            if outcome.verdict == Verdict::Failed {
+                return Outcome::of(Verdict::Failed);
+            }
+            if outcome.verdict == Verdict::Sampled {
                 let sub_after = sub.sampled_in_window + spans;
                 let total_after = self.total_in_window + spans;
                 if sub_after <= sub.allocated && total_after <= self.max_total {

@@ -241,14 +241,17 @@ fn boolean_attribute_matches_the_value() {
     ));
 }
 
+/// `invert_match` as in the v0.161 Collector: a plain sampled / not-sampled decision on "no
+/// resource or span matches", which vetoes no other policy (older releases' InvertNotSampled
+/// did).
 #[test]
-fn invert_match_yields_inverted_verdicts() {
+fn invert_match_is_a_plain_decision_that_vetoes_nothing() {
     let team_a = json!({
         "name": "not-team-a", "type": "string_attribute",
         "string_attribute": {"key": "team", "values": ["team_a"], "invert_match": true}
     });
     let mut e = engine(vec![team_a.clone()]);
-    // No span has team_a: InvertSampled → sampled, named.
+    // No span has team_a (one has another team, one none): sampled, named.
     let d = decide_spans(
         &mut e,
         &[
@@ -259,35 +262,78 @@ fn invert_match_yields_inverted_verdicts() {
     );
     assert!(d.sampled);
     assert_eq!(d.policy.as_deref(), Some("not-team-a"));
-    // One span has team_a: InvertNotSampled, which beats another policy's Sampled.
+    // One span has team_a: not sampled by this policy...
+    let with_team_a = [
+        (None, span(vec![kv("team", s("team_b"))])),
+        (None, span(vec![kv("team", s("team_a"))])),
+    ];
+    assert!(!sampled(&mut e, &with_team_a));
+    // ...a resource with team_a counts too...
+    assert!(!sampled(
+        &mut e,
+        &[(Some(resource(vec![kv("team", s("team_a"))])), span(vec![]))]
+    ));
+    // ...but another policy's Sampled still keeps the trace: nothing is vetoed.
     let mut with_always = engine(vec![
-        team_a,
+        team_a.clone(),
         json!({"name": "all", "type": "always_sample"}),
     ]);
-    assert!(!sampled(
-        &mut with_always,
-        &[
-            (None, span(vec![kv("team", s("team_b"))])),
-            (None, span(vec![kv("team", s("team_a"))]))
-        ]
-    ));
-    assert!(sampled(
-        &mut with_always,
-        &[(None, span(vec![kv("team", s("team_b"))]))]
-    ));
-
-    let mut numeric = engine(vec![json!({
-        "name": "no-errors", "type": "numeric_attribute",
-        "numeric_attribute": {"key": "code", "min_value": 500, "max_value": 599, "invert_match": true}
+    let d = decide_spans(&mut with_always, &with_team_a, 0);
+    assert!(d.sampled);
+    assert_eq!(d.policy.as_deref(), Some("all"));
+    // And a NotSampled elsewhere does not block an inverted match (older releases required no
+    // NotSampled for an InvertSampled to count).
+    let mut with_miss = engine(vec![
+        json!({"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}}),
+        team_a.clone(),
+    ]);
+    let d = decide_spans(
+        &mut with_miss,
+        &[(None, span(vec![kv("team", s("team_b"))]))],
+        0,
+    );
+    assert_eq!(d.policy.as_deref(), Some("not-team-a"));
+    // Inside `and` it is an ordinary sub-policy decision.
+    let mut and = engine(vec![json!({
+        "name": "prod-not-team-a", "type": "and", "and": {"and_sub_policy": [
+            team_a,
+            {"name": "prod", "type": "string_attribute", "string_attribute": {"key": "env", "values": ["prod"]}}
+        ]}
     })]);
     assert!(sampled(
-        &mut numeric,
-        &[(None, span(vec![kv("code", i(200))]))]
+        &mut and,
+        &[(
+            None,
+            span(vec![kv("env", s("prod")), kv("team", s("team_b"))])
+        )]
     ));
     assert!(!sampled(
-        &mut numeric,
-        &[(Some(resource(vec![kv("code", i(502))])), span(vec![]))]
+        &mut and,
+        &[(
+            None,
+            span(vec![kv("env", s("prod")), kv("team", s("team_a"))])
+        )]
     ));
+
+    let mut numeric = engine(vec![
+        json!({
+            "name": "no-errors", "type": "numeric_attribute",
+            "numeric_attribute": {"key": "code", "min_value": 500, "max_value": 599, "invert_match": true}
+        }),
+        json!({"name": "all", "type": "always_sample"}),
+    ]);
+    let d = decide_spans(&mut numeric, &[(None, span(vec![kv("code", i(200))]))], 0);
+    assert_eq!(d.policy.as_deref(), Some("no-errors"));
+    let d = decide_spans(
+        &mut numeric,
+        &[(Some(resource(vec![kv("code", i(502))])), span(vec![]))],
+        0,
+    );
+    assert_eq!(
+        d.policy.as_deref(),
+        Some("all"),
+        "not vetoed by the inverted match"
+    );
 
     let mut boolean = engine(vec![json!({
         "name": "not-bot", "type": "boolean_attribute", "boolean_attribute": {"key": "bot", "value": true, "invert_match": true}
@@ -783,4 +829,170 @@ fn tracestate_combines_with_an_incoming_threshold() {
     );
     // An unparseable incoming threshold is replaced as if absent.
     assert_eq!(apply_sampling_probability("ot=th:zz", 0.5), "ot=th:8");
+}
+
+fn health_check(route: &str, kind: i32) -> Span {
+    Span {
+        name: format!("GET {route}"),
+        kind,
+        attributes: vec![kv("http.route", s(route))],
+        ..Default::default()
+    }
+}
+
+fn with_exception(mut span: Span) -> Span {
+    span.events
+        .push(opentelemetry_proto::tonic::trace::v1::span::Event {
+            name: "exception".to_owned(),
+            attributes: vec![kv("exception.type", s("IOException"))],
+            ..Default::default()
+        });
+    span
+}
+
+#[test]
+fn ottl_condition_samples_when_any_span_or_event_matches() {
+    let mut e = engine(vec![json!({
+        "name": "exceptions-or-slow-server", "type": "ottl_condition",
+        "ottl_condition": {
+            "error_mode": "ignore",
+            "span": ["kind == SPAN_KIND_SERVER and end_time_unix_nano - start_time_unix_nano > 2000000000"],
+            "spanevent": ["name == \"exception\" and IsMatch(attributes[\"exception.type\"], \"IO\")"]
+        }
+    })]);
+    let plain = health_check("/users", 2);
+    assert!(!sampled(&mut e, &[(None, plain.clone())]));
+    // One span of the trace has an exception event.
+    assert!(sampled(
+        &mut e,
+        &[
+            (None, plain.clone()),
+            (None, with_exception(health_check("/db", 3)))
+        ]
+    ));
+    // A slow server span.
+    let slow = Span {
+        start_time_unix_nano: SEC,
+        end_time_unix_nano: 4 * SEC,
+        ..plain
+    };
+    assert!(sampled(&mut e, &[(None, slow)]));
+}
+
+#[test]
+fn ottl_condition_reads_the_instrumentation_scope() {
+    let mut e = engine(vec![json!({
+        "name": "grpc", "type": "ottl_condition",
+        "ottl_condition": {"span": ["instrumentation_scope.name == \"io.grpc\""]}
+    })]);
+    let scope = opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+        name: "io.grpc".to_owned(),
+        ..Default::default()
+    };
+    let mut state = PolicyState::default();
+    e.observe_span(&mut state, None, &span(vec![]));
+    assert!(!e.decide(&[1; 16], &state, &stats(1), 0).sampled);
+    e.observe_scoped_span(&mut state, None, Some(&scope), &span(vec![]));
+    assert!(e.decide(&[1; 16], &state, &stats(2), 0).sampled);
+}
+
+/// The Collector's "drop health checks" recipe: an OTTL condition inside `drop` beats the
+/// baseline, and works inside `and` and `composite` like any sub-policy.
+#[test]
+fn ottl_condition_works_inside_drop_and_and_composite() {
+    let health = json!({
+        "name": "health", "type": "ottl_condition",
+        "ottl_condition": {"span": [
+            "IsMatch(attributes[\"http.route\"], \"^/(healthz|ready)$\") and kind == SPAN_KIND_SERVER"
+        ]}
+    });
+    let mut e = engine(vec![
+        json!({"name": "drop-health", "type": "drop", "drop": {"drop_sub_policy": [health.clone()]}}),
+        json!({"name": "all", "type": "always_sample"}),
+    ]);
+    assert!(!sampled(&mut e, &[(None, health_check("/healthz", 2))]));
+    assert!(
+        sampled(&mut e, &[(None, health_check("/healthz", 3))]),
+        "client span"
+    );
+    assert!(sampled(&mut e, &[(None, health_check("/users", 2))]));
+
+    let mut and = engine(vec![json!({
+        "name": "prod-health", "type": "and", "and": {"and_sub_policy": [
+            health.clone(),
+            {"name": "prod", "type": "string_attribute", "string_attribute": {"key": "env", "values": ["prod"]}}
+        ]}
+    })]);
+    let prod = resource(vec![kv("env", s("prod"))]);
+    assert!(sampled(
+        &mut and,
+        &[(Some(prod.clone()), health_check("/ready", 2))]
+    ));
+    assert!(!sampled(&mut and, &[(None, health_check("/ready", 2))]));
+
+    let mut composite = engine(vec![json!({
+        "name": "budget", "type": "composite", "composite": {
+            "max_total_spans_per_second": 100,
+            "composite_sub_policy": [health]
+        }
+    })]);
+    assert!(sampled(
+        &mut composite,
+        &[(None, health_check("/ready", 2))]
+    ));
+    assert!(!sampled(
+        &mut composite,
+        &[(None, health_check("/users", 2))]
+    ));
+}
+
+/// `error_mode: propagate`: a policy whose condition failed on a span (and matched none) takes
+/// no part in the decision, as an erroring policy in the Collector; the failure propagates
+/// through `and` and `not`. `ignore` counts the failing condition as false.
+#[test]
+fn ottl_errors_follow_error_mode() {
+    let failing = |mode: &str| {
+        json!({
+            "name": format!("substr-{mode}"), "type": "ottl_condition",
+            "ottl_condition": {"error_mode": mode, "span": ["Substring(name, 0, 10) == \"GET /users\""]}
+        })
+    };
+    let short = span(vec![]); // name "" → Substring fails
+    let long = Span {
+        name: "GET /users/42".to_owned(),
+        ..Default::default()
+    };
+
+    // Alone, a failed policy keeps nothing...
+    let mut alone = engine(vec![failing("propagate")]);
+    assert!(!sampled(&mut alone, &[(None, short.clone())]));
+    // ...and, wrapped in `not`, its failure is not turned into a Sampled.
+    let mut negated = engine(vec![json!({
+        "name": "not-substr", "type": "not", "not": {"not_sub_policy": failing("propagate")}
+    })]);
+    assert!(!sampled(&mut negated, &[(None, short.clone())]));
+    let mut negated_ignore = engine(vec![json!({
+        "name": "not-substr", "type": "not", "not": {"not_sub_policy": failing("ignore")}
+    })]);
+    assert!(
+        sampled(&mut negated_ignore, &[(None, short.clone())]),
+        "ignore: false, negated"
+    );
+
+    // A failed `drop` sub-policy does not drop.
+    let mut dropper = engine(vec![
+        json!({"name": "drop-it", "type": "drop", "drop": {"drop_sub_policy": [
+            {"name": "inverse", "type": "not", "not": {"not_sub_policy": failing("propagate")}}
+        ]}}),
+        json!({"name": "all", "type": "always_sample"}),
+    ]);
+    assert!(sampled(&mut dropper, &[(None, short.clone())]));
+
+    // A span that matches wins over another span that failed, in either order.
+    let mut e = engine(vec![failing("propagate")]);
+    assert!(sampled(
+        &mut e,
+        &[(None, short.clone()), (None, long.clone())]
+    ));
+    assert!(sampled(&mut e, &[(None, long), (None, short)]));
 }

@@ -377,6 +377,26 @@ pub struct SamplerConfig {
     pub decision_cache: DecisionCacheConfig,
     /// Stop evaluating at the first policy that samples.
     pub sample_on_first_match: bool,
+    /// A trace whose buffered spans exceed this many bytes is dropped at once, without waiting
+    /// for a decision, and later spans of it follow that decision (the Collector's meaning).
+    /// 0: no limit.
+    pub maximum_trace_size_bytes: u64,
+    /// When `num_traces` traces are buffered, throttle clients (retryable errors) instead of
+    /// deciding the trace nearest its deadline early.
+    pub block_on_overflow: bool,
+    /// On shutdown, forget traces still waiting for a decision instead of keeping them on disk
+    /// for the next start.
+    pub drop_pending_traces_on_shutdown: bool,
+    /// The Collector's `sampling_strategy`; see [`SamplingStrategy`].
+    pub sampling_strategy: SamplingStrategy,
+    /// Accepted for Collector compatibility (1 to 256): the Collector splits its limits across
+    /// this many event loops so their totals stay those configured; this sampler applies the
+    /// same totals without shards.
+    pub num_shards: u32,
+    /// Accepted for Collector compatibility: the Collector's storage extension for pending
+    /// spans. This sampler always buffers pending spans on disk (`storage_dir`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tail_storage: Option<String>,
     /// Policies in the Collector `tail_sampling` syntax. Absent: keep traces with an error
     /// span plus a 10% probabilistic baseline, so a bare sampler does something useful.
     pub policies: Vec<PolicyConfig>,
@@ -386,6 +406,22 @@ pub struct SamplerConfig {
     /// change and nobody sends SIGHUP.
     #[serde(with = "humantime_serde")]
     pub config_watch_interval: Duration,
+}
+
+/// When decisions are made (`sampler.sampling_strategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SamplingStrategy {
+    /// Decide `decision_wait` after the trace's last span, with the whole trace seen.
+    #[default]
+    #[serde(rename = "trace-complete")]
+    TraceComplete,
+    /// The Collector decides as spans arrive. This sampler already evaluates policies as
+    /// spans arrive and decides on the same schedule as `trace-complete`; the value is
+    /// accepted so a Collector block loads, and, as in the Collector, refuses the policies
+    /// whose outcome depends on when the decision is made (`rate_limiting`, `bytes_limiting`,
+    /// `composite`).
+    #[serde(rename = "span-ingest")]
+    SpanIngest,
 }
 
 impl Default for SamplerConfig {
@@ -400,6 +436,12 @@ impl Default for SamplerConfig {
             expected_new_traces_per_sec: 0,
             decision_cache: DecisionCacheConfig::default(),
             sample_on_first_match: false,
+            maximum_trace_size_bytes: 0,
+            block_on_overflow: false,
+            drop_pending_traces_on_shutdown: false,
+            sampling_strategy: SamplingStrategy::TraceComplete,
+            num_shards: 1,
+            tail_storage: None,
             policies: default_policies(),
             config_watch_interval: Duration::ZERO,
         }
@@ -435,9 +477,33 @@ impl SamplerConfig {
                 "must be greater than 0",
             ));
         }
+        if !(1..=256).contains(&self.num_shards) {
+            return Err(ConfigError::invalid(
+                "sampler.num_shards",
+                format!("must be from 1 to 256, got {}", self.num_shards),
+            ));
+        }
+        if self.tail_storage.as_deref() == Some("") {
+            return Err(ConfigError::invalid(
+                "sampler.tail_storage",
+                "must name a storage extension, or be omitted",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.policies.iter().enumerate() {
             p.validate(&format!("sampler.policies[{i}]"))?;
+            if self.sampling_strategy == SamplingStrategy::SpanIngest
+                && let Some(stateful) = p.stateful_type()
+            {
+                return Err(ConfigError::invalid(
+                    format!("sampler.policies[{i}]"),
+                    format!(
+                        "`{}` policies keep state across decisions and are not supported with \
+                         sampling_strategy: span-ingest",
+                        stateful.as_str()
+                    ),
+                ));
+            }
             if !names.insert(p.name.as_str()) {
                 return Err(ConfigError::invalid(
                     format!("sampler.policies[{i}].name"),

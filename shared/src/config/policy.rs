@@ -15,7 +15,9 @@
 //! - `rate_limiting.spans_per_second`, `bytes_limiting.bytes_per_second` and
 //!   `composite.max_total_spans_per_second` must be positive;
 //! - `rate_allocation` entries must name a `composite_sub_policy` and sum to at most 100%;
-//! - `drop` is accepted only as a top-level policy (its "drop" verdict means nothing nested).
+//! - `drop` is accepted only as a top-level policy (its "drop" verdict means nothing nested);
+//! - `ottl_condition` needs at least one non-empty condition (the conditions themselves are
+//!   parsed when the sampler builds its policies).
 //!
 //! Beside the Collector's types sit our dynamic sampling types (`ema_dynamic`,
 //! `ema_throughput`, `windowed_throughput`, Refinery's samplers), configured in [`dynamic`].
@@ -93,6 +95,9 @@ pub struct PolicyConfig {
     /// `windowed_throughput` (our extension): Refinery's windowed throughput sampler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub windowed_throughput: Option<WindowedThroughputConfig>,
+    /// `ottl_condition`: OTTL boolean conditions over spans and span events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ottl_condition: Option<OttlConditionConfig>,
 }
 
 /// The policy types of the Collector's `tail_sampling` processor that this sampler implements.
@@ -138,6 +143,8 @@ pub enum PolicyType {
     /// Kept spans per second split equally between keys (Refinery's
     /// `WindowedThroughputSampler`).
     WindowedThroughput,
+    /// Samples traces with a span or span event for which an OTTL condition is true.
+    OttlCondition,
 }
 
 impl PolicyType {
@@ -163,6 +170,7 @@ impl PolicyType {
             PolicyType::EmaDynamic => "ema_dynamic",
             PolicyType::EmaThroughput => "ema_throughput",
             PolicyType::WindowedThroughput => "windowed_throughput",
+            PolicyType::OttlCondition => "ottl_condition",
         }
     }
 
@@ -341,6 +349,36 @@ pub struct CompositeConfig {
     pub rate_allocation: Vec<RateAllocationConfig>,
 }
 
+/// What an `ottl_condition` policy does when evaluating a condition fails (a converter given a
+/// value it cannot handle, say), as OTTL's `error_mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OttlErrorMode {
+    /// The condition counts as false and the error is logged.
+    Ignore,
+    /// The condition counts as false, without a log.
+    Silent,
+    /// The policy errors for the trace: it takes no part in the decision (the Collector's
+    /// default).
+    #[default]
+    Propagate,
+}
+
+/// `ottl_condition` block: conditions in the OpenTelemetry Transformation Language. The trace
+/// is sampled when any condition is true for any of its spans (`span`) or span events
+/// (`spanevent`). The conditions are parsed when the sampler builds its policies; a syntax
+/// error, an unknown path or an unknown function stops start-up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OttlConditionConfig {
+    /// What an evaluation error does.
+    pub error_mode: OttlErrorMode,
+    /// Conditions in the span context (`name`, `attributes["k"]`, `status.code`, ...).
+    pub span: Vec<String>,
+    /// Conditions in the span event context (`name`, `attributes["k"]`, `span.name`, ...).
+    pub spanevent: Vec<String>,
+}
+
 /// One `composite.rate_allocation` entry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -368,6 +406,25 @@ impl PolicyConfig {
             self.policy_type,
             PolicyType::StatusCode | PolicyType::Latency
         ))
+    }
+
+    /// The first type in this policy (itself or a sub-policy) whose outcome depends on earlier
+    /// decisions (`rate_limiting`, `bytes_limiting`, `composite`), if any.
+    pub fn stateful_type(&self) -> Option<PolicyType> {
+        match self.policy_type {
+            PolicyType::RateLimiting | PolicyType::BytesLimiting | PolicyType::Composite => {
+                Some(self.policy_type)
+            }
+            _ => {
+                let subs: Vec<&PolicyConfig> = match (&self.and, &self.drop, &self.not) {
+                    (Some(c), _, _) => c.and_sub_policy.iter().collect(),
+                    (_, Some(c), _) => c.drop_sub_policy.iter().collect(),
+                    (_, _, Some(c)) => vec![&*c.not_sub_policy],
+                    _ => Vec::new(),
+                };
+                subs.into_iter().find_map(PolicyConfig::stateful_type)
+            }
+        }
     }
 
     /// Checks values; `path` names this policy (`sampler.policies[2]`) so errors name the key
@@ -405,6 +462,7 @@ impl PolicyConfig {
                 PolicyType::WindowedThroughput,
                 self.windowed_throughput.is_some(),
             ),
+            (PolicyType::OttlCondition, self.ottl_condition.is_some()),
         ];
         blocks
             .into_iter()
@@ -506,6 +564,7 @@ impl PolicyConfig {
             PolicyType::WindowedThroughput => {
                 dynamic::validate_windowed(self.windowed_throughput.as_ref(), &block)
             }
+            PolicyType::OttlCondition => validate_ottl(self.ottl_condition.as_ref(), &block),
         }
     }
 }
@@ -650,6 +709,27 @@ fn validate_bytes(cfg: Option<&BytesLimitingConfig>, block: &str) -> Result<(), 
             format!("{block}.burst_capacity"),
             "must not be negative (0 means twice bytes_per_second)",
         ));
+    }
+    Ok(())
+}
+
+fn validate_ottl(cfg: Option<&OttlConditionConfig>, block: &str) -> Result<(), ConfigError> {
+    let Some(c) = cfg else { return Ok(()) };
+    if c.span.is_empty() && c.spanevent.is_empty() {
+        return Err(ConfigError::invalid(
+            block,
+            "at least one condition is required in `span` or `spanevent`",
+        ));
+    }
+    for (list, conditions) in [("span", &c.span), ("spanevent", &c.spanevent)] {
+        for (i, condition) in conditions.iter().enumerate() {
+            if condition.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{block}.{list}[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
     }
     Ok(())
 }

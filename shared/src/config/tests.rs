@@ -96,13 +96,13 @@ fn unknown_key_in_a_policy_names_the_policy() {
 
 #[test]
 fn unknown_policy_type_is_rejected_at_its_key() {
-    let text = "sampler:\n  policies:\n    - name: a\n      type: ottl_condition\n";
+    let text = "sampler:\n  policies:\n    - name: a\n      type: cascading\n";
     let err = load(text).unwrap_err();
     let ConfigError::Invalid { path, message } = &err else {
         panic!("expected Invalid, got {err:?}")
     };
     assert_eq!(path, "sampler.policies[0].type");
-    assert!(message.contains("ottl_condition"), "{message}");
+    assert!(message.contains("cascading"), "{message}");
 }
 
 #[test]
@@ -433,4 +433,201 @@ fn readme_configuration_example_loads() {
     let c = Config::from_yaml(block, &|_| Some("key".into())).unwrap();
     assert_eq!(c.rollup.metrics.rules.len(), 2);
     assert_eq!(c.correlation.before, Duration::from_millis(100));
+}
+
+/// A `processors.tail_sampling` block as a v0.161 Collector config has it, with every
+/// top-level key of the processor, pasted under `sampler:` unchanged.
+const COLLECTOR_V0_161_BLOCK: &str = r#"
+sampler:
+  decision_wait: 15s
+  decision_wait_after_root_received: 2s
+  num_traces: 200000
+  expected_new_traces_per_sec: 2000
+  sample_on_first_match: true
+  drop_pending_traces_on_shutdown: true
+  maximum_trace_size_bytes: 10485760
+  block_on_overflow: true
+  sampling_strategy: trace-complete
+  num_shards: 4
+  tail_storage: pebble_tail_storage
+  decision_cache:
+    sampled_cache_size: 500000
+    non_sampled_cache_size: 2000000
+  policies:
+    - name: drop-health-checks
+      type: drop
+      drop:
+        drop_sub_policy:
+          - name: health-route
+            type: ottl_condition
+            ottl_condition:
+              error_mode: ignore
+              span:
+                - 'IsMatch(attributes["http.route"], "^/(healthz|readyz|livez)$") and kind == SPAN_KIND_SERVER'
+    - name: keep-exceptions
+      type: ottl_condition
+      ottl_condition:
+        error_mode: silent
+        spanevent:
+          - 'name == "exception"'
+    - name: keep-errors
+      type: status_code
+      status_code: {status_codes: [ERROR]}
+    - name: keep-slow
+      type: latency
+      latency: {threshold_ms: 2000}
+    - name: not-team-a
+      type: string_attribute
+      string_attribute: {key: team, values: [team_a], invert_match: true}
+    - name: checkout-slow-spans
+      type: and
+      and:
+        and_sub_policy:
+          - name: checkout
+            type: ottl_condition
+            ottl_condition:
+              span:
+                - 'resource.attributes["service.name"] == "checkout"'
+                - 'end_time_unix_nano - start_time_unix_nano > 500000000'
+          - name: sometimes
+            type: probabilistic
+            probabilistic: {sampling_percentage: 50}
+    - name: budget
+      type: composite
+      composite:
+        max_total_spans_per_second: 1000
+        policy_order: [vip, rest]
+        composite_sub_policy:
+          - name: vip
+            type: ottl_condition
+            ottl_condition:
+              span: ['attributes["customer.tier"] == "gold"']
+          - name: rest
+            type: always_sample
+        rate_allocation:
+          - {policy: vip, percent: 60}
+    - name: baseline
+      type: probabilistic
+      probabilistic: {sampling_percentage: 5}
+"#;
+
+#[test]
+fn collector_v0_161_block_with_every_key_loads() {
+    let c = load(COLLECTOR_V0_161_BLOCK).unwrap();
+    let s = &c.sampler;
+    assert_eq!(s.decision_wait, Duration::from_secs(15));
+    assert_eq!(
+        s.decision_wait_after_root_received,
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(s.num_traces, 200_000);
+    assert_eq!(s.expected_new_traces_per_sec, 2000);
+    assert!(s.sample_on_first_match);
+    assert!(s.drop_pending_traces_on_shutdown);
+    assert_eq!(s.maximum_trace_size_bytes, 10 * 1024 * 1024);
+    assert!(s.block_on_overflow);
+    assert_eq!(s.sampling_strategy, SamplingStrategy::TraceComplete);
+    assert_eq!(s.num_shards, 4);
+    assert_eq!(s.tail_storage.as_deref(), Some("pebble_tail_storage"));
+    assert_eq!(s.decision_cache.non_sampled_cache_size, 2_000_000);
+    assert_eq!(s.policies.len(), 8);
+
+    let exceptions = s.policies[1].ottl_condition.as_ref().unwrap();
+    assert_eq!(exceptions.error_mode, policy::OttlErrorMode::Silent);
+    assert_eq!(exceptions.spanevent, ["name == \"exception\""]);
+    assert!(exceptions.span.is_empty());
+    let health = &s.policies[0].drop.as_ref().unwrap().drop_sub_policy[0];
+    assert_eq!(
+        health.ottl_condition.as_ref().unwrap().error_mode,
+        policy::OttlErrorMode::Ignore
+    );
+    let checkout = &s.policies[5].and.as_ref().unwrap().and_sub_policy[0];
+    let checkout = checkout.ottl_condition.as_ref().unwrap();
+    assert_eq!(
+        checkout.error_mode,
+        policy::OttlErrorMode::Propagate,
+        "the default"
+    );
+    assert_eq!(checkout.span.len(), 2);
+
+    // The printed config loads back to the same values.
+    let again = load(&c.to_yaml()).unwrap();
+    assert_eq!(again.sampler.policies, s.policies);
+    assert_eq!(again.sampler.num_shards, 4);
+    assert!(again.sampler.block_on_overflow);
+}
+
+#[test]
+fn new_collector_keys_default_and_validate() {
+    let s = load("").unwrap().sampler;
+    assert_eq!(s.maximum_trace_size_bytes, 0);
+    assert!(!s.block_on_overflow && !s.drop_pending_traces_on_shutdown);
+    assert_eq!(s.sampling_strategy, SamplingStrategy::TraceComplete);
+    assert_eq!((s.num_shards, s.tail_storage), (1, None));
+
+    assert_eq!(
+        invalid_path("sampler: {num_shards: 0}"),
+        "sampler.num_shards"
+    );
+    assert_eq!(
+        invalid_path("sampler: {num_shards: 257}"),
+        "sampler.num_shards"
+    );
+    assert_eq!(
+        invalid_path("sampler: {tail_storage: \"\"}"),
+        "sampler.tail_storage"
+    );
+    assert_eq!(
+        invalid_path("sampler: {sampling_strategy: eventually}"),
+        "sampler.sampling_strategy"
+    );
+    let span_ingest = load(
+        "sampler: {sampling_strategy: span-ingest, policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}",
+    )
+    .unwrap();
+    assert_eq!(
+        span_ingest.sampler.sampling_strategy,
+        SamplingStrategy::SpanIngest
+    );
+    // As in the Collector, span-ingest refuses policies whose outcome depends on timing,
+    // nested ones included.
+    let err = load(
+        "sampler: {sampling_strategy: span-ingest, policies: [{name: a, type: and, and: {and_sub_policy: [{name: r, type: rate_limiting, rate_limiting: {spans_per_second: 5}}]}}]}",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("sampler.policies[0]") && err.contains("rate_limiting"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ottl_condition_blocks_are_checked() {
+    assert_eq!(
+        invalid_path("sampler: {policies: [{name: o, type: ottl_condition, ottl_condition: {}}]}"),
+        "sampler.policies[0].ottl_condition"
+    );
+    assert_eq!(
+        invalid_path(
+            "sampler: {policies: [{name: o, type: ottl_condition, ottl_condition: {span: ['name == \"a\"', ' ']}}]}"
+        ),
+        "sampler.policies[0].ottl_condition.span[1]"
+    );
+    assert_eq!(
+        invalid_path(
+            "sampler: {policies: [{name: o, type: ottl_condition, ottl_condition: {error_mode: loud, span: ['true']}}]}"
+        ),
+        "sampler.policies[0].ottl_condition.error_mode"
+    );
+    assert_eq!(
+        invalid_path(
+            "sampler: {policies: [{name: o, type: ottl_condition, ottl_condition: {span: ['true'], log: ['true']}}]}"
+        ),
+        "sampler.policies[0].ottl_condition.log"
+    );
+    assert_eq!(
+        invalid_path("sampler: {policies: [{name: o, type: ottl_condition}]}"),
+        "sampler.policies[0].ottl_condition"
+    );
 }
