@@ -148,6 +148,40 @@ async fn start_sampler(
     Ok((sampler, pid))
 }
 
+/// Waits (up to 120 s) until no trace is active: everything sent has been decided.
+async fn all_decided(
+    sampler: &SamplerProcess,
+) -> Result<(), otel_tail_integration_tests::HarnessError> {
+    poll_until(
+        "active traces to reach 0",
+        Duration::from_secs(120),
+        || async {
+            let m = sampler.metrics().await?;
+            Ok((m.sum("otel_tail_traces_active", &[]) == 0.0).then_some(()))
+        },
+    )
+    .await
+}
+
+/// Maximum-rate load of whole traces into `sampler`, with the shape `args` asks for.
+fn load_config(args: &Args, sampler: &SamplerProcess) -> LoadConfig {
+    LoadConfig {
+        endpoint: sampler.grpc_endpoint(),
+        rate: 0.0,
+        duration: Duration::from_secs(args.seconds),
+        shape: TraceShape {
+            spans_per_trace: args.spans_per_trace,
+            error_share: 0.01,
+            logs_per_trace: 0,
+        },
+        metric_points_per_sec: 0,
+        concurrency: args.concurrency,
+        batch_spans: args.batch_spans,
+        seed: 42,
+        span_limit: 0,
+    }
+}
+
 /// The `q` quantile (0..=1) of `values`, nearest rank.
 fn quantile(values: &mut [u64], q: f64) -> u64 {
     if values.is_empty() {
@@ -167,30 +201,13 @@ async fn latency(args: &Args, rate: f64) -> anyhow::Result<()> {
         args.latency_seconds
     );
     let config = LoadConfig {
-        endpoint: sampler.grpc_endpoint(),
         rate,
         duration: Duration::from_secs(args.latency_seconds),
-        shape: TraceShape {
-            spans_per_trace: args.spans_per_trace,
-            error_share: 0.01,
-            logs_per_trace: 0,
-        },
-        metric_points_per_sec: 0,
-        concurrency: args.concurrency,
-        batch_spans: args.batch_spans,
         seed: 43,
-        span_limit: 0,
+        ..load_config(args, &sampler)
     };
     let (load, _) = run_load(&config, Arc::new(LoadStats::default())).await?;
-    let _ = poll_until(
-        "active traces to reach 0",
-        Duration::from_secs(120),
-        || async {
-            let m = sampler.metrics().await?;
-            Ok((m.sum("otel_tail_traces_active", &[]) == 0.0).then_some(()))
-        },
-    )
-    .await;
+    let _ = all_decided(&sampler).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut delays = sink.export_delays_ms();
     println!(
@@ -213,35 +230,13 @@ async fn throughput(args: &Args) -> anyhow::Result<f64> {
     let (sampler, pid) = start_sampler(args, &sink, args.pin).await?;
     println!("\n== throughput: {}s at maximum rate ==", args.seconds);
     let cpu_before = procfs::cpu_seconds(pid)?;
-    let config = LoadConfig {
-        endpoint: sampler.grpc_endpoint(),
-        rate: 0.0,
-        duration: Duration::from_secs(args.seconds),
-        shape: TraceShape {
-            spans_per_trace: args.spans_per_trace,
-            error_share: 0.01,
-            logs_per_trace: 0,
-        },
-        metric_points_per_sec: 0,
-        concurrency: args.concurrency,
-        batch_spans: args.batch_spans,
-        seed: 42,
-        span_limit: 0,
-    };
+    let config = load_config(args, &sampler);
     let stats = Arc::new(LoadStats::default());
     let (load, elapsed) = run_load(&config, Arc::clone(&stats)).await?;
     let cpu_load = procfs::cpu_seconds(pid)? - cpu_before;
     // Let every trace reach its decision and the exports drain.
     let drain_started = Instant::now();
-    let drained = poll_until(
-        "active traces to reach 0",
-        Duration::from_secs(120),
-        || async {
-            let m = sampler.metrics().await?;
-            Ok((m.sum("otel_tail_traces_active", &[]) == 0.0).then_some(()))
-        },
-    )
-    .await;
+    let drained = all_decided(&sampler).await;
     let exported = |m: &otel_tail_integration_tests::metrics_text::MetricsSnapshot| {
         m.sum("otel_tail_exported_items_total", &[("signal", "traces")])
     };
@@ -384,19 +379,10 @@ async fn load_traces(
     seed: u64,
 ) -> anyhow::Result<(u64, f64, Duration)> {
     let config = LoadConfig {
-        endpoint: sampler.grpc_endpoint(),
-        rate: 0.0,
         duration: Duration::from_secs(600),
-        shape: TraceShape {
-            spans_per_trace: args.spans_per_trace,
-            error_share: 0.01,
-            logs_per_trace: 0,
-        },
-        metric_points_per_sec: 0,
-        concurrency: args.concurrency,
-        batch_spans: args.batch_spans,
         seed,
         span_limit: traces * args.spans_per_trace as u64,
+        ..load_config(args, sampler)
     };
     let (load, elapsed) = run_load(&config, Arc::new(LoadStats::default())).await?;
     let mut active = -1.0;
