@@ -4,6 +4,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status, status};
 use otel_tail_shared::config::Config;
 
+use std::path::Path;
+
 use super::*;
 use crate::clock::ManualClock;
 
@@ -23,15 +25,15 @@ sampler:
     - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
 "#;
 
-fn rig_in(dir: tempfile::TempDir, yaml: &str) -> Rig {
+/// An engine over real RocksDB in `dir` (`db/`), exporting to `dir/out.jsonl`, with a
+/// manual clock; shared by the engine's test modules.
+pub(super) fn engine_in(dir: &Path, yaml: &str) -> (Engine, Arc<ManualClock>, Arc<ExportQueues>) {
     let mut config = Config::from_yaml(yaml, &|_| None).unwrap();
-    config.sampler.storage_dir = dir.path().join("db");
+    config.sampler.storage_dir = dir.join("db");
     let storage = Arc::new(Storage::open(&config.sampler.storage_dir, false).unwrap());
-    let exporters = otel_tail_shared::exporter::Exporter::from_config(
-        &config.exporter,
-        &dir.path().join("out.jsonl"),
-    )
-    .unwrap();
+    let exporters =
+        otel_tail_shared::exporter::Exporter::from_config(&config.exporter, &dir.join("out.jsonl"))
+            .unwrap();
     let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
     let clock = Arc::new(ManualClock::now());
     let wiring = Wiring {
@@ -39,6 +41,11 @@ fn rig_in(dir: tempfile::TempDir, yaml: &str) -> Rig {
         links: SettleLinks::default(),
     };
     let engine = Engine::new(&config, storage, queues.clone(), wiring).unwrap();
+    (engine, clock, queues)
+}
+
+fn rig_in(dir: tempfile::TempDir, yaml: &str) -> Rig {
+    let (engine, clock, queues) = engine_in(dir.path(), yaml);
     Rig {
         dir,
         clock,

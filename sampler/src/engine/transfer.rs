@@ -276,8 +276,6 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::trace::v1::Span;
-    use otel_tail_shared::config::{Config, ExporterConfig};
-    use otel_tail_shared::exporter::Exporter;
 
     use super::*;
     use crate::clock::ManualClock;
@@ -290,22 +288,10 @@ mod tests {
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::from_yaml(
+        let (engine, clock, _) = super::super::tests::engine_in(
+            dir.path(),
             "sampler: {decision_wait: 1s, policies: [{name: all, type: always_sample}]}",
-            &|_| None,
-        )
-        .unwrap();
-        let storage = Arc::new(Storage::open(dir.path(), false).unwrap());
-        let exporters =
-            Exporter::from_config(&ExporterConfig::default(), &dir.path().join("out.jsonl"))
-                .unwrap();
-        let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
-        let clock = Arc::new(ManualClock::now());
-        let wiring = Wiring {
-            clock: clock.clone(),
-            links: SettleLinks::default(),
-        };
-        let engine = Engine::new(&config, storage, queues, wiring).unwrap();
+        );
         Fixture {
             _dir: dir,
             engine,

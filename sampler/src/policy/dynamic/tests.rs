@@ -1,6 +1,5 @@
 use std::collections::{BTreeMap, HashSet};
 
-use opentelemetry_proto::tonic::common::v1::AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Status;
 use otel_tail_shared::config::{Config, ConfigError};
 use serde_json::{Value, json};
@@ -9,16 +8,9 @@ use super::super::{
     Decision, PolicyEngine, PolicyState, TraceStats, apply_sample_rate, apply_sampling_probability,
 };
 use super::*;
+use otel_tail_shared::otlp::kv;
 
 const SEC: u64 = 1_000_000_000;
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
 
 fn s(v: &str) -> any_value::Value {
     any_value::Value::StringValue(v.to_owned())

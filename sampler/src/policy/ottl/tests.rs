@@ -1,11 +1,12 @@
 use opentelemetry_proto::tonic::common::v1::{
-    AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value,
+    AnyValue, ArrayValue, InstrumentationScope, KeyValueList, any_value,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::Event;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 
 use super::*;
+use otel_tail_shared::otlp::kv;
 
 // ---------------------------------------------------------------------------------------------
 // Parser goldens: input → canonical printed form.
@@ -220,14 +221,6 @@ fn condition_errors_name_the_list_and_index() {
 
 // ---------------------------------------------------------------------------------------------
 // Evaluation over spans built the way an SDK sends them.
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
 
 fn s(v: &str) -> any_value::Value {
     any_value::Value::StringValue(v.to_owned())
