@@ -57,6 +57,35 @@ impl Default for LoadConfig {
     }
 }
 
+impl LoadConfig {
+    /// Spans only, as fast as `endpoint` takes them, for `duration`: whole traces of
+    /// `spans_per_trace` spans (1% with an error) in requests of `batch_spans` spans from
+    /// `concurrency` senders. The benchmarks' load.
+    pub fn max_rate_spans(
+        endpoint: String,
+        duration: Duration,
+        spans_per_trace: usize,
+        concurrency: usize,
+        batch_spans: usize,
+    ) -> LoadConfig {
+        LoadConfig {
+            endpoint,
+            rate: 0.0,
+            duration,
+            shape: TraceShape {
+                spans_per_trace,
+                error_share: 0.01,
+                logs_per_trace: 0,
+            },
+            metric_points_per_sec: 0,
+            concurrency,
+            batch_spans,
+            seed: 42,
+            span_limit: 0,
+        }
+    }
+}
+
 /// Live counters, shared with whoever prints progress.
 #[derive(Debug, Default)]
 pub struct LoadStats {

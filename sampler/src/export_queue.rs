@@ -686,5 +686,21 @@ fn decode_request(signal: Signal, payload: &[u8]) -> Result<ExportRequest, prost
     })
 }
 
+/// Storage in `dir/db` and export queues writing to `dir/out.jsonl`, for `config`, whose
+/// `sampler.storage_dir` is set to match; shared by the shells' tests.
+#[cfg(test)]
+pub(crate) fn open_for_tests(
+    dir: &std::path::Path,
+    config: &mut otel_tail_shared::config::Config,
+) -> (Arc<Storage>, Arc<ExportQueues>) {
+    config.sampler.storage_dir = dir.join("db");
+    let storage = Arc::new(Storage::open(&config.sampler.storage_dir, false).unwrap());
+    let exporters =
+        otel_tail_shared::exporter::Exporter::from_config(&config.exporter, &dir.join("out.jsonl"))
+            .unwrap();
+    let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
+    (storage, queues)
+}
+
 #[cfg(test)]
 mod tests;

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use otel_tail_integration_tests::generate::TraceShape;
 use otel_tail_integration_tests::load::{LoadConfig, LoadStats, run_load};
 use otel_tail_integration_tests::wait::poll_until;
 use otel_tail_integration_tests::{OtlpSink, SamplerProcess, SinkMode, procfs};
@@ -165,21 +164,13 @@ async fn all_decided(
 
 /// Maximum-rate load of whole traces into `sampler`, with the shape `args` asks for.
 fn load_config(args: &Args, sampler: &SamplerProcess) -> LoadConfig {
-    LoadConfig {
-        endpoint: sampler.grpc_endpoint(),
-        rate: 0.0,
-        duration: Duration::from_secs(args.seconds),
-        shape: TraceShape {
-            spans_per_trace: args.spans_per_trace,
-            error_share: 0.01,
-            logs_per_trace: 0,
-        },
-        metric_points_per_sec: 0,
-        concurrency: args.concurrency,
-        batch_spans: args.batch_spans,
-        seed: 42,
-        span_limit: 0,
-    }
+    LoadConfig::max_rate_spans(
+        sampler.grpc_endpoint(),
+        Duration::from_secs(args.seconds),
+        args.spans_per_trace,
+        args.concurrency,
+        args.batch_spans,
+    )
 }
 
 /// The `q` quantile (0..=1) of `values`, nearest rank.

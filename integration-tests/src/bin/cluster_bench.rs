@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use otel_tail_integration_tests::cluster::{Cluster, ClusterSpec};
-use otel_tail_integration_tests::generate::TraceShape;
 use otel_tail_integration_tests::load::{LoadConfig, LoadStats, run_load};
 use otel_tail_integration_tests::{SinkMode, procfs};
 use serde_json::json;
@@ -95,21 +94,13 @@ async fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     println!("\n== {}s at maximum rate into the router ==", args.seconds);
-    let config = LoadConfig {
-        endpoint: router.grpc_endpoint(),
-        rate: 0.0,
-        duration: Duration::from_secs(args.seconds),
-        shape: TraceShape {
-            spans_per_trace: args.spans_per_trace,
-            error_share: 0.01,
-            logs_per_trace: 0,
-        },
-        metric_points_per_sec: 0,
-        concurrency: args.concurrency,
-        batch_spans: args.batch_spans,
-        seed: 42,
-        span_limit: 0,
-    };
+    let config = LoadConfig::max_rate_spans(
+        router.grpc_endpoint(),
+        Duration::from_secs(args.seconds),
+        args.spans_per_trace,
+        args.concurrency,
+        args.batch_spans,
+    );
     let (load, elapsed) = run_load(&config, Arc::new(LoadStats::default())).await?;
     let secs = elapsed.as_secs_f64();
     let router_used = router_cpu.used()?;

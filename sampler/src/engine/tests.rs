@@ -29,12 +29,7 @@ sampler:
 /// manual clock; shared by the engine's test modules.
 pub(super) fn engine_in(dir: &Path, yaml: &str) -> (Engine, Arc<ManualClock>, Arc<ExportQueues>) {
     let mut config = Config::from_yaml(yaml, &|_| None).unwrap();
-    config.sampler.storage_dir = dir.join("db");
-    let storage = Arc::new(Storage::open(&config.sampler.storage_dir, false).unwrap());
-    let exporters =
-        otel_tail_shared::exporter::Exporter::from_config(&config.exporter, &dir.join("out.jsonl"))
-            .unwrap();
-    let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
+    let (storage, queues) = crate::export_queue::open_for_tests(dir, &mut config);
     let clock = Arc::new(ManualClock::now());
     let wiring = Wiring {
         clock: clock.clone(),

@@ -28,12 +28,7 @@ struct Node {
 
 fn open(dir: &Path, yaml: &str) -> Node {
     let mut config = Config::from_yaml(yaml, &|_| None).unwrap();
-    config.sampler.storage_dir = dir.join("db");
-    let storage = Arc::new(Storage::open(&config.sampler.storage_dir, false).unwrap());
-    let exporters =
-        otel_tail_shared::exporter::Exporter::from_config(&config.exporter, &dir.join("out.jsonl"))
-            .unwrap();
-    let queues = ExportQueues::open(storage.clone(), exporters, &config.exporter).unwrap();
+    let (storage, queues) = crate::export_queue::open_for_tests(dir, &mut config);
     let settler = Settler::new(
         SettleConfig {
             sampler: &config.sampler,
