@@ -8,7 +8,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
 
 use otel_tail_shared::otlp::TraceId;
 
@@ -48,26 +49,60 @@ pub struct TraceEntry {
 /// [`TraceEntry::generation`] of a trace whose policy state mixes policy sets.
 pub const STALE: u32 = u32::MAX;
 
-/// Hasher for trace ids: they are random already, so their first 8 bytes are the hash.
-#[derive(Default)]
-pub struct TraceIdHasher(u64);
+/// Hasher of trace-id tables: xxh3 keyed with a seed chosen at random once per process.
+/// Trace ids come from clients; with an unkeyed hash, ids crafted to collide would turn
+/// the index's lookups linear. xxh3 on 16 bytes costs a few nanoseconds.
+pub struct TraceIdHasher {
+    seed: u64,
+    state: u64,
+}
 
 impl Hasher for TraceIdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        self.state
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        self.state = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.seed ^ self.state);
+    }
+}
+
+/// Builds [`TraceIdHasher`]s with this process's seed.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceIdHashBuilder {
+    seed: u64,
+}
+
+impl TraceIdHashBuilder {
+    /// A builder with an explicit seed (tests).
+    pub fn with_seed(seed: u64) -> TraceIdHashBuilder {
+        TraceIdHashBuilder { seed }
+    }
+}
+
+impl Default for TraceIdHashBuilder {
+    /// The process-wide random seed (the standard library's per-process random keys).
+    fn default() -> Self {
+        static SEED: OnceLock<u64> = OnceLock::new();
+        let seed =
+            *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u64));
+        TraceIdHashBuilder { seed }
+    }
+}
+
+impl BuildHasher for TraceIdHashBuilder {
+    type Hasher = TraceIdHasher;
+
+    fn build_hasher(&self) -> TraceIdHasher {
+        TraceIdHasher {
+            seed: self.seed,
+            state: 0,
         }
     }
 }
 
 /// A map keyed by trace id with [`TraceIdHasher`].
-pub type TraceMap<V> = HashMap<TraceId, V, BuildHasherDefault<TraceIdHasher>>;
+pub type TraceMap<V> = HashMap<TraceId, V, TraceIdHashBuilder>;
 
 /// What arrived for a trace in one request.
 #[derive(Debug, Clone, Default)]
@@ -260,6 +295,28 @@ pub fn merge_stats(into: &mut TraceStats, more: &TraceStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_id_hashes_are_keyed() {
+        let id: TraceId = [7; 16];
+        let a = TraceIdHashBuilder::with_seed(1);
+        let b = TraceIdHashBuilder::with_seed(2);
+        assert_eq!(a.hash_one(id), a.hash_one(id));
+        assert_ne!(
+            a.hash_one(id),
+            b.hash_one(id),
+            "the seed changes every hash"
+        );
+        let process = TraceIdHashBuilder::default();
+        assert_eq!(
+            process.hash_one(id),
+            TraceIdHashBuilder::default().hash_one(id)
+        );
+        // Ids equal in their first half (what the former unkeyed hash leaned on) differ.
+        let mut other = id;
+        other[15] ^= 1;
+        assert_ne!(process.hash_one(id), process.hash_one(other));
+    }
 
     #[test]
     fn spans_observed_under_different_policy_sets_mark_the_trace_stale() {

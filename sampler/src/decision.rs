@@ -8,7 +8,7 @@ use std::sync::Arc;
 use lru::LruCache;
 use otel_tail_shared::otlp::TraceId;
 
-use crate::buffer::TraceIdHasher;
+use crate::buffer::TraceIdHashBuilder;
 
 /// Why a trace was kept, applied to every span exported for it.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +30,7 @@ pub enum Cached {
     NotSampled,
 }
 
-type IdLru<V> = LruCache<TraceId, V, std::hash::BuildHasherDefault<TraceIdHasher>>;
+type IdLru<V> = LruCache<TraceId, V, TraceIdHashBuilder>;
 
 /// Bounded memory of recent decisions.
 pub struct DecisionCache {
