@@ -314,12 +314,34 @@ impl Engine {
     }
 
     /// Buffers the spans of a request (durably, before returning) or routes them by a cached
-    /// decision when their trace was decided already.
+    /// decision when their trace was decided already; counts them into span metrics in the
+    /// same write.
     pub fn ingest_traces(
         &self,
         request: ExportTraceServiceRequest,
     ) -> Result<Accepted, IngestError> {
+        self.ingest_spans(request, true)
+    }
+
+    /// [`Engine::ingest_traces`] for spans another sampler handed off: they were counted
+    /// into span metrics where they were first buffered, so they are not counted again.
+    pub fn ingest_handed_off_traces(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> Result<Accepted, IngestError> {
+        self.ingest_spans(request, false)
+    }
+
+    fn ingest_spans(
+        &self,
+        request: ExportTraceServiceRequest,
+        count: bool,
+    ) -> Result<Accepted, IngestError> {
         self.admit()?;
+        let now_unix = self.unix_now();
+        let span_points = count
+            .then(|| self.settler.span_metrics(&request, now_unix))
+            .flatten();
         let groups = group_spans_by_trace(request);
         let prepared: Vec<(TraceId, ResourceSpans, Arrival, Vec<u8>)> = {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
@@ -340,6 +362,9 @@ impl Engine {
         {
             let mut state = self.state();
             let mut batch = WriteBatch::default();
+            if let Some(points) = &span_points {
+                self.settler.hold_span_metrics(&mut batch, points, now_unix);
+            }
             let mut buffered = Vec::with_capacity(prepared.len());
             for (trace, rs, arrival, payload) in prepared {
                 match state.cache.get(&trace) {
@@ -354,6 +379,9 @@ impl Engine {
             evicted = self.commit_buffered(&mut state, batch, &buffered, now)?;
         }
         events::late_spans_dropped(late_dropped);
+        if let Some(points) = &span_points {
+            events::span_metrics_counted(points.spans);
+        }
         if !late_kept.is_empty() {
             self.export_late_spans(late_kept)?;
         }

@@ -32,6 +32,10 @@ pub mod names {
     pub const TRACES_EVICTED: &str = "otel_tail_traces_decided_early_total";
     /// Spans that arrived after their trace was decided, by `decision`. Counter.
     pub const LATE_SPANS: &str = "otel_tail_late_spans_total";
+    /// Spans counted into span metrics (`rollup.traces`) where they were buffered: every
+    /// span received once, kept or not, so it can be compared with the spans received.
+    /// Counter.
+    pub const SPAN_METRICS_SPANS: &str = "otel_tail_span_metrics_spans_total";
     /// Spans dropped because their trace was not sampled. Counter.
     pub const SPANS_DROPPED: &str = "otel_tail_spans_dropped_total";
     /// Spans sent to the export queue because their trace was kept. Counter.

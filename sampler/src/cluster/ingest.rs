@@ -77,8 +77,11 @@ impl Payload {
         owners.iter().all(|&o| o == local)
     }
 
-    fn ingest(self, engine: &Engine) -> Result<Accepted, IngestError> {
+    /// Ingests here; handed-off spans were counted into span metrics by the node that
+    /// buffered them first.
+    fn ingest(self, engine: &Engine, origin: Origin) -> Result<Accepted, IngestError> {
         match self {
+            Payload::Traces(r) if origin == Origin::Handoff => engine.ingest_handed_off_traces(r),
             Payload::Traces(r) => engine.ingest_traces(r),
             Payload::Logs(r) => engine.ingest_logs(r),
             Payload::Metrics(r) => engine.ingest_metrics(r),
@@ -279,7 +282,7 @@ impl ClusterIngest {
             events::traces_handed_in(ids.len());
         }
         let engine = self.engine.clone();
-        let accepted = tokio::task::spawn_blocking(move || payload.ingest(&engine))
+        let accepted = tokio::task::spawn_blocking(move || payload.ingest(&engine, origin))
             .await
             .map_err(|e| IngestError::unavailable("ingest task failed", e))??;
         self.cluster.remember(&ids);

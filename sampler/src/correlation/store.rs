@@ -6,7 +6,7 @@
 //! **Layout.** Key = arrival (unix nanoseconds, 8 bytes big endian) ++ sequence (8 bytes
 //! big endian, [`Storage::next_seq`]), so key order is arrival order. Value = [`HeldKind`]
 //! tag byte ++ the prost encoding of one resource's group (`ResourceLogs` or
-//! `ResourceMetrics`).
+//! `ResourceMetrics`, span-metric points included).
 //!
 //! **Exactly once.** Every change is staged in the caller's `WriteBatch`: [`HoldStore::hold`]
 //! in the batch written before the client is acknowledged, [`HoldStore::forget`] in the
@@ -43,6 +43,10 @@ pub enum HeldKind {
     /// A `ResourceMetrics` another sampler already settled to the summary path and
     /// forwarded to this one, which owns its series: due at once, never correlated again.
     SummaryMetrics = 4,
+    /// A `ResourceMetrics` of span-metric points counted from one request's spans
+    /// ([`crate::rollup::spans`]): held for the window so that the decisions of the traces
+    /// its exemplars point at are known, then always rolled up, never kept raw.
+    SpanMetrics = 5,
 }
 
 impl HeldKind {
@@ -57,6 +61,7 @@ impl HeldKind {
             2 => Some(HeldKind::Metrics),
             3 => Some(HeldKind::SummaryLogs),
             4 => Some(HeldKind::SummaryMetrics),
+            5 => Some(HeldKind::SpanMetrics),
             _ => None,
         }
     }

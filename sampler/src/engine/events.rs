@@ -20,6 +20,11 @@ pub(super) fn late_spans_kept(spans: u64) {
     counter!(names::SPANS_KEPT).increment(spans);
 }
 
+/// Spans counted into span metrics, in the write that stored them.
+pub(super) fn span_metrics_counted(spans: u64) {
+    counter!(names::SPAN_METRICS_SPANS).increment(spans);
+}
+
 /// Traces decided early because the index was full.
 pub(super) fn traces_evicted(traces: usize) {
     counter!(names::TRACES_EVICTED).increment(traces as u64);
@@ -72,6 +77,7 @@ pub(crate) fn register() {
         names::SPANS_DROPPED,
         names::TRACES_EVICTED,
         names::SPANS_DEDUPLICATED,
+        names::SPAN_METRICS_SPANS,
         names::LOGS_RECEIVED,
         names::DATA_POINTS_RECEIVED,
     ] {

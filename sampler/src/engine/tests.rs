@@ -274,7 +274,7 @@ sampler:
   policies:
     - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
 correlation: {enabled: false}
-rollup: {logs: {enabled: false}, metrics: {enabled: false}}
+rollup: {logs: {enabled: false}, metrics: {enabled: false}, traces: {enabled: false}}
 "#;
 
 fn logs_request(resource: Option<Resource>, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
@@ -763,4 +763,100 @@ async fn drop_pending_forgets_undecided_traces_and_their_late_spans() {
     assert!(rig.exported_spans().await.is_empty());
     // Nothing of them is left in the buffer for a restart to pick up.
     assert_eq!(rig.engine.recover().unwrap(), 0);
+}
+
+/// Calls per `span.name` and the exemplar trace ids in the exported span metrics.
+fn exported_span_calls(dir: &Path) -> (std::collections::BTreeMap<String, i64>, Vec<u8>) {
+    use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+    let text = std::fs::read_to_string(dir.join("out.jsonl")).unwrap_or_default();
+    let mut calls = std::collections::BTreeMap::new();
+    let mut exemplars = Vec::new();
+    for line in text.lines().filter(|l| l.contains("resourceMetrics")) {
+        let req: ExportMetricsServiceRequest = serde_json::from_str(line).unwrap();
+        for m in req
+            .resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+        {
+            match &m.data {
+                Some(metric::Data::Sum(s)) if m.name == crate::rollup::spans::CALLS => {
+                    for p in &s.data_points {
+                        let name = p
+                            .attributes
+                            .iter()
+                            .find(|kv| kv.key == "span.name")
+                            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                                any_value::Value::StringValue(s) => Some(s.clone()),
+                                _ => None,
+                            })
+                            .unwrap_or_default();
+                        let Some(number_data_point::Value::AsInt(v)) = p.value else {
+                            panic!("int calls")
+                        };
+                        *calls.entry(name).or_insert(0) += v;
+                    }
+                }
+                Some(metric::Data::Histogram(h)) => {
+                    for p in &h.data_points {
+                        exemplars.extend(p.exemplars.iter().map(|e| e.trace_id[0]));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    exemplars.sort();
+    exemplars.dedup();
+    (calls, exemplars)
+}
+
+#[tokio::test]
+async fn every_span_received_counts_once_in_span_metrics_buffered_late_or_handed_off() {
+    let yaml =
+        format!("{CONFIG}correlation: {{window: 3s}}\nrollup: {{traces: {{interval: 1h}}}}\n");
+    let rig = rig(&yaml);
+    // Trace 1 (kept: an error) and trace 2 (dropped), buffered.
+    rig.engine
+        .ingest_traces(request(vec![
+            span(1, 1, false),
+            span(1, 2, true),
+            span(2, 1, false),
+        ]))
+        .unwrap();
+    // Handed off from another sampler, which counted it: buffered here, not counted again.
+    rig.engine
+        .ingest_handed_off_traces(request(vec![span(2, 2, false)]))
+        .unwrap();
+    rig.advance(1100);
+    assert_eq!(rig.engine.decide_due().unwrap(), 2);
+    // Late spans of the kept and of the dropped trace, and a client's retry of a kept span.
+    rig.engine
+        .ingest_traces(request(vec![
+            span(1, 3, false),
+            span(2, 3, false),
+            span(1, 2, true),
+        ]))
+        .unwrap();
+    assert_eq!(rig.engine.active_traces(), 0);
+    let exported = rig.exported_spans().await;
+    assert_eq!(
+        exported.len(),
+        3,
+        "trace 1's spans, each once: {exported:?}"
+    );
+    let settler = rig.engine.settler();
+    settler.settle_all(rig.now() + 5_000_000_000).unwrap();
+    rig.exported_spans().await;
+    let (calls, exemplars) = exported_span_calls(rig.dir.path());
+    assert_eq!(
+        calls,
+        std::collections::BTreeMap::from([
+            ("span-1".to_owned(), 2),
+            // The retry was received, so it counts (span metrics count what arrives).
+            ("span-2".to_owned(), 2),
+            ("span-3".to_owned(), 2),
+        ])
+    );
+    assert_eq!(exemplars, vec![1], "exemplars point at the kept trace only");
 }

@@ -50,7 +50,7 @@ pub(super) fn hold_sizes(stats: &HoldStats, kept_traces: usize) {
 /// Makes the settle path's series visible on `/metrics` from the start, at zero.
 pub(crate) fn register() {
     counter!(names::HOLD_RELEASED_EARLY).increment(0);
-    for signal in ["logs", "metrics"] {
+    for signal in ["logs", "metrics", "spans"] {
         counter!(names::SUMMARY_ITEMS, "signal" => signal).increment(0);
         counter!(names::ROLLUP_IN, "signal" => signal).increment(0);
         counter!(names::ROLLUP_OUT, "signal" => signal).increment(0);

@@ -21,6 +21,7 @@ use super::{SettleError, Settler, events};
 use crate::correlation::store::HeldKind;
 use crate::rollup::logs::LogRollup;
 use crate::rollup::metrics::MetricRollup;
+use crate::rollup::spans::SpanRollup;
 use crate::storage::{CF_ROLLUP, Store};
 
 /// First key byte of the metric rollup's cumulative stream state in [`CF_ROLLUP`].
@@ -81,6 +82,7 @@ impl<R> Interval<R> {
 pub(super) struct Rollups {
     pub(super) logs: Option<Interval<LogRollup>>,
     pub(super) metrics: Option<Interval<MetricRollup>>,
+    pub(super) spans: Option<Interval<SpanRollup>>,
 }
 
 impl Interval<LogRollup> {
@@ -112,6 +114,15 @@ impl Interval<MetricRollup> {
     }
 }
 
+impl Interval<SpanRollup> {
+    /// Folds one resource's span-metric points (`bytes` as stored) into the interval.
+    pub(super) fn fold(&mut self, rm: &ResourceMetrics, bytes: usize, now: u64) {
+        let spans = self.rollup.add(rm, now);
+        self.pending_bytes += bytes as u64;
+        events::rollup_in("spans", spans);
+    }
+}
+
 /// Key of a summary input in [`CF_ROLLUP`]: signal byte, then a sequence number.
 pub(super) fn pending_key(kind: HeldKind, seq: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -130,6 +141,7 @@ fn stage_clear(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, kind: HeldKin
 pub(super) struct Unrolled {
     logs: Vec<ResourceLogs>,
     metrics: Vec<ResourceMetrics>,
+    spans: Vec<ResourceMetrics>,
 }
 
 impl Settler {
@@ -170,6 +182,12 @@ impl Settler {
                         None => unrolled.metrics.push(rm),
                     })
                     .map_err(|e| e.to_string()),
+                Some(k) if k == HeldKind::SpanMetrics as u8 => ResourceMetrics::decode(&*value)
+                    .map(|rm| match rollups.spans.as_mut() {
+                        Some(interval) => interval.fold(&rm, value.len(), now),
+                        None => unrolled.spans.push(rm),
+                    })
+                    .map_err(|e| e.to_string()),
                 _ => Err("unknown summary input tag".to_owned()),
             };
             match read {
@@ -187,7 +205,7 @@ impl Settler {
     /// Queues summary inputs whose rollup is off now, unchanged, and deletes them from
     /// [`CF_ROLLUP`] in the same write.
     fn pass_through_unrolled(&self, unrolled: Unrolled) -> Result<(), SettleError> {
-        if unrolled.logs.is_empty() && unrolled.metrics.is_empty() {
+        if unrolled.logs.is_empty() && unrolled.metrics.is_empty() && unrolled.spans.is_empty() {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
@@ -201,6 +219,9 @@ impl Settler {
         if !unrolled.metrics.is_empty() {
             stage_clear(&mut batch, cf, HeldKind::Metrics, upto);
         }
+        if !unrolled.spans.is_empty() {
+            stage_clear(&mut batch, cf, HeldKind::SpanMetrics, upto);
+        }
         self.write_with_exports(
             batch,
             vec![
@@ -208,7 +229,7 @@ impl Settler {
                     resource_logs: unrolled.logs,
                 }),
                 ExportRequest::Metrics(ExportMetricsServiceRequest {
-                    resource_metrics: unrolled.metrics,
+                    resource_metrics: unrolled.metrics.into_iter().chain(unrolled.spans).collect(),
                 }),
             ],
         )?;
@@ -255,6 +276,24 @@ impl Settler {
             );
             self.write_with_exports(batch, vec![ExportRequest::Metrics(request)])?;
             events::rollup_out("metrics", points);
+            interval.restart(now);
+        }
+        if let Some(interval) = rollups.spans.as_mut()
+            && interval.due(now, force, self.max_pending_bytes)
+        {
+            let request = interval
+                .rollup
+                .flush(interval.start, interval.close_at(now));
+            let points = otlp::data_point_count(&request) as u64;
+            let mut batch = WriteBatch::default();
+            stage_clear(
+                &mut batch,
+                cf,
+                HeldKind::SpanMetrics,
+                self.storage.next_seq(),
+            );
+            self.write_with_exports(batch, vec![ExportRequest::Metrics(request)])?;
+            events::rollup_out("spans", points);
             interval.restart(now);
         }
         Ok(())

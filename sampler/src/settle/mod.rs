@@ -55,9 +55,11 @@ use crate::correlation::{DecisionNotice, HoldLimits, KeptIndex, KeptIndexConfig}
 use crate::export_queue::ExportQueues;
 use crate::rollup::logs::{LogRollup, LogRollupOptions, MinerConfig};
 use crate::rollup::metrics::{MetricRollup, MetricRollupError};
+use crate::rollup::spans::{SpanMetricsBuilder, SpanPoints, SpanRollup, is_span_metrics_scope};
 use crate::storage::{Storage, StorageError, Store};
 pub(crate) use events::register as register_metrics;
 use interval::{Interval, Rollups};
+use summary::Summaries;
 pub use summary::{SummaryError, SummaryRouter};
 
 /// Most held groups settled per RocksDB write.
@@ -106,6 +108,8 @@ pub struct Settler {
     router: Option<Arc<dyn SummaryRouter>>,
     rollups: Mutex<Rollups>,
     max_pending_bytes: u64,
+    /// Counts spans into span metrics at ingest (`rollup.traces`; `None` when off).
+    span_metrics: Option<SpanMetricsBuilder>,
 }
 
 /// What a [`Settler::settle_due`] pass did.
@@ -198,7 +202,20 @@ impl Settler {
         } else {
             None
         };
+        let spans = if rollup.traces.enabled {
+            Some(Interval::new(
+                SpanRollup::new(&rollup.traces)?,
+                rollup.traces.interval,
+                now,
+            ))
+        } else {
+            None
+        };
         Ok(Settler {
+            span_metrics: rollup
+                .traces
+                .enabled
+                .then(|| SpanMetricsBuilder::new(&rollup.traces)),
             storage,
             queues,
             clock,
@@ -207,7 +224,11 @@ impl Settler {
             kept: Mutex::new(kept),
             broadcaster: links.broadcaster,
             router: links.router,
-            rollups: Mutex::new(Rollups { logs, metrics }),
+            rollups: Mutex::new(Rollups {
+                logs,
+                metrics,
+                spans,
+            }),
             max_pending_bytes: rollup.max_pending_bytes,
         })
     }
@@ -250,6 +271,27 @@ impl Settler {
     pub fn hold_metrics(&self, batch: &mut WriteBatch, rm: &ResourceMetrics, now: u64) {
         self.store
             .hold(batch, HeldKind::Metrics, &rm.encode_to_vec(), now);
+    }
+
+    /// The span-metric points of a request's spans (`rollup.traces`), or `None` when span
+    /// metrics are off. Pure: nothing is written until [`Settler::hold_span_metrics`].
+    pub fn span_metrics(
+        &self,
+        request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        now: u64,
+    ) -> Option<SpanPoints> {
+        self.span_metrics
+            .as_ref()
+            .map(|builder| builder.aggregate(request, now))
+    }
+
+    /// Stages holding span-metric points (arrived at `now`) in `batch`: the batch that
+    /// buffers the spans they count, so each span is counted exactly when it is stored.
+    pub fn hold_span_metrics(&self, batch: &mut WriteBatch, points: &SpanPoints, now: u64) {
+        for rm in &points.resources {
+            self.store
+                .hold(batch, HeldKind::SpanMetrics, &rm.encode_to_vec(), now);
+        }
     }
 
     /// Holds logs another sampler settled to the summary path and forwarded here, their
@@ -365,15 +407,25 @@ impl Settler {
         let Classified {
             mut logs,
             mut metrics,
+            mut spans,
             mut movable_logs,
             mut movable_metrics,
+            mut movable_spans,
         } = classified;
-        self.send_to_owners(&mut movable_logs, &mut movable_metrics);
+        self.send_to_owners(&mut movable_logs, &mut movable_metrics, &mut movable_spans);
         logs.extend(movable_logs);
         metrics.extend(movable_metrics);
+        spans.extend(movable_spans);
         let keys: Vec<_> = released.iter().map(|i| i.key).collect();
-        let mut pass =
-            self.write_settled(logs, metrics, |batch| self.store.forget(batch, &keys), now)?;
+        let mut pass = self.write_settled(
+            Summaries {
+                logs,
+                metrics,
+                spans,
+            },
+            |batch| self.store.forget(batch, &keys),
+            now,
+        )?;
         pass.groups = released.len();
         Ok(pass)
     }
@@ -417,10 +469,12 @@ struct Classified {
     /// Settled here for good.
     logs: Vec<Split<ResourceLogs>>,
     metrics: Vec<Split<ResourceMetrics>>,
+    spans: Vec<Split<ResourceMetrics>>,
     /// Summary parts that may belong to another sampler's rollup; those a peer settled
     /// already (`HeldKind::Summary*`) stay here, so nothing travels twice.
     movable_logs: Vec<Split<ResourceLogs>>,
     movable_metrics: Vec<Split<ResourceMetrics>>,
+    movable_spans: Vec<Split<ResourceMetrics>>,
 }
 
 impl Classified {
@@ -454,13 +508,56 @@ impl Classified {
                 .logs
                 .push(classify::all_summary_logs(ResourceLogs::decode(bytes)?)),
             HeldKind::SummaryMetrics => {
+                let (spans, metrics) = split_span_metrics(ResourceMetrics::decode(bytes)?);
+                self.spans.extend(spans.map(classify::all_summary_metrics));
                 self.metrics
-                    .push(classify::all_summary_metrics(ResourceMetrics::decode(
-                        bytes,
-                    )?))
+                    .extend(metrics.map(classify::all_summary_metrics));
+            }
+            HeldKind::SpanMetrics => {
+                let mut rm = ResourceMetrics::decode(bytes)?;
+                retain_kept_exemplars(&mut rm, kept);
+                self.movable_spans.push(classify::all_summary_metrics(rm));
             }
         }
         Ok(())
+    }
+}
+
+/// Splits a resource's metrics forwarded by a peer into span-metric points (for the span
+/// rollup) and the rest (for the metric rollup).
+fn split_span_metrics(rm: ResourceMetrics) -> (Option<ResourceMetrics>, Option<ResourceMetrics>) {
+    let (spans, rest): (Vec<_>, Vec<_>) = rm
+        .scope_metrics
+        .into_iter()
+        .partition(|sm| is_span_metrics_scope(sm.scope.as_ref()));
+    let part = |scope_metrics: Vec<_>| {
+        (!scope_metrics.is_empty()).then(|| ResourceMetrics {
+            resource: rm.resource.clone(),
+            scope_metrics,
+            schema_url: rm.schema_url.clone(),
+        })
+    };
+    (part(spans), part(rest))
+}
+
+/// Removes the exemplar candidates of span-metric points whose trace was not kept (as far
+/// as the kept index knows once the window has passed), so every exemplar resolves.
+fn retain_kept_exemplars(rm: &mut ResourceMetrics, kept: &KeptIndex) {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    for m in rm.scope_metrics.iter_mut().flat_map(|sm| &mut sm.metrics) {
+        match &mut m.data {
+            Some(Data::Histogram(h)) => {
+                for p in &mut h.data_points {
+                    kept.retain_kept_exemplars(&mut p.exemplars);
+                }
+            }
+            Some(Data::ExponentialHistogram(h)) => {
+                for p in &mut h.data_points {
+                    kept.retain_kept_exemplars(&mut p.exemplars);
+                }
+            }
+            _ => {}
+        }
     }
 }
 

@@ -64,6 +64,16 @@ fn merge_local(parts: Vec<ResourceMetrics>) -> Option<ResourceMetrics> {
     merged.pop()
 }
 
+/// What one settle step sends down the summary path, per rollup.
+pub(super) struct Summaries {
+    /// Logs for the log rollup.
+    pub(super) logs: Vec<Split<ResourceLogs>>,
+    /// Metric points for the metric rollup.
+    pub(super) metrics: Vec<Split<ResourceMetrics>>,
+    /// Span-metric points for the span rollup.
+    pub(super) spans: Vec<Split<ResourceMetrics>>,
+}
+
 /// Summary parts written for a local rollup in the current step, with their stored size.
 struct Folded<T> {
     parts: Vec<(T, usize)>,
@@ -78,19 +88,27 @@ impl Settler {
         &self,
         logs: &mut [Split<ResourceLogs>],
         metrics: &mut [Split<ResourceMetrics>],
+        spans: &mut [Split<ResourceMetrics>],
     ) {
         let Some(router) = self.router.as_deref() else {
             return;
         };
-        let (roll_logs, roll_metrics) = {
+        let (roll_logs, roll_metrics, roll_spans) = {
             let rollups = self.rollups();
-            (rollups.logs.is_some(), rollups.metrics.is_some())
+            (
+                rollups.logs.is_some(),
+                rollups.metrics.is_some(),
+                rollups.spans.is_some(),
+            )
         };
         if roll_logs {
             send_logs_to_owners(router, logs);
         }
         if roll_metrics {
             send_metrics_to_owners(router, metrics);
+        }
+        if roll_spans {
+            send_metrics_to_owners(router, spans);
         }
     }
 
@@ -99,11 +117,15 @@ impl Settler {
     /// then folds the summary parts into the rollups.
     pub(super) fn write_settled(
         &self,
-        logs: Vec<Split<ResourceLogs>>,
-        metrics: Vec<Split<ResourceMetrics>>,
+        summaries: Summaries,
         stage_more: impl FnOnce(&mut WriteBatch),
         now: u64,
     ) -> Result<Settled, SettleError> {
+        let Summaries {
+            logs,
+            metrics,
+            spans,
+        } = summaries;
         let mut rollups = self.rollups();
         let mut batch = WriteBatch::default();
         let mut out = Settled::default();
@@ -123,6 +145,14 @@ impl Settler {
             rollups.metrics.is_some(),
             &mut out,
         );
+        let (raw_spans, fold_spans) = self.stage_summary(
+            &mut batch,
+            "spans",
+            HeldKind::SpanMetrics,
+            spans,
+            rollups.spans.is_some(),
+            &mut out,
+        );
         stage_more(&mut batch);
         self.write_with_exports(
             batch,
@@ -131,7 +161,9 @@ impl Settler {
                     resource_logs: otlp::merge_logs(raw_logs),
                 }),
                 ExportRequest::Metrics(ExportMetricsServiceRequest {
-                    resource_metrics: otlp::merge_metrics(raw_metrics),
+                    resource_metrics: otlp::merge_metrics(
+                        raw_metrics.into_iter().chain(raw_spans).collect(),
+                    ),
                 }),
             ],
         )?;
@@ -142,6 +174,11 @@ impl Settler {
         }
         if let Some(interval) = rollups.metrics.as_mut() {
             for (rm, bytes) in &fold_metrics.parts {
+                interval.fold(rm, *bytes, now);
+            }
+        }
+        if let Some(interval) = rollups.spans.as_mut() {
+            for (rm, bytes) in &fold_spans.parts {
                 interval.fold(rm, *bytes, now);
             }
         }

@@ -418,3 +418,157 @@ async fn a_held_group_that_does_not_decode_is_quarantined_and_the_rest_settles()
         "nothing is left in the hold"
     );
 }
+
+/// Requests of `spans` spans each, one trace per request (`trace` = request number + 1),
+/// every third span an error, durations 1..=spans ms.
+fn span_requests(
+    requests: u8,
+    spans: u8,
+) -> Vec<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest> {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    (0..requests)
+        .map(
+            |r| opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(resource(1, r % 2)),
+                    scope_spans: vec![ScopeSpans {
+                        spans: (0..spans)
+                            .map(|i| Span {
+                                trace_id: vec![r + 1; 16],
+                                span_id: vec![i + 1; 8],
+                                name: "GET /".into(),
+                                kind: 2,
+                                start_time_unix_nano: T0,
+                                end_time_unix_nano: T0 + u64::from(i + 1) * 1_000_000,
+                                status: Some(Status {
+                                    code: if i % 3 == 0 { 2 } else { 0 },
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            },
+        )
+        .collect()
+}
+
+/// Exported span metrics: (calls per status code, histogram count, trace ids of every
+/// exemplar).
+fn exported_span_metrics(dir: &Path) -> (BTreeMap<String, i64>, u64, Vec<Vec<u8>>) {
+    use crate::rollup::spans::{CALLS, DURATION};
+    let text = std::fs::read_to_string(dir.join("out.jsonl")).unwrap_or_default();
+    let mut calls = BTreeMap::new();
+    let mut count = 0;
+    let mut exemplars = Vec::new();
+    for line in text.lines().filter(|l| l.contains("resourceMetrics")) {
+        let req: ExportMetricsServiceRequest = serde_json::from_str(line).unwrap();
+        for m in req
+            .resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+        {
+            match (&m.data, m.name.as_str()) {
+                (Some(metric::Data::Sum(s)), CALLS) => {
+                    for p in &s.data_points {
+                        let code = p
+                            .attributes
+                            .iter()
+                            .find(|kv| kv.key == "status.code")
+                            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                                any_value::Value::StringValue(s) => Some(s.clone()),
+                                _ => None,
+                            })
+                            .unwrap_or_default();
+                        let Some(number_data_point::Value::AsInt(v)) = p.value else {
+                            panic!("int calls")
+                        };
+                        *calls.entry(code).or_insert(0) += v;
+                    }
+                }
+                (Some(metric::Data::Histogram(h)), DURATION) => {
+                    for p in &h.data_points {
+                        count += p.count;
+                        exemplars.extend(p.exemplars.iter().map(|e| e.trace_id.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    (calls, count, exemplars)
+}
+
+use std::collections::BTreeMap;
+
+#[tokio::test]
+async fn span_metrics_count_every_span_once_across_a_crash_with_exemplars_of_kept_traces_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "correlation: {window: 10s}\nrollup: {traces: {interval: 1h}}\n";
+    let now = T0;
+    let requests = span_requests(6, 9);
+    {
+        let node = open(dir.path(), yaml);
+        let mut batch = WriteBatch::default();
+        for r in &requests[..3] {
+            let points = node.settler.span_metrics(r, now).unwrap();
+            assert_eq!(points.spans, 9);
+            node.settler.hold_span_metrics(&mut batch, &points, now);
+        }
+        node.settler.storage.write(batch).unwrap();
+        // Trace 2 is kept; the decision is known before the window passes.
+        node.settler.publish(
+            vec![crate::correlation::DecisionNotice {
+                trace_id: [2; 16],
+                resources: Vec::new(),
+                start_unix_nano: T0,
+                end_unix_nano: T0 + SEC,
+                policy: "errors".into(),
+                correlate: false,
+            }],
+            now,
+        );
+        let settled = node.settler.settle_due(now + 11 * SEC).unwrap();
+        assert_eq!(settled.raw, 0, "span metrics are never kept raw");
+        let mut batch = WriteBatch::default();
+        for r in &requests[3..] {
+            let points = node.settler.span_metrics(r, now).unwrap();
+            node.settler.hold_span_metrics(&mut batch, &points, now);
+        }
+        node.settler.storage.write(batch).unwrap();
+        // Crash: three requests folded (pending in the rollup), three still held.
+    }
+    let node = open(dir.path(), yaml);
+    assert_eq!(node.settler.recover(now).unwrap(), (3, 3));
+    node.settler.settle_all(now + 11 * SEC).unwrap();
+    node.drain().await;
+    let (calls, count, exemplars) = exported_span_metrics(dir.path());
+    // 9 spans per request: spans 0, 3 and 6 are errors.
+    assert_eq!(
+        calls,
+        BTreeMap::from([
+            ("STATUS_CODE_ERROR".to_owned(), 6 * 3),
+            ("STATUS_CODE_UNSET".to_owned(), 6 * 6),
+        ])
+    );
+    assert_eq!(count, 6 * 9, "histogram counts equal calls");
+    assert!(
+        !exemplars.is_empty(),
+        "the kept trace's spans are exemplars"
+    );
+    assert!(
+        exemplars.iter().all(|t| t == &vec![2u8; 16]),
+        "only kept traces: {exemplars:?}"
+    );
+    drop(node);
+    let node = open(dir.path(), yaml);
+    assert_eq!(
+        node.settler.recover(now).unwrap(),
+        (0, 0),
+        "nothing left twice"
+    );
+}

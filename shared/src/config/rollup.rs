@@ -90,6 +90,8 @@ pub struct RollupConfig {
     pub logs: LogRollupConfig,
     /// Metric points not kept are aggregated per interval.
     pub metrics: MetricRollupConfig,
+    /// Span metrics of every span received, kept or not (`traces.span.metrics.*`).
+    pub traces: SpanMetricsConfig,
     /// Summary inputs waiting on disk for their interval to close; past it the interval
     /// closes early, so the bound on disk and memory holds under any input rate.
     pub max_pending_bytes: u64,
@@ -100,6 +102,7 @@ impl Default for RollupConfig {
         RollupConfig {
             logs: LogRollupConfig::default(),
             metrics: MetricRollupConfig::default(),
+            traces: SpanMetricsConfig::default(),
             max_pending_bytes: 512 * 1024 * 1024,
         }
     }
@@ -179,6 +182,197 @@ impl Default for MetricRollupConfig {
     }
 }
 
+/// `rollup.traces.*`: span metrics, named and shaped like the Collector `spanmetrics`
+/// connector's output, computed from every span at arrival (before the decision), so the
+/// request rates, error rates and latency of dropped traces survive sampling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpanMetricsConfig {
+    /// Count every span received. Off: no span metrics.
+    pub enabled: bool,
+    /// Length of one output interval (every point covers exactly one).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Dimensions beyond `service.name`, `span.name`, `span.kind` and `status.code`: a span
+    /// attribute of that name, else a resource attribute, else `default` (no `default`:
+    /// the dimension is left out of that series).
+    pub dimensions: Vec<SpanDimensionConfig>,
+    /// The `traces.span.metrics.duration` histogram.
+    pub histogram: SpanHistogramConfig,
+    /// Exemplars on the duration histogram, pointing at kept traces only.
+    pub exemplars: SpanExemplarsConfig,
+    /// Distinct series per metric per service per interval; the rest are counted in one
+    /// series marked `otel.metric.overflow=true` (as in `rollup.metrics`).
+    pub cardinality_limit: usize,
+}
+
+impl Default for SpanMetricsConfig {
+    fn default() -> Self {
+        SpanMetricsConfig {
+            enabled: true,
+            interval: Duration::from_secs(60),
+            dimensions: Vec::new(),
+            histogram: SpanHistogramConfig::default(),
+            exemplars: SpanExemplarsConfig::default(),
+            cardinality_limit: 2000,
+        }
+    }
+}
+
+/// One extra span-metrics dimension (`rollup.traces.dimensions[]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpanDimensionConfig {
+    /// Attribute name, looked up on the span, then on its resource.
+    pub name: String,
+    /// Value used when neither has the attribute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// Unit of the duration histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurationUnit {
+    /// Milliseconds (the Collector's default).
+    #[default]
+    Ms,
+    /// Seconds.
+    S,
+}
+
+impl DurationUnit {
+    /// The OTLP unit string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DurationUnit::Ms => "ms",
+            DurationUnit::S => "s",
+        }
+    }
+
+    /// Nanoseconds per unit.
+    pub fn nanos(self) -> f64 {
+        match self {
+            DurationUnit::Ms => 1e6,
+            DurationUnit::S => 1e9,
+        }
+    }
+}
+
+/// `rollup.traces.histogram`: explicit buckets (default) or, with `exponential` set, an
+/// exponential histogram.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpanHistogramConfig {
+    /// Unit of the recorded durations: `ms` or `s`.
+    pub unit: DurationUnit,
+    /// Explicit bucket bounds.
+    pub explicit: ExplicitBucketsConfig,
+    /// When set, an exponential histogram instead of explicit buckets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exponential: Option<ExponentialBucketsConfig>,
+}
+
+impl Default for SpanHistogramConfig {
+    fn default() -> Self {
+        SpanHistogramConfig {
+            unit: DurationUnit::Ms,
+            explicit: ExplicitBucketsConfig::default(),
+            exponential: None,
+        }
+    }
+}
+
+/// `rollup.traces.histogram.explicit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExplicitBucketsConfig {
+    /// Upper bounds, as durations (`2ms`, `1s`), strictly increasing.
+    #[serde(with = "humantime_list")]
+    pub buckets: Vec<Duration>,
+}
+
+impl Default for ExplicitBucketsConfig {
+    /// The Collector spanmetrics connector's default bounds.
+    fn default() -> Self {
+        let ms = Duration::from_millis;
+        ExplicitBucketsConfig {
+            buckets: vec![
+                ms(2),
+                ms(4),
+                ms(6),
+                ms(8),
+                ms(10),
+                ms(50),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1000),
+                ms(1400),
+                ms(2000),
+                ms(5000),
+                ms(10_000),
+                ms(15_000),
+            ],
+        }
+    }
+}
+
+/// `rollup.traces.histogram.exponential`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExponentialBucketsConfig {
+    /// Most buckets per sign; the scale drops as needed to fit.
+    pub max_size: usize,
+}
+
+impl Default for ExponentialBucketsConfig {
+    fn default() -> Self {
+        ExponentialBucketsConfig { max_size: 160 }
+    }
+}
+
+/// `rollup.traces.exemplars`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpanExemplarsConfig {
+    /// Attach exemplars (needs `correlation.enabled`: kept traces are known from its index).
+    pub enabled: bool,
+    /// Most exemplars per output point.
+    pub max_per_data_point: usize,
+}
+
+impl Default for SpanExemplarsConfig {
+    fn default() -> Self {
+        SpanExemplarsConfig {
+            enabled: true,
+            max_per_data_point: 5,
+        }
+    }
+}
+
+/// Serde for a list of humantime durations.
+mod humantime_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            list.iter()
+                .map(|d| humantime::format_duration(*d).to_string()),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
 /// One attribute-reduction rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -220,6 +414,7 @@ impl RollupConfig {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
         }
+        self.traces.validate()?;
         for (i, rule) in self.metrics.rules.iter().enumerate() {
             let patterns = std::iter::once(&rule.metric)
                 .chain(rule.keep_attributes.iter().flatten())
@@ -241,3 +436,61 @@ impl RollupConfig {
         Ok(())
     }
 }
+
+impl SpanMetricsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "rollup.traces.interval",
+                "must be greater than 0",
+            ));
+        }
+        if self.cardinality_limit == 0 {
+            return Err(ConfigError::invalid(
+                "rollup.traces.cardinality_limit",
+                "must be greater than 0",
+            ));
+        }
+        let buckets = &self.histogram.explicit.buckets;
+        if buckets.is_empty() {
+            return Err(ConfigError::invalid(
+                "rollup.traces.histogram.explicit.buckets",
+                "must list at least one bound",
+            ));
+        }
+        if buckets.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ConfigError::invalid(
+                "rollup.traces.histogram.explicit.buckets",
+                "bounds must be strictly increasing",
+            ));
+        }
+        if let Some(e) = &self.histogram.exponential
+            && !(2..=16384).contains(&e.max_size)
+        {
+            return Err(ConfigError::invalid(
+                "rollup.traces.histogram.exponential.max_size",
+                "must be between 2 and 16384",
+            ));
+        }
+        for (i, d) in self.dimensions.iter().enumerate() {
+            if d.name.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("rollup.traces.dimensions[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+            if DEFAULT_DIMENSIONS.contains(&d.name.as_str())
+                || self.dimensions[..i].iter().any(|o| o.name == d.name)
+            {
+                return Err(ConfigError::invalid(
+                    format!("rollup.traces.dimensions[{i}].name"),
+                    format!("`{}` is already a dimension", d.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The dimensions every span-metrics series has, in the Collector's naming.
+pub const DEFAULT_DIMENSIONS: [&str; 4] = ["service.name", "span.name", "span.kind", "status.code"];

@@ -414,6 +414,55 @@ fn bad_correlation_and_rollup_keys_are_named() {
 }
 
 #[test]
+fn span_metrics_default_to_the_collector_shape() {
+    let c = load("").unwrap();
+    let t = &c.rollup.traces;
+    assert!(t.enabled && t.exemplars.enabled);
+    assert_eq!(t.interval, Duration::from_secs(60));
+    assert_eq!(t.histogram.unit.as_str(), "ms");
+    assert_eq!(t.histogram.explicit.buckets.len(), 16);
+    assert_eq!(t.histogram.explicit.buckets[0], Duration::from_millis(2));
+    assert!(t.histogram.exponential.is_none());
+    let custom = load(
+        "rollup:\n  traces:\n    interval: 10s\n    dimensions: [{name: http.route}, {name: region, default: none}]\n    histogram: {unit: s, explicit: {buckets: [100ms, 1s, 1m]}}\n    exemplars: {max_per_data_point: 2}\n",
+    )
+    .unwrap();
+    let t = &custom.rollup.traces;
+    assert_eq!(t.dimensions[1].default.as_deref(), Some("none"));
+    assert_eq!(t.histogram.explicit.buckets[2], Duration::from_secs(60));
+    let printed = load(&custom.to_yaml()).unwrap();
+    assert_eq!(printed.rollup.traces, custom.rollup.traces);
+}
+
+#[test]
+fn bad_span_metrics_keys_are_named() {
+    assert_eq!(
+        invalid_path("rollup: {traces: {interval: 0s}}"),
+        "rollup.traces.interval"
+    );
+    assert_eq!(
+        invalid_path("rollup: {traces: {histogram: {explicit: {buckets: [1s, 10ms]}}}}"),
+        "rollup.traces.histogram.explicit.buckets"
+    );
+    assert_eq!(
+        invalid_path("rollup: {traces: {histogram: {unit: minutes}}}"),
+        "rollup.traces.histogram.unit"
+    );
+    assert_eq!(
+        invalid_path("rollup: {traces: {dimensions: [{name: span.name}]}}"),
+        "rollup.traces.dimensions[0].name"
+    );
+    assert_eq!(
+        invalid_path("rollup: {traces: {histogram: {exponential: {max_size: 1}}}}"),
+        "rollup.traces.histogram.exponential.max_size"
+    );
+    assert_eq!(
+        invalid_path("rollup: {traces: {cardinality_limit: 0}}"),
+        "rollup.traces.cardinality_limit"
+    );
+}
+
+#[test]
 fn policies_correlate_by_window_per_type_unless_told() {
     let c = load(
         "sampler:\n  policies:\n  - {name: e, type: status_code, status_code: {status_codes: [ERROR]}}\n  - {name: l, type: latency, latency: {threshold_ms: 10}}\n  - {name: p, type: probabilistic, probabilistic: {sampling_percentage: 1}}\n  - {name: a, type: always_sample}\n  - {name: b, type: always_sample, correlate: true}\n  - {name: s, type: status_code, correlate: false, status_code: {status_codes: [ERROR]}}\n",
