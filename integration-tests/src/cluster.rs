@@ -48,6 +48,9 @@ pub struct ClusterSpec {
     pub sampler_extra: Value,
     /// Whether the shared sink records requests (tests) or only counts (benchmarks).
     pub sink_mode: SinkMode,
+    /// Further top-level sections of every sampler's config (a JSON object; e.g.
+    /// `correlation`, `rollup`).
+    pub sampler_sections: Value,
 }
 
 impl Default for ClusterSpec {
@@ -62,6 +65,7 @@ impl Default for ClusterSpec {
             log_level: "info".into(),
             sampler_extra: json!({}),
             sink_mode: SinkMode::Record,
+            sampler_sections: json!({}),
         }
     }
 }
@@ -165,7 +169,7 @@ impl Cluster {
         {
             section.extend(extra.clone());
         }
-        json!({
+        let mut config = json!({
             "cluster": {
                 "node_id": node_id,
                 "gossip_endpoint": gossip.to_string(),
@@ -183,7 +187,14 @@ impl Cluster {
                 "retry": {"initial_interval": "50ms", "max_interval": "500ms"},
             },
             "telemetry": {"log_level": self.spec.log_level},
-        })
+        });
+        if let (Some(config), Some(extra)) = (
+            config.as_object_mut(),
+            self.spec.sampler_sections.as_object(),
+        ) {
+            config.extend(extra.clone());
+        }
+        config
     }
 
     async fn start_router(&self, index: usize) -> Result<RouterProcess, HarnessError> {
