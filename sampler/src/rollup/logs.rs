@@ -18,7 +18,6 @@
 //! [`MinerConfig::max_templates`], and so are the groups per resource and interval (times
 //! the 25 OTLP severity numbers).
 
-mod hash;
 mod mask;
 mod miner;
 mod output;
@@ -28,7 +27,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
-use hash::{FastMap, fast_map};
+use super::hash::{FastMap, fast_map};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;

@@ -4,6 +4,7 @@
 //! template; [`metrics`] aggregates metric points per interval; [`spans`] turns every span
 //! received into span metrics.
 
+mod hash;
 pub mod logs;
 pub mod metrics;
 pub mod spans;

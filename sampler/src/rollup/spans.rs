@@ -5,14 +5,16 @@
 //!
 //! Two halves, both pure (time passed in):
 //! - [`SpanMetricsBuilder`] runs at ingest: it aggregates one request's spans into one
-//!   delta point per series (per input resource), written in the same RocksDB batch that
-//!   buffers the spans, so a span is counted exactly when it is acknowledged. Each
-//!   histogram point carries up to `max_per_data_point` exemplar candidates (trace id,
-//!   span id, duration) — whether their trace is kept is not known yet.
+//!   delta duration-histogram point per series (per input resource), written in the same
+//!   RocksDB batch that buffers the spans, so a span is counted exactly when it is
+//!   acknowledged. The calls are the histogram's count, so the held points carry no calls
+//!   sum. Each point carries one exemplar candidate, the series' first span in the request
+//!   (trace id, span id, duration) — whether its trace is kept is not known yet.
 //! - [`SpanRollup`] folds those points, once settled (after the correlation window, when
 //!   decisions are known and candidates not pointing at a kept trace were removed), into
 //!   one point per series per interval with the metric rollup's aggregation, cardinality
-//!   limit and overflow series, and puts the surviving exemplars on the output points.
+//!   limit and overflow series, puts up to `max_per_data_point` surviving exemplars on each
+//!   output histogram point, and derives `traces.span.metrics.calls` from the counts.
 //!
 //! The points travel as OTLP metrics under the instrumentation scope [`SCOPE_NAME`], which
 //! is how a sampler that receives them from a peer (single writer per series) tells them
@@ -37,6 +39,7 @@ use otel_tail_shared::config::rollup::{
 use otel_tail_shared::otlp::{kv, kv_str};
 use prost::Message;
 
+use super::hash::{FastMap, fast_map};
 use super::metrics::{MetricRollup, MetricRollupError, ROLLUP_ATTRIBUTE, reduce_resource};
 
 /// Instrumentation scope of span-metric points, ours alone.
@@ -69,7 +72,8 @@ pub struct SpanMetricsBuilder {
     dimensions: Vec<SpanDimensionConfig>,
     unit: DurationUnit,
     buckets: Buckets,
-    exemplars: usize,
+    /// Whether points carry an exemplar candidate.
+    exemplars: bool,
 }
 
 /// What [`SpanMetricsBuilder::aggregate`] made of a request.
@@ -81,14 +85,24 @@ pub struct SpanPoints {
     pub spans: u64,
 }
 
-/// Identity of a series within one resource.
-#[derive(PartialEq, Eq, Hash)]
-struct SeriesKey<'a> {
+/// A series of one request's resource while it is aggregated.
+struct Series<'a> {
     name: &'a str,
     kind: i32,
     code: i32,
     /// Encoded values of the extra dimensions (empty without any).
-    dims: Vec<u8>,
+    dims_key: Vec<u8>,
+    acc: Acc,
+}
+
+/// Hash of a series' identity within one resource (the map hashes it again with its seed).
+fn series_hash(name: &str, kind: i32, code: i32, dims: &[u8]) -> u64 {
+    let mut h =
+        xxhash_rust::xxh3::xxh3_64(name.as_bytes()) ^ ((kind as u64) << 32 | code as u32 as u64);
+    if !dims.is_empty() {
+        h ^= xxhash_rust::xxh3::xxh3_64(dims).rotate_left(17);
+    }
+    h
 }
 
 /// One series' aggregate within one request.
@@ -101,7 +115,8 @@ struct Acc {
     /// Explicit bucket counts, or the durations themselves for an exponential histogram.
     counts: Vec<u64>,
     values: Vec<f64>,
-    exemplars: Vec<Exemplar>,
+    /// The request's exemplar candidate for this series: its first span.
+    exemplar: Option<Exemplar>,
 }
 
 impl SpanMetricsBuilder {
@@ -124,56 +139,64 @@ impl SpanMetricsBuilder {
             dimensions: config.dimensions.clone(),
             unit,
             buckets,
-            exemplars: if config.exemplars.enabled {
-                config.exemplars.max_per_data_point
-            } else {
-                0
-            },
+            exemplars: config.exemplars.enabled && config.exemplars.max_per_data_point > 0,
         }
     }
 
     /// One delta point per series of the request's spans, all stamped `now` (unix nanos).
     pub fn aggregate(&self, request: &ExportTraceServiceRequest, now: u64) -> SpanPoints {
         let mut out = SpanPoints::default();
+        let mut dims_key = Vec::new();
         for rs in &request.resource_spans {
             let resource = rs.resource.as_ref();
-            let mut index: HashMap<SeriesKey<'_>, usize> = HashMap::new();
-            let mut series: Vec<(&str, i32, i32, Acc)> = Vec::new();
+            // Series by a 64-bit hash of their identity (collisions probe onward), so that
+            // looking a span's series up allocates nothing.
+            let mut index: FastMap<u64, usize> = fast_map();
+            let mut series: Vec<Series<'_>> = Vec::new();
             for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
                 out.spans += 1;
-                let dims = self.dimension_values(span, resource);
                 let code = span.status.as_ref().map_or(0, |s| s.code);
-                let key = SeriesKey {
-                    name: &span.name,
-                    kind: span.kind,
-                    code,
-                    dims: encode_dims(&dims),
+                dims_key.clear();
+                self.encode_dimensions(span, resource, &mut dims_key);
+                let mut hash = series_hash(&span.name, span.kind, code, &dims_key);
+                let at = loop {
+                    match index.entry(hash) {
+                        Entry::Occupied(e) => {
+                            let s = &series[*e.get()];
+                            if s.name == span.name
+                                && s.kind == span.kind
+                                && s.code == code
+                                && s.dims_key == dims_key
+                            {
+                                break *e.get();
+                            }
+                            hash = hash.wrapping_add(1);
+                        }
+                        Entry::Vacant(e) => {
+                            series.push(Series {
+                                name: &span.name,
+                                kind: span.kind,
+                                code,
+                                dims_key: dims_key.clone(),
+                                acc: self.new_acc(self.dimension_values(span, resource)),
+                            });
+                            break *e.insert(series.len() - 1);
+                        }
+                    }
                 };
-                let at = *index.entry(key).or_insert_with(|| {
-                    series.push((&span.name, span.kind, code, self.new_acc(dims)));
-                    series.len() - 1
-                });
-                self.record(&mut series[at].3, span);
+                self.record(&mut series[at].acc, span);
             }
             if series.is_empty() {
                 continue;
             }
             let service = service_name(resource);
-            let mut calls = Vec::with_capacity(series.len());
-            let mut durations = Vec::with_capacity(series.len());
-            for (name, kind, code, acc) in series {
-                let attributes = self.attributes(&service, name, kind, code, &acc.dims);
-                calls.push(NumberDataPoint {
-                    attributes: attributes.clone(),
-                    start_time_unix_nano: now,
-                    time_unix_nano: now,
-                    value: Some(number_data_point::Value::AsInt(
-                        i64::try_from(acc.calls).unwrap_or(i64::MAX),
-                    )),
-                    ..Default::default()
-                });
-                durations.push((attributes, acc));
-            }
+            let durations = series
+                .into_iter()
+                .map(|s| {
+                    let attributes = self.attributes(&service, s.name, s.kind, s.code, &s.acc.dims);
+                    (attributes, s.acc)
+                })
+                .collect();
             out.resources.push(ResourceMetrics {
                 resource: Some(Resource {
                     attributes: reduce_resource(resource),
@@ -181,13 +204,35 @@ impl SpanMetricsBuilder {
                 }),
                 scope_metrics: vec![ScopeMetrics {
                     scope: Some(scope()),
-                    metrics: vec![calls_metric(calls), self.duration_metric(durations, now)],
+                    metrics: vec![self.duration_metric(durations, now)],
                     schema_url: String::new(),
                 }],
                 schema_url: String::new(),
             });
         }
         out
+    }
+
+    /// Writes the values of the extra dimensions of `span` into `out` (one byte per absent
+    /// value), without copying them.
+    fn encode_dimensions(&self, span: &Span, resource: Option<&Resource>, out: &mut Vec<u8>) {
+        for d in &self.dimensions {
+            let found = find(&span.attributes, &d.name)
+                .or_else(|| resource.and_then(|r| find(&r.attributes, &d.name)));
+            match (found, &d.default) {
+                (Some(v), _) => {
+                    out.push(1);
+                    v.encode_length_delimited(out)
+                        .expect("a Vec grows as needed");
+                }
+                (None, Some(default)) => {
+                    out.push(2);
+                    out.extend_from_slice(default.as_bytes());
+                    out.push(0);
+                }
+                (None, None) => out.push(0),
+            }
+        }
     }
 
     fn dimension_values(&self, span: &Span, resource: Option<&Resource>) -> Vec<Option<AnyValue>> {
@@ -214,7 +259,7 @@ impl SpanMetricsBuilder {
                 Buckets::Exponential(_) => Vec::new(),
             },
             values: Vec::new(),
-            exemplars: Vec::new(),
+            exemplar: None,
         }
     }
 
@@ -231,10 +276,8 @@ impl SpanMetricsBuilder {
             Buckets::Explicit(bounds) => acc.counts[bounds.partition_point(|b| *b < value)] += 1,
             Buckets::Exponential(_) => acc.values.push(value),
         }
-        if acc.exemplars.len() < self.exemplars
-            && !acc.exemplars.iter().any(|e| e.trace_id == span.trace_id)
-        {
-            acc.exemplars.push(Exemplar {
+        if self.exemplars && acc.exemplar.is_none() {
+            acc.exemplar = Some(Exemplar {
                 filtered_attributes: Vec::new(),
                 time_unix_nano: span.end_time_unix_nano,
                 span_id: span.span_id.clone(),
@@ -279,7 +322,7 @@ impl SpanMetricsBuilder {
                         sum: Some(acc.sum),
                         bucket_counts: acc.counts,
                         explicit_bounds: bounds.clone(),
-                        exemplars: acc.exemplars,
+                        exemplars: acc.exemplar.into_iter().collect(),
                         min: Some(acc.min),
                         max: Some(acc.max),
                         ..Default::default()
@@ -299,7 +342,7 @@ impl SpanMetricsBuilder {
                             p.sum = Some(acc.sum);
                             p.min = Some(acc.min);
                             p.max = Some(acc.max);
-                            p.exemplars = acc.exemplars;
+                            p.exemplars = acc.exemplar.into_iter().collect();
                             p
                         })
                         .collect(),
@@ -357,25 +400,6 @@ fn service_name(resource: Option<&Resource>) -> String {
         }) => s.clone(),
         _ => "unknown_service".to_owned(),
     }
-}
-
-/// The extra dimension values as one hashable byte string.
-fn encode_dims(dims: &[Option<AnyValue>]) -> Vec<u8> {
-    if dims.is_empty() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for value in dims {
-        match value {
-            Some(v) => {
-                out.push(1);
-                v.encode_length_delimited(&mut out)
-                    .expect("a Vec grows as needed");
-            }
-            None => out.push(0),
-        }
-    }
-    out
 }
 
 /// The Collector's `span.kind` value, e.g. `SPAN_KIND_SERVER`.
@@ -476,7 +500,7 @@ impl SpanRollup {
         })
     }
 
-    /// Spans counted by the points folded in so far.
+    /// Spans counted by the points folded in so far (their histogram counts).
     pub fn spans_in(&self) -> u64 {
         self.spans_in
     }
@@ -490,24 +514,15 @@ impl SpanRollup {
                 self.metrics
                     .add(rm.resource.as_ref(), sm.scope.as_ref(), m, now);
                 match &m.data {
-                    Some(metric::Data::Sum(s)) if m.name == CALLS => {
-                        spans += s
-                            .data_points
-                            .iter()
-                            .map(|p| match p.value {
-                                Some(number_data_point::Value::AsInt(n)) => n.max(0) as u64,
-                                Some(number_data_point::Value::AsDouble(d)) => d.max(0.0) as u64,
-                                None => 0,
-                            })
-                            .sum::<u64>();
-                    }
                     Some(metric::Data::Histogram(h)) => {
                         for p in &h.data_points {
+                            spans += p.count;
                             self.keep_exemplars(&resource, &m.name, &p.attributes, &p.exemplars);
                         }
                     }
                     Some(metric::Data::ExponentialHistogram(h)) => {
                         for p in &h.data_points {
+                            spans += p.count;
                             self.keep_exemplars(&resource, &m.name, &p.attributes, &p.exemplars);
                         }
                     }
@@ -544,40 +559,69 @@ impl SpanRollup {
         }
     }
 
-    /// One point per series for `[interval_start, interval_end]`, exemplars attached.
+    /// One point per series for `[interval_start, interval_end]`: the duration histograms
+    /// with their exemplars, and the calls sums derived from their counts.
     pub fn flush(&mut self, interval_start: u64, interval_end: u64) -> ExportMetricsServiceRequest {
         let mut request = self.metrics.flush(interval_start, interval_end);
         let mut exemplars = std::mem::take(&mut self.exemplars);
-        if exemplars.is_empty() {
-            return request;
-        }
         for rm in &mut request.resource_metrics {
             let resource = rm
                 .resource
                 .as_ref()
                 .map(|r| r.attributes.clone())
                 .unwrap_or_default();
-            for m in rm.scope_metrics.iter_mut().flat_map(|sm| &mut sm.metrics) {
-                let mut attach = |attributes: &[KeyValue], out: &mut Vec<Exemplar>| {
-                    if let Some(found) =
-                        exemplars.remove(&series_key(&resource, &m.name, attributes))
-                    {
-                        *out = found;
-                    }
-                };
-                match &mut m.data {
-                    Some(metric::Data::Histogram(h)) => {
-                        for p in &mut h.data_points {
-                            attach(&p.attributes, &mut p.exemplars);
+            for sm in &mut rm.scope_metrics {
+                let mut calls = Vec::new();
+                for m in &mut sm.metrics {
+                    let mut attach = |attributes: &[KeyValue], out: &mut Vec<Exemplar>| {
+                        if let Some(found) =
+                            exemplars.remove(&series_key(&resource, &m.name, attributes))
+                        {
+                            *out = found;
                         }
-                    }
-                    Some(metric::Data::ExponentialHistogram(h)) => {
-                        for p in &mut h.data_points {
-                            attach(&p.attributes, &mut p.exemplars);
+                    };
+                    let mut points = Vec::new();
+                    let mut count = |attributes: &[KeyValue], start: u64, time: u64, n: u64| {
+                        points.push(NumberDataPoint {
+                            attributes: attributes.to_vec(),
+                            start_time_unix_nano: start,
+                            time_unix_nano: time,
+                            value: Some(number_data_point::Value::AsInt(
+                                i64::try_from(n).unwrap_or(i64::MAX),
+                            )),
+                            ..Default::default()
+                        });
+                    };
+                    match &mut m.data {
+                        Some(metric::Data::Histogram(h)) => {
+                            for p in &mut h.data_points {
+                                attach(&p.attributes, &mut p.exemplars);
+                                count(
+                                    &p.attributes,
+                                    p.start_time_unix_nano,
+                                    p.time_unix_nano,
+                                    p.count,
+                                );
+                            }
                         }
+                        Some(metric::Data::ExponentialHistogram(h)) => {
+                            for p in &mut h.data_points {
+                                attach(&p.attributes, &mut p.exemplars);
+                                count(
+                                    &p.attributes,
+                                    p.start_time_unix_nano,
+                                    p.time_unix_nano,
+                                    p.count,
+                                );
+                            }
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                    if m.name == DURATION && !points.is_empty() {
+                        calls.push(calls_metric(points));
+                    }
                 }
+                sm.metrics.splice(0..0, calls);
             }
         }
         request

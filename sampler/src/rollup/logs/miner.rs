@@ -24,8 +24,8 @@
 //! masked whole. Deterministic: the same lines in the same order give the same templates
 //! and ids on every node.
 
-use super::hash::{FastMap, fast_map};
 use super::mask::{MaskedLine, WILDCARD, mask_line, words_differ};
+use crate::rollup::hash::{FastMap, fast_map};
 
 /// Stable identity of a template: the xxh3 hash of its text when it was created. It does
 /// not change when the template later generalizes, so it can key counters and summaries.

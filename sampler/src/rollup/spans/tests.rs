@@ -68,24 +68,22 @@ fn metric<'a>(rm: &'a ResourceMetrics, name: &str) -> &'a Metric {
         .expect("metric present")
 }
 
-/// (span.name, status.code) → calls, from the calls metric of every resource.
+/// (span.name, status.code) → spans, from the duration histograms of every resource (the
+/// per-request points carry no calls sum: calls are the histogram counts).
 fn calls_by_series(resources: &[ResourceMetrics]) -> Vec<(String, String, i64)> {
     let mut out = Vec::new();
     for rm in resources {
         for sm in &rm.scope_metrics {
-            for m in sm.metrics.iter().filter(|m| m.name == CALLS) {
-                let Some(metric::Data::Sum(s)) = &m.data else {
-                    panic!("calls is a sum")
+            assert!(sm.metrics.iter().all(|m| m.name == DURATION));
+            for m in &sm.metrics {
+                let Some(metric::Data::Histogram(h)) = &m.data else {
+                    panic!("duration is a histogram")
                 };
-                assert!(s.is_monotonic);
-                for p in &s.data_points {
-                    let Some(number_data_point::Value::AsInt(n)) = p.value else {
-                        panic!("int calls")
-                    };
+                for p in &h.data_points {
                     out.push((
                         attr(&p.attributes, "span.name").unwrap_or("").to_owned(),
                         attr(&p.attributes, "status.code").unwrap_or("").to_owned(),
-                        n,
+                        p.count as i64,
                     ));
                 }
             }
@@ -145,7 +143,11 @@ fn a_request_becomes_one_point_per_series_with_the_collector_dimensions() {
     assert_eq!(ok.bucket_counts[3], 1);
     assert_eq!(ok.sum, Some(10.0));
     assert_eq!((ok.min, ok.max), (Some(3.0), Some(7.0)));
-    assert_eq!(ok.exemplars.len(), 1, "one candidate per distinct trace");
+    assert_eq!(
+        ok.exemplars.len(),
+        1,
+        "one candidate per series per request"
+    );
     assert_eq!(ok.exemplars[0].trace_id, vec![1; 16]);
 }
 
@@ -179,20 +181,17 @@ fn extra_dimensions_come_from_the_span_then_the_resource_then_the_default() {
         ),
         NOW,
     );
-    let Some(metric::Data::Sum(s)) = &metric(&points.resources[0], CALLS).data else {
+    let Some(metric::Data::Histogram(h)) = &metric(&points.resources[0], DURATION).data else {
         panic!()
     };
-    let mut seen: Vec<(Option<&str>, Option<&str>, i64)> = s
+    let mut seen: Vec<(Option<&str>, Option<&str>, i64)> = h
         .data_points
         .iter()
         .map(|p| {
-            let Some(number_data_point::Value::AsInt(n)) = p.value else {
-                panic!()
-            };
             (
                 attr(&p.attributes, "http.route"),
                 attr(&p.attributes, "region"),
-                n,
+                p.count as i64,
             )
         })
         .collect();
@@ -209,10 +208,10 @@ fn extra_dimensions_come_from_the_span_then_the_resource_then_the_default() {
         &request("svc", vec![], vec![span(1, 1, "op", 1, false, 1)]),
         NOW,
     );
-    let Some(metric::Data::Sum(s)) = &metric(&defaulted.resources[0], CALLS).data else {
+    let Some(metric::Data::Histogram(h)) = &metric(&defaulted.resources[0], DURATION).data else {
         panic!()
     };
-    assert_eq!(attr(&s.data_points[0].attributes, "region"), Some("none"));
+    assert_eq!(attr(&h.data_points[0].attributes, "region"), Some("none"));
 }
 
 #[test]

@@ -1,10 +1,12 @@
-//! The hasher of the log rollup's in-memory maps (tree nodes, leaves, resources, groups).
+//! The hasher of the rollups' hot in-memory maps: the log rollup's (tree nodes, leaves,
+//! resources, groups) and the span-metric series of a request.
 //!
-//! Those maps are looked up several times per log line, where the standard SipHash costs
-//! more than the rest of the lookup. This one hashes byte strings with xxh3 and integers
+//! Those maps are looked up once or more per log line or span, where the standard SipHash
+//! costs more than the rest of the lookup. This one hashes byte strings with xxh3 and integers
 //! with a folded multiply, from a seed drawn per map from the standard library's random
 //! state, so the layout differs between processes. The maps are bounded (by the template,
-//! resource and severity limits), which also bounds what colliding keys could cost. It
+//! resource and severity limits, or the request), which also bounds what colliding keys
+//! could cost. It
 //! never decides a template id: those are the unseeded xxh3 of the template text.
 
 use std::collections::HashMap;
