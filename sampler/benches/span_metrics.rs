@@ -47,7 +47,7 @@ fn request(r: u64) -> ExportTraceServiceRequest {
                     kv_str("user.id", format!("user-{}", n % 10_000)),
                 ],
                 status: Some(Status {
-                    code: if n % 100 == 0 { 2 } else { 0 },
+                    code: if n.is_multiple_of(100) { 2 } else { 0 },
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -150,6 +150,7 @@ impl Args {
             "correlation": correlation,
             "rollup": {
                 "logs": {"interval": interval},
+                "traces": {"interval": interval},
                 "metrics": {
                     "interval": interval,
                     "cardinality_limit": self.cardinality_limit,

@@ -23,7 +23,8 @@ use prost::Message;
 
 use super::{
     CORRELATED_ATTRIBUTE, LOG_COUNT_ATTRIBUTE, LOG_RECORDS_METRIC, OVERFLOW_ATTRIBUTE,
-    REQUESTS_METRIC, ROLLUP_ATTRIBUTE, TEMPLATE_ID_ATTRIBUTE,
+    REQUESTS_METRIC, ROLLUP_ATTRIBUTE, SPAN_CALLS_METRIC, SPAN_METRICS_PREFIX,
+    TEMPLATE_ID_ATTRIBUTE,
 };
 use crate::export::{ExportedData, attribute_str, hex};
 
@@ -264,12 +265,17 @@ pub struct Output {
     pub logs: Volume,
     /// The log rollup's `log.records` metric (exported as metrics, produced from logs).
     pub log_metrics: Volume,
-    /// Bytes of traces, logs and metrics (with `log.records`) had each signal been exported
+    /// Bytes of traces, logs and metrics (with `log.records`, without span metrics) had each
+    /// signal been exported
     /// as one request with its entries of equal resource and scope merged: the output
     /// without the resource and scope framing repeated across and within export requests.
     pub merged_bytes: [u64; 3],
-    /// Exported data points other than `log.records` (raw and rolled up).
+    /// Exported data points other than `log.records` and span metrics (raw and rolled up).
     pub metrics: Volume,
+    /// Span metrics (`traces.span.metrics.*`) exported: points and bytes.
+    pub span_metrics: Volume,
+    /// Sum of `traces.span.metrics.calls`: the spans the span metrics count.
+    pub span_metrics_calls: u64,
     /// What the log and metric output consists of, by kind of item: items and the
     /// encoded size of the items alone (without resource and scope framing).
     pub parts: BTreeMap<&'static str, Volume>,
@@ -383,10 +389,18 @@ impl Output {
             });
         }
         for request in &data.metrics {
-            let (from_logs, rest) = split_log_records(request);
+            let from_logs = select_metrics(request, |name| name == LOG_RECORDS_METRIC);
+            let from_spans = select_metrics(request, |name| name.starts_with(SPAN_METRICS_PREFIX));
+            let rest = select_metrics(request, |name| {
+                name != LOG_RECORDS_METRIC && !name.starts_with(SPAN_METRICS_PREFIX)
+            });
             out.log_metrics.add(Volume {
                 items: count_points(&from_logs),
                 bytes: from_logs.encoded_len() as u64,
+            });
+            out.span_metrics.add(Volume {
+                items: count_points(&from_spans),
+                bytes: from_spans.encoded_len() as u64,
             });
             out.metrics.add(Volume {
                 items: count_points(&rest),
@@ -394,6 +408,15 @@ impl Output {
             });
             for rm in &request.resource_metrics {
                 for metric in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+                    if metric.name.starts_with(SPAN_METRICS_PREFIX) {
+                        if metric.name == SPAN_CALLS_METRIC {
+                            out.span_metrics_calls += points(metric)
+                                .iter()
+                                .map(|p| p.number.unwrap_or(0.0) as u64)
+                                .sum::<u64>();
+                        }
+                        continue;
+                    }
                     for p in points(metric) {
                         let rolled = is_true(p.attributes, ROLLUP_ATTRIBUTE);
                         let reason = attribute_str(p.attributes, CORRELATED_ATTRIBUTE);
@@ -478,12 +501,13 @@ pub const PART_ROLLED_POINTS: &str = "rolled-up data points";
 /// [`Output::parts`]: data points with neither mark.
 pub const PART_UNMARKED_POINTS: &str = "unmarked data points";
 
-/// Splits a metric export request into its `log.records` metrics and the rest, each with
-/// the resources and scopes it needs, so each part's bytes can be told apart.
-fn split_log_records(
+/// The metrics of an export request whose name `keep` accepts, with the resources and
+/// scopes they need, so each kind's bytes can be told apart.
+fn select_metrics(
     request: &ExportMetricsServiceRequest,
-) -> (ExportMetricsServiceRequest, ExportMetricsServiceRequest) {
-    let part = |from_logs: bool| ExportMetricsServiceRequest {
+    keep: impl Fn(&str) -> bool,
+) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
         resource_metrics: request
             .resource_metrics
             .iter()
@@ -495,7 +519,7 @@ fn split_log_records(
                         let metrics: Vec<Metric> = sm
                             .metrics
                             .iter()
-                            .filter(|m| (m.name == LOG_RECORDS_METRIC) == from_logs)
+                            .filter(|m| keep(&m.name))
                             .cloned()
                             .collect();
                         (!metrics.is_empty()).then(|| ScopeMetrics {
@@ -512,8 +536,7 @@ fn split_log_records(
                 })
             })
             .collect(),
-    };
-    (part(true), part(false))
+    }
 }
 
 /// See [`Output::merged_bytes`]: each signal as one request, equal resources and scopes
@@ -539,7 +562,10 @@ fn merged_bytes(data: &ExportedData) -> [u64; 3] {
         resource_metrics: otlp::merge_metrics(
             data.metrics
                 .iter()
-                .flat_map(|r| r.resource_metrics.clone())
+                .flat_map(|r| {
+                    select_metrics(r, |name| !name.starts_with(SPAN_METRICS_PREFIX))
+                        .resource_metrics
+                })
                 .collect(),
         ),
     };

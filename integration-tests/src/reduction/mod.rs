@@ -48,6 +48,10 @@ pub const PAGE_VIEWS_METRIC: &str = "frontend.page_views";
 pub const MEMORY_METRIC: &str = "process.memory.usage";
 /// The metric the log rollup emits next to its summaries.
 pub const LOG_RECORDS_METRIC: &str = "log.records";
+/// Name prefix of the span metrics (`rollup.traces`).
+pub const SPAN_METRICS_PREFIX: &str = "traces.span.metrics.";
+/// The span metrics' calls sum.
+pub const SPAN_CALLS_METRIC: &str = "traces.span.metrics.calls";
 /// Attribute marking raw items kept by correlated retention (value: the reason).
 pub const CORRELATED_ATTRIBUTE: &str = "otel_tail.correlated";
 /// Attribute marking rolled-up output.

@@ -26,6 +26,12 @@ pub fn check(input: &InputLedger, output: &Output, min_reduction_percent: f64) -
             "logs+metrics byte reduction {reduction:.1}% is below {min_reduction_percent}%"
         ));
     }
+    if output.span_metrics_calls != input.traces.items {
+        failures.push(format!(
+            "span metrics count {} spans, {} were sent",
+            output.span_metrics_calls, input.traces.items
+        ));
+    }
     let lines_out = output.raw_log_count() + output.summarized_lines + output.unmarked_logs;
     if lines_out != input.logs.items {
         failures.push(format!(
@@ -179,6 +185,28 @@ pub fn report(input: &InputLedger, output: &Output) -> String {
         "signal", "in items", "in bytes", "out items", "out bytes", "reduction"
     ));
     lines.push(row("traces (spans)", input.traces, output.traces));
+    lines.push(row(
+        "  + span metrics",
+        Volume { items: 0, bytes: 0 },
+        output.span_metrics,
+    ));
+    lines.push(format!(
+        "  traces: {} spans in = {} kept raw + {} dropped; span metrics count {} spans \
+         ({} points, {}): raw + span metrics {} vs {} in ({:.1}% less)",
+        with_thousands(input.traces.items),
+        with_thousands(output.traces.items),
+        with_thousands(input.traces.items.saturating_sub(output.traces.items)),
+        with_thousands(output.span_metrics_calls),
+        with_thousands(output.span_metrics.items),
+        mb(output.span_metrics.bytes),
+        mb(output.traces.bytes + output.span_metrics.bytes),
+        mb(input.traces.bytes),
+        Volume {
+            items: 0,
+            bytes: output.traces.bytes + output.span_metrics.bytes,
+        }
+        .reduction_of(&input.traces),
+    ));
     let mut logs_out = output.logs;
     logs_out.add(output.log_metrics);
     lines.push(row("logs (records)", input.logs, logs_out));

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::metrics::v1::metric;
@@ -177,6 +178,20 @@ fn as_raw_metrics(mut request: ExportMetricsServiceRequest) -> ExportMetricsServ
     request
 }
 
+/// The span metrics the sampler's own span rollup makes of `traces`.
+fn span_metrics_of(traces: &[ExportTraceServiceRequest]) -> ExportMetricsServiceRequest {
+    use otel_tail_sampler::rollup::spans::{SpanMetricsBuilder, SpanRollup};
+    let config = otel_tail_shared::config::rollup::SpanMetricsConfig::default();
+    let builder = SpanMetricsBuilder::new(&config);
+    let mut rollup = SpanRollup::new(&config).expect("default config");
+    for request in traces {
+        for rm in builder.aggregate(request, NOW).resources {
+            rollup.add(&rm, NOW);
+        }
+    }
+    rollup.flush(NOW, NOW + SECOND)
+}
+
 #[test]
 fn everything_raw_adds_up_and_finds_every_correlated_item_but_misses_the_target() {
     let mut w = Workload::new(small());
@@ -185,12 +200,21 @@ fn everything_raw_adds_up_and_finds_every_correlated_item_but_misses_the_target(
     tick.traces.iter().for_each(|r| ledger.traces_sent(r));
     tick.logs.iter().for_each(|r| ledger.logs_sent(r));
     tick.metrics.iter().for_each(|r| ledger.metrics_sent(r));
-    let exported = ExportedData {
+    let mut exported = ExportedData {
         traces: tick.traces.clone(),
         logs: tick.logs.iter().cloned().map(as_raw_logs).collect(),
         metrics: tick.metrics.iter().cloned().map(as_raw_metrics).collect(),
     };
+    let uncounted = check(&ledger, &Output::of(&exported), 90.0);
+    assert!(
+        uncounted
+            .iter()
+            .any(|f| f.contains("span metrics count 0 spans")),
+        "{uncounted:?}"
+    );
+    exported.metrics.push(span_metrics_of(&tick.traces));
     let output = Output::of(&exported);
+    assert_eq!(output.span_metrics_calls, ledger.traces.items);
     assert_eq!(output.raw_log_count(), ledger.logs.items);
     assert_eq!(output.raw_point_count(), ledger.metrics.items);
     let (logs, points) = expected_raw(&ledger, &output);
