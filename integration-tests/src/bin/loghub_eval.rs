@@ -31,6 +31,10 @@ use otel_tail_sampler::rollup::logs::{
     LogRollup, LogRollupOptions, MinerConfig, TemplateId, TemplateMiner,
 };
 
+/// The allocator the sampler binary runs with, so in-process figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command line.
 #[derive(Parser, Debug)]
 #[command(about = "Grouping accuracy and speed of the log template miner on Loghub data")]

@@ -51,6 +51,10 @@ use otel_tail_sampler::rollup::metrics::{MetricRollup, MetricRollupConfig};
 use serde_json::json;
 use tonic::Status;
 
+/// The allocator the sampler binary runs with, so in-process figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command-line options.
 #[derive(Debug, Clone, Parser)]
 #[command(
