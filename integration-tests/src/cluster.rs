@@ -60,7 +60,7 @@ impl Default for ClusterSpec {
             routers: 2,
             decision_wait: Duration::from_millis(1500),
             policies: crate::traffic::keep_policy(),
-            secret: "integration-test-cluster-secret".into(),
+            secret: "integration-test-cluster-secret-of-48-bytes-abc".into(),
             virtual_nodes: 64,
             log_level: "info".into(),
             sampler_extra: json!({}),

@@ -1086,7 +1086,7 @@ pub struct SignalCluster {
 }
 
 /// Shared gossip secret of a [`SignalCluster`].
-const SECRET: &str = "correlation-test-cluster-secret";
+const SECRET: &str = "correlation-test-cluster-secret-of-48-bytes-abc";
 /// Virtual nodes per sampler on the ring of a [`SignalCluster`].
 pub const VIRTUAL_NODES: u32 = 64;
 

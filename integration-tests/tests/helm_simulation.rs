@@ -384,7 +384,10 @@ fn every_ci_values_file_renders_configs_both_binaries_accept() {
             "tempo-distributor.tracing.svc.cluster.local:4317",
             unused_backend,
         );
-        cluster.add_existing_secret("otel-tail-gossip", &[("key", b"production-gossip-secret")]);
+        cluster.add_existing_secret(
+            "otel-tail-gossip",
+            &[("key", b"production-gossip-secret-of-40-bytes-abc")],
+        );
         let runs = cluster
             .run_each_workload_once(&["--check-config"])
             .unwrap_or_else(|e| panic!("{label}: {e}"));

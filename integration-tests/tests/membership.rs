@@ -156,7 +156,7 @@ async fn a_node_with_the_wrong_secret_cannot_join() {
         gossip,
         forward,
         &seeds,
-        "not-the-cluster-secret",
+        "not-the-cluster-secret-but-32-bytes-long",
     ))
     .await
     .expect("the intruder starts (alone, after its join grace)");

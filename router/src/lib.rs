@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use otel_tail_shared::config::Config;
+use otel_tail_shared::forward::auth::ForwardAuth;
 use otel_tail_shared::forward::{Forwarder, ForwarderConfig};
 use otel_tail_shared::membership::Membership;
 use otel_tail_shared::receiver::{BoundAddrs, raw};
@@ -54,12 +55,19 @@ pub async fn run(
             "cluster.secret is not set: gossip is not authenticated; set it (or cluster.secret_file) outside local tests"
         );
     }
+    let forward_auth = membership_config
+        .secret
+        .as_deref()
+        .map(|secret| Arc::new(ForwardAuth::new(secret)));
     let (membership, events) = Membership::start(membership_config).await.context(
         "starting cluster membership (check cluster.gossip_endpoint and cluster.advertise_address)",
     )?;
     let gossip = membership.local_addr();
 
-    let forwarder = Arc::new(Forwarder::new(ForwarderConfig::default()));
+    let forwarder = Arc::new(Forwarder::new(ForwarderConfig {
+        auth: forward_auth,
+        ..ForwarderConfig::default()
+    }));
     let vnodes = config.cluster.virtual_nodes;
     let router = Arc::new(Router::new(forwarder, RoutingTable::new(vnodes, [])));
     let health = Health::default();

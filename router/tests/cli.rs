@@ -25,6 +25,7 @@ cluster:
   gossip_endpoint: 127.0.0.1:0
   advertise_address: 127.0.0.1
   seeds: [127.0.0.1:9]
+  insecure: true
 telemetry:
   admin_endpoint: 127.0.0.1:0
 ";

@@ -53,7 +53,7 @@ async fn router_learns_a_sampler_through_gossip_and_forwards_to_it() {
 
     let yaml = format!(
         "receiver: {{grpc_endpoint: 127.0.0.1:0, http_endpoint: 127.0.0.1:0}}\n\
-         cluster: {{node_id: router-0, gossip_endpoint: 127.0.0.1:0, advertise_address: 127.0.0.1, seeds: [{}]}}\n\
+         cluster: {{node_id: router-0, gossip_endpoint: 127.0.0.1:0, advertise_address: 127.0.0.1, seeds: [{}], insecure: true}}\n\
          telemetry: {{admin_endpoint: 127.0.0.1:0}}\n",
         sampler.local_addr()
     );

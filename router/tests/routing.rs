@@ -38,6 +38,7 @@ fn forwarder() -> Arc<Forwarder> {
         timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
         compression: ForwardCompression::Never,
+        auth: None,
     }))
 }
 

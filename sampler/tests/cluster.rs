@@ -55,6 +55,7 @@ cluster:
   forward_endpoint: "127.0.0.1:0"
   seeds: [{seeds}]
   virtual_nodes: 64
+  insecure: true
 sampler:
   storage_dir: "{dir}"
   decision_wait: {decision_wait}

@@ -12,6 +12,7 @@
 //! ([`ForwardError`]) and every forwarded item is counted under
 //! [`names::FORWARDED_ITEMS`].
 
+pub mod auth;
 mod codec;
 #[cfg(test)]
 mod tests;
@@ -95,6 +96,9 @@ pub struct ForwarderConfig {
     pub connect_timeout: Duration,
     /// When to gzip requests.
     pub compression: ForwardCompression,
+    /// Signs every call with a credential from the cluster secret ([`auth`]); `None` only
+    /// with `cluster.insecure`.
+    pub auth: Option<std::sync::Arc<auth::ForwardAuth>>,
 }
 
 impl Default for ForwarderConfig {
@@ -104,6 +108,7 @@ impl Default for ForwarderConfig {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
             compression: ForwardCompression::default(),
+            auth: None,
         }
     }
 }
@@ -258,11 +263,23 @@ impl Forwarder {
             .map_err(|error| ForwardError::Unavailable(format!("{target}: {error}")))?;
         let mut request = tonic::Request::new(message);
         request.set_timeout(timeout);
+        self.sign(request.metadata_mut(), path);
         let codec = tonic_prost::ProstCodec::<M, R>::default();
         grpc.unary(request, PathAndQuery::from_static(path), codec)
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| classify(target, &status))
+    }
+
+    /// Adds the credential for calling `path`, when calls are signed.
+    fn sign(&self, metadata: &mut tonic::metadata::MetadataMap, path: &str) {
+        let Some(auth) = &self.config.auth else {
+            return;
+        };
+        let now_ms = crate::otlp::unix_now() / 1_000_000;
+        if let Ok(value) = auth.credential(path, now_ms).parse() {
+            metadata.insert(auth::AUTH_HEADER, value);
+        }
     }
 
     async fn call(
@@ -286,6 +303,7 @@ impl Forwarder {
                 .metadata_mut()
                 .insert(mark, tonic::metadata::MetadataValue::from_static("1"));
         }
+        self.sign(request.metadata_mut(), export_path(signal));
         let path = PathAndQuery::from_static(export_path(signal));
         let response = match signal {
             Signal::Traces => grpc

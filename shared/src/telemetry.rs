@@ -36,6 +36,9 @@ pub mod names {
     /// span received once, kept or not, so it can be compared with the spans received.
     /// Counter.
     pub const SPAN_METRICS_SPANS: &str = "otel_tail_span_metrics_spans_total";
+    /// Calls to the forward endpoint refused for want of a valid cluster credential, by
+    /// `reason` (`missing`, `invalid`, `expired`, `replayed`). Counter.
+    pub const FORWARD_UNAUTHENTICATED: &str = "otel_tail_forward_unauthenticated_total";
     /// Spans dropped because their trace was not sampled. Counter.
     pub const SPANS_DROPPED: &str = "otel_tail_spans_dropped_total";
     /// Spans sent to the export queue because their trace was kept. Counter.

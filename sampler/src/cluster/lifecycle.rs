@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use otel_tail_shared::config::Config;
+use otel_tail_shared::forward::auth::ForwardAuth;
 use otel_tail_shared::forward::{Forwarder, ForwarderConfig};
 use otel_tail_shared::membership::{
     ClusterView, Membership, MembershipConfig, MembershipHandle, Role,
@@ -26,7 +27,7 @@ use super::handoff::{self, Handoff};
 use super::ingest::PublicIngest;
 use super::plan::Topology;
 use super::summary::RingSummaryRouter;
-use super::{Cluster, ClusterIngest, addresses, events, server, watch as watchers};
+use super::{Cluster, ClusterIngest, addresses, auth, events, server, watch as watchers};
 use crate::Listening;
 use crate::correlation::fanout::{BroadcastConfig, NoticeBroadcaster, NoticesServer, notice_key};
 use crate::engine::Engine;
@@ -48,6 +49,8 @@ const LEAVE_SETTLE: Duration = Duration::from_millis(1500);
 pub(crate) struct Node {
     node_id: String,
     secret: Option<Vec<u8>>,
+    /// Checks the credential of every call to the forward endpoint (`None`: insecure).
+    gate: Option<Arc<auth::Gate>>,
     notice_key: Option<Arc<ClusterKey>>,
     forward_listener: TcpListener,
     forward_addr: SocketAddr,
@@ -88,12 +91,21 @@ impl Node {
             addresses::advertised_forward(forward_listener.local_addr()?, advertise.ip());
         let recent = config.sampler.decision_cache.sampled_cache_size
             + config.sampler.decision_cache.non_sampled_cache_size;
-        let cluster = Arc::new(Cluster::new(
-            NodeId::from(node_id.as_str()),
-            forward_addr,
-            cluster_config.virtual_nodes,
-            recent,
-        ));
+        let forward_auth = secret
+            .as_deref()
+            .map(|secret| Arc::new(ForwardAuth::new(secret)));
+        let gate = secret
+            .as_deref()
+            .map(|secret| Arc::new(auth::Gate::new(secret)));
+        let cluster = Arc::new(
+            Cluster::new(
+                NodeId::from(node_id.as_str()),
+                forward_addr,
+                cluster_config.virtual_nodes,
+                recent,
+            )
+            .signed(forward_auth.clone()),
+        );
         let notice_key = secret.as_deref().map(notice_key);
         let (peers_tx, peers_rx) = watch::channel(Vec::new());
         let broadcaster = config.correlation.enabled.then(|| {
@@ -103,7 +115,10 @@ impl Node {
                     key: notice_key.clone(),
                     ..BroadcastConfig::default()
                 },
-                Arc::new(Forwarder::new(ForwarderConfig::default())),
+                Arc::new(Forwarder::new(ForwarderConfig {
+                    auth: forward_auth.clone(),
+                    ..ForwarderConfig::default()
+                })),
                 peers_rx,
             ))
         });
@@ -117,6 +132,7 @@ impl Node {
         Ok(Node {
             node_id,
             secret,
+            gate,
             notice_key,
             forward_listener,
             forward_addr,
@@ -145,6 +161,7 @@ impl Node {
         (membership_config.seeds, membership_config.dns_seeds) =
             addresses::seeds_of(&config.cluster);
         events::register();
+        auth::register();
         let (membership, _events) = Membership::start(membership_config)
             .await
             .context("starting cluster membership")?;
@@ -256,6 +273,7 @@ pub(crate) async fn serve(
         config.receiver.max_request_bytes,
         ingest.clone(),
         NoticesServer::new(core.engine.settler().clone()).with_key(node.notice_key.clone()),
+        node.gate.clone(),
         crate::stopped(receivers_stop_rx.clone()),
     ));
     let descriptions = core.queues.describe();

@@ -18,6 +18,7 @@
 //! with membership), `addresses` (seeds and advertised addresses), `events` (metrics).
 
 mod addresses;
+pub mod auth;
 mod events;
 pub mod handoff;
 mod ingest;
@@ -97,6 +98,16 @@ impl Cluster {
             wake: Notify::new(),
             pinned: Mutex::new(Default::default()),
         }
+    }
+
+    /// This view with its calls to peers signed by `auth` (`None`: unsigned, with
+    /// `cluster.insecure`).
+    pub fn signed(
+        mut self,
+        auth: Option<Arc<otel_tail_shared::forward::auth::ForwardAuth>>,
+    ) -> Cluster {
+        self.peers = PeerClient::signed(auth);
+        self
     }
 
     /// This node's id.

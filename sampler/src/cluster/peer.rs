@@ -57,17 +57,27 @@ pub struct PeerClient {
 }
 
 impl Default for PeerClient {
+    /// Unsigned calls (`cluster.insecure`).
     fn default() -> Self {
-        PeerClient {
-            forwarder: Forwarder::new(ForwarderConfig {
-                connect_timeout: CONNECT_TIMEOUT,
-                ..ForwarderConfig::default()
-            }),
-        }
+        PeerClient::signed(None)
     }
 }
 
 impl PeerClient {
+    /// A client signing every call with `auth` (see
+    /// [`otel_tail_shared::forward::auth`]); `None`: unsigned.
+    pub fn signed(
+        auth: Option<std::sync::Arc<otel_tail_shared::forward::auth::ForwardAuth>>,
+    ) -> Self {
+        PeerClient {
+            forwarder: Forwarder::new(ForwarderConfig {
+                connect_timeout: CONNECT_TIMEOUT,
+                auth,
+                ..ForwarderConfig::default()
+            }),
+        }
+    }
+
     /// Sends `body`, an encoded export request of `signal` with `items` items, to the
     /// forward endpoint at `target`. Forwarded items are counted in
     /// `otel_tail_forwarded_items_total{signal,outcome}`; handoffs are counted by the caller.

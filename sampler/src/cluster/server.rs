@@ -43,6 +43,7 @@ use tonic::{Request, Response, Status};
 
 use crate::correlation::fanout::NoticesServer;
 
+use super::auth::{Gate, Gated};
 use super::peer::{DECISIONS_PATH, HANDOFF_HEADER, HOP_HEADER, SUMMARY_HEADER};
 use super::{ClusterIngest, Origin};
 
@@ -53,6 +54,7 @@ pub async fn serve(
     max_request_bytes: usize,
     ingest: Arc<ClusterIngest>,
     notices: NoticesServer,
+    gate: Option<Arc<Gate>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let receiver = Arc::new(ForwardReceiver {
@@ -69,11 +71,11 @@ pub async fn serve(
         .max_decoding_message_size(max_request_bytes);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .add_service(traces)
-        .add_service(logs)
-        .add_service(metrics)
-        .add_service(DecisionsServer { ingest })
-        .add_service(notices)
+        .add_service(Gated::new(traces, gate.clone()))
+        .add_service(Gated::new(logs, gate.clone()))
+        .add_service(Gated::new(metrics, gate.clone()))
+        .add_service(Gated::new(DecisionsServer { ingest }, gate.clone()))
+        .add_service(Gated::new(notices, gate))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(std::io::Error::other)

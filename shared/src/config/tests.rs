@@ -326,7 +326,7 @@ fn cluster_section_defaults_to_standalone_and_validates() {
 
     let env = |name: &str| (name == "POD_IP").then(|| "10.1.2.3".to_owned());
     let c = Config::from_yaml(
-        "cluster:\n  advertise_address: ${env:POD_IP}\n  seeds: [a:7946]\n",
+        "cluster:\n  advertise_address: ${env:POD_IP}\n  seeds: [a:7946]\n  insecure: true\n",
         &env,
     )
     .unwrap();
@@ -678,5 +678,40 @@ fn ottl_condition_blocks_are_checked() {
     assert_eq!(
         invalid_path("sampler: {policies: [{name: o, type: ottl_condition}]}"),
         "sampler.policies[0].ottl_condition"
+    );
+}
+
+#[test]
+fn a_cluster_needs_a_long_secret_unless_explicitly_insecure() {
+    let seeds = "cluster: {seeds: [\"10.0.0.2:7946\"]";
+    let err = load(&format!("{seeds}}}")).unwrap_err().to_string();
+    assert!(err.contains("cluster.secret"), "{err}");
+    assert!(err.contains("cluster.insecure"), "{err}");
+    assert_eq!(
+        invalid_path(&format!("{seeds}, secret: short}}")),
+        "cluster.secret"
+    );
+    assert_eq!(
+        invalid_path("cluster: {secret: \"\"}"),
+        "cluster.secret",
+        "empty is short too"
+    );
+    let long = "0123456789abcdef0123456789abcdef";
+    assert!(load(&format!("{seeds}, secret: {long}}}")).is_ok());
+    assert!(load(&format!("{seeds}, insecure: true}}")).is_ok());
+    assert!(load("").is_ok(), "standalone needs no secret");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "too short\n").unwrap();
+    let c = load(&format!("{seeds}, secret_file: {}}}", file.display())).unwrap();
+    let err = c.cluster.load_secret().unwrap_err().to_string();
+    assert!(
+        err.contains("cluster.secret_file") && err.contains("32"),
+        "{err}"
+    );
+    std::fs::write(&file, format!("{long}\n")).unwrap();
+    assert_eq!(
+        c.cluster.load_secret().unwrap(),
+        Some(long.as_bytes().to_vec())
     );
 }

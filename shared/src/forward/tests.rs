@@ -83,6 +83,7 @@ fn forwarder(compression: ForwardCompression) -> Forwarder {
         timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
         compression,
+        auth: None,
     })
 }
 

@@ -118,6 +118,7 @@ fn forwarder(timeout: Duration) -> Arc<Forwarder> {
         timeout,
         connect_timeout: timeout,
         compression: ForwardCompression::Never,
+        auth: None,
     }))
 }
 
