@@ -294,7 +294,7 @@ fn a_config_or_secret_change_rolls_the_pods_and_nothing_else_does() {
     );
 
     let secret = |m: &Manifests| m.pod_annotation("StatefulSet", SAMPLERS, "checksum/secret");
-    let rekeyed = render(&["cluster.secret=another-secret"]);
+    let rekeyed = render(&["cluster.secret=another-secret-at-least-32-bytes-long"]);
     assert_eq!(secret(&base), secret(&again));
     assert_ne!(
         secret(&base),

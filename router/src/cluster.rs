@@ -240,7 +240,7 @@ mod tests {
         assert!(error.to_string().contains("needs samplers"), "{error}");
 
         let config = Config::from_yaml(
-            "cluster:\n  node_id: r-0\n  advertise_address: 10.0.0.5\n  seeds: [10.0.0.1:7946, sampler-0.svc:7946]\n  dns_seed: samplers.ns.svc\n",
+            "cluster:\n  node_id: r-0\n  advertise_address: 10.0.0.5\n  seeds: [10.0.0.1:7946, sampler-0.svc:7946]\n  dns_seed: samplers.ns.svc\n  insecure: true\n",
             &env,
         )
         .unwrap();
