@@ -70,7 +70,7 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_request_bytes);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    otel_tail_shared::receiver::grpc::hardened_server()
         .add_service(Gated::new(traces, gate.clone()))
         .add_service(Gated::new(logs, gate.clone()))
         .add_service(Gated::new(metrics, gate.clone()))

@@ -120,6 +120,18 @@ impl Config {
 
     /// Checks value ranges and relations between keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.receiver.read_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "receiver.read_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.receiver.max_buffered_bytes < self.receiver.max_request_bytes {
+            return Err(ConfigError::invalid(
+                "receiver.max_buffered_bytes",
+                "must be at least receiver.max_request_bytes, or no request of the largest size could be read",
+            ));
+        }
         if self.receiver.max_concurrent_requests == 0 {
             return Err(ConfigError::invalid(
                 "receiver.max_concurrent_requests",
@@ -198,8 +210,17 @@ pub struct ReceiverConfig {
     pub max_request_bytes: usize,
     /// Requests handled at once across the gRPC and HTTP receivers; beyond it clients are
     /// throttled (gRPC `UNAVAILABLE` + `RetryInfo`, HTTP 503 + `Retry-After`). With
-    /// `max_request_bytes` it bounds the memory held by requests in flight.
+    /// `max_request_bytes` it bounds the memory held by requests in flight. A request takes
+    /// its slot only once its body is read, so slow senders do not hold slots.
     pub max_concurrent_requests: usize,
+    /// Request body bytes (as received, compressed or not) held at once across both
+    /// receivers, while bodies are read and until their requests are answered; beyond it
+    /// clients are throttled like above.
+    pub max_buffered_bytes: usize,
+    /// Deadline for reading one request's body (and, for HTTP/1, its headers); a client
+    /// slower than that is refused (HTTP 408, gRPC `DEADLINE_EXCEEDED`).
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: std::time::Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -209,6 +230,8 @@ impl Default for ReceiverConfig {
             http_endpoint: ([0, 0, 0, 0], 4318).into(),
             max_request_bytes: 64 * 1024 * 1024,
             max_concurrent_requests: 128,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

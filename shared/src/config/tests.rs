@@ -715,3 +715,18 @@ fn a_cluster_needs_a_long_secret_unless_explicitly_insecure() {
         Some(long.as_bytes().to_vec())
     );
 }
+
+#[test]
+fn receiver_read_deadline_and_byte_budget_are_checked() {
+    let c = load("").unwrap();
+    assert_eq!(c.receiver.read_timeout, Duration::from_secs(30));
+    assert_eq!(c.receiver.max_buffered_bytes, 256 * 1024 * 1024);
+    assert_eq!(
+        invalid_path("receiver: {read_timeout: 0s}"),
+        "receiver.read_timeout"
+    );
+    assert_eq!(
+        invalid_path("receiver: {max_request_bytes: 1000, max_buffered_bytes: 999}"),
+        "receiver.max_buffered_bytes"
+    );
+}

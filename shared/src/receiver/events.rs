@@ -45,6 +45,8 @@ pub(crate) mod reason {
     pub(crate) const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     /// The request body could not be read (client went away mid-body).
     pub(crate) const BODY_READ: &str = "body_read";
+    /// The request body did not arrive within `receiver.read_timeout`.
+    pub(crate) const READ_TIMEOUT: &str = "read_timeout";
     /// The sink's buffers or queues are full.
     pub(crate) const OVERLOADED: &str = "overloaded";
     /// The sink judged the request invalid.

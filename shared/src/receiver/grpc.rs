@@ -41,7 +41,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::events::{self, Transport, reason};
 use super::signal::{OtlpRequest, accept};
-use super::{InFlight, Ingest, IngestError};
+use super::{HeldBytes, InFlight, Ingest, IngestError};
 use crate::otlp::Signal;
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` completes, then lets in-flight calls
@@ -65,13 +65,37 @@ pub async fn serve<I: Ingest>(
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_request_bytes);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .add_service(DecodeStatus::new(traces, Signal::Traces, in_flight.clone()))
-        .add_service(DecodeStatus::new(logs, Signal::Logs, in_flight.clone()))
-        .add_service(DecodeStatus::new(metrics, Signal::Metrics, in_flight))
+    hardened_server()
+        .add_service(DecodeStatus::new(
+            traces,
+            Signal::Traces,
+            in_flight.clone(),
+            max_request_bytes,
+        ))
+        .add_service(DecodeStatus::new(
+            logs,
+            Signal::Logs,
+            in_flight.clone(),
+            max_request_bytes,
+        ))
+        .add_service(DecodeStatus::new(
+            metrics,
+            Signal::Metrics,
+            in_flight,
+            max_request_bytes,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(std::io::Error::other)
+}
+
+/// A tonic server builder with the receivers' connection limits: HTTP/2 keepalive pings
+/// (dead peers are dropped) and a cap on concurrent streams per connection.
+pub fn hardened_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(super::http::HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(super::http::HTTP2_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(super::http::HTTP2_MAX_STREAMS))
 }
 
 /// The service implementations: decode is tonic's, everything after is [`accept`].
@@ -145,25 +169,88 @@ pub(crate) struct DecodeStatus<S> {
     inner: S,
     signal: Signal,
     in_flight: InFlight,
+    /// Largest body accepted on the wire (the message cap plus gRPC framing).
+    wire_limit: usize,
 }
 
 impl<S> DecodeStatus<S> {
-    pub(crate) fn new(inner: S, signal: Signal, in_flight: InFlight) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        signal: Signal,
+        in_flight: InFlight,
+        max_request_bytes: usize,
+    ) -> Self {
         DecodeStatus {
             inner,
             signal,
             in_flight,
+            wire_limit: max_request_bytes.saturating_add(GRPC_FRAMING),
         }
     }
 }
+
+/// Bytes a gRPC body may carry beyond the message: the 5-byte frame header, with room.
+const GRPC_FRAMING: usize = 1024;
 
 impl<S: NamedService> NamedService for DecodeStatus<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B> Service<http::Request<B>> for DecodeStatus<S>
+/// Reads a request body whole within the read deadline, the wire cap and the byte budget.
+async fn read_grpc_body(
+    mut body: tonic::body::Body,
+    in_flight: &InFlight,
+    wire_limit: usize,
+    held: &mut HeldBytes,
+) -> Result<bytes::Bytes, (Status, &'static str)> {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut buffer = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                (
+                    Status::invalid_argument(format!("could not read the request body: {e}")),
+                    reason::BODY_READ,
+                )
+            })?;
+            if let Some(data) = frame.data_ref() {
+                if buffer.len() + data.len() > wire_limit {
+                    return Err((
+                        Status::resource_exhausted(format!(
+                            "request body exceeds the limit of {wire_limit} bytes (receiver.max_request_bytes)"
+                        )),
+                        reason::TOO_LARGE,
+                    ));
+                }
+                held.take(in_flight, data.len())
+                    .map_err(|e| (status_of(&e), reason::OVERLOADED))?;
+                buffer.extend_from_slice(data);
+            }
+        }
+        Ok(buffer.freeze())
+    };
+    tokio::time::timeout(in_flight.read_timeout(), read)
+        .await
+        .unwrap_or_else(|_| {
+            Err((
+                Status::deadline_exceeded(format!(
+                    "the request body did not arrive within {:?} (receiver.read_timeout)",
+                    in_flight.read_timeout()
+                )),
+                reason::READ_TIMEOUT,
+            ))
+        })
+}
+
+impl<S> Service<http::Request<tonic::body::Body>> for DecodeStatus<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    S: Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -174,18 +261,36 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let signal = self.signal;
-        // Taken before the inner service reads and decodes the message, held until it answers.
-        let Some(permit) = self.in_flight.try_enter() else {
-            events::request_refused(signal, Transport::Grpc, reason::OVERLOADED);
-            let response = status_of(&InFlight::busy()).into_http();
-            return Box::pin(async move { Ok(response) });
-        };
-        let response = self.inner.call(request);
+        let in_flight = self.in_flight.clone();
+        let wire_limit = self.wire_limit;
+        // The ready service answers this call; a fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let mut response = response.await?;
+            let (parts, body) = request.into_parts();
+            // The body is read first, holding only its bytes of the budget; the slot is
+            // taken once it is in, so slow senders cannot starve the others.
+            let mut held = InFlight::no_bytes();
+            let body = match read_grpc_body(body, &in_flight, wire_limit, &mut held).await {
+                Ok(body) => body,
+                Err((status, refusal)) => {
+                    events::request_refused(signal, Transport::Grpc, refusal);
+                    return Ok(status.into_http());
+                }
+            };
+            let Some(permit) = in_flight.try_enter() else {
+                events::request_refused(signal, Transport::Grpc, reason::OVERLOADED);
+                return Ok(status_of(&InFlight::busy()).into_http());
+            };
+            let request = http::Request::from_parts(
+                parts,
+                tonic::body::Body::new(http_body_util::Full::new(body)),
+            );
+            let mut response = inner.call(request).await?;
             drop(permit);
+            drop(held);
             rewrite_decode_status(response.headers_mut(), signal);
             Ok(response)
         })

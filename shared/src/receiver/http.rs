@@ -29,7 +29,7 @@ use tonic::Code;
 
 use super::events::{self, Transport, reason};
 use super::signal::{OtlpRequest, accept, ingest_error_reason};
-use super::{Accepted, InFlight, Ingest, IngestError};
+use super::{Accepted, HeldBytes, InFlight, Ingest, IngestError};
 use crate::otlp::Signal;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -56,6 +56,13 @@ pub async fn serve<I: Ingest>(
     serve_connections(listener, service, shutdown).await
 }
 
+/// HTTP/2 keepalive ping interval on every connection (OTLP/HTTP and gRPC alike).
+pub(crate) const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long a keepalive ping may go unanswered before the connection is closed.
+pub(crate) const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent streams (requests) per HTTP/2 connection.
+pub(crate) const HTTP2_MAX_STREAMS: u32 = 64;
+
 /// Accepts connections on `listener` and serves each with `service` (HTTP/1.1 or h2c,
 /// detected per connection) until `shutdown` completes; then stops accepting, asks open
 /// connections to close once idle, and waits for them. Shared with the admin endpoint.
@@ -77,7 +84,13 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer lets hyper enforce its header-read timeout against slow clients.
     builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    // Pings find dead peers; a stream cap keeps one connection from taking every slot.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(HTTP2_KEEPALIVE))
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(HTTP2_MAX_STREAMS);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -138,13 +151,15 @@ impl<I: Ingest> HttpReceiver<I> {
             Ok(negotiated) => negotiated,
             Err(refusal) => return refuse(R::SIGNAL, &refusal, reply_encoding),
         };
-        let Some(_permit) = self.in_flight.try_enter() else {
-            return refuse(R::SIGNAL, &Refusal::Ingest(InFlight::busy()), encoding);
-        };
         let outcome = async {
-            let body = self
+            // The slot is taken once the body is in: a slow sender holds only its bytes.
+            let (body, _held) = self
                 .read_body(request.into_body(), declared, compression)
                 .await?;
+            let _permit = self
+                .in_flight
+                .try_enter()
+                .ok_or(Refusal::Ingest(InFlight::busy()))?;
             let decoded = decode::<R>(&body, encoding)?;
             drop(body);
             accept(&*self.ingest, decoded, Transport::Http)
@@ -187,26 +202,38 @@ impl<I> HttpReceiver<I> {
         Ok((encoding, compression, declared))
     }
 
-    /// Reads the body through the size cap and inflates it if gzip. `declared` is the
-    /// `Content-Length`, already checked against the cap, used to size the buffer once.
+    /// Reads the body through the size cap, within `receiver.read_timeout` and the byte
+    /// budget, and inflates it if gzip; returns it with the budget bytes it holds (until
+    /// the request is answered). `declared` is the `Content-Length`, already checked
+    /// against the cap, used to size the buffer once.
     pub(crate) async fn read_body(
         &self,
         mut body: Incoming,
         declared: Option<u64>,
         compression: Compression,
-    ) -> Result<Vec<u8>, Refusal> {
+    ) -> Result<(Vec<u8>, HeldBytes), Refusal> {
         let limit = self.max_request_bytes;
-        let mut raw = CappedBuffer::new(declared.map_or(0, |length| length as usize), limit);
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|error| Refusal::BodyRead(error.to_string()))?;
-            if let Some(data) = frame.data_ref() {
-                raw.extend(data)?;
+        let mut held = InFlight::no_bytes();
+        let read = async {
+            let mut raw = CappedBuffer::new(declared.map_or(0, |length| length as usize), limit);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|error| Refusal::BodyRead(error.to_string()))?;
+                if let Some(data) = frame.data_ref() {
+                    held.take(&self.in_flight, data.len())
+                        .map_err(Refusal::Ingest)?;
+                    raw.extend(data)?;
+                }
             }
-        }
-        match compression {
-            Compression::None => Ok(raw.bytes),
-            Compression::Gzip => gunzip(&raw.bytes, limit),
-        }
+            Ok(raw.bytes)
+        };
+        let raw = tokio::time::timeout(self.in_flight.read_timeout(), read)
+            .await
+            .map_err(|_| Refusal::ReadTimeout(self.in_flight.read_timeout()))??;
+        let body = match compression {
+            Compression::None => raw,
+            Compression::Gzip => gunzip(&raw, limit)?,
+        };
+        Ok((body, held))
     }
 }
 
@@ -349,6 +376,8 @@ pub(crate) enum Refusal {
     Malformed(String),
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {0:?} (receiver.read_timeout)")]
+    ReadTimeout(Duration),
     #[error(transparent)]
     Ingest(IngestError),
 }
@@ -362,6 +391,7 @@ impl Refusal {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Refusal::Malformed(_)
             | Refusal::BodyRead(_)
             | Refusal::Ingest(IngestError::Invalid(_)) => StatusCode::BAD_REQUEST,
@@ -382,6 +412,7 @@ impl Refusal {
             | Refusal::BodyRead(_)
             | Refusal::Ingest(IngestError::Invalid(_)) => Code::InvalidArgument,
             Refusal::TooLarge { .. } => Code::ResourceExhausted,
+            Refusal::ReadTimeout(_) => Code::DeadlineExceeded,
             Refusal::Ingest(IngestError::Overloaded { .. } | IngestError::Unavailable { .. }) => {
                 Code::Unavailable
             }
@@ -399,6 +430,7 @@ impl Refusal {
             Refusal::TooLarge { .. } => reason::TOO_LARGE,
             Refusal::Malformed(_) => reason::MALFORMED,
             Refusal::BodyRead(_) => reason::BODY_READ,
+            Refusal::ReadTimeout(_) => reason::READ_TIMEOUT,
             Refusal::Ingest(error) => ingest_error_reason(error),
         })
     }

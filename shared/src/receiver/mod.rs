@@ -128,21 +128,84 @@ pub trait Ingest: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Accepted, IngestError>> + Send;
 }
 
-/// The bound on requests handled at once, shared by a gRPC and an HTTP receiver. A request
-/// that finds no room is throttled at once rather than queued, so memory stays bounded and
-/// the client backs off as the OTLP specification asks.
+/// The bounds on requests in flight, shared by a gRPC and an HTTP receiver: request slots
+/// (taken once a body is read, for decoding and ingest), bytes of request bodies held, and
+/// the deadline for reading one body. A request that finds no room is throttled at once
+/// rather than queued, so memory stays bounded and the client backs off as the OTLP
+/// specification asks.
 #[derive(Debug, Clone)]
-pub struct InFlight(Arc<tokio::sync::Semaphore>);
+pub struct InFlight {
+    slots: Arc<tokio::sync::Semaphore>,
+    bytes: Arc<tokio::sync::Semaphore>,
+    read_timeout: Duration,
+}
+
+/// Body bytes a request holds of [`InFlight`]'s byte budget; returned when dropped.
+#[derive(Debug)]
+pub(crate) struct HeldBytes(Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl HeldBytes {
+    /// Takes `n` more bytes of `in_flight`'s budget; the refusal when it has no room.
+    pub(crate) fn take(&mut self, in_flight: &InFlight, n: usize) -> Result<(), IngestError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let permit = u32::try_from(n)
+            .ok()
+            .and_then(|n| in_flight.bytes.clone().try_acquire_many_owned(n).ok())
+            .ok_or(IngestError::Overloaded {
+                retry_after: Duration::from_secs(1),
+                reason: "too many request bytes in flight (receiver.max_buffered_bytes)",
+            })?;
+        match &mut self.0 {
+            Some(held) => held.merge(permit),
+            None => self.0 = Some(permit),
+        }
+        Ok(())
+    }
+}
 
 impl InFlight {
-    /// Room for `max` requests at once.
+    /// Room for `max` requests at once, the default byte budget and read deadline.
     pub fn new(max: usize) -> Self {
-        InFlight(Arc::new(tokio::sync::Semaphore::new(max)))
+        let defaults = crate::config::ReceiverConfig::default();
+        InFlight::with_limits(max, defaults.max_buffered_bytes, defaults.read_timeout)
+    }
+
+    /// Room for `max` requests and `max_bytes` of bodies at once; bodies must arrive
+    /// within `read_timeout`.
+    pub fn with_limits(max: usize, max_bytes: usize, read_timeout: Duration) -> Self {
+        InFlight {
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            bytes: Arc::new(tokio::sync::Semaphore::new(
+                max_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            read_timeout,
+        }
+    }
+
+    /// The bounds `config` sets.
+    pub fn of(config: &crate::config::ReceiverConfig) -> Self {
+        InFlight::with_limits(
+            config.max_concurrent_requests,
+            config.max_buffered_bytes,
+            config.read_timeout,
+        )
+    }
+
+    /// The deadline for reading one request body.
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
+    /// Nothing of the byte budget held yet.
+    pub(crate) fn no_bytes() -> HeldBytes {
+        HeldBytes(None)
     }
 
     /// A slot for one request, released when dropped; `None` when all are taken.
     pub(crate) fn try_enter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_owned().ok()
+        self.slots.clone().try_acquire_owned().ok()
     }
 
     /// The refusal for a request that found no slot.
@@ -173,7 +236,7 @@ pub async fn serve<I: Ingest>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limit = config.max_request_bytes;
-    let in_flight = InFlight::new(config.max_concurrent_requests);
+    let in_flight = InFlight::of(config);
     serve_both(
         config,
         on_bound,

@@ -69,7 +69,7 @@ pub async fn serve<I: RawIngest>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limit = config.max_request_bytes;
-    let in_flight = InFlight::new(config.max_concurrent_requests);
+    let in_flight = InFlight::of(config);
     serve_both(
         config,
         on_bound,
@@ -135,21 +135,24 @@ async fn serve_grpc<I: RawIngest>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    super::grpc::hardened_server()
         .add_service(DecodeStatus::new(
             RawGrpcService::<I, ExportTraceServiceRequest>::new(ingest.clone(), max_request_bytes),
             Signal::Traces,
             in_flight.clone(),
+            max_request_bytes,
         ))
         .add_service(DecodeStatus::new(
             RawGrpcService::<I, ExportLogsServiceRequest>::new(ingest.clone(), max_request_bytes),
             Signal::Logs,
             in_flight.clone(),
+            max_request_bytes,
         ))
         .add_service(DecodeStatus::new(
             RawGrpcService::<I, ExportMetricsServiceRequest>::new(ingest, max_request_bytes),
             Signal::Metrics,
             in_flight,
+            max_request_bytes,
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -291,15 +294,16 @@ async fn export<I: RawIngest, R: OtlpRequest>(
         Ok(negotiated) => negotiated,
         Err(refusal) => return refuse(R::SIGNAL, &refusal, reply_encoding),
     };
-    let Some(_permit) = receiver.in_flight.try_enter() else {
-        return refuse(R::SIGNAL, &Refusal::Ingest(InFlight::busy()), encoding);
-    };
-    let body = match receiver
+    // The slot is taken once the body is in: a slow sender holds only its bytes.
+    let (body, _held) = match receiver
         .read_body(request.into_body(), declared, compression)
         .await
     {
-        Ok(body) => body,
+        Ok(read) => read,
         Err(refusal) => return refuse(R::SIGNAL, &refusal, encoding),
+    };
+    let Some(_permit) = receiver.in_flight.try_enter() else {
+        return refuse(R::SIGNAL, &Refusal::Ingest(InFlight::busy()), encoding);
     };
     let body = match encoding {
         Encoding::Protobuf => Bytes::from(body),
