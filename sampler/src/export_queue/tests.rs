@@ -305,7 +305,10 @@ async fn is_full_at_the_bound_per_exporter() {
         Exporter::Grpc(
             GrpcExporter::new(&OtlpGrpcExporterConfig {
                 endpoint: "127.0.0.1:9".into(),
-                tls: TlsConfig { insecure: true },
+                tls: TlsConfig {
+                    insecure: true,
+                    ..TlsConfig::default()
+                },
                 ..Default::default()
             })
             .unwrap(),

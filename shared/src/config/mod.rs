@@ -621,13 +621,27 @@ impl ExporterConfig {
                 "must not be empty",
             ));
         }
-        if let Some(http) = &self.otlphttp
-            && !http.endpoint.starts_with("http://")
-        {
-            return Err(ConfigError::invalid(
-                "exporter.otlphttp.endpoint",
-                "must be an http:// URL (TLS for OTLP/HTTP is not supported yet)",
-            ));
+        if let Some(otlp) = &self.otlp {
+            otlp.tls.validate("exporter.otlp.tls")?;
+            resolve_headers(
+                &otlp.headers,
+                &otlp.headers_from_files,
+                "exporter.otlp.headers_from_files",
+            )?;
+        }
+        if let Some(http) = &self.otlphttp {
+            if !(http.endpoint.starts_with("http://") || http.endpoint.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    "exporter.otlphttp.endpoint",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            http.tls.validate("exporter.otlphttp.tls")?;
+            resolve_headers(
+                &http.headers,
+                &http.headers_from_files,
+                "exporter.otlphttp.headers_from_files",
+            )?;
         }
         if self.queue.max_bytes == 0 {
             return Err(ConfigError::invalid(
@@ -658,12 +672,76 @@ pub enum Compression {
     None,
 }
 
-/// `exporter.otlp.tls`.
+/// The headers of an exporter: `headers`, then `headers_from_files` read now (key path
+/// `key` names the map in errors).
+pub fn resolve_headers(
+    headers: &BTreeMap<String, String>,
+    from_files: &BTreeMap<String, PathBuf>,
+    key: &str,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut all = headers.clone();
+    for (name, path) in from_files {
+        let value = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::invalid(
+                format!("{key}.{name}"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        all.insert(name.clone(), value.trim_end().to_owned());
+    }
+    Ok(all)
+}
+
+/// `exporter.otlp.tls` / `exporter.otlphttp.tls`, the Collector's keys. An `https://`
+/// endpoint (or, for gRPC, a bare `host:port` without `insecure`) is reached over TLS,
+/// verified against the system's root certificates unless `ca_file` names others.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    /// Plaintext gRPC (no TLS).
+    /// Plaintext gRPC (no TLS) for a bare `host:port` endpoint.
     pub insecure: bool,
+    /// PEM file of the CA certificates to trust instead of the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS; needs `key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Name to verify the server certificate against (and send as SNI) instead of the
+    /// endpoint's host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Accept any server certificate. Only for tests: the connection is encrypted but
+    /// anyone can impersonate the server.
+    pub insecure_skip_verify: bool,
+}
+
+impl TlsConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(ConfigError::invalid(
+                format!("{key}.cert_file"),
+                "cert_file and key_file go together (mutual TLS)",
+            ));
+        }
+        for (name, path) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{name}"),
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `exporter.otlp`: OTLP/gRPC.
@@ -674,6 +752,10 @@ pub struct OtlpGrpcExporterConfig {
     pub endpoint: String,
     /// Extra request metadata, e.g. an API key.
     pub headers: BTreeMap<String, String>,
+    /// Headers whose values are read from files (e.g. a mounted Kubernetes Secret), so
+    /// credentials stay out of the config; trailing whitespace is trimmed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers_from_files: BTreeMap<String, PathBuf>,
     /// Transport security.
     pub tls: TlsConfig,
     /// Request compression.
@@ -691,11 +773,17 @@ pub struct OtlpHttpExporterConfig {
     pub endpoint: String,
     /// Extra request headers.
     pub headers: BTreeMap<String, String>,
+    /// Headers whose values are read from files (e.g. a mounted Kubernetes Secret), so
+    /// credentials stay out of the config; trailing whitespace is trimmed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers_from_files: BTreeMap<String, PathBuf>,
     /// Request compression.
     pub compression: Compression,
     /// Per-request deadline.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// TLS for `https://` endpoints.
+    pub tls: TlsConfig,
 }
 
 impl Default for OtlpGrpcExporterConfig {
@@ -703,6 +791,7 @@ impl Default for OtlpGrpcExporterConfig {
         OtlpGrpcExporterConfig {
             endpoint: String::new(),
             headers: BTreeMap::new(),
+            headers_from_files: BTreeMap::new(),
             tls: TlsConfig::default(),
             compression: Compression::Gzip,
             timeout: Duration::from_secs(10),
@@ -715,8 +804,10 @@ impl Default for OtlpHttpExporterConfig {
         OtlpHttpExporterConfig {
             endpoint: String::new(),
             headers: BTreeMap::new(),
+            headers_from_files: BTreeMap::new(),
             compression: Compression::Gzip,
             timeout: Duration::from_secs(10),
+            tls: TlsConfig::default(),
         }
     }
 }

@@ -730,3 +730,43 @@ fn receiver_read_deadline_and_byte_budget_are_checked() {
         "receiver.max_buffered_bytes"
     );
 }
+
+#[test]
+fn exporter_tls_and_header_files_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("api-key");
+    std::fs::write(&key, "s3cret\n").unwrap();
+    let c = load(&format!(
+        "exporter:\n  otlphttp:\n    endpoint: https://backend.example:4318\n    headers_from_files: {{x-api-key: {}}}\n    tls: {{server_name: backend.internal}}\n",
+        key.display()
+    ))
+    .unwrap();
+    let http = c.exporter.otlphttp.as_ref().unwrap();
+    let headers = crate::config::resolve_headers(
+        &http.headers,
+        &http.headers_from_files,
+        "exporter.otlphttp.headers_from_files",
+    )
+    .unwrap();
+    assert_eq!(headers["x-api-key"], "s3cret");
+    assert_eq!(
+        invalid_path("exporter:\n  otlphttp: {endpoint: \"ftp://x\"}\n"),
+        "exporter.otlphttp.endpoint"
+    );
+    assert_eq!(
+        invalid_path("exporter:\n  otlp: {endpoint: \"x:4317\", tls: {cert_file: /a.pem}}\n"),
+        "exporter.otlp.tls.cert_file"
+    );
+    assert_eq!(
+        invalid_path(
+            "exporter:\n  otlp: {endpoint: \"x:4317\", tls: {ca_file: /nonexistent/ca.pem}}\n"
+        ),
+        "exporter.otlp.tls.ca_file"
+    );
+    assert_eq!(
+        invalid_path(
+            "exporter:\n  otlp: {endpoint: \"x:4317\", headers_from_files: {k: /nonexistent/key}}\n"
+        ),
+        "exporter.otlp.headers_from_files.k"
+    );
+}

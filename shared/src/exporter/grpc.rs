@@ -7,9 +7,9 @@
 //! server attached a `RetryInfo` (it is then throttling, not refusing); everything else is
 //! permanent. The server's `RetryInfo` delay is passed on to the caller's backoff.
 //!
-//! TLS is not built in (it would add a TLS stack to every binary): an `https://` endpoint,
-//! or a bare `host:port` without `tls.insecure: true`, is refused at construction with an
-//! error saying so. `http://host:port` means plaintext, as in the Collector.
+//! As in the Collector, `http://host:port` (or a bare `host:port` with `tls.insecure: true`)
+//! means plaintext; `https://host:port` or a bare `host:port` means TLS (rustls, ALPN `h2`),
+//! configured by `exporter.otlp.tls` ([`crate::tls`]).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -28,6 +28,7 @@ use crate::config::{Compression, OtlpGrpcExporterConfig};
 
 const ENDPOINT_KEY: &str = "exporter.otlp.endpoint";
 const HEADERS_KEY: &str = "exporter.otlp.headers";
+const TLS_KEY: &str = "exporter.otlp.tls";
 const NAME: &str = "otlp";
 
 /// Sends export requests to an OTLP/gRPC receiver.
@@ -35,6 +36,8 @@ const NAME: &str = "otlp";
 pub struct GrpcExporter {
     /// Validated endpoint the channel is built from.
     endpoint: Endpoint,
+    /// TLS settings for an `https://` endpoint (`None`: plaintext).
+    tls: Option<TlsConnect>,
     /// The channel, created on the first export (building one needs a running runtime).
     channel: OnceLock<Channel>,
     /// Metadata added to every request (`exporter.otlp.headers`).
@@ -48,7 +51,21 @@ pub struct GrpcExporter {
 impl GrpcExporter {
     /// Validates `config` and prepares a lazily connecting channel.
     pub fn new(config: &OtlpGrpcExporterConfig) -> Result<GrpcExporter, ExporterBuildError> {
-        let uri = endpoint_uri(&config.endpoint, config.tls.insecure)?;
+        let uri = endpoint_uri(&config.endpoint, config.tls.insecure);
+        let tls = if uri.starts_with("https://") {
+            let client = crate::tls::client_config(&config.tls, TLS_KEY).map_err(|e| {
+                ExporterBuildError::Tls {
+                    key: e.key,
+                    reason: e.reason,
+                }
+            })?;
+            Some(TlsConnect {
+                client: std::sync::Arc::new(client),
+                server_name: config.tls.server_name.clone(),
+            })
+        } else {
+            None
+        };
         let endpoint =
             Endpoint::from_shared(uri).map_err(|e| ExporterBuildError::InvalidEndpoint {
                 key: ENDPOINT_KEY,
@@ -59,8 +76,17 @@ impl GrpcExporter {
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .tcp_nodelay(true);
-        let headers = config
-            .headers
+        let resolved = crate::config::resolve_headers(
+            &config.headers,
+            &config.headers_from_files,
+            "exporter.otlp.headers_from_files",
+        )
+        .map_err(|e| ExporterBuildError::InvalidHeader {
+            key: HEADERS_KEY,
+            name: String::new(),
+            reason: e.to_string(),
+        })?;
+        let headers = resolved
             .iter()
             .map(|(name, value)| {
                 let invalid = |reason: String| ExporterBuildError::InvalidHeader {
@@ -77,6 +103,7 @@ impl GrpcExporter {
             .collect::<Result<Vec<_>, ExporterBuildError>>()?;
         Ok(GrpcExporter {
             endpoint,
+            tls,
             channel: OnceLock::new(),
             headers,
             gzip: config.compression == Compression::Gzip,
@@ -95,10 +122,7 @@ impl GrpcExporter {
 
     /// Sends one request; see the module docs for how failures are classified.
     pub async fn export(&self, request: &ExportRequest) -> Result<(), ExportError> {
-        let channel = self
-            .channel
-            .get_or_init(|| self.endpoint.connect_lazy())
-            .clone();
+        let channel = self.channel.get_or_init(|| self.connect()).clone();
         let signal = request.signal();
         let (rejected, message) = match request {
             ExportRequest::Traces(r) => {
@@ -162,28 +186,51 @@ impl GrpcExporter {
 }
 
 /// Turns the configured endpoint into an `http://` URI, refusing what needs TLS.
-fn endpoint_uri(endpoint: &str, insecure: bool) -> Result<String, ExporterBuildError> {
-    let tls_unsupported = || ExporterBuildError::TlsUnsupported {
-        key: ENDPOINT_KEY,
-        endpoint: endpoint.to_owned(),
-    };
-    if endpoint.starts_with("https://") {
-        return Err(tls_unsupported());
-    }
-    if endpoint.starts_with("http://") {
-        return Ok(endpoint.to_owned());
-    }
+/// The URI to connect to: `http://` and `https://` as given; a bare `host:port` is
+/// plaintext with `tls.insecure`, else TLS (the Collector's rule).
+fn endpoint_uri(endpoint: &str, insecure: bool) -> String {
     if endpoint.contains("://") {
-        return Err(ExporterBuildError::InvalidEndpoint {
-            key: ENDPOINT_KEY,
-            endpoint: endpoint.to_owned(),
-            reason: "expected host:port or an http:// URL".to_owned(),
-        });
+        return endpoint.to_owned();
     }
-    if !insecure {
-        return Err(tls_unsupported());
+    if insecure {
+        format!("http://{endpoint}")
+    } else {
+        format!("https://{endpoint}")
     }
-    Ok(format!("http://{endpoint}"))
+}
+
+/// What a TLS channel is made with.
+#[derive(Debug, Clone)]
+struct TlsConnect {
+    client: std::sync::Arc<rustls::ClientConfig>,
+    server_name: Option<String>,
+}
+
+impl GrpcExporter {
+    /// A lazily connecting channel: plaintext, or TLS through rustls.
+    fn connect(&self) -> Channel {
+        let Some(tls) = &self.tls else {
+            return self.endpoint.connect_lazy();
+        };
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls.client).clone())
+            .https_only();
+        let builder = match tls
+            .server_name
+            .as_deref()
+            .and_then(|name| rustls::pki_types::ServerName::try_from(name.to_owned()).ok())
+        {
+            Some(name) => {
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let connector = builder.enable_http2().wrap_connector(http);
+        self.endpoint.connect_with_connector_lazy(connector)
+    }
 }
 
 /// Classifies a failed call per the OTLP/gRPC spec.

@@ -1,7 +1,8 @@
 //! OTLP/HTTP exporter (`exporter.otlphttp`): protobuf bodies POSTed to
 //! `<endpoint>/v1/traces`, `/v1/logs` and `/v1/metrics`.
 //!
-//! Plain HTTP only (the config validator refuses `https://`). Failures are classified per
+//! `http://` is plaintext; `https://` is TLS (rustls), configured by `exporter.otlphttp.tls`
+//! ([`crate::tls`]). Failures are classified per
 //! the OTLP/HTTP spec: 429, 502, 503 and 504 are retryable, honouring `Retry-After` (seconds
 //! or an HTTP-date); connection errors and timeouts are retryable; any other non-2xx status
 //! is permanent.
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -25,6 +27,7 @@ use crate::config::{Compression, OtlpHttpExporterConfig};
 use crate::otlp::Signal;
 
 const ENDPOINT_KEY: &str = "exporter.otlphttp.endpoint";
+const TLS_KEY: &str = "exporter.otlphttp.tls";
 const HEADERS_KEY: &str = "exporter.otlphttp.headers";
 const NAME: &str = "otlphttp";
 /// Bytes of a response body read at most (for `partial_success` and error messages).
@@ -39,8 +42,8 @@ pub struct HttpExporter {
     traces_uri: Uri,
     logs_uri: Uri,
     metrics_uri: Uri,
-    /// Pooled HTTP/1.1 client.
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Pooled HTTP/1.1 client (TLS for `https://` endpoints).
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// Extra headers (`exporter.otlphttp.headers`).
     headers: Vec<(HeaderName, HeaderValue)>,
     /// Whether bodies are gzip-compressed.
@@ -53,13 +56,34 @@ impl HttpExporter {
     /// Validates `config` and builds the (not yet connected) client.
     pub fn new(config: &OtlpHttpExporterConfig) -> Result<HttpExporter, ExporterBuildError> {
         let base = config.endpoint.trim_end_matches('/');
-        if !base.starts_with("http://") {
+        let https = base.starts_with("https://");
+        if !(https || base.starts_with("http://")) {
             return Err(ExporterBuildError::InvalidEndpoint {
                 key: ENDPOINT_KEY,
                 endpoint: config.endpoint.clone(),
-                reason: "must be an http:// URL".to_owned(),
+                reason: "must be an http:// or https:// URL".to_owned(),
             });
         }
+        // Plaintext endpoints never use the TLS settings, so they are not loaded for them.
+        let tls = if https {
+            crate::tls::client_config(&config.tls, TLS_KEY).map_err(|e| {
+                ExporterBuildError::Tls {
+                    key: e.key,
+                    reason: e.reason,
+                }
+            })?
+        } else {
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ExporterBuildError::Tls {
+                key: TLS_KEY.to_owned(),
+                reason: e.to_string(),
+            })?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
         let uri = |signal: Signal| {
             format!("{base}{}", signal.http_path())
                 .parse::<Uri>()
@@ -69,8 +93,17 @@ impl HttpExporter {
                     reason: e.to_string(),
                 })
         };
-        let headers = config
-            .headers
+        let resolved = crate::config::resolve_headers(
+            &config.headers,
+            &config.headers_from_files,
+            "exporter.otlphttp.headers_from_files",
+        )
+        .map_err(|e| ExporterBuildError::InvalidHeader {
+            key: HEADERS_KEY,
+            name: String::new(),
+            reason: e.to_string(),
+        })?;
+        let headers = resolved
             .iter()
             .map(|(name, value)| {
                 let invalid = |reason: String| ExporterBuildError::InvalidHeader {
@@ -85,9 +118,25 @@ impl HttpExporter {
                 Ok((header, value))
             })
             .collect::<Result<Vec<_>, ExporterBuildError>>()?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeout));
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let builder = match config
+            .tls
+            .server_name
+            .as_deref()
+            .and_then(|name| rustls::pki_types::ServerName::try_from(name.to_owned()).ok())
+        {
+            Some(name) => {
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let connector = builder.enable_http1().wrap_connector(http);
         Ok(HttpExporter {
             endpoint: base.to_owned(),
             traces_uri: uri(Signal::Traces)?,

@@ -86,15 +86,13 @@ pub enum ExporterBuildError {
         /// What is wrong with it.
         reason: String,
     },
-    /// TLS was asked for; this build only speaks plaintext.
-    #[error(
-        "`{key}` {endpoint:?} needs TLS, which is not supported yet: use an http:// endpoint or set `exporter.otlp.tls.insecure: true`"
-    )]
-    TlsUnsupported {
-        /// Config key of the endpoint.
-        key: &'static str,
-        /// The configured value.
-        endpoint: String,
+    /// The TLS settings cannot be used (unreadable certificate, no roots...).
+    #[error("invalid `{key}`: {reason}")]
+    Tls {
+        /// Config key at fault.
+        key: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A configured header name or value cannot be sent.
     #[error("invalid header {name:?} in `{key}`: {reason}")]

@@ -207,7 +207,11 @@ fn grpc_config(endpoint: String, compression: Compression) -> OtlpGrpcExporterCo
     OtlpGrpcExporterConfig {
         endpoint,
         headers: BTreeMap::from([("X-Api-Key".to_owned(), "secret".to_owned())]),
-        tls: TlsConfig { insecure: true },
+        headers_from_files: BTreeMap::new(),
+        tls: TlsConfig {
+            insecure: true,
+            ..TlsConfig::default()
+        },
         compression,
         timeout: Duration::from_secs(5),
     }
@@ -331,20 +335,23 @@ async fn grpc_unreachable_endpoint_is_retryable() {
 }
 
 #[test]
-fn grpc_tls_is_refused_at_construction() {
-    let mut config = grpc_config("https://collector:4317".into(), Compression::Gzip);
-    let err = GrpcExporter::new(&config).unwrap_err();
-    assert!(
-        matches!(err, ExporterBuildError::TlsUnsupported { .. }),
-        "{err}"
-    );
-    config.endpoint = "collector:4317".into();
-    config.tls.insecure = false;
-    let err = GrpcExporter::new(&config).unwrap_err();
-    assert!(err.to_string().contains("tls.insecure"), "{err}");
-    config.endpoint = "http://collector:4317".into();
+fn grpc_endpoints_choose_tls_like_the_collector() {
+    let mut config = grpc_config("http://collector:4317".into(), Compression::Gzip);
     let exporter = GrpcExporter::new(&config).unwrap();
     assert_eq!(exporter.endpoint(), "http://collector:4317");
+    config.endpoint = "collector:4317".into();
+    config.tls.ca_file = Some("/nonexistent/ca.pem".into());
+    config.tls.insecure = false;
+    let err = GrpcExporter::new(&config).unwrap_err().to_string();
+    assert!(
+        err.contains("exporter.otlp.tls.ca_file"),
+        "bare host:port is TLS: {err}"
+    );
+    config.tls.insecure = true;
+    assert!(
+        GrpcExporter::new(&config).is_ok(),
+        "insecure: plaintext, no TLS files read"
+    );
 }
 
 #[test]
@@ -470,8 +477,10 @@ fn http_config(addr: SocketAddr, compression: Compression) -> OtlpHttpExporterCo
     OtlpHttpExporterConfig {
         endpoint: format!("http://{addr}/"),
         headers: BTreeMap::from([("X-Api-Key".to_owned(), "secret".to_owned())]),
+        headers_from_files: BTreeMap::new(),
         compression,
         timeout: Duration::from_secs(5),
+        tls: TlsConfig::default(),
     }
 }
 
@@ -712,3 +721,5 @@ async fn from_config_defaults_to_a_file_and_describes_each_exporter() {
         1
     );
 }
+
+mod tls;

@@ -1,0 +1,148 @@
+//! TLS client configuration for the exporters (rustls with the `ring` provider; no
+//! OpenSSL): the system's root certificates by default, or a configured CA file; an optional
+//! client certificate; an optional server name to verify instead of the endpoint's host;
+//! and, for tests only, no verification at all.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::config::TlsConfig;
+
+/// Why a TLS client could not be configured; names the config key.
+#[derive(Debug, thiserror::Error)]
+#[error("`{key}`: {reason}")]
+pub struct TlsError {
+    /// The config key at fault.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn error(key: &str, field: &str, reason: impl std::fmt::Display) -> TlsError {
+    TlsError {
+        key: format!("{key}.{field}"),
+        reason: reason.to_string(),
+    }
+}
+
+/// The rustls client configuration for `tls` (under config key `key`, e.g.
+/// `exporter.otlp.tls`). ALPN is left to the connector (`h2` for gRPC).
+pub fn client_config(tls: &TlsConfig, key: &str) -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| error(key, "min_version", e))?;
+    let builder = if tls.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    } else {
+        builder.with_root_certificates(roots(tls, key)?)
+    };
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(private)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| error(key, "cert_file", e))?;
+            let private =
+                PrivateKeyDer::from_pem_file(private).map_err(|e| error(key, "key_file", e))?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| error(key, "cert_file", e))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// The trusted roots: `ca_file`'s certificates, else the system's.
+fn roots(tls: &TlsConfig, key: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| error(key, "ca_file", e))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(error(key, "ca_file", "holds no usable certificate"));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(error(
+                    key,
+                    "ca_file",
+                    "no system root certificates found; install ca-certificates or set ca_file",
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// The server name to verify: `server_name` when set, else `host`.
+pub fn server_name(tls: &TlsConfig, host: &str) -> Option<ServerName<'static>> {
+    let name = tls.server_name.as_deref().unwrap_or(host);
+    ServerName::try_from(
+        name.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .ok()
+}
+
+/// `insecure_skip_verify`: accepts any certificate, still checking handshake signatures.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
