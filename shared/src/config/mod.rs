@@ -120,6 +120,14 @@ impl Config {
 
     /// Checks value ranges and relations between keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.receiver.auth.bearer_tokens_file
+            && let Err(reason) = crate::receiver::auth::BearerTokens::load(path)
+        {
+            return Err(ConfigError::invalid(
+                "receiver.auth.bearer_tokens_file",
+                reason,
+            ));
+        }
         if self.receiver.read_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "receiver.read_timeout",
@@ -221,6 +229,18 @@ pub struct ReceiverConfig {
     /// slower than that is refused (HTTP 408, gRPC `DEADLINE_EXCEEDED`).
     #[serde(with = "humantime_serde")]
     pub read_timeout: std::time::Duration,
+    /// Client authentication.
+    pub auth: ReceiverAuthConfig,
+}
+
+/// `receiver.auth`: who may send.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverAuthConfig {
+    /// File of accepted bearer tokens, one per line (`#` comments and blank lines
+    /// ignored), read again when it changes. Unset: no authentication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_tokens_file: Option<PathBuf>,
 }
 
 impl Default for ReceiverConfig {
@@ -232,6 +252,7 @@ impl Default for ReceiverConfig {
             max_concurrent_requests: 128,
             max_buffered_bytes: 256 * 1024 * 1024,
             read_timeout: std::time::Duration::from_secs(30),
+            auth: ReceiverAuthConfig::default(),
         }
     }
 }

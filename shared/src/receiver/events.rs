@@ -47,6 +47,8 @@ pub(crate) mod reason {
     pub(crate) const BODY_READ: &str = "body_read";
     /// The request body did not arrive within `receiver.read_timeout`.
     pub(crate) const READ_TIMEOUT: &str = "read_timeout";
+    /// No or an unknown bearer token (`receiver.auth`).
+    pub(crate) const UNAUTHENTICATED: &str = "unauthenticated";
     /// The sink's buffers or queues are full.
     pub(crate) const OVERLOADED: &str = "overloaded";
     /// The sink judged the request invalid.

@@ -268,6 +268,18 @@ where
         // The ready service answers this call; a fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !in_flight.authorized(
+            request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        ) {
+            events::request_refused(signal, Transport::Grpc, reason::UNAUTHENTICATED);
+            let response =
+                Status::unauthenticated("missing or unknown bearer token (receiver.auth)")
+                    .into_http();
+            return Box::pin(async move { Ok(response) });
+        }
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             // The body is read first, holding only its bytes of the budget; the slot is

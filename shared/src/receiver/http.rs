@@ -187,6 +187,14 @@ impl<I> HttpReceiver<I> {
         if request.method() != Method::POST {
             return Err(Refusal::MethodNotAllowed(request.method().clone()));
         }
+        if !self.in_flight.authorized(
+            request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        ) {
+            return Err(Refusal::Unauthenticated);
+        }
         let headers = request.headers();
         let encoding = encoding?;
         let compression = Compression::of(headers)?;
@@ -378,6 +386,8 @@ pub(crate) enum Refusal {
     BodyRead(String),
     #[error("the request body did not arrive within {0:?} (receiver.read_timeout)")]
     ReadTimeout(Duration),
+    #[error("missing or unknown bearer token (receiver.auth)")]
+    Unauthenticated,
     #[error(transparent)]
     Ingest(IngestError),
 }
@@ -392,6 +402,7 @@ impl Refusal {
             }
             Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
             Refusal::Malformed(_)
             | Refusal::BodyRead(_)
             | Refusal::Ingest(IngestError::Invalid(_)) => StatusCode::BAD_REQUEST,
@@ -413,6 +424,7 @@ impl Refusal {
             | Refusal::Ingest(IngestError::Invalid(_)) => Code::InvalidArgument,
             Refusal::TooLarge { .. } => Code::ResourceExhausted,
             Refusal::ReadTimeout(_) => Code::DeadlineExceeded,
+            Refusal::Unauthenticated => Code::Unauthenticated,
             Refusal::Ingest(IngestError::Overloaded { .. } | IngestError::Unavailable { .. }) => {
                 Code::Unavailable
             }
@@ -431,6 +443,7 @@ impl Refusal {
             Refusal::Malformed(_) => reason::MALFORMED,
             Refusal::BodyRead(_) => reason::BODY_READ,
             Refusal::ReadTimeout(_) => reason::READ_TIMEOUT,
+            Refusal::Unauthenticated => reason::UNAUTHENTICATED,
             Refusal::Ingest(error) => ingest_error_reason(error),
         })
     }
@@ -483,6 +496,12 @@ pub(crate) fn refusal_response(refusal: &Refusal, encoding: Encoding) -> Respons
         response
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("POST"));
+    }
+    if matches!(refusal, Refusal::Unauthenticated) {
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
     }
     response
 }

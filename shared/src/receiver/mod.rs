@@ -7,6 +7,7 @@
 //! `RetryInfo`, HTTP 503 with `Retry-After`), malformed input is not (gRPC
 //! `INVALID_ARGUMENT`, HTTP 400 with a `google.rpc.Status` body).
 
+pub mod auth;
 mod events;
 pub mod grpc;
 pub mod http;
@@ -138,6 +139,8 @@ pub struct InFlight {
     slots: Arc<tokio::sync::Semaphore>,
     bytes: Arc<tokio::sync::Semaphore>,
     read_timeout: Duration,
+    /// Accepted bearer tokens (`receiver.auth`); `None`: anyone may send.
+    auth: Option<Arc<auth::BearerTokens>>,
 }
 
 /// Body bytes a request holds of [`InFlight`]'s byte budget; returned when dropped.
@@ -181,16 +184,34 @@ impl InFlight {
                 max_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
             read_timeout,
+            auth: None,
         }
     }
 
-    /// The bounds `config` sets.
-    pub fn of(config: &crate::config::ReceiverConfig) -> Self {
-        InFlight::with_limits(
+    /// The bounds and client authentication `config` sets; an error when the bearer
+    /// tokens file cannot be read. Watches that file for changes.
+    pub fn of(config: &crate::config::ReceiverConfig) -> std::io::Result<Self> {
+        let mut in_flight = InFlight::with_limits(
             config.max_concurrent_requests,
             config.max_buffered_bytes,
             config.read_timeout,
-        )
+        );
+        if let Some(path) = &config.auth.bearer_tokens_file {
+            let tokens = Arc::new(
+                auth::BearerTokens::load(path)
+                    .map_err(|e| std::io::Error::other(format!("receiver.auth: {e}")))?,
+            );
+            auth::BearerTokens::watch(&tokens);
+            in_flight.auth = Some(tokens);
+        }
+        Ok(in_flight)
+    }
+
+    /// Whether a request with this `authorization` header may be served.
+    pub(crate) fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        self.auth
+            .as_ref()
+            .is_none_or(|tokens| tokens.check(authorization))
     }
 
     /// The deadline for reading one request body.
@@ -236,7 +257,7 @@ pub async fn serve<I: Ingest>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limit = config.max_request_bytes;
-    let in_flight = InFlight::of(config);
+    let in_flight = InFlight::of(config)?;
     serve_both(
         config,
         on_bound,

@@ -69,7 +69,7 @@ pub async fn serve<I: RawIngest>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limit = config.max_request_bytes;
-    let in_flight = InFlight::of(config);
+    let in_flight = InFlight::of(config)?;
     serve_both(
         config,
         on_bound,

@@ -29,6 +29,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -52,6 +53,7 @@ var kinds = []kind{
 	{"apps", "v1", "StatefulSet", appsv1.StatefulSet{}},
 	{"autoscaling", "v2", "HorizontalPodAutoscaler", autoscalingv2.HorizontalPodAutoscaler{}},
 	{"policy", "v1", "PodDisruptionBudget", policyv1.PodDisruptionBudget{}},
+	{"networking.k8s.io", "v1", "NetworkPolicy", networkingv1.NetworkPolicy{}},
 	{"monitoring.coreos.com", "v1", "ServiceMonitor", monitoringv1.ServiceMonitor{}},
 }
 
