@@ -22,6 +22,9 @@ pub struct BufferSettings {
     pub decision_wait_ms: u64,
     /// Once the root span is seen, the trace is due this long after it (if sooner).
     pub after_root_ms: Option<u64>,
+    /// A trace is due this long after its first item at the latest, however long it keeps
+    /// receiving spans (`sampler.max_trace_age`).
+    pub max_age_ms: u64,
     /// Most traces held at once.
     pub capacity: usize,
 }
@@ -35,15 +38,26 @@ pub struct TraceEntry {
     pub policy: PolicyState,
     /// When the trace is due for a decision.
     pub deadline_ms: u64,
-    /// Deadline set by the root span (`u64::MAX` until seen).
+    /// Latest deadline: the maximum trace age from the first item, or sooner once the
+    /// root span set one.
     root_deadline_ms: u64,
     /// Earliest deadline queued in the heap for this trace.
     scheduled_ms: u64,
     /// Whether log records wait with the trace.
     pub has_logs: bool,
+    /// Whether the latest deadline is the maximum trace age (not the root span's).
+    age_capped: bool,
     /// Generation of the policy set `policy` was observed under, or [`STALE`] when spans
     /// observed under different sets were merged (the decider observes them again).
     pub generation: u32,
+}
+
+impl TraceEntry {
+    /// Whether the trace became due because it reached the maximum trace age while it was
+    /// still receiving spans.
+    pub fn reached_max_age(&self) -> bool {
+        self.age_capped && self.deadline_ms == self.root_deadline_ms
+    }
 }
 
 /// [`TraceEntry::generation`] of a trace whose policy state mixes policy sets.
@@ -186,9 +200,10 @@ impl TraceIndex {
             },
             policy: PolicyState::default(),
             deadline_ms: now_ms + wait,
-            root_deadline_ms: u64::MAX,
+            root_deadline_ms: now_ms.saturating_add(self.settings.max_age_ms),
             scheduled_ms: u64::MAX,
             has_logs: false,
+            age_capped: true,
             generation: arrival.generation,
         });
         if arrival.stats.span_count > 0 {
@@ -201,7 +216,11 @@ impl TraceIndex {
         if arrival.root
             && let Some(after_root) = self.settings.after_root_ms
         {
-            entry.root_deadline_ms = entry.root_deadline_ms.min(now_ms + after_root);
+            let root = now_ms + after_root;
+            if root < entry.root_deadline_ms {
+                entry.root_deadline_ms = root;
+                entry.age_capped = false;
+            }
         }
         entry.deadline_ms = (now_ms + wait).min(entry.root_deadline_ms);
         if entry.deadline_ms < entry.scheduled_ms {
@@ -355,7 +374,29 @@ mod tests {
             decision_wait_ms: 1000,
             after_root_ms: Some(100),
             capacity: 3,
+            max_age_ms: 5000,
         }
+    }
+
+    #[test]
+    fn a_trace_that_keeps_receiving_spans_is_due_at_its_maximum_age() {
+        let mut index = TraceIndex::new(settings());
+        let trace = [9; 16];
+        for at in (0..=6000).step_by(500) {
+            index.observe(trace, &spans(1), at);
+            if at < 5000 {
+                assert!(index.pop_due(at, 10).is_empty(), "still young at {at}");
+            }
+        }
+        let due = index.pop_due(6000, 10);
+        assert_eq!(due.len(), 1, "due at 5000 although spans kept coming");
+        assert_eq!(due[0].1.deadline_ms, 5000);
+        assert!(due[0].1.reached_max_age());
+        // A quiet trace is due decision_wait after its last span, not by age.
+        index.observe([8; 16], &spans(1), 10_000);
+        let quiet = index.pop_due(11_000, 10);
+        assert_eq!(quiet.len(), 1);
+        assert!(!quiet[0].1.reached_max_age());
     }
 
     fn spans(n: u32) -> Arrival {

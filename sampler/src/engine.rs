@@ -49,6 +49,11 @@ const DECIDE_BATCH: usize = 4096;
 const FINISH_CHUNK: usize = 256;
 /// Span ids remembered per kept trace to drop repeats that arrive late.
 const DEDUP_SPANS_PER_TRACE: usize = 256;
+/// Longest a span is taken to last when it sets a correlation window; a longer one (an end
+/// time of `u64::MAX`, say) is clamped and counted.
+const MAX_SPAN_TIME_SKEW: Duration = Duration::from_secs(3600);
+/// Widest correlation window of a kept trace; a wider one keeps its latest part.
+const MAX_WINDOW: Duration = Duration::from_secs(6 * 3600);
 /// Back-off suggested to clients while a limit is reached.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -134,6 +139,8 @@ pub struct Engine {
     dedup: Mutex<SpanDedup>,
     /// `maximum_trace_size_bytes`: a trace buffering more is dropped at once (0: no limit).
     max_trace_bytes: u64,
+    /// `max_spans_per_trace`: a trace with this many spans is decided at once (0: no limit).
+    max_trace_spans: u32,
     /// `block_on_overflow`: with this many traces buffered, new data is refused rather than a
     /// trace being decided early.
     block_at_traces: Option<usize>,
@@ -166,6 +173,7 @@ impl Engine {
             after_root_ms: config
                 .decision_wait_after_root_received
                 .map(|d| d.as_millis() as u64),
+            max_age_ms: config.effective_max_trace_age().as_millis() as u64,
             // With block_on_overflow the bound is enforced at admission instead.
             capacity: if config.block_on_overflow {
                 usize::MAX
@@ -197,6 +205,7 @@ impl Engine {
                 DEDUP_SPANS_PER_TRACE,
             )),
             max_trace_bytes: config.maximum_trace_size_bytes,
+            max_trace_spans: config.max_spans_per_trace,
             block_at_traces: config.block_on_overflow.then_some(config.num_traces),
         })
     }
@@ -487,8 +496,19 @@ impl Engine {
         self.storage.write(batch)?;
         let mut full = Vec::new();
         let mut too_large = Vec::new();
+        let mut too_many = Vec::new();
         for (trace, arrival) in buffered {
             full.extend(state.index.observe(*trace, arrival, now));
+            if self.max_trace_spans > 0
+                && state
+                    .index
+                    .get(trace)
+                    .is_some_and(|e| e.stats.span_count >= self.max_trace_spans)
+                && let Some(entry) = state.index.remove(trace)
+            {
+                too_many.push((*trace, entry));
+                continue;
+            }
             if self.max_trace_bytes > 0
                 && state
                     .index
@@ -499,6 +519,8 @@ impl Engine {
                 too_large.push((*trace, entry));
             }
         }
+        events::traces_limited("max_spans", too_many.len());
+        full.extend(too_many);
         let mut decided = self.decide_locked(state, full);
         if !too_large.is_empty() {
             tracing::debug!(
@@ -563,6 +585,10 @@ impl Engine {
                 for (_, entry) in &due {
                     events::decision_latency(now.saturating_sub(entry.deadline_ms));
                 }
+                events::traces_limited(
+                    "max_age",
+                    due.iter().filter(|(_, e)| e.reached_max_age()).count(),
+                );
                 self.decide_locked(&mut state, due)
             };
             if decided.is_empty() {
@@ -684,6 +710,7 @@ impl Engine {
         let mut notices = Vec::new();
         let mut corrupt = Vec::new();
         let mut repeats = 0u64;
+        let mut clamped = 0u64;
         let mut dedup = self.dedup.lock().unwrap_or_else(|e| e.into_inner());
         let now_unix = self.unix_now();
         for d in decided {
@@ -696,7 +723,7 @@ impl Engine {
                                 BufferedKind::Spans => {
                                     ResourceSpans::decode(payload).map(|mut rs| {
                                         repeats += dedup.keep_first(&d.trace, &mut rs);
-                                        notice.add(&rs);
+                                        clamped += notice.add(&rs);
                                         kept_spans += annotate_kept(&mut rs, kept);
                                         resource_spans.push(rs);
                                     })
@@ -761,6 +788,7 @@ impl Engine {
         }
         events::spans_finished(kept_spans, dropped_spans);
         events::spans_deduplicated(repeats);
+        events::span_times_clamped(clamped);
         self.settler.publish(notices, now_unix);
         Ok(())
     }
@@ -808,19 +836,43 @@ impl NoticeBuilder {
         }
     }
 
-    fn add(&mut self, rs: &ResourceSpans) {
+    /// Adds one group's resource and time range. Bad span times cannot widen correlation
+    /// windows without limit: an unset time (0) takes the span's other time, a span is
+    /// taken to last at most [`MAX_SPAN_TIME_SKEW`], and the whole window to span at most
+    /// [`MAX_WINDOW`] (its latest part is kept). Returns how many times were clamped.
+    fn add(&mut self, rs: &ResourceSpans) -> u64 {
         let identity = ResourceIdentity::from_resource(rs.resource.as_ref());
         if !self.notice.resources.contains(&identity) {
             self.notice.resources.push(identity);
         }
+        let longest = u64::try_from(MAX_SPAN_TIME_SKEW.as_nanos()).unwrap_or(u64::MAX);
+        let widest = u64::try_from(MAX_WINDOW.as_nanos()).unwrap_or(u64::MAX);
+        let mut clamped = 0;
         for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-            self.notice.start_unix_nano =
-                self.notice.start_unix_nano.min(span.start_time_unix_nano);
-            self.notice.end_unix_nano = self
-                .notice
-                .end_unix_nano
-                .max(span.end_time_unix_nano.max(span.start_time_unix_nano));
+            let (mut start, mut end) = (span.start_time_unix_nano, span.end_time_unix_nano);
+            if start == 0 {
+                start = end;
+            }
+            if end < start {
+                end = start;
+            }
+            if start == 0 {
+                continue;
+            }
+            if end - start > longest {
+                end = start + longest;
+                clamped += 1;
+            }
+            self.notice.start_unix_nano = self.notice.start_unix_nano.min(start);
+            self.notice.end_unix_nano = self.notice.end_unix_nano.max(end);
         }
+        if self.notice.end_unix_nano > self.notice.start_unix_nano.saturating_add(widest)
+            && self.notice.start_unix_nano <= self.notice.end_unix_nano
+        {
+            self.notice.start_unix_nano = self.notice.end_unix_nano - widest;
+            clamped += 1;
+        }
+        clamped
     }
 
     /// The notice, unless no span was read (a trace of logs only has no window).

@@ -39,6 +39,12 @@ pub mod names {
     /// Calls to the forward endpoint refused for want of a valid cluster credential, by
     /// `reason` (`missing`, `invalid`, `expired`, `replayed`). Counter.
     pub const FORWARD_UNAUTHENTICATED: &str = "otel_tail_forward_unauthenticated_total";
+    /// Traces decided while still receiving spans because they reached
+    /// `sampler.max_spans_per_trace` or `sampler.max_trace_age`, by `limit`. Counter.
+    pub const TRACES_LIMITED: &str = "otel_tail_traces_limited_total";
+    /// Span start/end times of kept traces more than an hour from the decision time,
+    /// clamped before they set a correlation window. Counter.
+    pub const SPAN_TIMES_CLAMPED: &str = "otel_tail_span_times_clamped_total";
     /// Spans dropped because their trace was not sampled. Counter.
     pub const SPANS_DROPPED: &str = "otel_tail_spans_dropped_total";
     /// Spans sent to the export queue because their trace was kept. Counter.

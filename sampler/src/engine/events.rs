@@ -25,6 +25,21 @@ pub(super) fn span_metrics_counted(spans: u64) {
     counter!(names::SPAN_METRICS_SPANS).increment(spans);
 }
 
+/// Traces decided before going quiet because they reached a per-trace bound (`limit`:
+/// `max_spans`, `max_age`).
+pub(super) fn traces_limited(limit: &'static str, traces: usize) {
+    if traces > 0 {
+        counter!(names::TRACES_LIMITED, "limit" => limit).increment(traces as u64);
+    }
+}
+
+/// Span times of kept traces clamped before they set a correlation window.
+pub(super) fn span_times_clamped(times: u64) {
+    if times > 0 {
+        counter!(names::SPAN_TIMES_CLAMPED).increment(times);
+    }
+}
+
 /// Traces decided early because the index was full.
 pub(super) fn traces_evicted(traces: usize) {
     counter!(names::TRACES_EVICTED).increment(traces as u64);
@@ -78,10 +93,14 @@ pub(crate) fn register() {
         names::TRACES_EVICTED,
         names::SPANS_DEDUPLICATED,
         names::SPAN_METRICS_SPANS,
+        names::SPAN_TIMES_CLAMPED,
         names::LOGS_RECEIVED,
         names::DATA_POINTS_RECEIVED,
     ] {
         counter!(name).increment(0);
+    }
+    for limit in ["max_spans", "max_age"] {
+        counter!(names::TRACES_LIMITED, "limit" => limit).increment(0);
     }
     for decision in ["sampled", "not_sampled"] {
         counter!(names::LATE_SPANS, "decision" => decision).increment(0);

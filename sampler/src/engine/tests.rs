@@ -860,3 +860,89 @@ async fn every_span_received_counts_once_in_span_metrics_buffered_late_or_handed
     );
     assert_eq!(exemplars, vec![1], "exemplars point at the kept trace only");
 }
+
+#[tokio::test]
+async fn a_trace_is_decided_at_its_span_limit_or_maximum_age_and_later_spans_follow() {
+    let yaml = format!("{CONFIG}  max_spans_per_trace: 3\n  max_trace_age: 2s\n");
+    let rig = rig(&yaml);
+    // Trace 1 reaches 3 spans in one request: decided at once (an error: kept).
+    rig.engine
+        .ingest_traces(request(vec![
+            span(1, 1, true),
+            span(1, 2, false),
+            span(1, 3, false),
+        ]))
+        .unwrap();
+    assert_eq!(rig.engine.active_traces(), 0, "decided with what it had");
+    rig.engine
+        .ingest_traces(request(vec![span(1, 4, false)]))
+        .unwrap();
+    // Trace 2 keeps receiving a span every 600 ms: never quiet for decision_wait (1s),
+    // decided at its maximum age.
+    for (id, step) in (1..=4u8).zip(0..) {
+        if step > 0 {
+            rig.advance(600);
+        }
+        rig.engine
+            .ingest_traces(request(vec![span(2, id, id == 1)]))
+            .unwrap();
+        rig.engine.decide_due().unwrap();
+    }
+    assert_eq!(
+        rig.engine.active_traces(),
+        0,
+        "decided at 2s although still active"
+    );
+    rig.engine
+        .ingest_traces(request(vec![span(2, 5, false)]))
+        .unwrap();
+    let exported = rig.exported_spans().await;
+    let of = |t: u8| exported.iter().filter(|(trace, _, _)| *trace == t).count();
+    assert_eq!(
+        of(1),
+        4,
+        "trace 1 whole, its late span following the decision"
+    );
+    assert_eq!(
+        of(2),
+        5,
+        "trace 2 whole, its late span following the decision"
+    );
+}
+
+#[test]
+fn bad_span_times_cannot_widen_a_correlation_window_without_limit() {
+    let hour = 3_600_000_000_000u64;
+    let t0 = 1_700_000_000_000_000_000u64;
+    let kept = Kept {
+        policy: "errors".into(),
+        probability: None,
+        correlate: true,
+    };
+    let mut bogus = span(1, 1, true);
+    bogus.start_time_unix_nano = t0;
+    bogus.end_time_unix_nano = u64::MAX;
+    let mut unset = span(1, 2, false);
+    unset.start_time_unix_nano = 0;
+    unset.end_time_unix_nano = t0 + 1_000;
+    let mut notice = NoticeBuilder::new([1; 16], &kept);
+    let rs = request(vec![bogus, unset]).resource_spans.remove(0);
+    assert_eq!(notice.add(&rs), 1, "the endless span");
+    let built = notice.build().expect("a window");
+    assert_eq!(
+        (built.start_unix_nano, built.end_unix_nano),
+        (t0, t0 + hour)
+    );
+    // Spans years apart: the window keeps its latest six hours.
+    let mut old = span(2, 1, false);
+    old.start_time_unix_nano = 1;
+    old.end_time_unix_nano = 2;
+    let mut new = span(2, 2, false);
+    new.start_time_unix_nano = t0;
+    new.end_time_unix_nano = t0 + 10;
+    let mut notice = NoticeBuilder::new([2; 16], &kept);
+    let rs = request(vec![old, new]).resource_spans.remove(0);
+    assert_eq!(notice.add(&rs), 1);
+    let built = notice.build().expect("a window");
+    assert_eq!(built.end_unix_nano - built.start_unix_nano, 6 * hour);
+}

@@ -457,6 +457,13 @@ pub struct SamplerConfig {
     /// for a decision, and later spans of it follow that decision (the Collector's meaning).
     /// 0: no limit.
     pub maximum_trace_size_bytes: u64,
+    /// A trace is decided once it has this many spans, with what it has; later spans
+    /// follow the decision. 0: no limit.
+    pub max_spans_per_trace: u32,
+    /// A trace is decided this long after its first span at the latest, even while spans
+    /// keep arriving; later spans follow the decision. Absent: 5 × `decision_wait`.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub max_trace_age: Option<Duration>,
     /// When `num_traces` traces are buffered, throttle clients (retryable errors) instead of
     /// deciding the trace nearest its deadline early.
     pub block_on_overflow: bool,
@@ -513,6 +520,8 @@ impl Default for SamplerConfig {
             decision_cache: DecisionCacheConfig::default(),
             sample_on_first_match: false,
             maximum_trace_size_bytes: 0,
+            max_spans_per_trace: 100_000,
+            max_trace_age: None,
             block_on_overflow: false,
             drop_pending_traces_on_shutdown: false,
             sampling_strategy: SamplingStrategy::TraceComplete,
@@ -534,7 +543,21 @@ fn default_policies() -> Vec<PolicyConfig> {
 }
 
 impl SamplerConfig {
+    /// The effective maximum trace age: `max_trace_age`, else 5 × `decision_wait`.
+    pub fn effective_max_trace_age(&self) -> Duration {
+        self.max_trace_age
+            .unwrap_or_else(|| self.decision_wait.saturating_mul(5))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(age) = self.max_trace_age
+            && age < self.decision_wait
+        {
+            return Err(ConfigError::invalid(
+                "sampler.max_trace_age",
+                "must be at least sampler.decision_wait",
+            ));
+        }
         if self.policies.is_empty() {
             return Err(ConfigError::invalid(
                 "sampler.policies",
