@@ -2,6 +2,10 @@
 
 Usage: send_traces.py <transport: http|grpc> <endpoint> <traces>
 
+An https:// endpoint is reached over TLS; the SDK's own variables configure it
+(OTEL_EXPORTER_OTLP_CERTIFICATE, OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
+OTEL_EXPORTER_OTLP_CLIENT_KEY), as do OTEL_EXPORTER_OTLP_HEADERS for tokens.
+
 Every even-numbered trace has a child span with status ERROR. Prints one JSON
 object: {"error": [trace ids], "ok": [trace ids]} (32-digit lower-case hex).
 """
@@ -22,6 +26,8 @@ def exporter(transport, endpoint):
         return OTLPSpanExporter(endpoint=endpoint + "/v1/traces")
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+    if endpoint.startswith("https://"):
+        return OTLPSpanExporter(endpoint=endpoint[len("https://"):], insecure=False)
     return OTLPSpanExporter(endpoint=endpoint, insecure=True)
 
 

@@ -33,7 +33,7 @@ use std::{
     net::SocketAddr,
     num::{NonZeroU32, NonZeroUsize},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -68,6 +68,8 @@ pub mod names {
     pub const OUTCOME_AUTH_FAILED: &str = "auth_failed";
     /// `outcome`: dropped, not a valid datagram or gossip message.
     pub const OUTCOME_MALFORMED: &str = "malformed";
+    /// `outcome`: dropped, authentic but replayed or outside the 60 s time window.
+    pub const OUTCOME_REPLAYED: &str = "replayed";
     /// `outcome`: the socket refused to send.
     pub const OUTCOME_ERROR: &str = "error";
 }
@@ -443,5 +445,69 @@ impl MembershipHandle {
             .send(command)
             .await
             .map_err(|_| Error::Stopped)
+    }
+}
+
+/// Datagrams a node would send, with their destinations.
+pub type Outgoing = Vec<(SocketAddr, Vec<u8>)>;
+
+/// One gossip node without a socket or timers: datagrams go in through the same
+/// authentication, decoding and SWIM handling as the gossip task's, and the datagrams it
+/// would send come out. It exists so the gossip decoder can be fuzzed with what a node
+/// really does with a datagram, and seeded with datagrams nodes really send.
+pub struct DatagramProbe {
+    node: Node,
+    address: SocketAddr,
+}
+
+impl DatagramProbe {
+    /// A sampler node `node_id` at `address`, sealing with `secret` when given.
+    pub fn new(node_id: &str, address: SocketAddr, secret: Option<&[u8]>) -> Self {
+        let config = MembershipConfig::new(node_id, Role::Sampler, address);
+        let identity = GossipIdentity::new(Arc::from(node_id), address, Role::Sampler, 1)
+            .with_forward(Some(address));
+        let node = Node::new(
+            identity,
+            config.foca_config(),
+            rand::make_rng::<StdRng>(),
+            secret,
+            Arc::new(PacketStats::default()),
+        );
+        DatagramProbe { node, address }
+    }
+
+    /// This node's gossip address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Asks the node at `seed` to let us in; returns the datagrams to send.
+    pub fn announce(&mut self, seed: SocketAddr) -> Outgoing {
+        self.node.announce(seed, Instant::now());
+        self.outgoing()
+    }
+
+    /// Handles one received datagram: `Err` names why it was dropped. Returns the
+    /// datagrams the node sends in answer either way.
+    pub fn receive(&mut self, datagram: &[u8]) -> (Result<(), String>, Outgoing) {
+        let result = self
+            .node
+            .handle_datagram(datagram, Instant::now())
+            .map_err(|e| e.to_string());
+        (result, self.outgoing())
+    }
+
+    /// Live members this node knows, itself included.
+    pub fn members(&self) -> Vec<NodeIdentity> {
+        self.node.members()
+    }
+
+    fn outgoing(&mut self) -> Outgoing {
+        self.node.take_events();
+        self.node
+            .take_outgoing()
+            .into_iter()
+            .map(|out| (out.to, out.datagram))
+            .collect()
     }
 }

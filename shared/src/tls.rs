@@ -1,7 +1,9 @@
 //! TLS client configuration for the exporters (rustls with the `ring` provider; no
 //! OpenSSL): the system's root certificates by default, or a configured CA file; an optional
 //! client certificate; an optional server name to verify instead of the endpoint's host;
-//! and, for tests only, no verification at all.
+//! and, for tests only, no verification at all. Servers' TLS is in [`server`].
+
+pub mod server;
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 use crate::config::TlsConfig;
 
-/// Why a TLS client could not be configured; names the config key.
+/// Why TLS could not be configured; names the config key.
 #[derive(Debug, thiserror::Error)]
 #[error("`{key}`: {reason}")]
 pub struct TlsError {

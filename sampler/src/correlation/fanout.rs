@@ -28,6 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use otel_tail_proto::v1::{self, NoticeAck, NoticeBatch};
+use otel_tail_shared::forward::auth::{MAX_SKEW, ReplayGuard};
 use otel_tail_shared::forward::{ForwardError, Forwarder};
 use otel_tail_shared::seal::ClusterKey;
 use prost::Message;
@@ -57,6 +58,9 @@ pub mod names {
     /// secret (or sealed when this node has none). Counter.
     pub const BATCHES_UNAUTHENTICATED: &str =
         "otel_tail_decision_notice_batches_unauthenticated_total";
+    /// Received notice batches refused as replays: authentic, but sent more than a minute
+    /// off this node's clock or received before. Counter.
+    pub const BATCHES_REPLAYED: &str = "otel_tail_decision_notice_batches_replayed_total";
     /// Time from the origin sending a batch to a peer receiving it, one sample per
     /// accepted notice. Histogram, seconds.
     pub const PROPAGATION_SECONDS: &str = "otel_tail_decision_propagation_seconds";
@@ -105,7 +109,7 @@ pub fn notice_key(secret: &[u8]) -> Arc<ClusterKey> {
 }
 
 /// The batch to send: sealed into [`NoticeBatch::sealed`] with `key`, or as it is.
-fn seal(batch: NoticeBatch, key: Option<&ClusterKey>) -> NoticeBatch {
+pub fn seal(batch: NoticeBatch, key: Option<&ClusterKey>) -> NoticeBatch {
     match key {
         None => batch,
         Some(key) => NoticeBatch {
@@ -121,11 +125,20 @@ pub enum OpenError {
     /// Sealed with another key, tampered, or sealed/plain where the other was expected.
     #[error("decision notice batch failed authentication")]
     Unauthenticated,
+    /// Authentic, but sent more than a minute off this node's clock or already received.
+    #[error("decision notice batch replayed or outside the time window")]
+    Replayed,
 }
 
-/// The plain batch inside a received one: with `key`, only a batch sealed with it;
-/// without, only a plain batch.
-pub fn open(mut batch: NoticeBatch, key: Option<&ClusterKey>) -> Result<NoticeBatch, OpenError> {
+/// The plain batch inside one received at `now_unix_nano`: with `key`, only a batch sealed
+/// with it, sent within [`MAX_SKEW`] of now and whose nonce `guard` has not seen; without,
+/// only a plain batch.
+pub fn open(
+    mut batch: NoticeBatch,
+    key: Option<&ClusterKey>,
+    now_unix_nano: u64,
+    guard: &ReplayGuard,
+) -> Result<NoticeBatch, OpenError> {
     match (key, batch.sealed.take()) {
         (None, None) => Ok(batch),
         (Some(key), Some(sealed)) => {
@@ -135,6 +148,18 @@ pub fn open(mut batch: NoticeBatch, key: Option<&ClusterKey>) -> Result<NoticeBa
             if inner.sealed.is_some() {
                 return Err(OpenError::Unauthenticated);
             }
+            let now_ms = now_unix_nano / 1_000_000;
+            if (inner.sent_at_unix_nano / 1_000_000).abs_diff(now_ms) > MAX_SKEW {
+                return Err(OpenError::Replayed);
+            }
+            let nonce = sealed
+                .nonce
+                .as_slice()
+                .try_into()
+                .map_err(|_| OpenError::Unauthenticated)?;
+            guard
+                .admit(nonce, now_ms)
+                .map_err(|_| OpenError::Replayed)?;
             Ok(inner)
         }
         _ => Err(OpenError::Unauthenticated),
@@ -576,12 +601,17 @@ pub trait NoticeSink: Send + Sync + 'static {
 pub struct NoticesServer {
     sink: Arc<dyn NoticeSink>,
     key: Option<Arc<ClusterKey>>,
+    seen: Arc<ReplayGuard>,
 }
 
 impl NoticesServer {
     /// A service handing every valid received notice to `sink`, accepting plain batches.
     pub fn new(sink: Arc<dyn NoticeSink>) -> NoticesServer {
-        NoticesServer { sink, key: None }
+        NoticesServer {
+            sink,
+            key: None,
+            seen: Arc::default(),
+        }
     }
 
     /// Accepts only batches sealed with `key` (see [`notice_key`]); `None`: plain only.
@@ -612,13 +642,17 @@ where
         crate::unary::call(
             NOTICES_PATH,
             request,
-            NoticesMethod(self.sink.clone(), self.key.clone()),
+            NoticesMethod(self.sink.clone(), self.key.clone(), self.seen.clone()),
         )
     }
 }
 
 /// The `Notices` call.
-struct NoticesMethod(Arc<dyn NoticeSink>, Option<Arc<ClusterKey>>);
+struct NoticesMethod(
+    Arc<dyn NoticeSink>,
+    Option<Arc<ClusterKey>>,
+    Arc<ReplayGuard>,
+);
 
 impl tonic::server::UnaryService<NoticeBatch> for NoticesMethod {
     type Response = NoticeAck;
@@ -626,13 +660,18 @@ impl tonic::server::UnaryService<NoticeBatch> for NoticesMethod {
 
     fn call(&mut self, request: Request<NoticeBatch>) -> Self::Future {
         let sink = self.0.clone();
-        let opened = open(request.into_inner(), self.1.as_deref());
+        let now = otel_tail_shared::otlp::unix_now();
+        let opened = open(request.into_inner(), self.1.as_deref(), now, &self.2);
         Box::pin(async move {
             let batch = opened.map_err(|e| {
-                metrics::counter!(names::BATCHES_UNAUTHENTICATED).increment(1);
+                let counter = match e {
+                    OpenError::Unauthenticated => names::BATCHES_UNAUTHENTICATED,
+                    OpenError::Replayed => names::BATCHES_REPLAYED,
+                };
+                metrics::counter!(counter).increment(1);
                 Status::unauthenticated(e.to_string())
             })?;
-            let received = receive(batch, otel_tail_shared::otlp::unix_now());
+            let received = receive(batch, now);
             if received.rejected > 0 {
                 tracing::debug!(
                     origin = received.origin,

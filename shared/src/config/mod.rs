@@ -128,6 +128,9 @@ impl Config {
                 reason,
             ));
         }
+        if let Some(tls) = &self.receiver.tls {
+            tls.validate("receiver.tls")?;
+        }
         if self.receiver.read_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "receiver.read_timeout",
@@ -231,6 +234,72 @@ pub struct ReceiverConfig {
     pub read_timeout: std::time::Duration,
     /// Client authentication.
     pub auth: ReceiverAuthConfig,
+    /// TLS on both receivers (OTLP/gRPC and OTLP/HTTP). Unset: plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `receiver.tls` and `cluster.tls`: a server's certificate, the Collector's keys. The
+/// files are checked every 5 s and reloaded when they change (new connections get the new
+/// certificate; open ones are not dropped).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain the server presents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates; when set, clients must present a certificate they signed
+    /// (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Oldest protocol version accepted: `"1.2"` (default) or `"1.3"`.
+    pub min_version: TlsVersion,
+}
+
+/// A TLS protocol version, as the Collector spells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3.
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+impl ServerTlsConfig {
+    /// Checks that the certificate and key are set and that every file is readable and
+    /// parses, naming the key at fault.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        for (name, path, required) in [
+            ("cert_file", &self.cert_file, true),
+            ("key_file", &self.key_file, true),
+            ("client_ca_file", &self.client_ca_file, false),
+        ] {
+            match path {
+                None if required => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.{name}"),
+                        "is required when TLS is configured",
+                    ));
+                }
+                Some(path) if !path.is_file() => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.{name}"),
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        crate::tls::server::ServerTls::load(self, key, &[])
+            .map_err(|e| ConfigError::invalid(e.key, e.reason))?;
+        Ok(())
+    }
 }
 
 /// `receiver.auth`: who may send.
@@ -253,6 +322,7 @@ impl Default for ReceiverConfig {
             max_buffered_bytes: 256 * 1024 * 1024,
             read_timeout: std::time::Duration::from_secs(30),
             auth: ReceiverAuthConfig::default(),
+            tls: None,
         }
     }
 }

@@ -69,7 +69,7 @@ async fn start_sink() -> (Arc<Sink>, SocketAddr) {
     let addr = listener.local_addr().unwrap();
     let sink = Arc::new(Sink::default());
     tokio::spawn(crate::receiver::grpc::serve(
-        listener,
+        crate::tls::server::Listener::plain(listener, "grpc"),
         1024 * 1024,
         crate::receiver::InFlight::new(64),
         sink.clone(),

@@ -140,6 +140,7 @@ pub(crate) fn frame_to_packet(frame: &[u8]) -> Result<pb::GossipPacket, CodecErr
         header: Some(header),
         updates,
         broadcasts,
+        sent_at_unix_ms: 0,
     })
 }
 
@@ -663,6 +664,7 @@ mod tests {
             header: Some(header_to_proto(&header(Message::Announce))),
             updates: vec![member.clone()],
             broadcasts: vec![],
+            sent_at_unix_ms: 0,
         };
         assert!(matches!(
             packet_to_frame(&packet),
@@ -672,6 +674,7 @@ mod tests {
             header: Some(header_to_proto(&header(Message::Broadcast))),
             updates: vec![member],
             broadcasts: vec![],
+            sent_at_unix_ms: 0,
         };
         assert!(matches!(
             packet_to_frame(&packet),
@@ -681,6 +684,7 @@ mod tests {
             header: Some(header_to_proto(&header(Message::Gossip))),
             updates: vec![],
             broadcasts: vec![pb::ClusterBroadcast::default()],
+            sent_at_unix_ms: 0,
         };
         assert!(matches!(
             packet_to_frame(&packet),

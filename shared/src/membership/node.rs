@@ -149,7 +149,7 @@ impl Node {
     }
 
     fn apply_datagram(&mut self, datagram: &[u8]) -> Result<(), PacketError> {
-        let packet = self.sealer.open(datagram)?;
+        let packet = self.sealer.open(datagram, unix_ms())?;
         let frame =
             codec::packet_to_frame(&packet).map_err(|e| PacketError::Malformed(e.to_string()))?;
         match self.foca.handle_data(&frame, &mut self.runtime) {
@@ -242,7 +242,7 @@ impl Node {
             match codec::frame_to_packet(&frame) {
                 Ok(packet) => self.outbox.push(Outgoing {
                     to: to.address(),
-                    datagram: self.sealer.seal(&packet),
+                    datagram: self.sealer.seal(&packet, unix_ms()),
                 }),
                 Err(error) => tracing::warn!(%error, to = %to.address(), "could not encode gossip"),
             }
@@ -322,4 +322,10 @@ impl Node {
                 .chain(local),
         );
     }
+}
+
+/// The wall clock in unix milliseconds: the time sealed datagrams carry and are checked
+/// against.
+fn unix_ms() -> u64 {
+    crate::otlp::unix_now() / 1_000_000
 }

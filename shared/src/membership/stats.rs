@@ -15,6 +15,8 @@ pub struct PacketCounts {
     pub received_auth_failed: u64,
     /// Received and dropped: not a valid datagram or gossip message.
     pub received_malformed: u64,
+    /// Received and dropped: authentic but replayed or outside the time window.
+    pub received_replayed: u64,
     /// Handed to the socket.
     pub sent_ok: u64,
     /// The socket refused to send.
@@ -27,6 +29,7 @@ pub(crate) struct PacketStats {
     received_ok: AtomicU64,
     received_auth_failed: AtomicU64,
     received_malformed: AtomicU64,
+    received_replayed: AtomicU64,
     sent_ok: AtomicU64,
     sent_error: AtomicU64,
 }
@@ -40,6 +43,7 @@ impl PacketStats {
                 (&self.received_auth_failed, names::OUTCOME_AUTH_FAILED)
             }
             Err(PacketError::Malformed(_)) => (&self.received_malformed, names::OUTCOME_MALFORMED),
+            Err(PacketError::Replayed) => (&self.received_replayed, names::OUTCOME_REPLAYED),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::GOSSIP_PACKETS_TOTAL, "kind" => names::KIND_RECEIVED, "outcome" => label)
@@ -64,6 +68,7 @@ impl PacketStats {
             received_ok: self.received_ok.load(Ordering::Relaxed),
             received_auth_failed: self.received_auth_failed.load(Ordering::Relaxed),
             received_malformed: self.received_malformed.load(Ordering::Relaxed),
+            received_replayed: self.received_replayed.load(Ordering::Relaxed),
             sent_ok: self.sent_ok.load(Ordering::Relaxed),
             sent_error: self.sent_error.load(Ordering::Relaxed),
         }

@@ -43,12 +43,13 @@ use super::events::{self, Transport, reason};
 use super::signal::{OtlpRequest, accept};
 use super::{HeldBytes, InFlight, Ingest, IngestError};
 use crate::otlp::Signal;
+use crate::tls::server::Listener;
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` completes, then lets in-flight calls
 /// finish. Requests whose (decompressed) message exceeds `max_request_bytes` are refused
 /// with `RESOURCE_EXHAUSTED` without being buffered whole.
 pub async fn serve<I: Ingest>(
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     max_request_bytes: usize,
     in_flight: InFlight,
     ingest: Arc<I>,
@@ -64,7 +65,6 @@ pub async fn serve<I: Ingest>(
     let metrics = MetricsServiceServer::from_arc(receiver)
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_request_bytes);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     hardened_server()
         .add_service(DecodeStatus::new(
             traces,
@@ -84,7 +84,7 @@ pub async fn serve<I: Ingest>(
             in_flight,
             max_request_bytes,
         ))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(listener.incoming(), shutdown)
         .await
         .map_err(std::io::Error::other)
 }

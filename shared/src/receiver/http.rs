@@ -25,12 +25,14 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use tokio_stream::StreamExt as _;
 use tonic::Code;
 
 use super::events::{self, Transport, reason};
 use super::signal::{OtlpRequest, accept, ingest_error_reason};
 use super::{Accepted, HeldBytes, InFlight, Ingest, IngestError};
 use crate::otlp::Signal;
+use crate::tls::server::Listener;
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -38,7 +40,7 @@ const JSON: &str = "application/json";
 /// Serves OTLP/HTTP on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish. Bodies larger than `max_request_bytes` (compressed or decompressed) get 413.
 pub async fn serve<I: Ingest>(
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     max_request_bytes: usize,
     in_flight: InFlight,
     ingest: Arc<I>,
@@ -63,11 +65,12 @@ pub(crate) const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent streams (requests) per HTTP/2 connection.
 pub(crate) const HTTP2_MAX_STREAMS: u32 = 64;
 
-/// Accepts connections on `listener` and serves each with `service` (HTTP/1.1 or h2c,
-/// detected per connection) until `shutdown` completes; then stops accepting, asks open
-/// connections to close once idle, and waits for them. Shared with the admin endpoint.
+/// Accepts connections on `listener` and serves each with `service` (HTTP/1.1 or HTTP/2,
+/// over TLS when the listener has it, else h2c) until `shutdown` completes; then stops
+/// accepting, asks open connections to close once idle, and waits for them. Shared with
+/// the admin endpoint.
 pub(crate) async fn serve_connections<S>(
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
@@ -92,24 +95,20 @@ where
         .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
         .max_concurrent_streams(HTTP2_MAX_STREAMS);
     let graceful = GracefulShutdown::new();
+    let mut incoming = listener.incoming();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Typically out of file descriptors: back off instead of spinning.
-                    tracing::warn!(%error, "accepting an HTTP connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            accepted = incoming.next() => match accepted {
+                Some(Ok(stream)) => stream,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "accepting an HTTP connection failed");
                     continue;
                 }
+                None => break,
             },
             () = &mut shutdown => break,
         };
-        // Responses are small and final: send them without waiting for more data.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "setting TCP_NODELAY failed");
-        }
         let connection = builder
             .serve_connection(TokioIo::new(stream), service.clone())
             .into_owned();
@@ -120,7 +119,7 @@ where
             }
         });
     }
-    drop(listener);
+    drop(incoming);
     graceful.shutdown().await;
     Ok(())
 }
@@ -308,6 +307,48 @@ pub(crate) fn decode<R: OtlpRequest>(body: &[u8], encoding: Encoding) -> Result<
             Refusal::Malformed(format!("invalid OTLP JSON {signal} request: {error}"))
         }),
     }
+}
+
+/// An OTLP request decoded by [`decode_body`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecodedBody {
+    /// A `/v1/traces` body.
+    Traces(ExportTraceServiceRequest),
+    /// A `/v1/logs` body.
+    Logs(ExportLogsServiceRequest),
+    /// A `/v1/metrics` body.
+    Metrics(ExportMetricsServiceRequest),
+}
+
+/// Decodes a request body exactly as the receiver does once it is read: inflates it when
+/// `gzip` (at most `limit` bytes out), then parses OTLP JSON when `json`, else protobuf.
+/// The receiver's whole decoder of untrusted bytes in one call, so it can be fuzzed; an
+/// error is the message the client would get.
+pub fn decode_body(
+    signal: Signal,
+    body: &[u8],
+    json: bool,
+    gzip: bool,
+    limit: usize,
+) -> Result<DecodedBody, String> {
+    let inflated;
+    let body = if gzip {
+        inflated = gunzip(body, limit).map_err(|e| e.to_string())?;
+        inflated.as_slice()
+    } else {
+        body
+    };
+    let encoding = if json {
+        Encoding::Json
+    } else {
+        Encoding::Protobuf
+    };
+    let decoded = match signal {
+        Signal::Traces => DecodedBody::Traces(decode(body, encoding).map_err(|e| e.to_string())?),
+        Signal::Logs => DecodedBody::Logs(decode(body, encoding).map_err(|e| e.to_string())?),
+        Signal::Metrics => DecodedBody::Metrics(decode(body, encoding).map_err(|e| e.to_string())?),
+    };
+    Ok(decoded)
 }
 
 /// The body encoding of a request, and so of its response.

@@ -28,6 +28,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::config::ReceiverConfig;
+use crate::tls::server::{Listener, ServerTls};
 
 /// Items of a request that were accepted or refused individually.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -278,25 +279,39 @@ pub async fn serve<I: Ingest>(
     .await
 }
 
-/// Binds the gRPC and HTTP listeners, reports their addresses, and runs the two servers
-/// `start` builds on them until `shutdown` (signalled through the watch channel it is
-/// given). Shared by the decoding receivers and the raw ones.
+/// Binds the gRPC and HTTP listeners (with `receiver.tls` when set, its files watched),
+/// reports their addresses, and runs the two servers `start` builds on them until
+/// `shutdown` (signalled through the watch channel it is given). Shared by the decoding
+/// receivers and the raw ones.
 pub(crate) async fn serve_both<G, H>(
     config: &ReceiverConfig,
     on_bound: impl FnOnce(BoundAddrs),
     shutdown: impl Future<Output = ()> + Send + 'static,
-    start: impl FnOnce(
-        tokio::net::TcpListener,
-        tokio::net::TcpListener,
-        tokio::sync::watch::Receiver<bool>,
-    ) -> (G, H),
+    start: impl FnOnce(Listener, Listener, tokio::sync::watch::Receiver<bool>) -> (G, H),
 ) -> std::io::Result<()>
 where
     G: Future<Output = std::io::Result<()>>,
     H: Future<Output = std::io::Result<()>>,
 {
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_endpoint).await?;
-    let http_listener = tokio::net::TcpListener::bind(config.http_endpoint).await?;
+    let tls = match &config.tls {
+        None => None,
+        Some(tls) => {
+            let tls = ServerTls::load(tls, "receiver.tls", &[b"h2", b"http/1.1"])
+                .map_err(std::io::Error::other)?;
+            ServerTls::watch(&tls);
+            Some(tls)
+        }
+    };
+    let grpc_listener = Listener::plain(
+        tokio::net::TcpListener::bind(config.grpc_endpoint).await?,
+        "grpc",
+    )
+    .with_tls(tls.clone(), config.read_timeout);
+    let http_listener = Listener::plain(
+        tokio::net::TcpListener::bind(config.http_endpoint).await?,
+        "http",
+    )
+    .with_tls(tls, config.read_timeout);
     on_bound(BoundAddrs {
         grpc: grpc_listener.local_addr()?,
         http: http_listener.local_addr()?,

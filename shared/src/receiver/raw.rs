@@ -46,6 +46,7 @@ use super::{Accepted, BoundAddrs, InFlight, IngestError, serve_both, wait_stop};
 use crate::config::ReceiverConfig;
 use crate::forward::{ServerCodec, export_path};
 use crate::otlp::Signal;
+use crate::tls::server::Listener;
 
 /// The sink raw receivers deliver encoded `Export*ServiceRequest` bytes to. `Ok` means
 /// the data is accepted (for the router: every owner accepted its part); the
@@ -128,13 +129,12 @@ impl RawRequest for ExportMetricsServiceRequest {
 /// Serves the three OTLP/gRPC export methods with a bytes codec on `listener` until
 /// `shutdown` completes.
 async fn serve_grpc<I: RawIngest>(
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     max_request_bytes: usize,
     in_flight: InFlight,
     ingest: Arc<I>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     super::grpc::hardened_server()
         .add_service(DecodeStatus::new(
             RawGrpcService::<I, ExportTraceServiceRequest>::new(ingest.clone(), max_request_bytes),
@@ -154,7 +154,7 @@ async fn serve_grpc<I: RawIngest>(
             in_flight,
             max_request_bytes,
         ))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(listener.incoming(), shutdown)
         .await
         .map_err(std::io::Error::other)
 }
@@ -253,7 +253,7 @@ impl<I: RawIngest, R: RawRequest> UnaryService<Bytes> for RawExport<I, R> {
 
 /// Serves OTLP/HTTP on `listener` until `shutdown` completes.
 async fn serve_http<I: RawIngest>(
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     max_request_bytes: usize,
     in_flight: InFlight,
     ingest: Arc<I>,

@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::Health;
 use crate::receiver::http::serve_connections;
+use crate::tls::server::Listener;
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -29,7 +30,7 @@ pub async fn serve(
         let response = route(&request, &metrics, &health);
         async move { Ok::<_, Infallible>(response) }
     });
-    serve_connections(listener, service, shutdown).await
+    serve_connections(Listener::plain(listener, "admin"), service, shutdown).await
 }
 
 fn route(

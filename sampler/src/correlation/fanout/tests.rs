@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use otel_tail_proto::v1::{self, NoticeAck, NoticeBatch};
+use otel_tail_shared::forward::auth::ReplayGuard;
 use otel_tail_shared::forward::{ForwardCompression, Forwarder, ForwarderConfig};
 use otel_tail_shared::otlp::TraceId;
 use otel_tail_shared::seal::ClusterKey;
@@ -433,24 +434,72 @@ fn sealed_batches_open_only_with_the_cluster_key() {
     let key = notice_key(b"cluster secret");
     let batch = NoticeBatch {
         origin: ORIGIN.to_owned(),
-        sent_at_unix_nano: 7,
+        sent_at_unix_nano: SENT,
         notices: vec![notice(1).to_proto()],
         sealed: None,
     };
+    let guard = ReplayGuard::default();
     let sealed = seal(batch.clone(), Some(&key));
     assert!(sealed.notices.is_empty() && sealed.origin.is_empty());
-    assert_eq!(open(sealed.clone(), Some(&key)), Ok(batch.clone()));
     assert_eq!(
-        open(sealed.clone(), Some(&notice_key(b"other secret"))),
+        open(
+            sealed.clone(),
+            Some(&notice_key(b"other secret")),
+            SENT,
+            &guard
+        ),
         Err(OpenError::Unauthenticated)
     );
-    assert_eq!(open(sealed, None), Err(OpenError::Unauthenticated));
     assert_eq!(
-        open(batch.clone(), Some(&key)),
+        open(sealed.clone(), None, SENT, &guard),
+        Err(OpenError::Unauthenticated)
+    );
+    assert_eq!(open(sealed, Some(&key), SENT, &guard), Ok(batch.clone()));
+    assert_eq!(
+        open(batch.clone(), Some(&key), SENT, &guard),
         Err(OpenError::Unauthenticated),
         "a keyed node refuses plain batches"
     );
-    assert_eq!(open(batch.clone(), None), Ok(batch));
+    assert_eq!(open(batch.clone(), None, SENT, &guard), Ok(batch));
+}
+
+/// Unix nanoseconds a test batch is sent at.
+const SENT: u64 = 1_767_225_600_000_000_000;
+
+#[test]
+fn a_sealed_batch_is_accepted_once_and_only_within_a_minute() {
+    let key = notice_key(b"cluster secret");
+    let guard = ReplayGuard::default();
+    let batch = |sent_at_unix_nano| NoticeBatch {
+        origin: ORIGIN.to_owned(),
+        sent_at_unix_nano,
+        notices: vec![notice(1).to_proto()],
+        sealed: None,
+    };
+    let sealed = seal(batch(SENT), Some(&key));
+    assert!(open(sealed.clone(), Some(&key), SENT + 1_000, &guard).is_ok());
+    assert_eq!(
+        open(sealed, Some(&key), SENT + 2_000, &guard),
+        Err(OpenError::Replayed),
+        "the same sealed batch again"
+    );
+    let minute = 60_000_000_000;
+    for sent in [SENT - minute - 1_000_000, SENT + minute + 1_000_000, 0] {
+        assert_eq!(
+            open(seal(batch(sent), Some(&key)), Some(&key), SENT, &guard),
+            Err(OpenError::Replayed),
+            "sent at {sent}"
+        );
+    }
+    assert!(
+        open(
+            seal(batch(SENT - minute), Some(&key)),
+            Some(&key),
+            SENT,
+            &guard
+        )
+        .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
