@@ -7,7 +7,8 @@
 mod prerequisites;
 
 use prerequisites::{
-    HELM_CFG, PROBED_ENV, PYTHON_SDK_CFG, cached_helm, helm_missing, python_sdk_missing,
+    HELM_CFG, PROBED_ENV, PYTHON_SDK_CFG, TMPFS_CFG, cached_helm, helm_missing, python_sdk_missing,
+    tmpfs_missing,
 };
 
 fn main() {
@@ -24,6 +25,7 @@ fn main() {
     for (cfg, missing) in [
         (PYTHON_SDK_CFG, python_sdk_missing()),
         (HELM_CFG, helm_missing()),
+        (TMPFS_CFG, tmpfs_missing()),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         if missing.is_none() {

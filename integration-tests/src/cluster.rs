@@ -51,6 +51,8 @@ pub struct ClusterSpec {
     /// Further top-level sections of every sampler's config (a JSON object; e.g.
     /// `correlation`, `rollup`).
     pub sampler_sections: Value,
+    /// Further `cluster` keys of every node, routers included (a JSON object; e.g. `tls`).
+    pub cluster_extra: Value,
 }
 
 impl Default for ClusterSpec {
@@ -66,6 +68,7 @@ impl Default for ClusterSpec {
             sampler_extra: json!({}),
             sink_mode: SinkMode::Record,
             sampler_sections: json!({}),
+            cluster_extra: json!({}),
         }
     }
 }
@@ -194,12 +197,23 @@ impl Cluster {
         ) {
             config.extend(extra.clone());
         }
+        self.extend_cluster(&mut config);
         config
+    }
+
+    /// Adds [`ClusterSpec::cluster_extra`] to a node's `cluster` section.
+    fn extend_cluster(&self, config: &mut Value) {
+        if let (Some(section), Some(extra)) = (
+            config["cluster"].as_object_mut(),
+            self.spec.cluster_extra.as_object(),
+        ) {
+            section.extend(extra.clone());
+        }
     }
 
     async fn start_router(&self, index: usize) -> Result<RouterProcess, HarnessError> {
         let gossip = free_udp_addrs(1)?[0];
-        RouterProcess::start(json!({
+        let mut config = json!({
             "cluster": {
                 "node_id": format!("r-{index}"),
                 "gossip_endpoint": gossip.to_string(),
@@ -208,8 +222,9 @@ impl Cluster {
                 "virtual_nodes": self.spec.virtual_nodes,
             },
             "telemetry": {"log_level": self.spec.log_level},
-        }))
-        .await
+        });
+        self.extend_cluster(&mut config);
+        RouterProcess::start(config).await
     }
 
     /// Gossip addresses of the samplers not stopped by the test, as seeds.

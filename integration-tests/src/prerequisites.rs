@@ -18,6 +18,9 @@ use std::process::{Command, Stdio};
 pub const PYTHON_SDK_CFG: &str = "python_sdk";
 /// cfg set by the build script when [`helm_missing`] finds nothing missing.
 pub const HELM_CFG: &str = "helm";
+/// Cfg set when this machine lets the tests mount a size-limited tmpfs (root, or a user
+/// namespace with mount rights).
+pub const TMPFS_CFG: &str = "tmpfs_mount";
 /// Environment variable naming a helm binary to use instead of the cached one.
 pub const HELM_BIN_ENV: &str = "OTEL_TAIL_HELM_BIN";
 /// Environment variables the probes read, besides `PATH` and `HOME`: the build script
@@ -51,6 +54,25 @@ pub fn python_sdk_missing() -> Option<String> {
          opentelemetry-exporter-otlp-proto-grpc)"
             .to_owned()
     })
+}
+
+/// Why a tmpfs cannot be mounted here (the disk-full test needs a small filesystem), or
+/// `None` when mounting and unmounting one works.
+pub fn tmpfs_missing() -> Option<String> {
+    let dir = std::env::temp_dir().join(format!("otel-tail-tmpfs-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        let _ = Command::new("umount").arg(&dir).status();
+    }
+    let _ = std::fs::remove_dir(&dir);
+    (!mounted).then(|| "cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)".to_owned())
 }
 
 /// Where `helm/otel-tail-sampler/ci/check.sh` installs helm:

@@ -29,8 +29,8 @@ pub struct SamplerProcess {
 impl SamplerProcess {
     /// Starts a sampler with `config` (the YAML document as a JSON value; JSON is
     /// YAML). The harness fills in what a test should not choose: receivers and the
-    /// admin endpoint on `127.0.0.1:0`, `sampler.storage_dir` in a fresh temp dir,
-    /// `telemetry.log_level: info`. With no `exporter` key the sampler's default
+    /// admin endpoint on `127.0.0.1:0`, `sampler.storage_dir` in a fresh temp dir (unless
+    /// the test names one, e.g. on a filesystem it made), `telemetry.log_level: info`. With no `exporter` key the sampler's default
     /// applies and output is read from `<storage_dir>/export.jsonl`.
     pub async fn start(config: Value) -> Result<Self, HarnessError> {
         let mut process = Self::prepare(config)?;
@@ -46,8 +46,12 @@ impl SamplerProcess {
             .prefix("otel-tail-it-")
             .tempdir()
             .map_err(|e| HarnessError::io("creating the sampler temp dir", e))?;
-        let storage_dir = workdir.path().join("storage");
-        let config = complete_config(config, &storage_dir);
+        let config = complete_config(config, &workdir.path().join("storage"));
+        let storage_dir = PathBuf::from(
+            config["sampler"]["storage_dir"]
+                .as_str()
+                .expect("complete_config sets storage_dir"),
+        );
         let export_path = export_path_of(&config, &storage_dir);
         let config_path = workdir.path().join("config.yaml");
         let text = serde_json::to_string_pretty(&config).expect("JSON values always serialise");
@@ -281,7 +285,9 @@ fn complete_config(mut config: Value, storage_dir: &Path) -> Value {
     telemetry
         .entry("log_level")
         .or_insert_with(|| json!("info"));
-    section(root, "sampler").insert("storage_dir".into(), json!(storage_dir.to_string_lossy()));
+    section(root, "sampler")
+        .entry("storage_dir")
+        .or_insert_with(|| json!(storage_dir.to_string_lossy()));
     config
 }
 

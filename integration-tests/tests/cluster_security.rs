@@ -2,7 +2,9 @@
 //! "not sampled" decision or a span export sent to a sampler's forward endpoint without a
 //! valid credential is refused (`UNAUTHENTICATED`), changes nothing and is counted, while
 //! the cluster's own calls (router → sampler, sampler → sampler) carry on; and a node with
-//! seeds but no secret refuses to start unless `cluster.insecure: true` says so.
+//! seeds but no secret refuses to start unless `cluster.insecure: true` says so. With
+//! `cluster.tls` every forward call runs over mutual TLS: plaintext callers and callers
+//! with a certificate from another CA are turned away (counted) while the cluster works.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -14,13 +16,16 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use otel_tail_integration_tests::SamplerProcess;
 use otel_tail_integration_tests::cluster::{Cluster, ClusterSpec};
+use otel_tail_integration_tests::pki::{Pki, SERVER_NAME};
 use otel_tail_integration_tests::sdk::{self, Transport};
 use otel_tail_integration_tests::traffic::KEEP_ATTRIBUTE;
 use otel_tail_integration_tests::wait::poll_until;
 use otel_tail_proto::v1::{DecisionAck, DecisionBatch, TraceDecision};
+use otel_tail_shared::config::TlsConfig;
 use otel_tail_shared::forward::auth::ForwardAuth;
 use otel_tail_shared::forward::{ForwardCompression, Forwarder, ForwarderConfig};
 use otel_tail_shared::otlp::Signal;
+use otel_tail_shared::tls::ClientTls;
 use prost::Message;
 use serde_json::json;
 
@@ -33,6 +38,7 @@ fn client(auth: Option<ForwardAuth>) -> Forwarder {
         connect_timeout: Duration::from_secs(1),
         compression: ForwardCompression::Never,
         auth: auth.map(Arc::new),
+        tls: None,
     })
 }
 
@@ -199,4 +205,126 @@ async fn a_sampler_without_secret_does_not_join() {
     .await;
     let error = started.err().expect("refuses to start").to_string();
     assert!(error.contains("cluster.secret"), "{error}");
+}
+
+/// A forwarder signing with `auth` and calling over TLS with `tls` (certificates of `pki`).
+fn tls_client(auth: Option<ForwardAuth>, pki: &Pki) -> Forwarder {
+    let tls = ClientTls::load(
+        &TlsConfig {
+            ca_file: Some(pki.path("ca.pem")),
+            cert_file: Some(pki.path("server.pem")),
+            key_file: Some(pki.path("server.key")),
+            server_name: Some(SERVER_NAME.into()),
+            ..TlsConfig::default()
+        },
+        "test",
+    )
+    .expect("client TLS");
+    Forwarder::new(ForwarderConfig {
+        auth: auth.map(Arc::new),
+        tls: Some(tls),
+        ..ForwarderConfig::default()
+    })
+}
+
+/// Sends `traces` kept traces with the Rust SDK to `grpc_endpoint`; returns their ids.
+async fn send_kept(grpc_endpoint: &str, http_endpoint: &str, traces: usize) -> Vec<String> {
+    let provider = sdk::tracer_provider(Transport::Grpc, grpc_endpoint, http_endpoint, "payments")
+        .expect("tracer pipeline");
+    let tracer = provider.tracer("cluster-tls");
+    let ids = (0..traces)
+        .map(|_| {
+            let mut span = tracer.start("POST /charge");
+            span.set_attribute(KeyValue::new(KEEP_ATTRIBUTE, "yes"));
+            let id = hex(&span.span_context().trace_id().to_bytes());
+            span.end();
+            id
+        })
+        .collect();
+    sdk::shutdown_traces(provider)
+        .await
+        .expect("the node acknowledged the spans");
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_traffic_runs_over_mutual_tls_and_plaintext_peers_are_turned_away() {
+    let pki = Pki::new();
+    let cluster = Cluster::start(ClusterSpec {
+        samplers: 2,
+        routers: 1,
+        decision_wait: Duration::from_secs(1),
+        cluster_extra: json!({"tls": {
+            "cert_file": pki.path("server.pem"),
+            "key_file": pki.path("server.key"),
+            "ca_file": pki.path("ca.pem"),
+            "server_name": SERVER_NAME,
+        }}),
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("cluster starts");
+    let router = &cluster.routers()[0];
+    // Router → sampler and sampler → sampler (data sent to a sampler that it does not own).
+    let mut sent = send_kept(&router.grpc_endpoint(), &router.http_endpoint(), 12).await;
+    let sampler = &cluster.samplers()[0].process;
+    sent.extend(send_kept(&sampler.grpc_endpoint(), &sampler.http_endpoint(), 12).await);
+
+    let forward = cluster.samplers()[1].forward;
+    let empty = DecisionBatch {
+        origin: "test".into(),
+        decisions: vec![],
+    };
+    let secret = ForwardAuth::new(ClusterSpec::default().secret.as_bytes());
+    tls_client(Some(secret), &pki)
+        .unary::<DecisionBatch, DecisionAck>(
+            forward,
+            DECISIONS_PATH,
+            empty.clone(),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("a node of the cluster is served over TLS");
+    let plaintext = ForwardAuth::new(ClusterSpec::default().secret.as_bytes());
+    client(Some(plaintext))
+        .unary::<DecisionBatch, DecisionAck>(
+            forward,
+            DECISIONS_PATH,
+            empty.clone(),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect_err("plaintext calls are not served, even with the secret");
+    let stranger = Pki::new();
+    let secret = ForwardAuth::new(ClusterSpec::default().secret.as_bytes());
+    tls_client(Some(secret), &stranger)
+        .unary::<DecisionBatch, DecisionAck>(forward, DECISIONS_PATH, empty, Duration::from_secs(2))
+        .await
+        .expect_err("a certificate from another CA is refused");
+
+    poll_until(
+        "every trace sent through the TLS cluster to be exported",
+        Duration::from_secs(30),
+        || {
+            let exported = cluster.sink().snapshot().trace_ids();
+            let done = sent.iter().all(|id| exported.contains(id));
+            async move { Ok(done.then_some(())) }
+        },
+    )
+    .await
+    .expect("exported");
+    let metrics = cluster.scrape_all().await.expect("metrics");
+    let failures: f64 = metrics
+        .iter()
+        .map(|(_, m)| {
+            m.sum(
+                "otel_tail_tls_handshake_failures_total",
+                &[("listener", "forward")],
+            )
+        })
+        .sum();
+    assert!(
+        failures >= 2.0,
+        "refused handshakes are counted: {failures}"
+    );
 }

@@ -9,10 +9,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use opentelemetry::trace::{Tracer, TracerProvider as _};
-use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithTonicConfig};
+use opentelemetry_http::hyper::HyperClient;
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use otel_tail_integration_tests::SamplerProcess;
 use otel_tail_integration_tests::binary::workspace_root;
 use otel_tail_integration_tests::pki::{Pki, SERVER_NAME, TlsConnection};
@@ -20,7 +21,6 @@ use otel_tail_integration_tests::wait::poll_until;
 use otel_tail_integration_tests::{prerequisites, sdk};
 use prost::Message;
 use serde_json::{Value, json};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 const HANDSHAKE_FAILURES: &str = "otel_tail_tls_handshake_failures_total";
 
@@ -122,29 +122,38 @@ async fn sdks_send_over_mutual_tls_with_a_token_and_others_are_turned_away() {
     let mut sent = send_with_python("grpc", &grpc, &pki, "tls-token").await;
     sent.extend(send_with_python("http", &http, &pki, "tls-token").await);
 
-    // The Rust SDK over https (tonic with rustls), with a client certificate.
-    let identity = Identity::from_pem(
-        std::fs::read(pki.path("client.pem")).unwrap(),
-        std::fs::read(pki.path("client.key")).unwrap(),
-    );
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(
-            std::fs::read(pki.path("ca.pem")).unwrap(),
+    // The Rust SDK over https (OTLP/HTTP through hyper with rustls), with a client
+    // certificate and the token.
+    let mut rustls_config = (*pki.client_config(true)).clone();
+    rustls_config.alpn_protocols.clear();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(rustls_config)
+        .https_only()
+        .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+            SERVER_NAME.try_into().unwrap(),
         ))
-        .domain_name(SERVER_NAME)
-        .identity(identity);
-    let mut metadata = tonic::metadata::MetadataMap::new();
-    metadata.insert("authorization", "Bearer tls-token".parse().unwrap());
+        .enable_http1()
+        .build();
+    let client = HyperClient::new(
+        connector,
+        Duration::from_secs(10),
+        Some("Bearer tls-token".parse().unwrap()),
+    );
     let exporter = SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(grpc.clone())
-        .with_tls_config(tls)
-        .with_metadata(metadata)
-        .with_timeout(Duration::from_secs(10))
+        .with_http()
+        .with_http_client(client)
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{http}/v1/traces"))
         .build()
         .expect("exporter");
     let provider = SdkTracerProvider::builder()
-        .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+        .with_span_processor(
+            opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+                exporter,
+                opentelemetry_sdk::runtime::Tokio,
+            )
+            .build(),
+        )
         .build();
     let tracer = provider.tracer("tls-it");
     let rust_trace = tracer.in_span("rust over https", |cx| {

@@ -22,6 +22,7 @@ use otel_tail_shared::forward::{Forwarder, ForwarderConfig};
 use otel_tail_shared::membership::Membership;
 use otel_tail_shared::receiver::{BoundAddrs, raw};
 use otel_tail_shared::telemetry::{self, Health};
+use otel_tail_shared::tls::ClientTls;
 use tokio::sync::watch;
 
 use cluster::{Readiness, SamplerSet};
@@ -64,8 +65,13 @@ pub async fn run(
     )?;
     let gossip = membership.local_addr();
 
+    let tls = match &config.cluster.tls {
+        Some(tls) => Some(ClientTls::load(&tls.client(), "cluster.tls")?),
+        None => None,
+    };
     let forwarder = Arc::new(Forwarder::new(ForwarderConfig {
         auth: forward_auth,
+        tls,
         ..ForwarderConfig::default()
     }));
     let vnodes = config.cluster.virtual_nodes;

@@ -39,6 +39,7 @@ fn forwarder() -> Arc<Forwarder> {
         connect_timeout: Duration::from_millis(500),
         compression: ForwardCompression::Never,
         auth: None,
+        tls: None,
     }))
 }
 

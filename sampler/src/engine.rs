@@ -134,6 +134,10 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     max_storage_bytes: u64,
     storage_bytes: AtomicU64,
+    /// `min_free_disk_bytes`: new data is throttled with less free disk than this.
+    min_free_disk_bytes: u64,
+    /// Free bytes on the storage filesystem at the last refresh.
+    free_disk_bytes: AtomicU64,
     settler: Arc<Settler>,
     /// Span ids of recently kept traces, so each leaves once.
     dedup: Mutex<SpanDedup>,
@@ -199,6 +203,8 @@ impl Engine {
             clock: wiring.clock,
             max_storage_bytes: config.max_storage_bytes,
             storage_bytes: AtomicU64::new(0),
+            min_free_disk_bytes: config.min_free_disk_bytes,
+            free_disk_bytes: AtomicU64::new(u64::MAX),
             settler,
             dedup: Mutex::new(SpanDedup::new(
                 config.decision_cache.sampled_cache_size,
@@ -302,6 +308,12 @@ impl Engine {
                 reason: "buffer storage full",
             });
         }
+        if self.free_disk_bytes.load(Ordering::Relaxed) < self.min_free_disk_bytes {
+            return Err(IngestError::Overloaded {
+                retry_after: RETRY_AFTER,
+                reason: "disk almost full (sampler.min_free_disk_bytes)",
+            });
+        }
         if self
             .block_at_traces
             .is_some_and(|limit| self.active_traces() >= limit)
@@ -314,10 +326,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Refreshes the storage size figure used for admission and the gauges.
+    /// Refreshes the storage size and free disk figures used for admission, and the gauges.
     pub fn refresh_storage_bytes(&self) {
         let bytes = self.storage.approximate_bytes();
         self.storage_bytes.store(bytes, Ordering::Relaxed);
+        if let Some(free) = self.storage.free_disk_bytes() {
+            self.free_disk_bytes.store(free, Ordering::Relaxed);
+            events::disk_free(free);
+        }
         let index_bytes = self.state().index.memory_bytes();
         events::storage_sizes(bytes, self.storage.memory_bytes(), index_bytes);
     }
@@ -520,6 +536,7 @@ impl Engine {
             }
         }
         events::traces_limited("max_spans", too_many.len());
+        events::traces_limited("max_size", too_large.len());
         full.extend(too_many);
         let mut decided = self.decide_locked(state, full);
         if !too_large.is_empty() {

@@ -132,6 +132,7 @@ pub struct Storage {
     db: DB,
     write_options: WriteOptions,
     next_seq: AtomicU64,
+    dir: std::path::PathBuf,
 }
 
 impl Storage {
@@ -179,6 +180,7 @@ impl Storage {
             db,
             write_options,
             next_seq: AtomicU64::new(now),
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -332,6 +334,13 @@ impl Storage {
             }
         }
         Ok(out)
+    }
+
+    /// Bytes an unprivileged writer can still use on the filesystem holding the database;
+    /// `None` when the filesystem cannot tell.
+    pub fn free_disk_bytes(&self) -> Option<u64> {
+        let stat = rustix::fs::statvfs(&self.dir).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Approximate bytes held on disk and in memtables.

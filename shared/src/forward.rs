@@ -99,6 +99,8 @@ pub struct ForwarderConfig {
     /// Signs every call with a credential from the cluster secret ([`auth`]); `None` only
     /// with `cluster.insecure`.
     pub auth: Option<std::sync::Arc<auth::ForwardAuth>>,
+    /// TLS to the targets (`cluster.tls`); `None`: plaintext HTTP/2.
+    pub tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
 }
 
 impl Default for ForwarderConfig {
@@ -109,6 +111,7 @@ impl Default for ForwarderConfig {
             connect_timeout: Duration::from_secs(1),
             compression: ForwardCompression::default(),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -171,7 +174,8 @@ impl ForwardError {
 #[derive(Debug)]
 pub struct Forwarder {
     config: ForwarderConfig,
-    channels: RwLock<HashMap<SocketAddr, Channel>>,
+    /// Channels by target, made with the TLS configuration generation they carry.
+    channels: RwLock<(u64, HashMap<SocketAddr, Channel>)>,
 }
 
 impl Forwarder {
@@ -180,7 +184,7 @@ impl Forwarder {
     pub fn new(config: ForwarderConfig) -> Self {
         Forwarder {
             config,
-            channels: RwLock::new(HashMap::new()),
+            channels: RwLock::new((0, HashMap::new())),
         }
     }
 
@@ -241,6 +245,7 @@ impl Forwarder {
         self.channels
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .1
             .retain(|target, _| keep(target));
     }
 
@@ -354,29 +359,62 @@ impl Forwarder {
         }
     }
 
-    /// The channel to `target`, created (not yet connected) on first use.
+    /// The channel to `target`, created (not yet connected) on first use. With TLS,
+    /// channels made before the certificates last changed are dropped and remade.
     fn channel(&self, target: SocketAddr) -> Channel {
-        if let Some(channel) = self
-            .channels
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&target)
+        let tls = self.config.tls.as_ref().map(|tls| tls.current());
+        let generation = tls.as_ref().map_or(0, |(_, generation)| *generation);
         {
-            return channel.clone();
+            let channels = self
+                .channels
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if channels.0 == generation
+                && let Some(channel) = channels.1.get(&target)
+            {
+                return channel.clone();
+            }
         }
-        self.channels
+        let mut channels = self
+            .channels
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if channels.0 != generation {
+            *channels = (generation, HashMap::new());
+        }
+        channels
+            .1
             .entry(target)
             .or_insert_with(|| {
-                Endpoint::from(
-                    http::Uri::try_from(format!("http://{target}"))
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let endpoint = Endpoint::from(
+                    http::Uri::try_from(format!("{scheme}://{target}"))
                         .expect("a socket address forms a valid URI authority"),
                 )
                 .timeout(self.config.timeout)
                 .connect_timeout(self.config.connect_timeout)
-                .tcp_nodelay(true)
-                .connect_lazy()
+                .tcp_nodelay(true);
+                match (tls, &self.config.tls) {
+                    (Some((client, _)), Some(config)) => {
+                        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                        http.enforce_http(false);
+                        http.set_nodelay(true);
+                        http.set_connect_timeout(Some(self.config.connect_timeout));
+                        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+                            .with_tls_config((*client).clone())
+                            .https_only();
+                        let builder = match config.server_name() {
+                            Some(name) => builder.with_server_name_resolver(
+                                hyper_rustls::FixedServerNameResolver::new(name),
+                            ),
+                            None => builder,
+                        };
+                        endpoint.connect_with_connector_lazy(
+                            builder.enable_http2().wrap_connector(http),
+                        )
+                    }
+                    _ => endpoint.connect_lazy(),
+                }
             })
             .clone()
     }

@@ -57,6 +57,9 @@ pub mod names {
     pub const DECISION_LATENCY: &str = "otel_tail_decision_latency_seconds";
     /// Bytes of buffered telemetry in RocksDB (live SST + memtables). Gauge.
     pub const STORAGE_BYTES: &str = "otel_tail_storage_bytes";
+    /// Gauge: free bytes on the filesystem of `sampler.storage_dir` (new data is throttled
+    /// below `sampler.min_free_disk_bytes`).
+    pub const DISK_FREE_BYTES: &str = "otel_tail_storage_disk_free_bytes";
     /// Heap bytes of the in-memory trace index (hash table and deadline heap). Gauge.
     pub const TRACE_INDEX_BYTES: &str = "otel_tail_trace_index_bytes";
     /// Bytes RocksDB holds in memory (memtables and block cache); bounded by its settings. Gauge.

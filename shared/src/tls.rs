@@ -61,6 +61,99 @@ pub fn client_config(tls: &TlsConfig, key: &str) -> Result<ClientConfig, TlsErro
     Ok(config)
 }
 
+/// A client configuration rebuilt when its files change (checked at most every
+/// [`server::RELOAD_CHECK_INTERVAL`] when asked for): the cluster's calls to peers, whose
+/// client certificates cert-manager rotates. Each rebuild moves [`ClientTls::current`]'s
+/// generation on, so callers can drop connections made with the old one.
+pub struct ClientTls {
+    tls: TlsConfig,
+    key: String,
+    current: std::sync::RwLock<ClientLoaded>,
+}
+
+struct ClientLoaded {
+    config: Arc<ClientConfig>,
+    stamp: Vec<Option<(std::time::SystemTime, u64)>>,
+    checked: std::time::Instant,
+    generation: u64,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("key", &self.key).finish()
+    }
+}
+
+impl ClientTls {
+    /// Loads `tls` (under config key `key`); the connector sets ALPN.
+    pub fn load(tls: &TlsConfig, key: &str) -> Result<Arc<ClientTls>, TlsError> {
+        Ok(Arc::new(ClientTls {
+            current: std::sync::RwLock::new(ClientTls::build(tls, key, 0)?),
+            tls: tls.clone(),
+            key: key.to_owned(),
+        }))
+    }
+
+    fn build(tls: &TlsConfig, key: &str, generation: u64) -> Result<ClientLoaded, TlsError> {
+        let stamp = file_stamps(tls);
+        Ok(ClientLoaded {
+            config: Arc::new(client_config(tls, key)?),
+            stamp,
+            checked: std::time::Instant::now(),
+            generation,
+        })
+    }
+
+    /// The configuration to connect with and its generation. Re-reads the files when the
+    /// last check is older than the reload interval and they changed; a file that cannot
+    /// be read keeps the previous configuration.
+    pub fn current(&self) -> (Arc<ClientConfig>, u64) {
+        {
+            let loaded = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if loaded.checked.elapsed() < server::RELOAD_CHECK_INTERVAL {
+                return (loaded.config.clone(), loaded.generation);
+            }
+        }
+        let mut loaded = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if loaded.checked.elapsed() >= server::RELOAD_CHECK_INTERVAL {
+            loaded.checked = std::time::Instant::now();
+            if file_stamps(&self.tls) != loaded.stamp {
+                match ClientTls::build(&self.tls, &self.key, loaded.generation + 1) {
+                    Ok(next) => {
+                        tracing::info!(key = %self.key, "TLS client certificates reloaded");
+                        metrics::counter!(server::names::RELOADS, "outcome" => "ok").increment(1);
+                        *loaded = next;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "TLS client certificates not reloaded; keeping the previous ones");
+                        metrics::counter!(server::names::RELOADS, "outcome" => "error")
+                            .increment(1);
+                    }
+                }
+            }
+        }
+        (loaded.config.clone(), loaded.generation)
+    }
+
+    /// The name peers' certificates are verified against, when not the dialled host.
+    pub fn server_name(&self) -> Option<ServerName<'static>> {
+        self.tls
+            .server_name
+            .as_deref()
+            .and_then(|name| ServerName::try_from(name.to_owned()).ok())
+    }
+}
+
+fn file_stamps(tls: &TlsConfig) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    [&tls.ca_file, &tls.cert_file, &tls.key_file]
+        .iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path.as_deref()?).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
+}
+
 /// The trusted roots: `ca_file`'s certificates, else the system's.
 fn roots(tls: &TlsConfig, key: &str) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();

@@ -78,6 +78,13 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Where the config file and the gossip secret are mounted. */}}
 {{- define "ots.configDir" -}}/etc/otel-tail-sampler/config{{- end -}}
 {{- define "ots.secretDir" -}}/etc/otel-tail-sampler/secret{{- end -}}
+{{- define "ots.tlsDir" -}}/etc/otel-tail-sampler/tls{{- end -}}
+{{- define "ots.exporterDir" -}}/etc/otel-tail-sampler/exporter{{- end -}}
+
+{{/* The exporter section the chart's exporter credentials go to. */}}
+{{- define "ots.exporterKind" -}}
+{{- if hasKey (.Values.config.exporter | default dict) "otlphttp" -}}otlphttp{{- else -}}otlp{{- end -}}
+{{- end -}}
 
 {{/* Port of an `ip:port` endpoint string. */}}
 {{- define "ots.portOf" -}}
@@ -97,6 +104,39 @@ app.kubernetes.io/component: {{ .component }}
       "secret_file" (printf "%s/gossip-secret" (include "ots.secretDir" .))) -}}
 {{- if .Values.sampler.policyReload.enabled -}}
 {{- $_ := set $managed "sampler" (dict "config_watch_interval" .Values.sampler.policyReload.interval) -}}
+{{- end -}}
+{{- $tls := include "ots.tlsDir" . -}}
+{{- with .Values.tls.receiver -}}
+{{- if .existingSecret -}}
+{{- $receiver := dict "cert_file" (printf "%s/receiver/tls.crt" $tls) "key_file" (printf "%s/receiver/tls.key" $tls) "min_version" .minVersion -}}
+{{- if .clientAuth -}}
+{{- $_ := set $receiver "client_ca_file" (printf "%s/receiver/ca.crt" $tls) -}}
+{{- end -}}
+{{- $_ := set $managed "receiver" (dict "tls" $receiver) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.tls.cluster.existingSecret -}}
+{{- $serverName := .Values.tls.cluster.serverName | default (printf "%s-cluster" (include "ots.fullname" .)) -}}
+{{- $_ := set $managed.cluster "tls" (dict "cert_file" (printf "%s/cluster/tls.crt" $tls) "key_file" (printf "%s/cluster/tls.key" $tls) "ca_file" (printf "%s/cluster/ca.crt" $tls) "server_name" $serverName) -}}
+{{- end -}}
+{{- $exporter := dict -}}
+{{- with .Values.exporter.headersFromSecrets -}}
+{{- $files := dict -}}
+{{- range . -}}
+{{- $_ := set $files .header (printf "%s/headers/%s" (include "ots.exporterDir" $) .header) -}}
+{{- end -}}
+{{- $_ := set $exporter "headers_from_files" $files -}}
+{{- end -}}
+{{- if .Values.exporter.tlsSecret -}}
+{{- $exporterTls := dict "ca_file" (printf "%s/tls/ca.crt" (include "ots.exporterDir" .)) -}}
+{{- if .Values.exporter.tlsClientCertificate -}}
+{{- $_ := set $exporterTls "cert_file" (printf "%s/tls/tls.crt" (include "ots.exporterDir" .)) -}}
+{{- $_ := set $exporterTls "key_file" (printf "%s/tls/tls.key" (include "ots.exporterDir" .)) -}}
+{{- end -}}
+{{- $_ := set $exporter "tls" $exporterTls -}}
+{{- end -}}
+{{- if $exporter -}}
+{{- $_ := set $managed "exporter" (dict (include "ots.exporterKind" .) $exporter) -}}
 {{- end -}}
 {{- mustMergeOverwrite $managed (deepCopy .Values.config) | toYaml -}}
 {{- end -}}
@@ -213,6 +253,41 @@ securityContext:
     items:
       - key: {{ include "ots.secretKey" . }}
         path: gossip-secret
+{{- with .Values.tls.receiver.existingSecret }}
+- name: tls-receiver
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.tls.cluster.existingSecret }}
+- name: tls-cluster
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- if or .Values.exporter.headersFromSecrets .Values.exporter.tlsSecret }}
+- name: exporter-credentials
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- range .Values.exporter.headersFromSecrets }}
+      - secret:
+          name: {{ .secretName }}
+          items:
+            - key: {{ .key }}
+              path: headers/{{ .header }}
+      {{- end }}
+      {{- with .Values.exporter.tlsSecret }}
+      - secret:
+          name: {{ . }}
+          items:
+            - {key: ca.crt, path: tls/ca.crt}
+            {{- if $.Values.exporter.tlsClientCertificate }}
+            - {key: tls.crt, path: tls/tls.crt}
+            - {key: tls.key, path: tls/tls.key}
+            {{- end }}
+      {{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "ots.volumeMounts" -}}
@@ -222,6 +297,21 @@ securityContext:
 - name: gossip-secret
   mountPath: {{ include "ots.secretDir" . }}
   readOnly: true
+{{- if .Values.tls.receiver.existingSecret }}
+- name: tls-receiver
+  mountPath: {{ include "ots.tlsDir" . }}/receiver
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.cluster.existingSecret }}
+- name: tls-cluster
+  mountPath: {{ include "ots.tlsDir" . }}/cluster
+  readOnly: true
+{{- end }}
+{{- if or .Values.exporter.headersFromSecrets .Values.exporter.tlsSecret }}
+- name: exporter-credentials
+  mountPath: {{ include "ots.exporterDir" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* Scheduling fields of a component's values. */}}

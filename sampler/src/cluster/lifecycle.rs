@@ -19,6 +19,8 @@ use otel_tail_shared::receiver;
 use otel_tail_shared::ring::NodeId;
 use otel_tail_shared::seal::ClusterKey;
 use otel_tail_shared::telemetry::Health;
+use otel_tail_shared::tls::ClientTls;
+use otel_tail_shared::tls::server::{Listener, ServerTls};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -41,6 +43,9 @@ pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(25);
 pub const QUEUE_DRAIN: Duration = Duration::from_secs(5);
 /// Longest wait for the leave notice to go out.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline for a peer's TLS handshake on the forward endpoint.
+const FORWARD_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Pause after leaving so peers drop this node from their rings before it hands off.
 const LEAVE_SETTLE: Duration = Duration::from_millis(1500);
 
@@ -52,7 +57,7 @@ pub(crate) struct Node {
     /// Checks the credential of every call to the forward endpoint (`None`: insecure).
     gate: Option<Arc<auth::Gate>>,
     notice_key: Option<Arc<ClusterKey>>,
-    forward_listener: TcpListener,
+    forward_listener: Listener,
     forward_addr: SocketAddr,
     advertise: SocketAddr,
     cluster: Arc<Cluster>,
@@ -76,6 +81,17 @@ impl Node {
                 "cluster.secret is not set: gossip is not authenticated; set it outside local tests"
             );
         }
+        let (server_tls, client_tls) = match &cluster_config.tls {
+            None => (None, None),
+            Some(tls) => {
+                let server = ServerTls::load(&tls.server(), "cluster.tls", &[b"h2"])?;
+                ServerTls::watch(&server);
+                (
+                    Some(server),
+                    Some(ClientTls::load(&tls.client(), "cluster.tls")?),
+                )
+            }
+        };
         let forward_listener = TcpListener::bind(cluster_config.forward_endpoint)
             .await
             .with_context(|| {
@@ -84,6 +100,8 @@ impl Node {
                     cluster_config.forward_endpoint
                 )
             })?;
+        let forward_listener = Listener::plain(forward_listener, "forward")
+            .with_tls(server_tls, FORWARD_HANDSHAKE_TIMEOUT);
         let advertise = cluster_config
             .advertise()
             .context("cluster.advertise_address")?;
@@ -104,7 +122,7 @@ impl Node {
                 cluster_config.virtual_nodes,
                 recent,
             )
-            .signed(forward_auth.clone()),
+            .secured(forward_auth.clone(), client_tls.clone()),
         );
         let notice_key = secret.as_deref().map(notice_key);
         let (peers_tx, peers_rx) = watch::channel(Vec::new());
@@ -117,6 +135,7 @@ impl Node {
                 },
                 Arc::new(Forwarder::new(ForwarderConfig {
                     auth: forward_auth.clone(),
+                    tls: client_tls.clone(),
                     ..ForwarderConfig::default()
                 })),
                 peers_rx,

@@ -101,12 +101,13 @@ impl Cluster {
     }
 
     /// This view with its calls to peers signed by `auth` (`None`: unsigned, with
-    /// `cluster.insecure`).
-    pub fn signed(
+    /// `cluster.insecure`) and over `tls` (`cluster.tls`; `None`: plaintext).
+    pub fn secured(
         mut self,
         auth: Option<Arc<otel_tail_shared::forward::auth::ForwardAuth>>,
+        tls: Option<Arc<otel_tail_shared::tls::ClientTls>>,
     ) -> Cluster {
-        self.peers = PeerClient::signed(auth);
+        self.peers = PeerClient::secured(auth, tls);
         self
     }
 

@@ -59,20 +59,23 @@ pub struct PeerClient {
 impl Default for PeerClient {
     /// Unsigned calls (`cluster.insecure`).
     fn default() -> Self {
-        PeerClient::signed(None)
+        PeerClient::secured(None, None)
     }
 }
 
 impl PeerClient {
     /// A client signing every call with `auth` (see
-    /// [`otel_tail_shared::forward::auth`]); `None`: unsigned.
-    pub fn signed(
+    /// [`otel_tail_shared::forward::auth`]; `None`: unsigned) and calling over `tls`
+    /// (`None`: plaintext).
+    pub fn secured(
         auth: Option<std::sync::Arc<otel_tail_shared::forward::auth::ForwardAuth>>,
+        tls: Option<std::sync::Arc<otel_tail_shared::tls::ClientTls>>,
     ) -> Self {
         PeerClient {
             forwarder: Forwarder::new(ForwarderConfig {
                 connect_timeout: CONNECT_TIMEOUT,
                 auth,
+                tls,
                 ..ForwarderConfig::default()
             }),
         }

@@ -50,7 +50,7 @@ use super::{ClusterIngest, Origin};
 /// Serves the forward endpoint on `listener` until `shutdown` completes; in-flight calls
 /// finish first.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: otel_tail_shared::tls::server::Listener,
     max_request_bytes: usize,
     ingest: Arc<ClusterIngest>,
     notices: NoticesServer,
@@ -69,14 +69,13 @@ pub async fn serve(
     let metrics = MetricsServiceServer::from_arc(receiver)
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_request_bytes);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     otel_tail_shared::receiver::grpc::hardened_server()
         .add_service(Gated::new(traces, gate.clone()))
         .add_service(Gated::new(logs, gate.clone()))
         .add_service(Gated::new(metrics, gate.clone()))
         .add_service(Gated::new(DecisionsServer { ingest }, gate.clone()))
         .add_service(Gated::new(notices, gate))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(listener.incoming(), shutdown)
         .await
         .map_err(std::io::Error::other)
 }

@@ -25,8 +25,13 @@ pub(super) fn span_metrics_counted(spans: u64) {
     counter!(names::SPAN_METRICS_SPANS).increment(spans);
 }
 
+/// Free bytes on the storage filesystem.
+pub(super) fn disk_free(bytes: u64) {
+    gauge!(names::DISK_FREE_BYTES).set(bytes as f64);
+}
+
 /// Traces decided before going quiet because they reached a per-trace bound (`limit`:
-/// `max_spans`, `max_age`).
+/// `max_spans`, `max_age`, or `max_size`: dropped over `maximum_trace_size_bytes`).
 pub(super) fn traces_limited(limit: &'static str, traces: usize) {
     if traces > 0 {
         counter!(names::TRACES_LIMITED, "limit" => limit).increment(traces as u64);
@@ -99,7 +104,7 @@ pub(crate) fn register() {
     ] {
         counter!(name).increment(0);
     }
-    for limit in ["max_spans", "max_age"] {
+    for limit in ["max_spans", "max_age", "max_size"] {
         counter!(names::TRACES_LIMITED, "limit" => limit).increment(0);
     }
     for decision in ["sampled", "not_sampled"] {

@@ -84,6 +84,7 @@ fn forwarder(compression: ForwardCompression) -> Forwarder {
         connect_timeout: Duration::from_millis(500),
         compression,
         auth: None,
+        tls: None,
     })
 }
 

@@ -120,6 +120,7 @@ fn forwarder(timeout: Duration) -> Arc<Forwarder> {
         connect_timeout: timeout,
         compression: ForwardCompression::Never,
         auth: None,
+        tls: None,
     }))
 }
 
