@@ -5,12 +5,19 @@
 #
 #   docker build -t otel-tail-sampler:dev .
 #
-# Not built by CI here (no container engine on the CI machine): CI checks only that this
-# file parses (helm/otel-tail-sampler/ci/check.sh).
+# Build arguments let a machine without registry access build it (CI does, with podman):
+# RUNTIME_IMAGE names a local base with glibc and libstdc++ (CI makes one with
+# debootstrap), and BINARIES=prebuilt takes `out/otel-tail-router` and
+# `out/otel-tail-sampler` from the build context instead of compiling them (the context
+# is then a directory holding just those). The defaults build from source on the standard
+# bases.
 
 ARG RUST_VERSION=1.95
+ARG BUILDER_IMAGE=rust:${RUST_VERSION}-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+ARG BINARIES=builder
 
-FROM rust:${RUST_VERSION}-bookworm AS builder
+FROM ${BUILDER_IMAGE} AS builder
 # RocksDB's Rust bindings are generated with libclang and built with a C++ compiler.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libclang-dev clang \
@@ -23,9 +30,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && mkdir -p /out \
     && cp target/release/otel-tail-router target/release/otel-tail-sampler /out/
 
+# Binaries built elsewhere, from the build context's `out/`.
+FROM scratch AS prebuilt
+COPY out/otel-tail-router out/otel-tail-sampler /out/
+
+FROM ${BINARIES} AS binaries
+
 # glibc, libgcc and libstdc++ (RocksDB is C++), nothing else; runs as uid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=builder /out/otel-tail-router /out/otel-tail-sampler /usr/local/bin/
+FROM ${RUNTIME_IMAGE}
+COPY --from=binaries /out/otel-tail-router /out/otel-tail-sampler /usr/local/bin/
 USER 65532:65532
 # OTLP gRPC, OTLP HTTP, forward (sampler), gossip (UDP), admin.
 EXPOSE 4317 4318 4319 7946/udp 8888

@@ -7,14 +7,14 @@
 mod prerequisites;
 
 use prerequisites::{
-    HELM_CFG, PROBED_ENV, PYTHON_SDK_CFG, TMPFS_CFG, cached_helm, helm_missing, python_sdk_missing,
-    tmpfs_missing,
+    BASE_IMAGE_ENV, CONTAINER_CFG, HELM_CFG, PROBED_ENV, PYTHON_SDK_CFG, TMPFS_CFG, cached_helm,
+    container_base_missing, helm_missing, python_sdk_missing, tmpfs_missing,
 };
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=src/prerequisites.rs");
-    for var in PROBED_ENV.iter().chain(&["PATH", "HOME"]) {
+    for var in PROBED_ENV.iter().chain(&["PATH", "HOME", BASE_IMAGE_ENV]) {
         println!("cargo::rerun-if-env-changed={var}");
     }
     // Only an existing file: a missing one would rerun this script (and rebuild the crate)
@@ -26,6 +26,7 @@ fn main() {
         (PYTHON_SDK_CFG, python_sdk_missing()),
         (HELM_CFG, helm_missing()),
         (TMPFS_CFG, tmpfs_missing()),
+        (CONTAINER_CFG, container_base_missing()),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         if missing.is_none() {

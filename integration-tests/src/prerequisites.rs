@@ -56,6 +56,28 @@ pub fn python_sdk_missing() -> Option<String> {
     })
 }
 
+/// Cfg set when a container runtime base image is available to build the Dockerfile on
+/// (see [`container_base_missing`]).
+pub const CONTAINER_CFG: &str = "container_base";
+/// Names the local base image `.ci/base-image.sh` made (CI sets it).
+pub const BASE_IMAGE_ENV: &str = "OTEL_TAIL_BASE_IMAGE";
+
+/// Why the container image cannot be built here, or `None` when `$OTEL_TAIL_BASE_IMAGE`
+/// names an image podman has.
+pub fn container_base_missing() -> Option<String> {
+    let Some(image) = std::env::var_os(BASE_IMAGE_ENV) else {
+        return Some(format!(
+            "no container base image: run `export {BASE_IMAGE_ENV}=$(.ci/base-image.sh)` (needs podman and debootstrap)"
+        ));
+    };
+    let exists = Command::new("podman")
+        .args(["image", "exists"])
+        .arg(&image)
+        .status()
+        .is_ok_and(|s| s.success());
+    (!exists).then(|| format!("podman has no image {}", image.to_string_lossy()))
+}
+
 /// Why a tmpfs cannot be mounted here (the disk-full test needs a small filesystem), or
 /// `None` when mounting and unmounting one works.
 pub fn tmpfs_missing() -> Option<String> {
