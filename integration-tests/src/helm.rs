@@ -174,8 +174,13 @@ pub fn helm_binary() -> Result<PathBuf, HelmError> {
     }
 }
 
+/// The gossip secret [`render`] gives the chart unless the values set one.
+pub const RENDER_SECRET: &str = "rendered-gossip-secret-0123456789abcdef";
+
 /// Runs `helm template RELEASE <chart> --namespace NAMESPACE` with the given values files
-/// and `--set` expressions and parses the result.
+/// and `--set` expressions and parses the result. Like a GitOps pipeline, it first gives
+/// the chart a gossip secret ([`RENDER_SECRET`]; the values files and expressions may
+/// override it): rendering without a cluster cannot generate one.
 pub fn render(
     helm: &Path,
     release: &str,
@@ -190,6 +195,14 @@ pub fn render(
         "--kube-version",
         KUBE_VERSION,
     ]);
+    let secret_values = tempfile::NamedTempFile::new()
+        .map_err(|e| HarnessError::io("creating the secret values file", e))?;
+    std::fs::write(
+        secret_values.path(),
+        format!("cluster:\n  secret: {RENDER_SECRET}\n"),
+    )
+    .map_err(|e| HarnessError::io("writing the secret values file", e))?;
+    cmd.arg("--values").arg(secret_values.path());
     for file in values_files {
         cmd.arg("--values").arg(file);
     }

@@ -96,8 +96,15 @@ run() {
     fi
 }
 
+# Without a cluster the chart cannot generate the gossip secret (it could not read it back
+# on the next render), so every render here is given one first; values files override it.
+SECRET_VALUES="$(mktemp)"
+trap 'rm -f "$SECRET_VALUES"' EXIT
+printf 'cluster:\n  secret: chart-check-gossip-secret-0123456789abcdef\n' > "$SECRET_VALUES"
+
 render() {
-    "$HELM" template check-release . --namespace observability --kube-version "$KUBE_VERSION" ${1:+--values "$1"}
+    "$HELM" template check-release . --namespace observability --kube-version "$KUBE_VERSION" \
+        --values "$SECRET_VALUES" ${1:+--values "$1"}
 }
 
 validate() {
@@ -107,7 +114,8 @@ validate() {
 
 for values in "${values_sets[@]}"; do
     label="${values:-default values}"
-    run "helm lint ($label)" "$HELM" lint . --strict --kube-version "$KUBE_VERSION" ${values:+--values "$values"}
+    run "helm lint ($label)" "$HELM" lint . --strict --kube-version "$KUBE_VERSION" \
+        --values "$SECRET_VALUES" ${values:+--values "$values"}
     run "helm template | kubeconform ($label)" validate "$values"
 done
 
