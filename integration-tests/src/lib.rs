@@ -26,6 +26,7 @@ pub mod pki;
 pub mod prerequisites;
 pub mod process;
 pub mod procfs;
+pub mod python;
 pub mod raw_grpc;
 pub mod reduction;
 pub mod router;

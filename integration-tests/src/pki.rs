@@ -99,7 +99,7 @@ impl Pki {
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots);
-        let mut config = if client_cert {
+        let config = if client_cert {
             let chain = CertificateDer::pem_file_iter(self.path("client.pem"))
                 .expect("client.pem")
                 .collect::<Result<Vec<_>, _>>()
@@ -111,7 +111,6 @@ impl Pki {
         } else {
             builder.with_no_client_auth()
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     }
 }

@@ -270,35 +270,30 @@ async fn cluster_traffic_runs_over_mutual_tls_and_plaintext_peers_are_turned_awa
     let sampler = &cluster.samplers()[0].process;
     sent.extend(send_kept(&sampler.grpc_endpoint(), &sampler.http_endpoint(), 12).await);
 
+    // An empty decision batch, signed with the cluster secret, from each kind of caller.
     let forward = cluster.samplers()[1].forward;
-    let empty = DecisionBatch {
-        origin: "test".into(),
-        decisions: vec![],
+    let call = |caller: Forwarder| async move {
+        let empty = DecisionBatch {
+            origin: "test".into(),
+            decisions: vec![],
+        };
+        caller
+            .unary::<DecisionBatch, DecisionAck>(
+                forward,
+                DECISIONS_PATH,
+                empty,
+                Duration::from_secs(2),
+            )
+            .await
     };
-    let secret = ForwardAuth::new(ClusterSpec::default().secret.as_bytes());
-    tls_client(Some(secret), &pki)
-        .unary::<DecisionBatch, DecisionAck>(
-            forward,
-            DECISIONS_PATH,
-            empty.clone(),
-            Duration::from_secs(2),
-        )
+    let secret = || Some(ForwardAuth::new(ClusterSpec::default().secret.as_bytes()));
+    call(tls_client(secret(), &pki))
         .await
         .expect("a node of the cluster is served over TLS");
-    let plaintext = ForwardAuth::new(ClusterSpec::default().secret.as_bytes());
-    client(Some(plaintext))
-        .unary::<DecisionBatch, DecisionAck>(
-            forward,
-            DECISIONS_PATH,
-            empty.clone(),
-            Duration::from_secs(2),
-        )
+    call(client(secret()))
         .await
         .expect_err("plaintext calls are not served, even with the secret");
-    let stranger = Pki::new();
-    let secret = ForwardAuth::new(ClusterSpec::default().secret.as_bytes());
-    tls_client(Some(secret), &stranger)
-        .unary::<DecisionBatch, DecisionAck>(forward, DECISIONS_PATH, empty, Duration::from_secs(2))
+    call(tls_client(secret(), &Pki::new()))
         .await
         .expect_err("a certificate from another CA is refused");
 

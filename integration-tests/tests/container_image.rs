@@ -12,8 +12,8 @@ use otel_tail_integration_tests::binary::{router_binary, sampler_binary, workspa
 use otel_tail_integration_tests::cluster::free_tcp_addrs;
 use otel_tail_integration_tests::export::ExportedData;
 use otel_tail_integration_tests::prerequisites::{self, BASE_IMAGE_ENV};
-use otel_tail_integration_tests::{http_client, wait::poll_until};
-use serde_json::{Value, json};
+use otel_tail_integration_tests::{http_client, python, wait::poll_until};
+use serde_json::json;
 
 const IMAGE: &str = "localhost/otel-tail-sampler:test";
 
@@ -155,23 +155,11 @@ async fn the_image_runs_and_exports_what_the_python_sdk_sends() {
         panic!("{e}: {}", String::from_utf8_lossy(&logs.stderr))
     });
 
-    let script = workspace_root().join("integration-tests/python/send_traces.py");
     let endpoint = format!("http://{}", ports[1]);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .args(["http", &endpoint, "5"])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 runs");
-    let sent: Value = serde_json::from_slice(&output.stdout).expect("script prints JSON");
-    let sent: Vec<String> = ["error", "ok"]
-        .iter()
-        .flat_map(|k| sent[k].as_array().unwrap().clone())
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
+    let sent = python::send(python::sender("http", &endpoint, 5))
+        .await
+        .expect("the Python SDK sent")
+        .all();
     assert_eq!(sent.len(), 5);
 
     let export = data_dir.join("export.jsonl");

@@ -39,16 +39,8 @@ impl Tmpfs {
     }
 
     fn free_bytes(&self) -> u64 {
-        let output = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&self.path)
-            .output()
-            .expect("df runs");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("df prints the free bytes")
+        let stat = rustix::fs::statvfs(&self.path).expect("statvfs of the tmpfs");
+        stat.f_bavail * stat.f_frsize
     }
 }
 

@@ -5,45 +5,31 @@
 //! rotated tokens file takes effect without a restart.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use otel_tail_integration_tests::SamplerProcess;
-use otel_tail_integration_tests::binary::workspace_root;
 use otel_tail_integration_tests::http_client;
-use otel_tail_integration_tests::prerequisites;
 use otel_tail_integration_tests::wait::poll_until;
+use otel_tail_integration_tests::{prerequisites, python};
 use prost::Message;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const REFUSED: &str = "otel_tail_requests_refused_total";
 
 /// Runs the Python SDK sender with `OTEL_EXPORTER_OTLP_HEADERS` carrying `token`;
 /// returns the trace ids it sent.
 async fn send_with_python(transport: &str, endpoint: &str, token: &str) -> BTreeSet<String> {
-    let script = workspace_root().join("integration-tests/python/send_traces.py");
-    let mut command = Command::new("python3");
-    command.arg(script).args([transport, endpoint, "6"]).env(
+    let mut command = python::sender(transport, endpoint, 6);
+    command.env(
         "OTEL_EXPORTER_OTLP_HEADERS",
         format!("authorization=Bearer%20{token}"),
     );
-    let output = tokio::task::spawn_blocking(move || command.output())
+    python::send(command)
         .await
-        .expect("join")
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "python sender failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let sent: Value = serde_json::from_slice(&output.stdout).expect("script prints JSON");
-    ["error", "ok"]
-        .iter()
-        .flat_map(|k| sent[k].as_array().expect("array").clone())
-        .map(|v| v.as_str().expect("string").to_owned())
-        .collect()
+        .expect("the Python SDK sent")
+        .all()
 }
 
 fn one_span() -> Vec<u8> {

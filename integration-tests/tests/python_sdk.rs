@@ -3,15 +3,11 @@
 //! `python_sdk` cfg unset), and [`python_sdk_is_available_under_ci`] fails if that happens
 //! under CI; `.ci/run` installs them. See `otel_tail_integration_tests::prerequisites`.
 
-use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use otel_tail_integration_tests::SamplerProcess;
-use otel_tail_integration_tests::binary::workspace_root;
-use otel_tail_integration_tests::prerequisites;
-use serde_json::{Value, json};
+use otel_tail_integration_tests::{prerequisites, python};
+use serde_json::json;
 
 /// Under CI the SDK must be installed, and the build-time probe must still hold.
 #[test]
@@ -43,19 +39,10 @@ async fn python_error_traces_kept_whole(transport: &str) {
         "http" => sampler.http_endpoint(),
         _ => sampler.grpc_endpoint(),
     };
-    let script = workspace_root().join("integration-tests/python/send_traces.py");
-    let output = run_python_sender(&script, transport, &endpoint).await;
-    let sent: Value = serde_json::from_str(output.trim()).expect("script prints JSON");
-    let ids = |key: &str| -> BTreeSet<String> {
-        sent[key]
-            .as_array()
-            .expect("array")
-            .iter()
-            .map(|v| v.as_str().expect("string").to_string())
-            .collect()
-    };
-    let errors = ids("error");
-    let ok = ids("ok");
+    let sent = python::send(python::sender(transport, &endpoint, 20))
+        .await
+        .expect("the Python SDK sent");
+    let (errors, ok) = (sent.error, sent.ok);
     assert_eq!(errors.len(), 10);
     sampler
         .wait_for_export("the Python error traces", Duration::from_secs(30), |d| {
@@ -76,22 +63,6 @@ async fn python_error_traces_kept_whole(transport: &str) {
             assert_eq!(span.service_name().as_deref(), Some("py-shop"));
         }
     }
-}
-
-/// Runs the Python sender (20 traces) on the blocking pool and returns its stdout.
-async fn run_python_sender(script: &Path, transport: &str, endpoint: &str) -> String {
-    let mut command = Command::new("python3");
-    command.arg(script).args([transport, endpoint, "20"]);
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("join")
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "python sender failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@
 //! to new connections without a restart while an open connection keeps working.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use opentelemetry::trace::{Tracer, TracerProvider as _};
@@ -15,12 +14,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use otel_tail_integration_tests::SamplerProcess;
-use otel_tail_integration_tests::binary::workspace_root;
 use otel_tail_integration_tests::pki::{Pki, SERVER_NAME, TlsConnection};
 use otel_tail_integration_tests::wait::poll_until;
-use otel_tail_integration_tests::{prerequisites, sdk};
+use otel_tail_integration_tests::{prerequisites, python, sdk};
 use prost::Message;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const HANDSHAKE_FAILURES: &str = "otel_tail_tls_handshake_failures_total";
 
@@ -32,11 +30,8 @@ async fn send_with_python(
     pki: &Pki,
     token: &str,
 ) -> BTreeSet<String> {
-    let script = workspace_root().join("integration-tests/python/send_traces.py");
-    let mut command = Command::new("python3");
+    let mut command = python::sender(transport, endpoint, 4);
     command
-        .arg(script)
-        .args([transport, endpoint, "4"])
         .env("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.path("ca.pem"))
         .env(
             "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
@@ -50,21 +45,10 @@ async fn send_with_python(
             "OTEL_EXPORTER_OTLP_HEADERS",
             format!("authorization=Bearer%20{token}"),
         );
-    let output = tokio::task::spawn_blocking(move || command.output())
+    python::send(command)
         .await
-        .expect("join")
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "python sender failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let sent: Value = serde_json::from_slice(&output.stdout).expect("script prints JSON");
-    ["error", "ok"]
-        .iter()
-        .flat_map(|k| sent[k].as_array().expect("array").clone())
-        .map(|v| v.as_str().expect("string").to_owned())
-        .collect()
+        .expect("the Python SDK sent over TLS")
+        .all()
 }
 
 fn one_span(byte: u8) -> Vec<u8> {
@@ -124,10 +108,8 @@ async fn sdks_send_over_mutual_tls_with_a_token_and_others_are_turned_away() {
 
     // The Rust SDK over https (OTLP/HTTP through hyper with rustls), with a client
     // certificate and the token.
-    let mut rustls_config = (*pki.client_config(true)).clone();
-    rustls_config.alpn_protocols.clear();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(rustls_config)
+        .with_tls_config((*pki.client_config(true)).clone())
         .https_only()
         .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
             SERVER_NAME.try_into().unwrap(),

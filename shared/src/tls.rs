@@ -73,7 +73,7 @@ pub struct ClientTls {
 
 struct ClientLoaded {
     config: Arc<ClientConfig>,
-    stamp: Vec<Option<(std::time::SystemTime, u64)>>,
+    stamp: Vec<FileStamp>,
     checked: std::time::Instant,
     generation: u64,
 }
@@ -95,7 +95,7 @@ impl ClientTls {
     }
 
     fn build(tls: &TlsConfig, key: &str, generation: u64) -> Result<ClientLoaded, TlsError> {
-        let stamp = file_stamps(tls);
+        let stamp = client_stamp(tls);
         Ok(ClientLoaded {
             config: Arc::new(client_config(tls, key)?),
             stamp,
@@ -117,7 +117,7 @@ impl ClientTls {
         let mut loaded = self.current.write().unwrap_or_else(|e| e.into_inner());
         if loaded.checked.elapsed() >= server::RELOAD_CHECK_INTERVAL {
             loaded.checked = std::time::Instant::now();
-            if file_stamps(&self.tls) != loaded.stamp {
+            if client_stamp(&self.tls) != loaded.stamp {
                 match ClientTls::build(&self.tls, &self.key, loaded.generation + 1) {
                     Ok(next) => {
                         tracing::info!(key = %self.key, "TLS client certificates reloaded");
@@ -144,11 +144,25 @@ impl ClientTls {
     }
 }
 
-fn file_stamps(tls: &TlsConfig) -> Vec<Option<(std::time::SystemTime, u64)>> {
-    [&tls.ca_file, &tls.cert_file, &tls.key_file]
+/// The files a client configuration reads.
+fn client_stamp(tls: &TlsConfig) -> Vec<FileStamp> {
+    file_stamps(&[
+        tls.ca_file.as_deref(),
+        tls.cert_file.as_deref(),
+        tls.key_file.as_deref(),
+    ])
+}
+
+/// A file's modification time and length, `None` when it cannot be read: what a reload
+/// compares (a Secret update swaps the files through a symlink, which changes both).
+pub(crate) type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+/// The stamps of `paths` (unset ones included, as `None`).
+pub(crate) fn file_stamps(paths: &[Option<&std::path::Path>]) -> Vec<FileStamp> {
+    paths
         .iter()
         .map(|path| {
-            let meta = std::fs::metadata(path.as_deref()?).ok()?;
+            let meta = std::fs::metadata((*path)?).ok()?;
             Some((meta.modified().ok()?, meta.len()))
         })
         .collect()

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
@@ -49,7 +49,7 @@ pub struct ServerTls {
 
 struct Loaded {
     config: Arc<ServerConfig>,
-    stamp: Vec<Option<(SystemTime, u64)>>,
+    stamp: Vec<super::FileStamp>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -122,24 +122,13 @@ impl ServerTls {
     }
 }
 
-fn files(config: &ServerTlsConfig) -> [Option<&Path>; 3] {
-    [
+/// The files a server configuration reads, for [`super::file_stamps`].
+fn stamp(config: &ServerTlsConfig) -> Vec<super::FileStamp> {
+    super::file_stamps(&[
         config.cert_file.as_deref(),
         config.key_file.as_deref(),
         config.client_ca_file.as_deref(),
-    ]
-}
-
-/// Modification time and length of each file, to notice a change (a Secret update
-/// replaces the files through a symlink swap, which changes both).
-fn stamp(config: &ServerTlsConfig) -> Vec<Option<(SystemTime, u64)>> {
-    files(config)
-        .iter()
-        .map(|path| {
-            let meta = std::fs::metadata((*path)?).ok()?;
-            Some((meta.modified().ok()?, meta.len()))
-        })
-        .collect()
+    ])
 }
 
 fn field_error(key: &str, field: &str, reason: impl std::fmt::Display) -> TlsError {
