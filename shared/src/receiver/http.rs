@@ -148,7 +148,10 @@ impl<I: Ingest> HttpReceiver<I> {
         let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
         let (encoding, compression, declared) = match self.check_headers(&request, encoding) {
             Ok(negotiated) => negotiated,
-            Err(refusal) => return refuse(R::SIGNAL, &refusal, reply_encoding),
+            Err(refusal) => {
+                linger(request.into_body());
+                return refuse(R::SIGNAL, &refusal, reply_encoding);
+            }
         };
         let outcome = async {
             // The slot is taken once the body is in: a slow sender holds only its bytes.
@@ -233,15 +236,38 @@ impl<I> HttpReceiver<I> {
             }
             Ok(raw.bytes)
         };
-        let raw = tokio::time::timeout(self.in_flight.read_timeout(), read)
-            .await
-            .map_err(|_| Refusal::ReadTimeout(self.in_flight.read_timeout()))??;
+        let raw = match tokio::time::timeout(self.in_flight.read_timeout(), read).await {
+            Err(_) => return Err(Refusal::ReadTimeout(self.in_flight.read_timeout())),
+            Ok(Err(refusal @ (Refusal::TooLarge { .. } | Refusal::Ingest(_)))) => {
+                linger(body);
+                return Err(refusal);
+            }
+            Ok(read) => read?,
+        };
         let body = match compression {
             Compression::None => raw,
             Compression::Gzip => gunzip(&raw, limit)?,
         };
         Ok((body, held))
     }
+}
+
+/// Longest a refused request's unread body is read and discarded for.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Reads and discards what is left of a refused request's body, for at most [`LINGER`],
+/// while the refusal is answered. An HTTP/1 client still writing its body when the server
+/// closes gets a reset and never sees the 413 or 401; draining lets it finish writing and
+/// read the answer. Nothing is kept, so the cost is bandwidth and one task, not memory.
+pub(crate) fn linger(mut body: Incoming) {
+    use hyper::body::Body as _;
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
 }
 
 /// A byte buffer that refuses to hold more than `limit` bytes and whose allocation never

@@ -38,7 +38,7 @@ use tonic::server::{NamedService, UnaryService};
 use super::events::{self, Transport};
 use super::grpc::{DecodeStatus, status_of};
 use super::http::{
-    Encoding, HttpReceiver, Refusal, decode, refusal_response, refuse, serve_connections,
+    Encoding, HttpReceiver, Refusal, decode, linger, refusal_response, refuse, serve_connections,
     success_response,
 };
 use super::signal::{OtlpRequest, ingest_error_reason};
@@ -292,7 +292,10 @@ async fn export<I: RawIngest, R: OtlpRequest>(
     let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
     let (encoding, compression, declared) = match receiver.check_headers(&request, encoding) {
         Ok(negotiated) => negotiated,
-        Err(refusal) => return refuse(R::SIGNAL, &refusal, reply_encoding),
+        Err(refusal) => {
+            linger(request.into_body());
+            return refuse(R::SIGNAL, &refusal, reply_encoding);
+        }
     };
     // The slot is taken once the body is in: a slow sender holds only its bytes.
     let (body, _held) = match receiver

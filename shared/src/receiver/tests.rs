@@ -1000,6 +1000,56 @@ async fn http_oversize_body_is_413() {
     harness.stop().await;
 }
 
+/// Writes a whole HTTP/1.1 request over a plain socket, then reads the status line of the
+/// answer: what a client that does not wait for `100-continue` does.
+async fn post_whole(addr: SocketAddr, request: &[u8]) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(request).await?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..read]);
+    }
+    let line = String::from_utf8_lossy(&answer);
+    line.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {line:?}")))
+}
+
+#[tokio::test]
+async fn a_refused_body_is_drained_so_the_client_reads_the_413() {
+    // Far more than socket buffers hold: without draining, the client's write fails with a
+    // reset before it can read the answer.
+    let harness = Harness::start(LIMIT).await;
+    let body = vec![b'x'; 256 * LIMIT];
+    let head = "POST /v1/traces HTTP/1.1\r\nhost: t\r\ncontent-type: application/x-protobuf\r\n";
+    // Declared too large: refused before a byte is read.
+    let mut declared = format!("{head}content-length: {}\r\n\r\n", body.len()).into_bytes();
+    declared.extend_from_slice(&body);
+    // Chunked: refused once the cap is crossed mid-body.
+    let mut chunked = format!("{head}transfer-encoding: chunked\r\n\r\n").into_bytes();
+    for part in body.chunks(LIMIT / 2) {
+        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    for request in [declared, chunked] {
+        let status = post_whole(harness.addrs.http, &request)
+            .await
+            .expect("the client writes its body and reads the answer");
+        assert_eq!(status, 413);
+    }
+    assert!(harness.ingest.spans().is_empty());
+    harness.stop().await;
+}
+
 #[tokio::test]
 async fn http_gzip_bomb_is_413() {
     // The ~1 MB body is within the limit; its 1 GiB of output is not.
