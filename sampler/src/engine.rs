@@ -38,7 +38,9 @@ use crate::policy::{
     apply_sampling_probability,
 };
 use crate::settle::{SettleConfig, SettleError, SettleLinks, Settler};
-use crate::storage::{BufferedKind, Storage, StorageError, Store};
+use crate::storage::{
+    BufferedKind, Forgetting, RequestValue, StagedRequest, Storage, StorageError,
+};
 
 /// Span attribute naming the policy that kept a trace (as the Collector records it).
 pub const POLICY_ATTRIBUTE: &str = "tailsampling.policy";
@@ -262,10 +264,8 @@ impl Engine {
                     BufferedKind::Spans => match ResourceSpans::decode(payload) {
                         Ok(rs) => arrival_of(policies, &rs, payload.len()),
                         Err(error) => {
-                            let mut value = vec![kind as u8];
-                            value.extend_from_slice(payload);
-                            corrupt.push((key.to_vec(), value, error));
-                            return;
+                            corrupt.push((trace, key, kind, payload.to_vec(), error));
+                            return false;
                         }
                     },
                     BufferedKind::Logs => Arrival {
@@ -274,11 +274,12 @@ impl Engine {
                     },
                 };
                 full.extend(state.index.observe(trace, &arrival, now));
+                true
             })?;
         }
-        for (key, value, error) in corrupt {
+        for (trace, key, kind, payload, error) in corrupt {
             self.storage
-                .quarantine(Store::Buffer, &key, &value, &error)?;
+                .quarantine_item(&trace, key, kind, &payload, &error)?;
         }
         let (held, pending) = self.settler.recover(self.unix_now())?;
         if held + pending > 0 {
@@ -334,7 +335,7 @@ impl Engine {
             self.free_disk_bytes.store(free, Ordering::Relaxed);
             events::disk_free(free);
         }
-        let index_bytes = self.state().index.memory_bytes();
+        let index_bytes = self.state().index.memory_bytes() + self.storage.layout_memory_bytes();
         events::storage_sizes(bytes, self.storage.memory_bytes(), index_bytes);
     }
 
@@ -368,15 +369,16 @@ impl Engine {
             .then(|| self.settler.span_metrics(&request, now_unix))
             .flatten();
         let groups = group_spans_by_trace(request);
-        let prepared: Vec<(TraceId, ResourceSpans, Arrival, Vec<u8>)> = {
+        let mut value = RequestValue::with_capacity(0);
+        let prepared: Vec<(TraceId, ResourceSpans, Arrival)> = {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
             let policies = &*policies;
             groups
                 .into_iter()
                 .map(|(trace, rs)| {
-                    let payload = BufferedKind::Spans.encode(&rs);
-                    let arrival = arrival_of(policies, &rs, payload.len());
-                    (trace, rs, arrival, payload)
+                    let len = value.push(trace, BufferedKind::Spans, &rs);
+                    let arrival = arrival_of(policies, &rs, len + 1);
+                    (trace, rs, arrival)
                 })
                 .collect()
         };
@@ -391,17 +393,21 @@ impl Engine {
                 self.settler.hold_span_metrics(&mut batch, points, now_unix);
             }
             let mut buffered = Vec::with_capacity(prepared.len());
-            for (trace, rs, arrival, payload) in prepared {
-                match state.cache.get(&trace) {
+            let mut keep = Vec::with_capacity(prepared.len());
+            for (trace, rs, arrival) in prepared {
+                let cached = state.cache.get(&trace);
+                keep.push(cached.is_none());
+                match cached {
                     Some(Cached::Sampled(kept)) => late_kept.push((trace, rs, kept)),
                     Some(Cached::NotSampled) => late_dropped += u64::from(arrival.stats.span_count),
-                    None => {
-                        self.storage.stage_buffered(&mut batch, &trace, &payload);
-                        buffered.push((trace, arrival));
-                    }
+                    None => buffered.push((trace, arrival)),
                 }
             }
-            evicted = self.commit_buffered(&mut state, batch, &buffered, now)?;
+            if buffered.len() < keep.len() {
+                value = value.filtered(&keep);
+            }
+            let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
+            evicted = self.commit_buffered(&mut state, batch, staged, &buffered, now)?;
         }
         events::late_spans_dropped(late_dropped);
         if let Some(points) = &span_points {
@@ -470,6 +476,7 @@ impl Engine {
                 self.settler.hold_logs(&mut batch, rl, now_unix);
             }
             let mut buffered = Vec::new();
+            let mut value = RequestValue::default();
             for (trace, mut rl) in with_trace {
                 match state.cache.get(&trace) {
                     Some(Cached::Sampled(_)) => {
@@ -478,16 +485,13 @@ impl Engine {
                     }
                     Some(Cached::NotSampled) => self.settler.hold_logs(&mut batch, &rl, now_unix),
                     None => {
-                        self.storage.stage_buffered(
-                            &mut batch,
-                            &trace,
-                            &BufferedKind::Logs.encode(&rl),
-                        );
+                        value.push(trace, BufferedKind::Logs, &rl);
                         buffered.push((trace, arrival.clone()));
                     }
                 }
             }
-            evicted = self.commit_buffered(&mut state, batch, &buffered, now)?;
+            let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
+            evicted = self.commit_buffered(&mut state, batch, staged, &buffered, now)?;
         }
         if !late_kept.is_empty() {
             self.queues
@@ -506,10 +510,14 @@ impl Engine {
         &self,
         state: &mut State,
         batch: WriteBatch,
+        staged: Option<StagedRequest>,
         buffered: &[(TraceId, Arrival)],
         now: u64,
     ) -> Result<Vec<Decided>, StorageError> {
         self.storage.write(batch)?;
+        if let Some(staged) = staged {
+            self.storage.committed(staged);
+        }
         let mut full = Vec::new();
         let mut too_large = Vec::new();
         let mut too_many = Vec::new();
@@ -728,6 +736,7 @@ impl Engine {
         let mut corrupt = Vec::new();
         let mut repeats = 0u64;
         let mut clamped = 0u64;
+        let mut forgetting = Forgetting::default();
         let mut dedup = self.dedup.lock().unwrap_or_else(|e| e.into_inner());
         let now_unix = self.unix_now();
         for d in decided {
@@ -753,9 +762,7 @@ impl Engine {
                                 }
                             };
                             if let Err(error) = decoded {
-                                let mut value = vec![kind as u8];
-                                value.extend_from_slice(payload);
-                                corrupt.push((key.to_vec(), value, error));
+                                corrupt.push((d.trace, key, kind, payload.to_vec(), error));
                             }
                         })?;
                     notices.extend(notice.build());
@@ -773,7 +780,8 @@ impl Engine {
                     }
                 }
             }
-            self.storage.stage_forget(&mut batch, &d.trace, d.watermark);
+            self.storage
+                .forget_trace(&mut forgetting, &d.trace, d.watermark);
         }
         let mut staged = Vec::new();
         if !resource_spans.is_empty() {
@@ -788,11 +796,11 @@ impl Engine {
             });
             staged.push(self.queues.stage(&mut batch, &request));
         }
-        for (key, value, error) in corrupt {
+        for (trace, key, kind, payload, error) in corrupt {
             self.storage
-                .quarantine(Store::Buffer, &key, &value, &error)?;
+                .quarantine_item(&trace, key, kind, &payload, &error)?;
         }
-        if let Err(error) = self.storage.write(batch) {
+        if let Err(error) = self.storage.write_forgetting(batch, forgetting) {
             // Nothing left: a later attempt must not find these spans "exported".
             for d in decided.iter().filter(|d| d.kept.is_some()) {
                 dedup.forget_trace(&d.trace);

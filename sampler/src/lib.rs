@@ -154,8 +154,12 @@ pub async fn run(
     events::register();
     let storage_dir = config.sampler.storage_dir.clone();
     let storage = Arc::new(
-        Storage::open(&storage_dir, config.sampler.sync_writes)
-            .with_context(|| format!("opening storage in {}", storage_dir.display()))?,
+        Storage::open_with(
+            &storage_dir,
+            config.sampler.sync_writes,
+            config.sampler.buffer_memory_bytes,
+        )
+        .with_context(|| format!("opening storage in {}", storage_dir.display()))?,
     );
     let exporters = Exporter::from_config(&config.exporter, &storage_dir.join("export.jsonl"))
         .context("configuring exporters")?;

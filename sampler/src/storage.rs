@@ -1,10 +1,10 @@
 //! RocksDB storage: one database under `sampler.storage_dir` with the WAL on.
 //!
 //! Column families:
-//! - `buffer`: telemetry waiting for its trace's decision. Key = trace id (16 bytes) ++
-//!   sequence (8 bytes, big endian), so one prefix scan reads a whole trace in arrival order
-//!   and one range delete forgets it. Value = [`BufferedKind`] tag byte ++ protobuf
-//!   (`ResourceSpans` or `ResourceLogs` holding only that trace's items).
+//! - `buffer`: telemetry waiting for its trace's decision, one value per received request
+//!   under its sequence number, each item a [`BufferedKind`] ++ trace id ++ protobuf
+//!   (`ResourceSpans` or `ResourceLogs` holding only that trace's items); the trace → items
+//!   index is in memory (layout in [`requests`]).
 //! - `queue`: the disk-backed export queues (layout owned by `export_queue`).
 //! - `hold`: trace-less logs and metric points held for `correlation.window` (layout owned
 //!   by `correlation::store`).
@@ -19,11 +19,21 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use otel_tail_shared::otlp::TraceId;
+mod requests;
+
+use std::sync::Mutex;
+
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions,
+    ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions,
 };
+
+pub use requests::{Forgetting, ItemKey, RequestValue, StagedRequest};
+
+/// Memtables of the buffer column family (the active one, those waiting to be merged, and
+/// one being flushed).
+const BUFFER_MEMTABLES: i32 = 6;
+/// Full memtables a flush of the buffer waits for and merges.
+const BUFFER_MEMTABLES_TO_MERGE: i32 = 4;
 
 /// Column family of buffered traces.
 pub const CF_BUFFER: &str = "buffer";
@@ -78,15 +88,6 @@ pub enum BufferedKind {
 }
 
 impl BufferedKind {
-    /// The stored value for `message`: the tag byte, then the protobuf, encoded once into
-    /// one buffer (no intermediate copy on the ingest path).
-    pub fn encode(self, message: &impl prost::Message) -> Vec<u8> {
-        let mut value = Vec::with_capacity(message.encoded_len() + 1);
-        value.push(self as u8);
-        message.encode_raw(&mut value);
-        value
-    }
-
     fn from_byte(b: u8) -> Option<Self> {
         match b {
             1 => Some(BufferedKind::Spans),
@@ -133,11 +134,31 @@ pub struct Storage {
     write_options: WriteOptions,
     next_seq: AtomicU64,
     dir: std::path::PathBuf,
+    /// The buffer's in-memory item index ([`requests`]).
+    layout: Mutex<requests::Layout>,
 }
 
 impl Storage {
-    /// Opens (or creates) the database in `dir`. `sync` fsyncs the WAL on every write.
+    /// Opens (or creates) the database in `dir` with the default buffer memory. `sync`
+    /// fsyncs the WAL on every write.
     pub fn open(dir: &Path, sync: bool) -> Result<Storage, StorageError> {
+        let memory = otel_tail_shared::config::SamplerConfig::default().buffer_memory_bytes;
+        Storage::open_with(dir, sync, memory)
+    }
+
+    /// Opens (or creates) the database in `dir`; the buffer's memtables may take
+    /// `buffer_memory_bytes` (`sampler.buffer_memory_bytes`).
+    ///
+    /// The buffer holds `BUFFER_MEMTABLES` memtables of a sixth of that each; a flush waits
+    /// until `BUFFER_MEMTABLES_TO_MERGE` of them are full and merges them, so an item
+    /// forgotten within that much traffic is dropped by the flush instead of being written
+    /// to a file and compacted away later (flushing and compacting dead data were a fifth
+    /// of a sampler's CPU under load).
+    pub fn open_with(
+        dir: &Path,
+        sync: bool,
+        buffer_memory_bytes: u64,
+    ) -> Result<Storage, StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
             path: dir.to_path_buf(),
             source,
@@ -152,7 +173,11 @@ impl Storage {
         // Buffered spans live for seconds: compressing them on flush cost ~7% of the CPU in
         // profiles and saves little, since most are deleted before compaction.
         buffer_options.set_compression_type(rocksdb::DBCompressionType::None);
-        buffer_options.set_write_buffer_size(64 * 1024 * 1024);
+        buffer_options.set_write_buffer_size(
+            (buffer_memory_bytes / BUFFER_MEMTABLES as u64).max(1 << 20) as usize,
+        );
+        buffer_options.set_max_write_buffer_number(BUFFER_MEMTABLES);
+        buffer_options.set_min_write_buffer_number_to_merge(BUFFER_MEMTABLES_TO_MERGE);
         let mut queue_options = Options::default();
         queue_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Held items live for one correlation window and are then deleted, like buffered
@@ -181,6 +206,7 @@ impl Storage {
             write_options,
             next_seq: AtomicU64::new(now),
             dir: dir.to_path_buf(),
+            layout: Mutex::default(),
         })
     }
 
@@ -205,92 +231,6 @@ impl Storage {
     /// Writes a batch with the configured durability.
     pub fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
         self.db.write_opt(batch, &self.write_options)?;
-        Ok(())
-    }
-
-    /// Adds one buffered item for `trace` to `batch`.
-    pub fn stage_buffered(&self, batch: &mut WriteBatch, trace: &TraceId, value: &[u8]) {
-        let mut key = [0u8; 24];
-        key[..16].copy_from_slice(trace);
-        key[16..].copy_from_slice(&self.next_seq().to_be_bytes());
-        batch.put_cf(self.cf(CF_BUFFER), key, value);
-    }
-
-    /// Adds the removal of what was buffered for `trace` with a sequence below `upto` to
-    /// `batch` (items staged later belong to a later arrival and stay).
-    pub fn stage_forget(&self, batch: &mut WriteBatch, trace: &TraceId, upto: u64) {
-        let mut from = [0u8; 24];
-        from[..16].copy_from_slice(trace);
-        let mut to = [0u8; 24];
-        to[..16].copy_from_slice(trace);
-        to[16..].copy_from_slice(&upto.to_be_bytes());
-        batch.delete_range_cf(self.cf(CF_BUFFER), from, to);
-    }
-
-    /// Reads what is buffered for `trace` with a sequence below `upto`, in arrival order.
-    pub fn read_trace(
-        &self,
-        trace: &TraceId,
-        upto: u64,
-    ) -> Result<Vec<(BufferedKind, Vec<u8>)>, StorageError> {
-        let mut out = Vec::new();
-        self.visit_trace(trace, upto, |_, kind, payload| {
-            out.push((kind, payload.to_vec()))
-        })?;
-        Ok(out)
-    }
-
-    /// Visits what is buffered for `trace` with a sequence below `upto`, in arrival order,
-    /// with each item's key (for deleting exactly what was read, as handoff does). Records
-    /// that fail to decode are quarantined and skipped.
-    pub fn visit_trace(
-        &self,
-        trace: &TraceId,
-        upto: u64,
-        mut visit: impl FnMut(&[u8], BufferedKind, &[u8]),
-    ) -> Result<(), StorageError> {
-        let iter = self.db.iterator_cf(
-            self.cf(CF_BUFFER),
-            IteratorMode::From(trace, Direction::Forward),
-        );
-        for item in iter {
-            let (key, value) = item?;
-            if key.len() != 24 || &key[..16] != trace {
-                break;
-            }
-            let seq = u64::from_be_bytes(key[16..24].try_into().expect("24-byte key"));
-            if seq >= upto {
-                break;
-            }
-            match split_value_ref(&value) {
-                Ok((kind, payload)) => visit(&key, kind, payload),
-                Err(error) => self.quarantine(Store::Buffer, &key, &value, &error)?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Visits every buffered item, grouped by trace in key order; used to rebuild the
-    /// in-memory index after a restart.
-    /// Records that fail to decode are quarantined and skipped.
-    pub fn scan_buffer(
-        &self,
-        mut visit: impl FnMut(TraceId, &[u8], BufferedKind, &[u8]),
-    ) -> Result<(), StorageError> {
-        for item in self.db.iterator_cf(self.cf(CF_BUFFER), IteratorMode::Start) {
-            let (key, value) = item?;
-            let trace: Option<TraceId> = key.get(..16).and_then(|k| k.try_into().ok());
-            match (trace, split_value_ref(&value)) {
-                (Some(trace), Ok((kind, payload))) => visit(trace, &key, kind, payload),
-                (None, _) => self.quarantine(
-                    Store::Buffer,
-                    &key,
-                    &value,
-                    &StorageError::Corrupt(format!("{}-byte buffer key", key.len())),
-                )?,
-                (_, Err(error)) => self.quarantine(Store::Buffer, &key, &value, &error)?,
-            }
-        }
         Ok(())
     }
 
@@ -386,111 +326,5 @@ impl Storage {
     }
 }
 
-fn split_value_ref(value: &[u8]) -> Result<(BufferedKind, &[u8]), StorageError> {
-    let (&tag, payload) = value
-        .split_first()
-        .ok_or_else(|| StorageError::Corrupt("empty buffer value".into()))?;
-    let kind = BufferedKind::from_byte(tag)
-        .ok_or_else(|| StorageError::Corrupt(format!("unknown buffer tag {tag}")))?;
-    Ok((kind, payload))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tagged(kind: BufferedKind, payload: &[u8]) -> Vec<u8> {
-        let mut value = vec![kind as u8];
-        value.extend_from_slice(payload);
-        value
-    }
-
-    #[test]
-    fn buffered_items_round_trip_and_forget() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), false).unwrap();
-        let a = [1u8; 16];
-        let b = [2u8; 16];
-        let mut batch = WriteBatch::default();
-        storage.stage_buffered(&mut batch, &a, &tagged(BufferedKind::Spans, b"one"));
-        storage.stage_buffered(&mut batch, &b, &tagged(BufferedKind::Logs, b"other"));
-        storage.stage_buffered(&mut batch, &a, &tagged(BufferedKind::Logs, b"two"));
-        storage.write(batch).unwrap();
-        let watermark = storage.next_seq();
-        let got = storage.read_trace(&a, watermark).unwrap();
-        assert_eq!(
-            got,
-            vec![
-                (BufferedKind::Spans, b"one".to_vec()),
-                (BufferedKind::Logs, b"two".to_vec())
-            ]
-        );
-
-        let mut batch = WriteBatch::default();
-        storage.stage_buffered(&mut batch, &a, &tagged(BufferedKind::Spans, b"after"));
-        storage.write(batch).unwrap();
-        assert_eq!(
-            storage.read_trace(&a, watermark).unwrap().len(),
-            2,
-            "later item is beyond the watermark"
-        );
-
-        let mut batch = WriteBatch::default();
-        storage.stage_forget(&mut batch, &a, watermark);
-        storage.write(batch).unwrap();
-        assert_eq!(
-            storage.read_trace(&a, u64::MAX).unwrap(),
-            vec![(BufferedKind::Spans, b"after".to_vec())]
-        );
-        assert_eq!(storage.read_trace(&b, u64::MAX).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn corrupt_buffer_values_are_quarantined_and_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), false).unwrap();
-        let trace = [7u8; 16];
-        let mut batch = WriteBatch::default();
-        storage.stage_buffered(&mut batch, &trace, &tagged(BufferedKind::Spans, b"a"));
-        storage.stage_buffered(&mut batch, &trace, &[99, 1, 2]);
-        storage.stage_buffered(&mut batch, &trace, &tagged(BufferedKind::Logs, b"b"));
-        storage.write(batch).unwrap();
-        let got = storage.read_trace(&trace, u64::MAX).unwrap();
-        assert_eq!(
-            got,
-            vec![
-                (BufferedKind::Spans, b"a".to_vec()),
-                (BufferedKind::Logs, b"b".to_vec())
-            ],
-            "the records around the corrupt one are still read"
-        );
-        let quarantined = storage.quarantined().unwrap();
-        assert_eq!(quarantined.len(), 1);
-        assert_eq!(quarantined[0].store, Store::Buffer as u8);
-        assert_eq!(&quarantined[0].key[..16], &trace);
-        assert_eq!(quarantined[0].value, vec![99, 1, 2]);
-        let mut seen = 0;
-        storage.scan_buffer(|_, _, _, _| seen += 1).unwrap();
-        assert_eq!(seen, 2, "the quarantined record left the buffer");
-    }
-
-    #[test]
-    fn reopen_keeps_data_and_sequence_increases() {
-        let dir = tempfile::tempdir().unwrap();
-        let first_seq;
-        {
-            let storage = Storage::open(dir.path(), true).unwrap();
-            first_seq = storage.next_seq();
-            let mut batch = WriteBatch::default();
-            storage.stage_buffered(&mut batch, &[3; 16], &tagged(BufferedKind::Spans, b"x"));
-            storage.write(batch).unwrap();
-        }
-        let storage = Storage::open(dir.path(), true).unwrap();
-        assert!(storage.next_seq() > first_seq);
-        let mut seen = Vec::new();
-        storage
-            .scan_buffer(|t, _, k, p| seen.push((t, k, p.to_vec())))
-            .unwrap();
-        assert_eq!(seen, vec![([3; 16], BufferedKind::Spans, b"x".to_vec())]);
-    }
-}
+mod tests;

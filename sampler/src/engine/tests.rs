@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::storage::Store;
 
 /// An engine over real RocksDB and a real file exporter, with a manual clock.
 struct Rig {
@@ -482,6 +483,17 @@ fn grouping_spans_by_trace_groups_by_trace_and_keeps_resource_and_scope() {
     assert!(groups.iter().all(|(_, rs)| rs.resource.is_some()));
 }
 
+/// Buffers `payload` as one request's span group of `trace`, bypassing the engine's
+/// encoding (to plant bytes that do not decode).
+fn stage_raw(engine: &Engine, trace: TraceId, payload: &[u8]) {
+    let mut value = crate::storage::RequestValue::default();
+    value.push_encoded(trace, BufferedKind::Spans, payload);
+    let mut batch = WriteBatch::default();
+    let staged = engine.storage.stage_request(&mut batch, value);
+    engine.storage.write(batch).unwrap();
+    engine.storage.committed(staged);
+}
+
 #[tokio::test]
 async fn a_corrupt_buffered_record_is_quarantined_and_strands_nothing() {
     let rig = rig(
@@ -492,13 +504,7 @@ async fn a_corrupt_buffered_record_is_quarantined_and_strands_nothing() {
         .unwrap();
     // A value with the spans tag but bytes that are not a ResourceSpans, between the
     // first and the second group of trace 1.
-    let mut batch = WriteBatch::default();
-    rig.engine.storage.stage_buffered(
-        &mut batch,
-        &[1; 16],
-        &[BufferedKind::Spans as u8, 0xff, 0xff],
-    );
-    rig.engine.storage.write(batch).unwrap();
+    stage_raw(&rig.engine, [1; 16], &[0xff, 0xff]);
     rig.engine
         .ingest_traces(request(vec![span(1, 2, false), span(3, 1, true)]))
         .unwrap();
@@ -535,11 +541,7 @@ async fn a_corrupt_buffered_record_is_quarantined_on_recovery() {
     rig.engine
         .ingest_traces(request(vec![span(4, 1, false)]))
         .unwrap();
-    let mut batch = WriteBatch::default();
-    rig.engine
-        .storage
-        .stage_buffered(&mut batch, &[5; 16], &[BufferedKind::Spans as u8, 0xff]);
-    rig.engine.storage.write(batch).unwrap();
+    stage_raw(&rig.engine, [5; 16], &[0xff]);
     let Rig {
         dir,
         engine,

@@ -9,12 +9,12 @@
 //! watermark and start a fresh index entry; nothing is deleted that was not sent.
 
 use super::*;
-use crate::storage::CF_BUFFER;
+use crate::storage::ItemKey;
 
 /// One buffered item taken for handoff.
 #[derive(Debug, Clone)]
 pub struct TakenItem {
-    key: Box<[u8]>,
+    key: ItemKey,
     /// The encoded `ResourceSpans` or `ResourceLogs` of this trace's items.
     pub payload: Vec<u8>,
 }
@@ -53,28 +53,9 @@ pub struct Acknowledged {
 
 impl Engine {
     /// Trace ids with buffered data that are in the index (undecided), in id order.
-    ///
-    /// Walks the buffer's keys, seeking past each trace's items, rather than keeping a
-    /// second in-memory set: it also finds traces recovered from disk, at the cost of one
-    /// pass over the buffer per handoff.
     pub fn held_trace_ids(&self) -> Result<Vec<TraceId>, StorageError> {
-        let mut ids = Vec::new();
-        let mut iter = self
-            .storage
-            .db()
-            .raw_iterator_cf(self.storage.cf(CF_BUFFER));
-        iter.seek_to_first();
-        while let Some(key) = iter.key() {
-            let Some(trace) = key.get(..16).and_then(|k| TraceId::try_from(k).ok()) else {
-                return Err(StorageError::Corrupt("short buffer key".into()));
-            };
-            ids.push(trace);
-            match u128::from_be_bytes(trace).checked_add(1) {
-                Some(next) => iter.seek(next.to_be_bytes()),
-                None => break,
-            }
-        }
-        iter.status()?;
+        let mut ids = self.storage.buffered_traces();
+        ids.sort_unstable();
         let state = self.state();
         ids.retain(|id| state.index.get(id).is_some());
         Ok(ids)
@@ -144,17 +125,19 @@ impl Engine {
         taken: Vec<TakenTrace>,
         acked: Acknowledged,
     ) -> Result<usize, StorageError> {
-        let mut batch = WriteBatch::default();
-        let cf = self.storage.cf(CF_BUFFER);
+        let mut forgetting = Forgetting::default();
         for t in &taken {
+            let mut keys = Vec::new();
             if acked.spans {
-                t.spans.iter().for_each(|i| batch.delete_cf(cf, &i.key));
+                keys.extend(t.spans.iter().map(|i| i.key));
             }
             if acked.logs {
-                t.logs.iter().for_each(|i| batch.delete_cf(cf, &i.key));
+                keys.extend(t.logs.iter().map(|i| i.key));
             }
+            self.storage.forget_items(&mut forgetting, &t.trace, &keys);
         }
-        self.storage.write(batch)?;
+        self.storage
+            .write_forgetting(WriteBatch::default(), forgetting)?;
         let complete = taken
             .iter()
             .filter(|t| (acked.spans || t.spans.is_empty()) && (acked.logs || t.logs.is_empty()))
@@ -261,7 +244,7 @@ impl Engine {
         self.storage
             .visit_trace(trace, upto, |key, kind, payload| {
                 let item = TakenItem {
-                    key: key.into(),
+                    key,
                     payload: payload.to_vec(),
                 };
                 match kind {

@@ -560,6 +560,11 @@ pub struct SamplerConfig {
     /// throttled (retryable) until space returns, so RocksDB never meets a full disk.
     /// 0: no reserve.
     pub min_free_disk_bytes: u64,
+    /// Memory for the buffer's RocksDB memtables. Recent requests stay in memory up to
+    /// about two thirds of this before they are flushed to disk files, so a trace decided
+    /// (and forgotten) within that window is never written twice or compacted. Size it
+    /// to what `decision_wait` of traffic occupies; less only costs disk writes.
+    pub buffer_memory_bytes: u64,
     /// fsync the WAL on every write. Off: acknowledged data survives a process crash
     /// (`kill -9`) but not a power loss.
     pub sync_writes: bool,
@@ -637,6 +642,7 @@ impl Default for SamplerConfig {
             storage_dir: PathBuf::from("otel-tail-data"),
             max_storage_bytes: 4 * 1024 * 1024 * 1024,
             min_free_disk_bytes: 256 * 1024 * 1024,
+            buffer_memory_bytes: 256 * 1024 * 1024,
             sync_writes: false,
             decision_wait: Duration::from_secs(30),
             decision_wait_after_root_received: None,
@@ -667,6 +673,9 @@ fn default_policies() -> Vec<PolicyConfig> {
     .expect("default policies are valid")
 }
 
+/// Smallest `sampler.buffer_memory_bytes` accepted.
+pub const MIN_BUFFER_MEMORY_BYTES: u64 = 16 * 1024 * 1024;
+
 impl SamplerConfig {
     /// The effective maximum trace age: `max_trace_age`, else 5 × `decision_wait`.
     pub fn effective_max_trace_age(&self) -> Duration {
@@ -675,6 +684,12 @@ impl SamplerConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.buffer_memory_bytes < MIN_BUFFER_MEMORY_BYTES {
+            return Err(ConfigError::invalid(
+                "sampler.buffer_memory_bytes",
+                format!("must be at least {MIN_BUFFER_MEMORY_BYTES} (16 MiB)"),
+            ));
+        }
         if let Some(age) = self.max_trace_age
             && age < self.decision_wait
         {

@@ -770,3 +770,22 @@ fn exporter_tls_and_header_files_are_checked_at_load() {
         "exporter.otlp.headers_from_files.k"
     );
 }
+
+#[test]
+fn buffer_memory_has_a_floor_and_a_default() {
+    assert_eq!(
+        load("").unwrap().sampler.buffer_memory_bytes,
+        256 * 1024 * 1024
+    );
+    assert_eq!(
+        load("sampler: {buffer_memory_bytes: 1073741824}")
+            .unwrap()
+            .sampler
+            .buffer_memory_bytes,
+        1 << 30
+    );
+    assert_eq!(
+        invalid_path("sampler: {buffer_memory_bytes: 1048576}"),
+        "sampler.buffer_memory_bytes"
+    );
+}

@@ -1,0 +1,620 @@
+//! The trace buffer's layout in the `buffer` column family: one value per received
+//! request, with the trace → items index in memory.
+//!
+//! Buffered data mostly dies young: ~98 % of traces are dropped seconds after they
+//! arrive. Writing each trace group of a request under its own key and deleting each
+//! dropped trace with a range tombstone made RocksDB's skiplist inserts, key comparisons
+//! and tombstone fragmentation a quarter of a sampler's CPU. Here a request costs one
+//! put, and a decision costs no RocksDB operation of its own:
+//!
+//! - key `seq` (8 bytes, big endian): the request's items, each framed as
+//!   `kind (1) ++ trace id (16) ++ length (u32 LE) ++ payload`;
+//! - key `seq ++ 0x01`: the payload offsets of that request's items already decided
+//!   (forgotten), written once per finishing batch that touched the request, so a restart
+//!   does not resurrect them;
+//! - both keys go (point deletes, or one range delete for a run of requests that die in
+//!   the same batch) once every item of the request is forgotten.
+//!
+//! In memory: per trace the items' locations (sequence, offset, length, kind), per live
+//! request the count of items still buffered and the offsets forgotten. A restart rebuilds
+//! both with one scan ([`Storage::scan_buffer`]).
+
+use std::collections::BTreeMap;
+
+use otel_tail_shared::otlp::TraceId;
+use rocksdb::{DBPinnableSlice, IteratorMode, WriteBatch};
+
+use super::{BufferedKind, CF_BUFFER, Storage, StorageError, Store};
+use crate::buffer::TraceMap;
+
+/// Bytes framing one item in a request value: kind, trace id, payload length.
+const FRAME: usize = 1 + 16 + 4;
+/// Key length of the layout before this one (trace id ++ sequence), migrated at start.
+const LEGACY_KEY_LEN: usize = 24;
+/// An item of the previous layout: its key, kind and stored value (kind byte ++ payload).
+type LegacyItem = (Box<[u8]>, BufferedKind, Box<[u8]>);
+
+/// Largest request value the migration of the previous layout writes.
+const LEGACY_VALUE_BYTES: usize = 16 * 1024 * 1024;
+/// Suffix of the key holding a request's forgotten offsets.
+const DEAD_SUFFIX: u8 = 1;
+
+/// Identity of one buffered item: its request's sequence and its payload's offset there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ItemKey {
+    /// Sequence of the request value holding it.
+    pub seq: u64,
+    /// Offset of its payload in that value.
+    pub offset: u32,
+}
+
+impl ItemKey {
+    /// 12 bytes: sequence then offset, big endian (quarantine keys).
+    pub fn to_bytes(self) -> [u8; 12] {
+        let mut out = [0u8; 12];
+        out[..8].copy_from_slice(&self.seq.to_be_bytes());
+        out[8..].copy_from_slice(&self.offset.to_be_bytes());
+        out
+    }
+}
+
+/// Where one item of a trace lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Location {
+    seq: u64,
+    offset: u32,
+    len: u32,
+    kind: BufferedKind,
+}
+
+impl Location {
+    fn key(&self) -> ItemKey {
+        ItemKey {
+            seq: self.seq,
+            offset: self.offset,
+        }
+    }
+}
+
+/// The buffered items of one received request, framed into the value stored for it.
+#[derive(Debug, Default)]
+pub struct RequestValue {
+    bytes: Vec<u8>,
+    items: Vec<(TraceId, Location)>,
+}
+
+impl RequestValue {
+    /// An empty value with room for `bytes` of payload.
+    pub fn with_capacity(bytes: usize) -> RequestValue {
+        RequestValue {
+            bytes: Vec::with_capacity(bytes),
+            items: Vec::new(),
+        }
+    }
+
+    /// Appends `message` (a `ResourceSpans` or `ResourceLogs` of `trace`'s items), encoded
+    /// straight into the value; returns its encoded length.
+    pub fn push(
+        &mut self,
+        trace: TraceId,
+        kind: BufferedKind,
+        message: &impl prost::Message,
+    ) -> usize {
+        let len = message.encoded_len();
+        self.frame(trace, kind, len);
+        message.encode_raw(&mut self.bytes);
+        len
+    }
+
+    /// Appends an already encoded payload.
+    pub fn push_encoded(&mut self, trace: TraceId, kind: BufferedKind, payload: &[u8]) {
+        self.frame(trace, kind, payload.len());
+        self.bytes.extend_from_slice(payload);
+    }
+
+    fn frame(&mut self, trace: TraceId, kind: BufferedKind, len: usize) {
+        self.bytes.reserve(FRAME + len);
+        self.bytes.push(kind as u8);
+        self.bytes.extend_from_slice(&trace);
+        self.bytes.extend_from_slice(&(len as u32).to_le_bytes());
+        let offset = self.bytes.len() as u32;
+        self.items.push((
+            trace,
+            Location {
+                seq: 0,
+                offset,
+                len: len as u32,
+                kind,
+            },
+        ));
+    }
+
+    /// A copy holding only the items whose flag in `keep` (one per item, in push order) is
+    /// set: for a request some of whose traces turned out to be decided already.
+    pub fn filtered(&self, keep: &[bool]) -> RequestValue {
+        let mut out = RequestValue::with_capacity(self.bytes.len());
+        for ((trace, location), _) in self.items.iter().zip(keep).filter(|(_, k)| **k) {
+            let start = location.offset as usize;
+            out.push_encoded(
+                *trace,
+                location.kind,
+                &self.bytes[start..start + location.len as usize],
+            );
+        }
+        out
+    }
+
+    /// Whether nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// A request value staged in a batch; registered in memory with
+/// [`Storage::committed`] once the batch is written.
+#[must_use = "register it with Storage::committed once the batch is written"]
+#[derive(Debug)]
+pub struct StagedRequest {
+    items: Vec<(TraceId, Location)>,
+}
+
+/// Requests touched by forgetting items, whose on-disk record is brought up to date by
+/// [`Storage::write_forgetting`].
+#[derive(Debug, Default)]
+pub struct Forgetting {
+    touched: Vec<u64>,
+}
+
+/// A live request: items still buffered, and the offsets of those forgotten.
+#[derive(Debug, Default)]
+struct Request {
+    alive: u32,
+    dead: Vec<u32>,
+}
+
+/// The in-memory side of the layout.
+#[derive(Default)]
+pub(super) struct Layout {
+    traces: TraceMap<Vec<Location>>,
+    requests: BTreeMap<u64, Request>,
+}
+
+impl Layout {
+    /// Removes `removed` (locations of `trace` taken out of `traces` already) from their
+    /// requests, noting the requests touched.
+    fn forget(&mut self, removed: &[Location], forgetting: &mut Forgetting) {
+        for location in removed {
+            if let Some(request) = self.requests.get_mut(&location.seq) {
+                request.alive = request.alive.saturating_sub(1);
+                request.dead.push(location.offset);
+                forgetting.touched.push(location.seq);
+            }
+        }
+    }
+
+    /// Bytes of memory held per entry, roughly: for the index gauge.
+    fn memory_bytes(&self) -> usize {
+        self.traces.capacity() * (16 + std::mem::size_of::<Vec<Location>>() + 1)
+            + self
+                .traces
+                .values()
+                .map(|v| v.capacity() * std::mem::size_of::<Location>())
+                .sum::<usize>()
+            + self.requests.len() * (8 + std::mem::size_of::<Request>() + 16)
+    }
+}
+
+fn dead_key(seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[..8].copy_from_slice(&seq.to_be_bytes());
+    key[8] = DEAD_SUFFIX;
+    key
+}
+
+fn encode_offsets(offsets: &[u32]) -> Vec<u8> {
+    offsets.iter().flat_map(|o| o.to_le_bytes()).collect()
+}
+
+fn decode_offsets(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
+/// The items framed in a request value, or why it cannot be read.
+fn parse_value(value: &[u8]) -> Result<Vec<(TraceId, Location)>, StorageError> {
+    let mut items = Vec::new();
+    let mut at = 0usize;
+    while at < value.len() {
+        let frame = value
+            .get(at..at + FRAME)
+            .ok_or_else(|| StorageError::Corrupt(format!("truncated item frame at {at}")))?;
+        let kind = BufferedKind::from_byte(frame[0])
+            .ok_or_else(|| StorageError::Corrupt(format!("unknown buffer tag {}", frame[0])))?;
+        let trace: TraceId = frame[1..17].try_into().expect("16 bytes");
+        let len = u32::from_le_bytes(frame[17..21].try_into().expect("4 bytes"));
+        let offset = at + FRAME;
+        if offset + len as usize > value.len() {
+            return Err(StorageError::Corrupt(format!(
+                "item at {offset} of {len} bytes runs past the {}-byte value",
+                value.len()
+            )));
+        }
+        items.push((
+            trace,
+            Location {
+                seq: 0,
+                offset: offset as u32,
+                len,
+                kind,
+            },
+        ));
+        at = offset + len as usize;
+    }
+    Ok(items)
+}
+
+impl Storage {
+    fn layout(&self) -> std::sync::MutexGuard<'_, Layout> {
+        self.layout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stages `value` under a new sequence in `batch`: one put for the whole request.
+    /// Staging, writing and [`Storage::committed`] happen under one lock the caller holds
+    /// (the engine's state lock), so every request below a committed one is committed or
+    /// was never written: the range deletes of [`Storage::write_forgetting`] rely on it.
+    pub fn stage_request(&self, batch: &mut WriteBatch, value: RequestValue) -> StagedRequest {
+        let seq = self.next_seq();
+        batch.put_cf(self.cf(CF_BUFFER), seq.to_be_bytes(), &value.bytes);
+        let mut items = value.items;
+        for (_, location) in &mut items {
+            location.seq = seq;
+        }
+        StagedRequest { items }
+    }
+
+    /// Indexes a staged request's items once its batch is written.
+    pub fn committed(&self, staged: StagedRequest) {
+        let Some(seq) = staged.items.first().map(|(_, l)| l.seq) else {
+            return;
+        };
+        let mut layout = self.layout();
+        layout.requests.insert(
+            seq,
+            Request {
+                alive: staged.items.len() as u32,
+                dead: Vec::new(),
+            },
+        );
+        for (trace, location) in staged.items {
+            layout.traces.entry(trace).or_default().push(location);
+        }
+    }
+
+    /// Visits what is buffered for `trace` with a sequence below `upto`, in arrival order,
+    /// with each item's key. One point read per request holding any of them.
+    pub fn visit_trace(
+        &self,
+        trace: &TraceId,
+        upto: u64,
+        mut visit: impl FnMut(ItemKey, BufferedKind, &[u8]),
+    ) -> Result<(), StorageError> {
+        let locations: Vec<Location> = match self.layout().traces.get(trace) {
+            Some(all) => all.iter().filter(|l| l.seq < upto).copied().collect(),
+            None => return Ok(()),
+        };
+        let cf = self.cf(CF_BUFFER);
+        let mut current: Option<(u64, Option<DBPinnableSlice<'_>>)> = None;
+        for location in locations {
+            if current.as_ref().is_none_or(|(seq, _)| *seq != location.seq) {
+                let value = self.db.get_pinned_cf(cf, location.seq.to_be_bytes())?;
+                current = Some((location.seq, value));
+            }
+            let value = current.as_ref().and_then(|(_, v)| v.as_deref());
+            let start = location.offset as usize;
+            match value.and_then(|v| v.get(start..start + location.len as usize)) {
+                Some(payload) => visit(location.key(), location.kind, payload),
+                None => crate::events::corrupt_record(
+                    Store::Buffer,
+                    &format!(
+                        "buffered request {} has no item at {start} ({} bytes)",
+                        location.seq, location.len
+                    ),
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what is buffered for `trace` with a sequence below `upto`, in arrival order.
+    pub fn read_trace(
+        &self,
+        trace: &TraceId,
+        upto: u64,
+    ) -> Result<Vec<(BufferedKind, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        self.visit_trace(trace, upto, |_, kind, payload| {
+            out.push((kind, payload.to_vec()))
+        })?;
+        Ok(out)
+    }
+
+    /// Forgets `trace`'s items with a sequence below `upto` (items staged later belong to
+    /// a later arrival and stay); the disk follows in [`Storage::write_forgetting`].
+    pub fn forget_trace(&self, forgetting: &mut Forgetting, trace: &TraceId, upto: u64) {
+        let mut layout = self.layout();
+        let Some(all) = layout.traces.get_mut(trace) else {
+            return;
+        };
+        let removed: Vec<Location>;
+        if all.iter().all(|l| l.seq < upto) {
+            removed = std::mem::take(all);
+            layout.traces.remove(trace);
+        } else {
+            removed = all.iter().filter(|l| l.seq < upto).copied().collect();
+            all.retain(|l| l.seq >= upto);
+        }
+        layout.forget(&removed, forgetting);
+    }
+
+    /// Forgets exactly the items `keys` of `trace` (what a handoff sent and had
+    /// acknowledged).
+    pub fn forget_items(&self, forgetting: &mut Forgetting, trace: &TraceId, keys: &[ItemKey]) {
+        let mut layout = self.layout();
+        let Some(all) = layout.traces.get_mut(trace) else {
+            return;
+        };
+        let mut removed = Vec::with_capacity(keys.len());
+        all.retain(|l| {
+            let gone = keys.contains(&l.key());
+            if gone {
+                removed.push(*l);
+            }
+            !gone
+        });
+        if all.is_empty() {
+            layout.traces.remove(trace);
+        }
+        layout.forget(&removed, forgetting);
+    }
+
+    /// Writes `batch` together with the on-disk record of what `forgetting` forgot: each
+    /// touched request's forgotten offsets, or its removal once nothing of it is left
+    /// (runs of requests with nothing between them that is still live go with one range
+    /// delete). Writes are serialised here, so a request's record on disk never goes
+    /// back to an older list.
+    pub fn write_forgetting(
+        &self,
+        mut batch: WriteBatch,
+        mut forgetting: Forgetting,
+    ) -> Result<(), StorageError> {
+        forgetting.touched.sort_unstable();
+        forgetting.touched.dedup();
+        let cf = self.cf(CF_BUFFER);
+        let mut layout = self.layout();
+        let mut dying = Vec::new();
+        for seq in forgetting.touched {
+            match layout.requests.get(&seq) {
+                Some(request) if request.alive == 0 => dying.push(seq),
+                Some(request) => batch.put_cf(cf, dead_key(seq), encode_offsets(&request.dead)),
+                None => {}
+            }
+        }
+        for seq in &dying {
+            layout.requests.remove(seq);
+        }
+        // Runs of dying requests with no live request between them: one range each.
+        let mut run: Option<(u64, u64)> = None;
+        for seq in dying {
+            run = match run {
+                Some((from, to)) if layout.requests.range(to..seq).next().is_none() => {
+                    Some((from, seq))
+                }
+                Some((from, to)) => {
+                    delete_run(&mut batch, cf, from, to);
+                    Some((seq, seq))
+                }
+                None => Some((seq, seq)),
+            };
+        }
+        if let Some((from, to)) = run {
+            delete_run(&mut batch, cf, from, to);
+        }
+        self.write(batch)
+    }
+
+    /// Trace ids with items buffered.
+    pub fn buffered_traces(&self) -> Vec<TraceId> {
+        self.layout().traces.keys().copied().collect()
+    }
+
+    /// Approximate bytes of the in-memory item index.
+    pub fn layout_memory_bytes(&self) -> usize {
+        self.layout().memory_bytes()
+    }
+
+    /// Rebuilds the in-memory layout from disk after a restart, visiting every item still
+    /// buffered in arrival order. An item the visitor refuses (returns `false`: it does
+    /// not decode) is forgotten; a value whose framing is unreadable is quarantined whole.
+    pub fn scan_buffer(
+        &self,
+        mut visit: impl FnMut(TraceId, ItemKey, BufferedKind, &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        let cf = self.cf(CF_BUFFER);
+        let mut values: Vec<(u64, Box<[u8]>)> = Vec::new();
+        let mut dead: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        let mut strays = Vec::new();
+        let mut legacy = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, value) = item?;
+            match key.len() {
+                8 => values.push((u64::from_be_bytes((*key).try_into().expect("8")), value)),
+                9 if key[8] == DEAD_SUFFIX => {
+                    let seq = u64::from_be_bytes(key[..8].try_into().expect("8"));
+                    dead.insert(seq, decode_offsets(&value));
+                }
+                LEGACY_KEY_LEN => match value.first().and_then(|t| BufferedKind::from_byte(*t)) {
+                    Some(kind) => legacy.push((key, kind, value)),
+                    None => strays.push((key, value)),
+                },
+                _ => strays.push((key, value)),
+            }
+        }
+        for (key, value) in strays {
+            self.quarantine(
+                Store::Buffer,
+                &key,
+                &value,
+                &StorageError::Corrupt(format!("{}-byte buffer key", key.len())),
+            )?;
+        }
+        let mut forgetting = Forgetting::default();
+        let mut batch = WriteBatch::default();
+        for (seq, value) in values {
+            let dead_here = dead.remove(&seq).unwrap_or_default();
+            let items = match parse_value(&value) {
+                Ok(items) => items,
+                Err(error) => {
+                    batch.delete_cf(cf, dead_key(seq));
+                    self.quarantine(Store::Buffer, &seq.to_be_bytes(), &value, &error)?;
+                    continue;
+                }
+            };
+            let mut layout = self.layout();
+            let mut request = Request {
+                alive: 0,
+                dead: dead_here,
+            };
+            let mut refused = Vec::new();
+            for (trace, mut location) in items {
+                if request.dead.contains(&location.offset) {
+                    continue;
+                }
+                location.seq = seq;
+                let start = location.offset as usize;
+                let payload = &value[start..start + location.len as usize];
+                if visit(trace, location.key(), location.kind, payload) {
+                    request.alive += 1;
+                    layout.traces.entry(trace).or_default().push(location);
+                } else {
+                    refused.push(location);
+                }
+            }
+            if request.alive == 0 && refused.is_empty() {
+                batch.delete_cf(cf, seq.to_be_bytes());
+                batch.delete_cf(cf, dead_key(seq));
+                continue;
+            }
+            request.alive += refused.len() as u32;
+            layout.requests.insert(seq, request);
+            layout.forget(&refused, &mut forgetting);
+        }
+        // Forgotten-offset records whose request is gone.
+        for seq in dead.into_keys() {
+            batch.delete_cf(cf, dead_key(seq));
+        }
+        self.write_forgetting(batch, forgetting)?;
+        self.migrate_legacy(legacy, visit)
+    }
+
+    /// Moves items of the layout before one value per request (key trace id ++ sequence,
+    /// value kind ++ payload) into request values of up to [`LEGACY_VALUE_BYTES`],
+    /// visiting each like the scan does.
+    fn migrate_legacy(
+        &self,
+        legacy: Vec<LegacyItem>,
+        mut visit: impl FnMut(TraceId, ItemKey, BufferedKind, &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        if legacy.is_empty() {
+            return Ok(());
+        }
+        let cf = self.cf(CF_BUFFER);
+        let mut chunks = Vec::new();
+        let mut chunk: Vec<&LegacyItem> = Vec::new();
+        let mut bytes = 0;
+        for item in &legacy {
+            if bytes + item.2.len() > LEGACY_VALUE_BYTES && !chunk.is_empty() {
+                chunks.push(std::mem::take(&mut chunk));
+                bytes = 0;
+            }
+            bytes += item.2.len();
+            chunk.push(item);
+        }
+        chunks.push(chunk);
+        for chunk in chunks {
+            let mut value = RequestValue::default();
+            let mut batch = WriteBatch::default();
+            for (key, kind, stored) in &chunk {
+                let trace: TraceId = key[..16].try_into().expect("16 bytes");
+                value.push_encoded(trace, *kind, &stored[1..]);
+                batch.delete_cf(cf, key);
+            }
+            let staged = self.stage_request(&mut batch, value);
+            let refused: Vec<(TraceId, Location)> = staged
+                .items
+                .iter()
+                .zip(&chunk)
+                .filter(|((trace, location), (_, _, stored))| {
+                    !visit(*trace, location.key(), location.kind, &stored[1..])
+                })
+                .map(|(item, _)| *item)
+                .collect();
+            self.write(batch)?;
+            self.committed(staged);
+            let mut forgetting = Forgetting::default();
+            let mut layout = self.layout();
+            for (trace, location) in &refused {
+                if let Some(locations) = layout.traces.get_mut(trace) {
+                    locations.retain(|l| l != location);
+                    if locations.is_empty() {
+                        layout.traces.remove(trace);
+                    }
+                }
+            }
+            let refused: Vec<Location> = refused.into_iter().map(|(_, l)| l).collect();
+            layout.forget(&refused, &mut forgetting);
+            drop(layout);
+            self.write_forgetting(WriteBatch::default(), forgetting)?;
+        }
+        tracing::info!(
+            items = legacy.len(),
+            "moved buffered items of the previous storage layout into request values"
+        );
+        Ok(())
+    }
+
+    /// Moves one buffered item's payload into quarantine (key: trace id ++ item key); the
+    /// item itself is forgotten by the caller with the rest of its trace.
+    pub fn quarantine_item(
+        &self,
+        trace: &TraceId,
+        key: ItemKey,
+        kind: BufferedKind,
+        payload: &[u8],
+        error: &dyn std::fmt::Display,
+    ) -> Result<(), StorageError> {
+        let mut quarantine_key = Vec::with_capacity(1 + 16 + 12);
+        quarantine_key.push(Store::Buffer as u8);
+        quarantine_key.extend_from_slice(trace);
+        quarantine_key.extend_from_slice(&key.to_bytes());
+        let mut value = Vec::with_capacity(payload.len() + 1);
+        value.push(kind as u8);
+        value.extend_from_slice(payload);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(super::CF_QUARANTINE), quarantine_key, value);
+        self.write(batch)?;
+        crate::events::corrupt_record(Store::Buffer, error);
+        Ok(())
+    }
+}
+
+/// Deletes the requests `from..=to` (values and forgotten-offset records).
+fn delete_run(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, from: u64, to: u64) {
+    if from == to {
+        batch.delete_cf(cf, from.to_be_bytes());
+        batch.delete_cf(cf, dead_key(from));
+    } else {
+        batch.delete_range_cf(cf, from.to_be_bytes(), to.saturating_add(1).to_be_bytes());
+    }
+}

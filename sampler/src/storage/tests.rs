@@ -1,0 +1,265 @@
+use otel_tail_shared::otlp::TraceId;
+
+use super::*;
+
+/// Keys of the buffer column family, in order.
+fn buffer_keys(storage: &Storage) -> Vec<Box<[u8]>> {
+    storage
+        .db()
+        .iterator_cf(storage.cf(CF_BUFFER), IteratorMode::Start)
+        .map(|item| item.unwrap().0)
+        .collect()
+}
+
+/// Writes one request holding `items` and indexes it, as the engine does.
+fn buffer(storage: &Storage, items: &[(TraceId, BufferedKind, &[u8])]) {
+    let mut value = RequestValue::default();
+    for (trace, kind, payload) in items {
+        value.push_encoded(*trace, *kind, payload);
+    }
+    let mut batch = WriteBatch::default();
+    let staged = storage.stage_request(&mut batch, value);
+    storage.write(batch).unwrap();
+    storage.committed(staged);
+}
+
+fn forget(storage: &Storage, trace: &TraceId, upto: u64) {
+    let mut forgetting = Forgetting::default();
+    storage.forget_trace(&mut forgetting, trace, upto);
+    storage
+        .write_forgetting(WriteBatch::default(), forgetting)
+        .unwrap();
+}
+
+#[test]
+fn a_request_is_one_value_and_items_read_back_per_trace_below_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let (a, b) = ([1u8; 16], [2u8; 16]);
+    buffer(
+        &storage,
+        &[
+            (a, BufferedKind::Spans, b"one"),
+            (b, BufferedKind::Logs, b"other"),
+            (a, BufferedKind::Logs, b"two"),
+        ],
+    );
+    assert_eq!(buffer_keys(&storage).len(), 1, "one put per request");
+    let watermark = storage.next_seq();
+    assert_eq!(
+        storage.read_trace(&a, watermark).unwrap(),
+        vec![
+            (BufferedKind::Spans, b"one".to_vec()),
+            (BufferedKind::Logs, b"two".to_vec())
+        ]
+    );
+    buffer(&storage, &[(a, BufferedKind::Spans, b"after")]);
+    assert_eq!(
+        storage.read_trace(&a, watermark).unwrap().len(),
+        2,
+        "the later item is beyond the watermark"
+    );
+    forget(&storage, &a, watermark);
+    assert_eq!(
+        storage.read_trace(&a, u64::MAX).unwrap(),
+        vec![(BufferedKind::Spans, b"after".to_vec())]
+    );
+    assert_eq!(storage.read_trace(&b, u64::MAX).unwrap().len(), 1);
+    assert_eq!(
+        buffer_keys(&storage).len(),
+        3,
+        "the first request stays (b is in it) with its forgotten offsets; the second request"
+    );
+    forget(&storage, &b, u64::MAX);
+    forget(&storage, &a, u64::MAX);
+    assert!(
+        buffer_keys(&storage).is_empty(),
+        "requests whose items are all forgotten are deleted"
+    );
+    assert!(storage.buffered_traces().is_empty());
+}
+
+#[test]
+fn a_restart_brings_back_exactly_the_items_not_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+    let first_seq;
+    {
+        let storage = Storage::open(dir.path(), true).unwrap();
+        first_seq = storage.next_seq();
+        buffer(
+            &storage,
+            &[
+                (a, BufferedKind::Spans, b"a1"),
+                (b, BufferedKind::Spans, b"b1"),
+            ],
+        );
+        buffer(&storage, &[(c, BufferedKind::Spans, b"c1")]);
+        buffer(
+            &storage,
+            &[
+                (a, BufferedKind::Logs, b"a2"),
+                (c, BufferedKind::Spans, b"c2"),
+            ],
+        );
+        forget(&storage, &a, u64::MAX);
+        forget(&storage, &c, u64::MAX);
+    }
+    let storage = Storage::open(dir.path(), true).unwrap();
+    assert!(storage.next_seq() > first_seq);
+    let mut seen = Vec::new();
+    storage
+        .scan_buffer(|t, _, k, p| {
+            seen.push((t, k, p.to_vec()));
+            true
+        })
+        .unwrap();
+    assert_eq!(seen, vec![(b, BufferedKind::Spans, b"b1".to_vec())]);
+    assert_eq!(storage.buffered_traces(), vec![b]);
+    assert_eq!(
+        storage.read_trace(&b, u64::MAX).unwrap(),
+        vec![(BufferedKind::Spans, b"b1".to_vec())]
+    );
+    assert_eq!(
+        buffer_keys(&storage).len(),
+        2,
+        "the requests with nothing left went at the restart or before"
+    );
+    forget(&storage, &b, u64::MAX);
+    assert!(buffer_keys(&storage).is_empty());
+}
+
+#[test]
+fn items_the_scan_refuses_are_forgotten_and_unreadable_values_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = ([1u8; 16], [2u8; 16]);
+    {
+        let storage = Storage::open(dir.path(), true).unwrap();
+        buffer(
+            &storage,
+            &[
+                (a, BufferedKind::Spans, b"bad"),
+                (b, BufferedKind::Spans, b"good"),
+            ],
+        );
+        let mut batch = WriteBatch::default();
+        batch.put_cf(storage.cf(CF_BUFFER), 7u64.to_be_bytes(), [9u8, 1, 2]);
+        storage.write(batch).unwrap();
+    }
+    for _ in 0..2 {
+        let storage = Storage::open(dir.path(), true).unwrap();
+        let mut seen = Vec::new();
+        storage
+            .scan_buffer(|t, _, _, p| {
+                seen.push(t);
+                p != b"bad"
+            })
+            .unwrap();
+        assert_eq!(seen.last(), Some(&b), "the good item is recovered");
+        assert_eq!(storage.buffered_traces(), vec![b]);
+        let quarantined = storage.quarantined().unwrap();
+        assert_eq!(quarantined.len(), 1, "the unframed value, once");
+        assert_eq!(quarantined[0].key, 7u64.to_be_bytes());
+        assert_eq!(quarantined[0].value, vec![9, 1, 2]);
+    }
+}
+
+#[test]
+fn handed_off_items_are_forgotten_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let a = [1u8; 16];
+    buffer(
+        &storage,
+        &[
+            (a, BufferedKind::Spans, b"s"),
+            (a, BufferedKind::Logs, b"l"),
+        ],
+    );
+    let mut spans = Vec::new();
+    storage
+        .visit_trace(&a, u64::MAX, |key, kind, _| {
+            if kind == BufferedKind::Spans {
+                spans.push(key);
+            }
+        })
+        .unwrap();
+    let mut forgetting = Forgetting::default();
+    storage.forget_items(&mut forgetting, &a, &spans);
+    storage
+        .write_forgetting(WriteBatch::default(), forgetting)
+        .unwrap();
+    assert_eq!(
+        storage.read_trace(&a, u64::MAX).unwrap(),
+        vec![(BufferedKind::Logs, b"l".to_vec())]
+    );
+}
+
+#[test]
+fn requests_dying_together_go_with_one_range_and_live_neighbours_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let traces: Vec<TraceId> = (1..=5u8).map(|i| [i; 16]).collect();
+    for trace in &traces {
+        buffer(&storage, &[(*trace, BufferedKind::Spans, b"x")]);
+    }
+    let mut forgetting = Forgetting::default();
+    for trace in [&traces[0], &traces[1], &traces[3]] {
+        storage.forget_trace(&mut forgetting, trace, u64::MAX);
+    }
+    storage
+        .write_forgetting(WriteBatch::default(), forgetting)
+        .unwrap();
+    assert_eq!(buffer_keys(&storage).len(), 2, "requests 3 and 5 stay");
+    let mut left = storage.buffered_traces();
+    left.sort();
+    assert_eq!(left, vec![traces[2], traces[4]]);
+    assert_eq!(storage.read_trace(&traces[2], u64::MAX).unwrap().len(), 1);
+}
+
+#[test]
+fn items_of_the_previous_layout_move_into_request_values_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = ([1u8; 16], [2u8; 16]);
+    {
+        let storage = Storage::open(dir.path(), true).unwrap();
+        let mut batch = WriteBatch::default();
+        for (trace, seq, kind, payload) in [
+            (a, 1u64, BufferedKind::Spans, &b"a1"[..]),
+            (a, 3, BufferedKind::Logs, b"a2"),
+            (b, 2, BufferedKind::Spans, b"bad"),
+        ] {
+            let mut key = trace.to_vec();
+            key.extend_from_slice(&seq.to_be_bytes());
+            let mut value = vec![kind as u8];
+            value.extend_from_slice(payload);
+            batch.put_cf(storage.cf(CF_BUFFER), key, value);
+        }
+        storage.write(batch).unwrap();
+    }
+    for restart in 0..2 {
+        let storage = Storage::open(dir.path(), true).unwrap();
+        let mut seen = Vec::new();
+        storage
+            .scan_buffer(|t, _, k, p| {
+                seen.push((t, k, p.to_vec()));
+                p != b"bad"
+            })
+            .unwrap();
+        let expected_first = vec![
+            (a, BufferedKind::Spans, b"a1".to_vec()),
+            (a, BufferedKind::Logs, b"a2".to_vec()),
+        ];
+        if restart == 0 {
+            assert_eq!(seen[..2], expected_first[..]);
+            assert_eq!(seen.len(), 3, "the refused item was visited too");
+        } else {
+            assert_eq!(seen, expected_first, "the refused item is gone");
+        }
+        assert_eq!(storage.buffered_traces(), vec![a]);
+        assert!(
+            buffer_keys(&storage).iter().all(|k| k.len() != 24),
+            "no key of the previous layout is left"
+        );
+    }
+}
