@@ -17,8 +17,10 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use otel_tail_shared::config::{Config, PolicyConfig};
 use otel_tail_shared::exporter::ExportRequest;
 use otel_tail_shared::otlp::{self, TraceId};
@@ -37,6 +39,7 @@ use crate::policy::{
     PolicyEngine, PolicyError, PolicyState, TraceStats, apply_sample_rate,
     apply_sampling_probability,
 };
+use crate::rollup::spans::SpanPoints;
 use crate::settle::{SettleConfig, SettleError, SettleLinks, Settler};
 use crate::storage::{
     BufferedKind, Forgetting, RequestValue, StagedRequest, Storage, StorageError,
@@ -369,19 +372,88 @@ impl Engine {
             .then(|| self.settler.span_metrics(&request, now_unix))
             .flatten();
         let groups = group_spans_by_trace(request);
-        let mut value = RequestValue::with_capacity(0);
-        let prepared: Vec<(TraceId, ResourceSpans, Arrival)> = {
+        let mut value = RequestValue::default();
+        let arrivals: Vec<(TraceId, Arrival)> = {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
             let policies = &*policies;
             groups
                 .into_iter()
                 .map(|(trace, rs)| {
                     let len = value.push(trace, BufferedKind::Spans, &rs);
-                    let arrival = arrival_of(policies, &rs, len + 1);
-                    (trace, rs, arrival)
+                    (trace, arrival_of(policies, &rs, len + 1))
                 })
                 .collect()
         };
+        self.buffer_spans(value, arrivals, span_points, now_unix)?;
+        Ok(Accepted::default())
+    }
+
+    /// Buffers the spans of an encoded `ExportTraceServiceRequest` as [`Engine::ingest_traces`]
+    /// does, without decoding it whole: spans are read for what deciding needs and stored as
+    /// the bytes they arrived in ([`wire`]). Returns the spans with invalid ids refused
+    /// (as the decoding receivers refuse them) and how many spans were taken.
+    pub fn ingest_encoded_traces(
+        &self,
+        body: bytes::Bytes,
+    ) -> Result<(Accepted, u64), IngestError> {
+        self.admit()?;
+        let parsed = wire::parse(body, self.span_needs()).map_err(IngestError::Invalid)?;
+        let spans = parsed.span_count() as u64;
+        if parsed.groups.is_empty() {
+            return Ok((parsed.refused, 0));
+        }
+        let now_unix = self.unix_now();
+        let span_points = self.settler.span_metrics(&parsed.slim, now_unix);
+        let mut value = RequestValue::with_capacity(parsed.groups.len() * 64);
+        let arrivals: Vec<(TraceId, Arrival)> = {
+            let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+            let policies = &*policies;
+            parsed
+                .groups
+                .iter()
+                .map(|group| {
+                    let len = parsed.encoded_len(group);
+                    value.push_with(group.trace, BufferedKind::Spans, len, |buf| {
+                        parsed.encode(group, buf)
+                    });
+                    let rs = &parsed.slim.resource_spans[group.resource];
+                    let spans = group.spans.iter().map(|&(scope, span)| {
+                        let ss = &rs.scope_spans[scope];
+                        (ss.scope.as_ref(), &ss.spans[span])
+                    });
+                    (
+                        group.trace,
+                        arrival_from(policies, rs.resource.as_ref(), spans, len + 1),
+                    )
+                })
+                .collect()
+        };
+        self.buffer_spans(value, arrivals, span_points, now_unix)?;
+        Ok((parsed.refused, spans))
+    }
+
+    /// What the policies and span metrics read of a span: its attributes only when one of
+    /// them looks at attributes; all of it for OTTL conditions.
+    fn span_needs(&self) -> wire::SpanNeeds {
+        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+        match policies.engine.span_needs() {
+            wire::SpanNeeds::Fixed if self.settler.span_metrics_read_attributes() => {
+                wire::SpanNeeds::Attributes
+            }
+            needs => needs,
+        }
+    }
+
+    /// Buffers one request's span groups (`value`, one item per entry of `arrivals`), or
+    /// routes them by a cached decision when their trace was decided already, with their
+    /// span-metric points in the same write.
+    fn buffer_spans(
+        &self,
+        mut value: RequestValue,
+        arrivals: Vec<(TraceId, Arrival)>,
+        span_points: Option<SpanPoints>,
+        now_unix: u64,
+    ) -> Result<(), IngestError> {
         let now = self.now_ms();
         let mut late_kept = Vec::new();
         let mut late_dropped = 0u64;
@@ -392,13 +464,15 @@ impl Engine {
             if let Some(points) = &span_points {
                 self.settler.hold_span_metrics(&mut batch, points, now_unix);
             }
-            let mut buffered = Vec::with_capacity(prepared.len());
-            let mut keep = Vec::with_capacity(prepared.len());
-            for (trace, rs, arrival) in prepared {
+            let mut buffered = Vec::with_capacity(arrivals.len());
+            let mut keep = Vec::with_capacity(arrivals.len());
+            for (index, (trace, arrival)) in arrivals.into_iter().enumerate() {
                 let cached = state.cache.get(&trace);
                 keep.push(cached.is_none());
                 match cached {
-                    Some(Cached::Sampled(kept)) => late_kept.push((trace, rs, kept)),
+                    Some(Cached::Sampled(kept)) => {
+                        late_kept.push((trace, value.item(index).to_vec(), kept))
+                    }
                     Some(Cached::NotSampled) => late_dropped += u64::from(arrival.stats.span_count),
                     None => buffered.push((trace, arrival)),
                 }
@@ -414,10 +488,18 @@ impl Engine {
             events::span_metrics_counted(points.spans);
         }
         if !late_kept.is_empty() {
-            self.export_late_spans(late_kept)?;
+            let decoded = late_kept
+                .into_iter()
+                .filter_map(|(trace, bytes, kept)| {
+                    ResourceSpans::decode(bytes.as_slice())
+                        .ok()
+                        .map(|rs| (trace, rs, kept))
+                })
+                .collect();
+            self.export_late_spans(decoded)?;
         }
         self.finish_evicted(&evicted)?;
-        Ok(Accepted::default())
+        Ok(())
     }
 
     /// Exports spans of traces kept already, without the span ids exported for them
@@ -1038,6 +1120,20 @@ pub fn group_logs_by_trace(
 /// stored size, counted as the trace's bytes (for `bytes_limiting`) without walking every
 /// span's encoding again.
 fn arrival_of(policies: &Policies, rs: &ResourceSpans, encoded_len: usize) -> Arrival {
+    let spans = rs
+        .scope_spans
+        .iter()
+        .flat_map(|ss| ss.spans.iter().map(move |span| (ss.scope.as_ref(), span)));
+    arrival_from(policies, rs.resource.as_ref(), spans, encoded_len)
+}
+
+/// [`arrival_of`] for spans given one by one with their scopes.
+fn arrival_from<'a>(
+    policies: &Policies,
+    resource: Option<&Resource>,
+    spans: impl Iterator<Item = (Option<&'a InstrumentationScope>, &'a Span)>,
+    encoded_len: usize,
+) -> Arrival {
     let mut arrival = Arrival {
         generation: policies.generation,
         stats: TraceStats {
@@ -1047,23 +1143,18 @@ fn arrival_of(policies: &Policies, rs: &ResourceSpans, encoded_len: usize) -> Ar
         },
         ..Arrival::default()
     };
-    for ss in &rs.scope_spans {
-        for span in &ss.spans {
-            policies.engine.observe_scoped_span(
-                &mut arrival.policy,
-                rs.resource.as_ref(),
-                ss.scope.as_ref(),
-                span,
-            );
-            arrival.stats.span_count += 1;
-            arrival.stats.min_start_unix_nano = arrival
-                .stats
-                .min_start_unix_nano
-                .min(span.start_time_unix_nano);
-            arrival.stats.max_end_unix_nano =
-                arrival.stats.max_end_unix_nano.max(span.end_time_unix_nano);
-            arrival.root |= span.parent_span_id.is_empty();
-        }
+    for (scope, span) in spans {
+        policies
+            .engine
+            .observe_scoped_span(&mut arrival.policy, resource, scope, span);
+        arrival.stats.span_count += 1;
+        arrival.stats.min_start_unix_nano = arrival
+            .stats
+            .min_start_unix_nano
+            .min(span.start_time_unix_nano);
+        arrival.stats.max_end_unix_nano =
+            arrival.stats.max_end_unix_nano.max(span.end_time_unix_nano);
+        arrival.root |= span.parent_span_id.is_empty();
     }
     arrival
 }
@@ -1090,6 +1181,9 @@ fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
 
 mod events;
 pub mod transfer;
+mod wire;
+
+pub use wire::SpanNeeds;
 
 pub(crate) use events::register as register_metrics;
 #[cfg(test)]

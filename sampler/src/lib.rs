@@ -35,11 +35,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use otel_tail_shared::config::Config;
 use otel_tail_shared::exporter::Exporter;
+use otel_tail_shared::receiver::raw::RawIngest;
 use otel_tail_shared::receiver::{self, Accepted, BoundAddrs, Ingest, IngestError};
 use otel_tail_shared::telemetry::{self, Health};
 use tokio::sync::watch;
@@ -86,6 +88,29 @@ impl Ingest for SamplerIngest {
 
     async fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<Accepted, IngestError> {
         self.blocking(request, Engine::ingest_metrics).await
+    }
+}
+
+/// The standalone receivers hand over encoded requests: spans are read from the wire
+/// ([`Engine::ingest_encoded_traces`]) instead of decoded whole; logs and metrics are decoded
+/// and take the same path as through [`Ingest`].
+impl RawIngest for SamplerIngest {
+    async fn traces(&self, body: Bytes) -> Result<Accepted, IngestError> {
+        let engine = self.0.clone();
+        let (accepted, spans) =
+            tokio::task::spawn_blocking(move || engine.ingest_encoded_traces(body))
+                .await
+                .map_err(|e| IngestError::unavailable("ingest task failed", e))??;
+        receiver::count_spans(spans, u64::try_from(accepted.rejected).unwrap_or(0));
+        Ok(accepted)
+    }
+
+    async fn logs(&self, body: Bytes) -> Result<Accepted, IngestError> {
+        receiver::accept_encoded_logs(self, body).await
+    }
+
+    async fn metrics(&self, body: Bytes) -> Result<Accepted, IngestError> {
+        receiver::accept_encoded_metrics(self, body).await
     }
 }
 
@@ -245,7 +270,7 @@ pub async fn run(
 
     let descriptions = queues.describe();
     let ready_health = health.clone();
-    let served = receiver::serve(
+    let served = receiver::raw::serve(
         &config.receiver,
         Arc::new(SamplerIngest(engine.clone())),
         move |receivers| {

@@ -948,3 +948,95 @@ fn bad_span_times_cannot_widen_a_correlation_window_without_limit() {
     let built = notice.build().expect("a window");
     assert_eq!(built.end_unix_nano - built.start_unix_nano, 6 * hour);
 }
+
+/// Every exported span, whole, in id order.
+fn exported_span_protos(rig: &Rig) -> Vec<Span> {
+    let text = std::fs::read_to_string(rig.dir.path().join("out.jsonl")).unwrap_or_default();
+    let mut spans: Vec<Span> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<ExportTraceServiceRequest>(line).ok())
+        .flat_map(|r| r.resource_spans)
+        .flat_map(|rs| rs.scope_spans)
+        .flat_map(|ss| ss.spans)
+        .collect();
+    spans.sort_by(|a, b| (&a.trace_id, &a.span_id).cmp(&(&b.trace_id, &b.span_id)));
+    spans
+}
+
+/// Requests of 60 traces: every seventh with an error, every fifth slow, attributes on
+/// some, a span with an invalid id in each request.
+fn mixed_requests() -> Vec<ExportTraceServiceRequest> {
+    let mut requests = Vec::new();
+    for batch in 0..6u8 {
+        let mut spans = Vec::new();
+        for t in 0..10u8 {
+            let trace = batch * 10 + t + 1;
+            for id in 1..=3u8 {
+                let mut s = span(trace, id, trace.is_multiple_of(7) && id == 2);
+                if trace.is_multiple_of(5) {
+                    s.end_time_unix_nano = s.start_time_unix_nano + 900_000_000;
+                }
+                if trace.is_multiple_of(3) {
+                    s.attributes.push(otlp::kv_str("tier", "gold"));
+                }
+                spans.push(s);
+            }
+        }
+        let mut bad = span(200, 1, true);
+        bad.span_id = vec![0; 8];
+        spans.push(bad);
+        requests.push(request(spans));
+    }
+    requests
+}
+
+#[tokio::test]
+async fn reading_spans_from_the_wire_keeps_exactly_what_decoding_them_keeps() {
+    let configs = [
+        // Fixed fields only.
+        "sampler:\n  decision_wait: 1s\n  policies:\n    - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n    - {name: slow, type: latency, latency: {threshold_ms: 500}}\n    - {name: some, type: probabilistic, probabilistic: {sampling_percentage: 20}}\n",
+        // Attributes.
+        "sampler:\n  decision_wait: 1s\n  policies:\n    - {name: gold, type: string_attribute, string_attribute: {key: tier, values: [gold]}}\n",
+        // Everything (OTTL).
+        "sampler:\n  decision_wait: 1s\n  policies:\n    - {name: ottl, type: ottl_condition, ottl_condition: {span: ['attributes[\"tier\"] == \"gold\" and status.code == STATUS_CODE_ERROR']}}\n    - {name: slow, type: latency, latency: {threshold_ms: 500}}\n",
+    ];
+    for config in configs {
+        let decoded = rig(config);
+        let encoded = rig(config);
+        let mut refused = Vec::new();
+        for r in mixed_requests() {
+            let mut sanitized = r.clone();
+            refused.push(otlp::sanitize_traces(&mut sanitized));
+            decoded.engine.ingest_traces(sanitized).unwrap();
+            let (accepted, spans) = encoded
+                .engine
+                .ingest_encoded_traces(r.encode_to_vec().into())
+                .unwrap();
+            assert_eq!(accepted, *refused.last().unwrap());
+            assert_eq!(spans, 30);
+        }
+        for rig in [&decoded, &encoded] {
+            rig.advance(1000);
+            rig.engine.decide_due().unwrap();
+        }
+        // A late span of a kept trace, and one of a dropped trace.
+        let late = request(vec![span(7, 9, false), span(1, 9, false)]);
+        decoded.engine.ingest_traces(late.clone()).unwrap();
+        encoded
+            .engine
+            .ingest_encoded_traces(late.encode_to_vec().into())
+            .unwrap();
+        let kept = decoded.exported_spans().await;
+        assert_eq!(encoded.exported_spans().await, kept, "{config}");
+        assert!(
+            !kept.is_empty() && kept.len() < 180,
+            "{config}: {}",
+            kept.len()
+        );
+        assert_eq!(
+            exported_span_protos(&encoded),
+            exported_span_protos(&decoded),
+            "the same spans leave, byte for byte"
+        );
+    }
+}

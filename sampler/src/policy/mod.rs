@@ -407,6 +407,27 @@ impl PolicyEngine {
         self.observe_scoped_span(state, resource, None, span);
     }
 
+    /// What [`PolicyEngine::observe_scoped_span`] reads of a span: attributes only for the
+    /// attribute predicates and the dynamic policies' key fields, everything for OTTL.
+    pub fn span_needs(&self) -> crate::engine::SpanNeeds {
+        use crate::engine::SpanNeeds;
+        let mut needs = if self.key_fields.is_empty() {
+            SpanNeeds::Fixed
+        } else {
+            SpanNeeds::Attributes
+        };
+        for check in &self.conditions {
+            match check {
+                SpanCheck::Ottl { .. } => return SpanNeeds::Everything,
+                SpanCheck::Predicate { predicate, .. } if predicate.reads_attributes() => {
+                    needs = SpanNeeds::Attributes
+                }
+                SpanCheck::Predicate { .. } => {}
+            }
+        }
+        needs
+    }
+
     /// [`PolicyEngine::observe_span`] with the span's instrumentation scope, which OTTL
     /// conditions can read (`instrumentation_scope.name`).
     pub fn observe_scoped_span(

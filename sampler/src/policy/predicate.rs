@@ -53,6 +53,14 @@ pub(crate) enum Predicate {
 const SAMPLED_FLAG: u32 = 0x01;
 
 impl Predicate {
+    /// Whether the condition reads span or resource attributes.
+    pub(crate) fn reads_attributes(&self) -> bool {
+        matches!(
+            self,
+            Predicate::Numeric { .. } | Predicate::String { .. } | Predicate::Boolean { .. }
+        )
+    }
+
     /// Whether this span (with its resource) satisfies the condition.
     pub(crate) fn matches(&self, resource: Option<&Resource>, span: &Span) -> bool {
         match self {

@@ -143,6 +143,11 @@ impl SpanMetricsBuilder {
         }
     }
 
+    /// Whether aggregating reads span attributes (for extra dimensions).
+    pub fn reads_attributes(&self) -> bool {
+        !self.dimensions.is_empty()
+    }
+
     /// One delta point per series of the request's spans, all stamped `now` (unix nanos).
     pub fn aggregate(&self, request: &ExportTraceServiceRequest, now: u64) -> SpanPoints {
         let mut out = SpanPoints::default();

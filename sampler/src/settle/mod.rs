@@ -273,6 +273,13 @@ impl Settler {
             .hold(batch, HeldKind::Metrics, &rm.encode_to_vec(), now);
     }
 
+    /// Whether span metrics read span attributes (extra dimensions are configured).
+    pub fn span_metrics_read_attributes(&self) -> bool {
+        self.span_metrics
+            .as_ref()
+            .is_some_and(SpanMetricsBuilder::reads_attributes)
+    }
+
     /// The span-metric points of a request's spans (`rollup.traces`), or `None` when span
     /// metrics are off. Pure: nothing is written until [`Settler::hold_span_metrics`].
     pub fn span_metrics(

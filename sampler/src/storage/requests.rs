@@ -106,6 +106,31 @@ impl RequestValue {
         len
     }
 
+    /// Appends a payload of `len` bytes that `write` encodes straight into the value.
+    pub fn push_with(
+        &mut self,
+        trace: TraceId,
+        kind: BufferedKind,
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
+        self.frame(trace, kind, len);
+        let start = self.bytes.len();
+        write(&mut self.bytes);
+        assert_eq!(
+            self.bytes.len() - start,
+            len,
+            "a buffered item's encoding has the length it announced"
+        );
+    }
+
+    /// The payload of the item pushed `index`-th.
+    pub fn item(&self, index: usize) -> &[u8] {
+        let location = &self.items[index].1;
+        let start = location.offset as usize;
+        &self.bytes[start..start + location.len as usize]
+    }
+
     /// Appends an already encoded payload.
     pub fn push_encoded(&mut self, trace: TraceId, kind: BufferedKind, payload: &[u8]) {
         self.frame(trace, kind, payload.len());

@@ -15,6 +15,8 @@ pub mod raw;
 #[cfg(test)]
 mod running;
 mod signal;
+
+pub use signal::{accept_encoded_logs, accept_encoded_metrics, count_spans};
 #[cfg(test)]
 mod tests;
 

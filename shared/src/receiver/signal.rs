@@ -151,8 +151,18 @@ pub(crate) fn ingest_error_reason(error: &IngestError) -> &'static str {
 /// whole request was refused. A request left empty by validation is not delivered.
 pub(crate) async fn accept<R: OtlpRequest, I: Ingest>(
     ingest: &I,
-    mut request: R,
+    request: R,
     transport: Transport,
+) -> Result<Accepted, IngestError> {
+    deliver_counted(ingest, request).await.inspect_err(|error| {
+        events::request_refused(R::SIGNAL, transport, ingest_error_reason(error))
+    })
+}
+
+/// [`accept`] without counting a refused request (the raw receivers count those).
+async fn deliver_counted<R: OtlpRequest, I: Ingest>(
+    ingest: &I,
+    mut request: R,
 ) -> Result<Accepted, IngestError> {
     let mut accepted = request.sanitize();
     events::items_rejected(
@@ -164,19 +174,42 @@ pub(crate) async fn accept<R: OtlpRequest, I: Ingest>(
     if count == 0 {
         return Ok(accepted);
     }
-    match request.deliver(ingest).await {
-        Ok(refused) => {
-            let refused_count = non_negative(refused.rejected).min(count);
-            events::items_received(R::SIGNAL, count - refused_count);
-            events::items_rejected(R::SIGNAL, reason::REFUSED_BY_SINK, refused_count);
-            accepted.merge(refused);
-            Ok(accepted)
-        }
-        Err(error) => {
-            events::request_refused(R::SIGNAL, transport, ingest_error_reason(&error));
-            Err(error)
-        }
-    }
+    let refused = request.deliver(ingest).await?;
+    let refused_count = non_negative(refused.rejected).min(count);
+    events::items_received(R::SIGNAL, count - refused_count);
+    events::items_rejected(R::SIGNAL, reason::REFUSED_BY_SINK, refused_count);
+    accepted.merge(refused);
+    Ok(accepted)
+}
+
+/// For a [`super::raw::RawIngest`] sink that wants the decoded request after all: decodes
+/// an encoded `ExportLogsServiceRequest` and takes it through the same validation, counting
+/// and delivery to `ingest` as the decoding receivers.
+pub async fn accept_encoded_logs<I: Ingest>(
+    ingest: &I,
+    body: bytes::Bytes,
+) -> Result<Accepted, IngestError> {
+    deliver_counted(ingest, decode_body::<ExportLogsServiceRequest>(body)?).await
+}
+
+/// [`accept_encoded_logs`] for an encoded `ExportMetricsServiceRequest`.
+pub async fn accept_encoded_metrics<I: Ingest>(
+    ingest: &I,
+    body: bytes::Bytes,
+) -> Result<Accepted, IngestError> {
+    deliver_counted(ingest, decode_body::<ExportMetricsServiceRequest>(body)?).await
+}
+
+fn decode_body<R: OtlpRequest>(body: bytes::Bytes) -> Result<R, IngestError> {
+    R::decode(body).map_err(|error| IngestError::Invalid(format!("invalid protobuf: {error}")))
+}
+
+/// For a [`super::raw::RawIngest`] sink that reads spans itself: counts what it took the
+/// way the decoding receivers count a request — `received` spans kept, `invalid` refused
+/// for their ids.
+pub fn count_spans(received: u64, invalid: u64) {
+    events::items_rejected(Signal::Traces, reason::INVALID_ID, invalid);
+    events::items_received(Signal::Traces, received);
 }
 
 fn non_negative(count: i64) -> u64 {

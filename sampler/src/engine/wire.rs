@@ -1,0 +1,475 @@
+//! Reading an encoded `ExportTraceServiceRequest` for buffering without decoding it whole.
+//!
+//! A sampler drops most of what it buffers, so a full prost decode of every span (a dozen
+//! allocations each: ids, name, every attribute key and value), regrouping the decoded spans
+//! per trace and encoding each group again was most of its CPU. Here the request is walked
+//! once:
+//!
+//! - containers (`ResourceSpans`, `ScopeSpans`) are read as byte ranges of the request
+//!   (zero-copy `Bytes`); resources and scopes are decoded once each;
+//! - each span is read for what deciding needs — ids, name, kind, times, status, flags,
+//!   tracestate, and its attributes only when a policy or a span-metrics dimension reads
+//!   them — into a slim [`Span`]; every string in it (nested attribute values, events and
+//!   links included) is checked to be UTF-8 on the way, so a request a full decode would
+//!   refuse is refused here too;
+//! - each trace's spans are written into the buffer as a `ResourceSpans` made of the
+//!   original bytes of its resource, scopes and spans ([`TraceGroup::encode`]), never
+//!   re-encoded.
+//!
+//! Spans with an invalid trace or span id are left out and counted exactly as
+//! [`otlp::sanitize_traces`] does.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use otel_tail_shared::otlp::{self, TraceId};
+use otel_tail_shared::receiver::Accepted;
+use prost::Message;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len};
+
+/// `ExportTraceServiceRequest` with its resource containers as bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireRequest {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    resource_spans: Vec<Bytes>,
+}
+
+/// `ResourceSpans` with its resource and scope containers as bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireResourceSpans {
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    resource: Option<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    scope_spans: Vec<Bytes>,
+    #[prost(bytes = "bytes", tag = "3")]
+    schema_url: Bytes,
+}
+
+/// `ScopeSpans` with its scope and spans as bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireScopeSpans {
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    scope: Option<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    spans: Vec<Bytes>,
+    #[prost(bytes = "bytes", tag = "3")]
+    schema_url: Bytes,
+}
+
+/// What of a span deciding reads besides the fixed fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanNeeds {
+    /// Ids, name, kind, times, status, flags and tracestate.
+    Fixed,
+    /// Those and the span's attributes.
+    Attributes,
+    /// Everything (events and links too): the span is decoded whole.
+    Everything,
+}
+
+/// A resource or scope container of the request, for writing groups.
+#[derive(Debug)]
+struct Container {
+    /// The `resource` / `scope` field's message bytes, when present.
+    head: Option<Bytes>,
+    schema_url: Bytes,
+}
+
+/// The spans of one trace under one resource: indexes into [`Parsed::slim`] (resource
+/// `resource`, then per span its scope and position) and the span bytes.
+#[derive(Debug)]
+pub struct TraceGroup {
+    /// The trace.
+    pub trace: TraceId,
+    /// Index of its resource in [`Parsed::slim`].
+    pub resource: usize,
+    /// Per span: scope index within the resource, span index within the scope.
+    pub spans: Vec<(usize, usize)>,
+}
+
+/// An encoded request read for buffering.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The valid spans, slim (see the module docs), in the request's structure.
+    pub slim: ExportTraceServiceRequest,
+    /// Per (trace, resource), in order of first appearance.
+    pub groups: Vec<TraceGroup>,
+    /// Spans left out for invalid ids, as `partial_success` reports them.
+    pub refused: Accepted,
+    resources: Vec<Container>,
+    /// Per resource, per scope: the container and the valid spans' bytes.
+    scopes: Vec<Vec<(Container, Vec<Bytes>)>>,
+}
+
+impl Parsed {
+    /// Spans accepted.
+    pub fn span_count(&self) -> usize {
+        self.scopes
+            .iter()
+            .flatten()
+            .map(|(_, spans)| spans.len())
+            .sum()
+    }
+
+    /// Encoded length of `group` as a `ResourceSpans`.
+    pub fn encoded_len(&self, group: &TraceGroup) -> usize {
+        let scope_lens = self.scope_lens(group);
+        let resource = &self.resources[group.resource];
+        field_len(1, resource.head.as_ref())
+            + scope_lens
+                .iter()
+                .map(|(_, len)| key_len(2) + encoded_len_varint(*len as u64) + len)
+                .sum::<usize>()
+            + field_len(3, non_empty(&resource.schema_url))
+    }
+
+    /// Writes `group` as a `ResourceSpans` of the original bytes of its resource, scopes
+    /// and spans.
+    pub fn encode(&self, group: &TraceGroup, buf: &mut impl BufMut) {
+        let scope_lens = self.scope_lens(group);
+        let resource = &self.resources[group.resource];
+        put_field(1, resource.head.as_ref(), buf);
+        let scopes = &self.scopes[group.resource];
+        let mut at = 0;
+        for (scope, len) in scope_lens {
+            encode_key(2, prost::encoding::WireType::LengthDelimited, buf);
+            encode_varint(len as u64, buf);
+            let (container, spans) = &scopes[scope];
+            put_field(1, container.head.as_ref(), buf);
+            while at < group.spans.len() && group.spans[at].0 == scope {
+                put_field(2, Some(&spans[group.spans[at].1]), buf);
+                at += 1;
+            }
+            put_field(3, non_empty(&container.schema_url), buf);
+        }
+        put_field(3, non_empty(&resource.schema_url), buf);
+    }
+
+    /// Per scope `group` touches (in order), that `ScopeSpans`' encoded length. Spans of a
+    /// group are in (scope, span) order.
+    fn scope_lens(&self, group: &TraceGroup) -> Vec<(usize, usize)> {
+        let scopes = &self.scopes[group.resource];
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for &(scope, span) in &group.spans {
+            let (container, spans) = &scopes[scope];
+            if out.last().is_none_or(|(s, _)| *s != scope) {
+                out.push((
+                    scope,
+                    field_len(1, container.head.as_ref())
+                        + field_len(3, non_empty(&container.schema_url)),
+                ));
+            }
+            let bytes = &spans[span];
+            out.last_mut().expect("pushed").1 +=
+                key_len(2) + encoded_len_varint(bytes.len() as u64) + bytes.len();
+        }
+        out
+    }
+}
+
+fn non_empty(bytes: &Bytes) -> Option<&Bytes> {
+    (!bytes.is_empty()).then_some(bytes)
+}
+
+fn field_len(tag: u32, bytes: Option<&Bytes>) -> usize {
+    bytes.map_or(0, |b| {
+        key_len(tag) + encoded_len_varint(b.len() as u64) + b.len()
+    })
+}
+
+fn put_field(tag: u32, bytes: Option<&Bytes>, buf: &mut impl BufMut) {
+    if let Some(bytes) = bytes {
+        encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
+        encode_varint(bytes.len() as u64, buf);
+        buf.put_slice(bytes);
+    }
+}
+
+/// Reads `body` (an encoded `ExportTraceServiceRequest`); `Err` names what is malformed.
+pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
+    let request = WireRequest::decode(body).map_err(|e| format!("invalid protobuf: {e}"))?;
+    let mut parsed = Parsed {
+        slim: ExportTraceServiceRequest::default(),
+        groups: Vec::new(),
+        refused: Accepted::default(),
+        resources: Vec::with_capacity(request.resource_spans.len()),
+        scopes: Vec::with_capacity(request.resource_spans.len()),
+    };
+    let (mut bad_trace, mut bad_span) = (0i64, 0i64);
+    let mut by_trace: HashMap<TraceId, usize> = HashMap::new();
+    for rs_bytes in request.resource_spans {
+        let rs =
+            WireResourceSpans::decode(rs_bytes).map_err(|e| format!("invalid protobuf: {e}"))?;
+        check_utf8(&rs.schema_url, "ResourceSpans.schema_url")?;
+        let resource = rs
+            .resource
+            .as_ref()
+            .map(|b| Resource::decode(b.clone()))
+            .transpose()
+            .map_err(|e| format!("invalid protobuf: {e}"))?;
+        let resource_index = parsed.slim.resource_spans.len();
+        by_trace.clear();
+        let mut slim_scopes = Vec::with_capacity(rs.scope_spans.len());
+        let mut wire_scopes = Vec::with_capacity(rs.scope_spans.len());
+        for ss_bytes in rs.scope_spans {
+            let ss =
+                WireScopeSpans::decode(ss_bytes).map_err(|e| format!("invalid protobuf: {e}"))?;
+            check_utf8(&ss.schema_url, "ScopeSpans.schema_url")?;
+            let scope = ss
+                .scope
+                .as_ref()
+                .map(|b| InstrumentationScope::decode(b.clone()))
+                .transpose()
+                .map_err(|e| format!("invalid protobuf: {e}"))?;
+            let scope_index = slim_scopes.len();
+            let mut slim_spans = Vec::with_capacity(ss.spans.len());
+            let mut kept = Vec::with_capacity(ss.spans.len());
+            for span_bytes in ss.spans {
+                let span = read_span(&span_bytes, needs)?;
+                let Some(trace) = otlp::trace_id(&span.trace_id) else {
+                    bad_trace += 1;
+                    continue;
+                };
+                if span.span_id.len() != 8 || span.span_id == [0; 8] {
+                    bad_span += 1;
+                    continue;
+                }
+                let group = *by_trace.entry(trace).or_insert_with(|| {
+                    parsed.groups.push(TraceGroup {
+                        trace,
+                        resource: resource_index,
+                        spans: Vec::new(),
+                    });
+                    parsed.groups.len() - 1
+                });
+                parsed.groups[group]
+                    .spans
+                    .push((scope_index, slim_spans.len()));
+                slim_spans.push(span);
+                kept.push(span_bytes);
+            }
+            slim_scopes.push(ScopeSpans {
+                scope,
+                spans: slim_spans,
+                schema_url: utf8(&ss.schema_url),
+            });
+            wire_scopes.push((
+                Container {
+                    head: ss.scope,
+                    schema_url: ss.schema_url,
+                },
+                kept,
+            ));
+        }
+        parsed.slim.resource_spans.push(ResourceSpans {
+            resource,
+            scope_spans: slim_scopes,
+            schema_url: utf8(&rs.schema_url),
+        });
+        parsed.resources.push(Container {
+            head: rs.resource,
+            schema_url: rs.schema_url,
+        });
+        parsed.scopes.push(wire_scopes);
+    }
+    if bad_trace > 0 {
+        parsed.refused.merge(Accepted {
+            rejected: bad_trace,
+            message: format!("{bad_trace} span(s) with an all-zero or non-16-byte trace_id"),
+        });
+    }
+    if bad_span > 0 {
+        parsed.refused.merge(Accepted {
+            rejected: bad_span,
+            message: format!("{bad_span} span(s) with an all-zero or non-8-byte span_id"),
+        });
+    }
+    Ok(parsed)
+}
+
+fn utf8(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn check_utf8(bytes: &[u8], what: &str) -> Result<(), String> {
+    std::str::from_utf8(bytes)
+        .map(|_| ())
+        .map_err(|_| format!("invalid protobuf: {what} is not valid UTF-8"))
+}
+
+/// Messages inside a span whose strings are checked, and where their nested messages are.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    KeyValue,
+    AnyValue,
+    ArrayValue,
+    KeyValueList,
+    Event,
+    Link,
+}
+
+/// Field `number` of `shape`: a nested message's shape, a string (`None` inside), or
+/// neither (outer `None`).
+fn field_of(shape: Shape, number: u32) -> Option<Option<Shape>> {
+    use Shape::*;
+    match (shape, number) {
+        (KeyValue, 1) | (AnyValue, 1) | (Event, 2) | (Link, 3) => Some(None),
+        (KeyValueList, 1) | (Event, 3) | (Link, 4) => Some(Some(KeyValue)),
+        (KeyValue, 2) | (ArrayValue, 1) => Some(Some(AnyValue)),
+        (AnyValue, 5) => Some(Some(ArrayValue)),
+        (AnyValue, 6) => Some(Some(KeyValueList)),
+        _ => None,
+    }
+}
+
+/// Deepest nesting checked, as prost's own recursion limit.
+const MAX_DEPTH: u32 = 100;
+
+/// A protobuf wire reader over one message's bytes.
+struct Fields<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+/// One field: number and its value (varint or fixed as `u64`, or the bytes of a
+/// length-delimited one).
+enum Value<'a> {
+    Number(u64),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Fields { buf, at: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self
+                .buf
+                .get(self.at)
+                .ok_or_else(|| "invalid protobuf: truncated varint".to_string())?;
+            self.at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err("invalid protobuf: varint longer than 10 bytes".into())
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.buf.len())
+            .ok_or_else(|| "invalid protobuf: field runs past its message".to_string())?;
+        let bytes = &self.buf[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, String> {
+        if self.at >= self.buf.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let number = u32::try_from(key >> 3)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("invalid protobuf: bad field number in key {key}"))?;
+        let value = match key & 7 {
+            0 => Value::Number(self.varint()?),
+            1 => Value::Number(u64::from_le_bytes(self.take(8)?.try_into().expect("8"))),
+            2 => {
+                let len = usize::try_from(self.varint()?)
+                    .map_err(|_| "invalid protobuf: length too large".to_string())?;
+                Value::Bytes(self.take(len)?)
+            }
+            5 => Value::Number(u64::from(u32::from_le_bytes(
+                self.take(4)?.try_into().expect("4"),
+            ))),
+            wire => return Err(format!("invalid protobuf: wire type {wire} not supported")),
+        };
+        Ok(Some((number, value)))
+    }
+}
+
+/// Checks every string inside a `shape` message is UTF-8 and its framing is sound.
+fn check_message(shape: Shape, buf: &[u8], depth: u32) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err("invalid protobuf: recursion limit reached".into());
+    }
+    let mut fields = Fields::new(buf);
+    while let Some((number, value)) = fields.next()? {
+        match (field_of(shape, number), value) {
+            (Some(None), Value::Bytes(bytes)) => check_utf8(bytes, "a string field")?,
+            (Some(Some(inner)), Value::Bytes(bytes)) => check_message(inner, bytes, depth + 1)?,
+            (Some(_), Value::Number(_)) => {
+                return Err(format!(
+                    "invalid protobuf: field {number} of {shape:?} has the wrong wire type"
+                ));
+            }
+            (None, _) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The slim span of `bytes` (see the module docs), after checking all of its strings.
+fn read_span(bytes: &[u8], needs: SpanNeeds) -> Result<Span, String> {
+    if needs == SpanNeeds::Everything {
+        return Span::decode(bytes).map_err(|e| format!("invalid protobuf: {e}"));
+    }
+    let mut span = Span::default();
+    let mut fields = Fields::new(bytes);
+    while let Some((number, value)) = fields.next()? {
+        match (number, value) {
+            (1, Value::Bytes(b)) => b.clone_into(&mut span.trace_id),
+            (2, Value::Bytes(b)) => b.clone_into(&mut span.span_id),
+            (3, Value::Bytes(b)) => {
+                span.trace_state = std::str::from_utf8(b)
+                    .map_err(|_| "invalid protobuf: Span.trace_state is not valid UTF-8")?
+                    .to_owned()
+            }
+            (4, Value::Bytes(b)) => b.clone_into(&mut span.parent_span_id),
+            (5, Value::Bytes(b)) => {
+                span.name = std::str::from_utf8(b)
+                    .map_err(|_| "invalid protobuf: Span.name is not valid UTF-8")?
+                    .to_owned()
+            }
+            (6, Value::Number(n)) => span.kind = n as i32,
+            (7, Value::Number(n)) => span.start_time_unix_nano = n,
+            (8, Value::Number(n)) => span.end_time_unix_nano = n,
+            (9, Value::Bytes(b)) => {
+                if needs == SpanNeeds::Attributes {
+                    span.attributes
+                        .push(KeyValue::decode(b).map_err(|e| format!("invalid protobuf: {e}"))?);
+                } else {
+                    check_message(Shape::KeyValue, b, 1)?;
+                }
+            }
+            (11, Value::Bytes(b)) => check_message(Shape::Event, b, 1)?,
+            (13, Value::Bytes(b)) => check_message(Shape::Link, b, 1)?,
+            (15, Value::Bytes(b)) => {
+                span.status = Some(Status::decode(b).map_err(|e| format!("invalid protobuf: {e}"))?)
+            }
+            (16, Value::Number(n)) => span.flags = n as u32,
+            (1..=9 | 11 | 13 | 15 | 16, _) => {
+                return Err(format!(
+                    "invalid protobuf: Span field {number} has the wrong wire type"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(span)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+
+use super::*;
+use crate::engine::group_spans_by_trace;
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    otlp::kv_str(key, value)
+}
+
+fn span(trace: u8, id: u8) -> Span {
+    Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        parent_span_id: if id == 1 { vec![] } else { vec![1; 8] },
+        name: format!("op-{id}"),
+        kind: 2,
+        start_time_unix_nano: 1_000 + u64::from(id),
+        end_time_unix_nano: 5_000,
+        trace_state: "ot=th:8".into(),
+        flags: 0x101,
+        attributes: vec![
+            kv("http.route", "/cart"),
+            KeyValue {
+                key: "nested".into(),
+                key_strindex: 0,
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::ArrayValue(ArrayValue {
+                        values: vec![AnyValue {
+                            value: Some(any_value::Value::IntValue(7)),
+                        }],
+                    })),
+                }),
+            },
+        ],
+        events: vec![Event {
+            name: "retry".into(),
+            attributes: vec![kv("attempt", "2")],
+            ..Default::default()
+        }],
+        links: vec![Link {
+            trace_id: vec![9; 16],
+            span_id: vec![9; 8],
+            ..Default::default()
+        }],
+        status: id.is_multiple_of(2).then(|| Status {
+            code: StatusCode::Error as i32,
+            message: "boom".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Two resources, two scopes in the first, three traces interleaved, and spans with
+/// invalid ids.
+fn request() -> ExportTraceServiceRequest {
+    let scope = |name: &str, spans: Vec<Span>| ScopeSpans {
+        scope: Some(InstrumentationScope {
+            name: name.into(),
+            ..Default::default()
+        }),
+        spans,
+        schema_url: format!("https://schema/{name}"),
+    };
+    let mut zero_trace = span(0, 3);
+    zero_trace.trace_id = vec![0; 16];
+    let mut short_span = span(4, 3);
+    short_span.span_id = vec![1; 4];
+    ExportTraceServiceRequest {
+        resource_spans: vec![
+            ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "cart")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![
+                    scope("a", vec![span(1, 1), span(2, 1), zero_trace, span(1, 2)]),
+                    scope("b", vec![span(2, 2), short_span, span(3, 1), span(1, 3)]),
+                ],
+                schema_url: "https://schema/r1".into(),
+            },
+            ResourceSpans {
+                resource: None,
+                scope_spans: vec![ScopeSpans {
+                    scope: None,
+                    spans: vec![span(1, 4)],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            },
+        ],
+    }
+}
+
+#[test]
+fn each_trace_group_is_the_original_bytes_of_what_the_decoded_grouping_gives() {
+    let request = request();
+    let mut sanitized = request.clone();
+    let expected_refused = otlp::sanitize_traces(&mut sanitized);
+    let expected = group_spans_by_trace(sanitized);
+    let parsed = parse(Bytes::from(request.encode_to_vec()), SpanNeeds::Fixed).unwrap();
+    assert_eq!(
+        parsed.refused, expected_refused,
+        "the same spans are refused"
+    );
+    assert_eq!(parsed.span_count(), 7);
+    let groups: Vec<(TraceId, ResourceSpans)> = parsed
+        .groups
+        .iter()
+        .map(|group| {
+            let mut bytes = Vec::new();
+            parsed.encode(group, &mut bytes);
+            assert_eq!(bytes.len(), parsed.encoded_len(group));
+            (
+                group.trace,
+                ResourceSpans::decode(bytes.as_slice()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(groups, expected);
+}
+
+#[test]
+fn slim_spans_carry_what_deciding_reads_and_attributes_only_when_asked() {
+    let bytes = Bytes::from(request().encode_to_vec());
+    let full = span(2, 2);
+    let slim_of = |needs| {
+        let parsed = parse(bytes.clone(), needs).unwrap();
+        parsed.slim.resource_spans[0].scope_spans[1].spans[0].clone()
+    };
+    assert_eq!(
+        slim_of(SpanNeeds::Fixed),
+        Span {
+            attributes: Vec::new(),
+            events: Vec::new(),
+            links: Vec::new(),
+            ..full.clone()
+        }
+    );
+    assert_eq!(
+        slim_of(SpanNeeds::Attributes),
+        Span {
+            events: Vec::new(),
+            links: Vec::new(),
+            ..full.clone()
+        }
+    );
+    assert_eq!(slim_of(SpanNeeds::Everything), full);
+    let parsed = parse(bytes, SpanNeeds::Fixed).unwrap();
+    assert_eq!(
+        parsed.slim.resource_spans[0].resource,
+        request().resource_spans[0].resource,
+        "resources are decoded whole"
+    );
+    assert_eq!(
+        parsed.slim.resource_spans[0].scope_spans[1].scope,
+        request().resource_spans[0].scope_spans[1].scope
+    );
+}
+
+#[test]
+fn requests_a_full_decode_refuses_are_refused() {
+    let valid = request().encode_to_vec();
+    assert!(parse(Bytes::from(valid.clone()), SpanNeeds::Fixed).is_ok());
+    let truncated = Bytes::from(valid[..valid.len() - 7].to_vec());
+    assert!(parse(truncated, SpanNeeds::Fixed).is_err());
+    // Invalid UTF-8 in strings a slim read does not keep (an attribute nested in an
+    // array, an event's name, a link's tracestate) and in one it keeps (the name).
+    let marker = "\u{1}INVALID\u{1}";
+    let mutate = |change: &dyn Fn(&mut Span)| {
+        let mut r = request();
+        change(&mut r.resource_spans[1].scope_spans[0].spans[0]);
+        let mut bytes = r.encode_to_vec();
+        let at = bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+            .expect("marker present");
+        bytes[at + 1] = 0xff;
+        assert!(
+            ExportTraceServiceRequest::decode(bytes.as_slice()).is_err(),
+            "prost refuses it"
+        );
+        bytes
+    };
+    let cases: Vec<Vec<u8>> = vec![
+        mutate(&|s| {
+            s.attributes[1].value = Some(AnyValue {
+                value: Some(any_value::Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(any_value::Value::StringValue(marker.into())),
+                    }],
+                })),
+            })
+        }),
+        mutate(&|s| s.events[0].name = marker.into()),
+        mutate(&|s| s.links[0].trace_state = marker.into()),
+        mutate(&|s| s.name = marker.into()),
+    ];
+    for (i, bytes) in cases.into_iter().enumerate() {
+        for needs in [
+            SpanNeeds::Fixed,
+            SpanNeeds::Attributes,
+            SpanNeeds::Everything,
+        ] {
+            let error = parse(Bytes::from(bytes.clone()), needs).unwrap_err();
+            assert!(error.contains("invalid protobuf"), "case {i}: {error}");
+        }
+    }
+}
