@@ -1,5 +1,6 @@
 //! In-process benchmark of the sampler core (no network): ingest → RocksDB → index →
-//! decide → export queue, with 2% error traces kept. Prints spans/s on one thread and the
+//! decide → export queue, with 2% error traces kept, from the encoded request through a
+//! prost decode and through the wire reader. Prints spans/s on one thread and the
 //! resident memory per active trace. Figures only; nothing is asserted.
 //!
 //! `cargo bench -p otel-tail-sampler --bench engine`
@@ -18,6 +19,7 @@ use otel_tail_sampler::storage::Storage;
 use otel_tail_shared::config::Config;
 use otel_tail_shared::exporter::Exporter;
 use otel_tail_shared::otlp::kv_str;
+use prost::Message;
 
 const SPANS_PER_TRACE: u64 = 8;
 const SPANS_PER_REQUEST: u64 = 512;
@@ -104,36 +106,47 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     // Throughput: ingest for a simulated 10 s at 1 s decision_wait; decide as time passes.
-    let clock = Arc::new(ManualClock::now());
-    let eng = engine(&dir.path().join("throughput"), 1_000_000, clock.clone());
-    let requests: Vec<_> = (0..200u64).map(|i| request(i * 64)).collect();
-    let rounds = 20u64;
-    let started = Instant::now();
-    let mut spans = 0u64;
-    for round in 0..rounds {
-        for (i, r) in requests.iter().enumerate() {
-            let mut r = r.clone();
-            // Fresh trace ids every round.
-            for s in &mut r.resource_spans[0].scope_spans[0].spans {
-                s.trace_id[0] ^= round as u8;
-                s.trace_id[1] ^= (round >> 8) as u8 ^ 0x5a;
-            }
-            eng.ingest_traces(r).expect("ingest");
-            spans += SPANS_PER_REQUEST;
-            if i.is_multiple_of(20) {
-                clock.advance(Duration::from_millis(50));
-                eng.decide_due().expect("decide");
+    // Both paths start from the encoded request, as a receiver has it.
+    for wire in [false, true] {
+        let clock = Arc::new(ManualClock::now());
+        let name = if wire { "wire" } else { "decoded" };
+        let eng = engine(&dir.path().join(name), 1_000_000, clock.clone());
+        let requests: Vec<_> = (0..200u64).map(|i| request(i * 64)).collect();
+        let mut busy = Duration::ZERO;
+        let mut spans = 0u64;
+        for round in 0..20u64 {
+            for (i, r) in requests.iter().enumerate() {
+                let mut r = r.clone();
+                // Fresh trace ids every round.
+                for s in &mut r.resource_spans[0].scope_spans[0].spans {
+                    s.trace_id[0] ^= round as u8;
+                    s.trace_id[1] ^= (round >> 8) as u8 ^ 0x5a;
+                }
+                let body = bytes::Bytes::from(r.encode_to_vec());
+                let started = Instant::now();
+                if wire {
+                    eng.ingest_encoded_traces(body).expect("ingest");
+                } else {
+                    let decoded = ExportTraceServiceRequest::decode(body).expect("decode");
+                    eng.ingest_traces(decoded).expect("ingest");
+                }
+                spans += SPANS_PER_REQUEST;
+                if i.is_multiple_of(20) {
+                    clock.advance(Duration::from_millis(50));
+                    eng.decide_due().expect("decide");
+                }
+                busy += started.elapsed();
             }
         }
+        let started = Instant::now();
+        clock.advance(Duration::from_secs(5));
+        eng.decide_due().expect("decide");
+        let secs = (busy + started.elapsed()).as_secs_f64();
+        println!(
+            "engine {name:>7} decode+ingest+decide: {spans} spans in {secs:.2}s = {:.0} spans/s on one thread (8 spans/trace, 2% of traces kept)",
+            spans as f64 / secs
+        );
     }
-    clock.advance(Duration::from_secs(5));
-    eng.decide_due().expect("decide");
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "engine ingest+decide: {spans} spans in {secs:.2}s = {:.0} spans/s on one thread (8 spans/trace, 2% of traces kept)",
-        spans as f64 / secs
-    );
-    drop(eng);
 
     // Memory: hold 200k traces undecided and compare resident memory.
     let eng = engine(

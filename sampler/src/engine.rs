@@ -2,12 +2,16 @@
 //! trace index and decision cache, decides due traces and moves kept ones to the export
 //! queue.
 //!
-//! Concurrency: receivers call [`Engine::ingest_traces`] / [`Engine::ingest_logs`] on
-//! blocking threads. Grouping, encoding and policy observation happen outside any lock; one
-//! mutex guards the index and cache together with the RocksDB write of buffered spans, so a
-//! trace can never be decided between its spans being written and being indexed. Kept
-//! traces are read back and queued after the lock is released: by then their id is in the
-//! decision cache, so later spans take the late path instead of the buffer.
+//! Concurrency: receivers call [`Engine::ingest_encoded_traces`] / [`Engine::ingest_traces`] /
+//! [`Engine::ingest_logs`] on blocking threads. Reading, grouping and policy observation
+//! happen outside any lock. One mutex guards the index and the decision cache. A request's
+//! spans are staged under it (routed by the cache when their trace is decided already),
+//! written to RocksDB without it — so requests are written concurrently — and indexed under
+//! it once written; a trace decided while its spans were being written is found in the
+//! cache at that point and those spans follow the decision like late spans. Log records
+//! are still written under the lock. Kept traces are read back and queued after the lock is
+//! released: by then their id is in the decision cache, so later spans take the late path
+//! instead of the buffer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -447,6 +451,11 @@ impl Engine {
     /// Buffers one request's span groups (`value`, one item per entry of `arrivals`), or
     /// routes them by a cached decision when their trace was decided already, with their
     /// span-metric points in the same write.
+    ///
+    /// The write happens outside the state lock, so requests are written concurrently
+    /// (RocksDB groups concurrent writers into one WAL write). The items are indexed only
+    /// once written; a trace decided in between is found in the decision cache then, and
+    /// its just-written items follow that decision like late spans.
     fn buffer_spans(
         &self,
         mut value: RequestValue,
@@ -454,16 +463,14 @@ impl Engine {
         span_points: Option<SpanPoints>,
         now_unix: u64,
     ) -> Result<(), IngestError> {
-        let now = self.now_ms();
         let mut late_kept = Vec::new();
         let mut late_dropped = 0u64;
-        let evicted;
-        {
+        let mut batch = WriteBatch::default();
+        if let Some(points) = &span_points {
+            self.settler.hold_span_metrics(&mut batch, points, now_unix);
+        }
+        let (staged, buffered) = {
             let mut state = self.state();
-            let mut batch = WriteBatch::default();
-            if let Some(points) = &span_points {
-                self.settler.hold_span_metrics(&mut batch, points, now_unix);
-            }
             let mut buffered = Vec::with_capacity(arrivals.len());
             let mut keep = Vec::with_capacity(arrivals.len());
             for (index, (trace, arrival)) in arrivals.into_iter().enumerate() {
@@ -481,7 +488,39 @@ impl Engine {
                 value = value.filtered(&keep);
             }
             let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
-            evicted = self.commit_buffered(&mut state, batch, staged, &buffered, now)?;
+            (staged, buffered)
+        };
+        if let Err(error) = self.storage.write(batch) {
+            if let Some(staged) = staged {
+                self.storage.abandon(staged);
+            }
+            return Err(error.into());
+        }
+        let mut forgetting = Forgetting::default();
+        let mut evicted = Vec::new();
+        if let Some(staged) = staged {
+            let now = self.now_ms();
+            let mut state = self.state();
+            let mut keep = Vec::with_capacity(buffered.len());
+            let mut indexed = Vec::with_capacity(buffered.len());
+            for (index, (trace, arrival)) in buffered.into_iter().enumerate() {
+                let cached = state.cache.get(&trace);
+                keep.push(cached.is_none());
+                match cached {
+                    Some(Cached::Sampled(kept)) => {
+                        late_kept.push((trace, staged.item(index).to_vec(), kept))
+                    }
+                    Some(Cached::NotSampled) => late_dropped += u64::from(arrival.stats.span_count),
+                    None => indexed.push((trace, arrival)),
+                }
+            }
+            self.storage
+                .committed_partly(staged, &keep, &mut forgetting);
+            evicted = self.index_buffered(&mut state, &indexed, now);
+        }
+        if !forgetting.is_empty() {
+            self.storage
+                .write_forgetting(WriteBatch::default(), forgetting)?;
         }
         events::late_spans_dropped(late_dropped);
         if let Some(points) = &span_points {
@@ -596,10 +635,26 @@ impl Engine {
         buffered: &[(TraceId, Arrival)],
         now: u64,
     ) -> Result<Vec<Decided>, StorageError> {
-        self.storage.write(batch)?;
+        if let Err(error) = self.storage.write(batch) {
+            if let Some(staged) = staged {
+                self.storage.abandon(staged);
+            }
+            return Err(error);
+        }
         if let Some(staged) = staged {
             self.storage.committed(staged);
         }
+        Ok(self.index_buffered(state, buffered, now))
+    }
+
+    /// Indexes written items (under the state lock the caller holds), deciding traces the
+    /// per-trace limits end and those a full index decides early to make room.
+    fn index_buffered(
+        &self,
+        state: &mut State,
+        buffered: &[(TraceId, Arrival)],
+        now: u64,
+    ) -> Vec<Decided> {
         let mut full = Vec::new();
         let mut too_large = Vec::new();
         let mut too_many = Vec::new();
@@ -637,7 +692,7 @@ impl Engine {
             );
             decided.extend(drop_locked(&self.storage, state, too_large));
         }
-        Ok(decided)
+        decided
     }
 
     /// Drops every trace still waiting for a decision (`drop_pending_traces_on_shutdown`):

@@ -1040,3 +1040,66 @@ async fn reading_spans_from_the_wire_keeps_exactly_what_decoding_them_keeps() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_written_while_their_trace_is_decided_follow_the_decision_and_leave_nothing_behind() {
+    let rig = Arc::new(rig(
+        "sampler:\n  decision_wait: 1s\n  policies: [{name: all, type: always_sample}]\n",
+    ));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let decider = {
+        let (rig, stop) = (rig.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                rig.advance(300);
+                rig.engine.decide_due().unwrap();
+            }
+        })
+    };
+    let senders: Vec<_> = (0..2u8)
+        .map(|k| {
+            let rig = rig.clone();
+            std::thread::spawn(move || {
+                for round in 0..60u8 {
+                    let spans = (1..=20u8)
+                        .map(|trace| span(trace, 1 + k * 60 + round, false))
+                        .collect();
+                    let body = request(spans).encode_to_vec();
+                    rig.engine.ingest_encoded_traces(body.into()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    decider.join().unwrap();
+    rig.advance(10_000);
+    rig.engine.decide_due().unwrap();
+    let exported: Vec<(u8, u8)> = rig
+        .exported_spans()
+        .await
+        .into_iter()
+        .map(|(t, s, _)| (t, s))
+        .collect();
+    let mut sent: Vec<(u8, u8)> = (1..=20u8)
+        .flat_map(|t| (1..=120u8).map(move |s| (t, s)))
+        .collect();
+    sent.sort();
+    assert_eq!(exported, sent, "every span leaves exactly once");
+    assert!(rig.engine.storage.buffered_traces().is_empty());
+    let left = rig
+        .engine
+        .storage
+        .db()
+        .iterator_cf(
+            rig.engine.storage.cf(crate::storage::CF_BUFFER),
+            rocksdb::IteratorMode::Start,
+        )
+        .count();
+    assert_eq!(
+        left, 0,
+        "no request value or forgotten-offset record is left"
+    );
+}

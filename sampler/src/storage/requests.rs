@@ -181,6 +181,17 @@ impl RequestValue {
 #[derive(Debug)]
 pub struct StagedRequest {
     items: Vec<(TraceId, Location)>,
+    /// The value, for reading items back before they are indexed.
+    bytes: Vec<u8>,
+}
+
+impl StagedRequest {
+    /// The payload of the item staged `index`-th.
+    pub fn item(&self, index: usize) -> &[u8] {
+        let location = &self.items[index].1;
+        let start = location.offset as usize;
+        &self.bytes[start..start + location.len as usize]
+    }
 }
 
 /// Requests touched by forgetting items, whose on-disk record is brought up to date by
@@ -188,6 +199,13 @@ pub struct StagedRequest {
 #[derive(Debug, Default)]
 pub struct Forgetting {
     touched: Vec<u64>,
+}
+
+impl Forgetting {
+    /// Whether nothing was forgotten.
+    pub fn is_empty(&self) -> bool {
+        self.touched.is_empty()
+    }
 }
 
 /// A live request: items still buffered, and the offsets of those forgotten.
@@ -285,10 +303,10 @@ impl Storage {
         self.layout.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stages `value` under a new sequence in `batch`: one put for the whole request.
-    /// Staging, writing and [`Storage::committed`] happen under one lock the caller holds
-    /// (the engine's state lock), so every request below a committed one is committed or
-    /// was never written: the range deletes of [`Storage::write_forgetting`] rely on it.
+    /// Stages `value` under a new sequence in `batch`: one put for the whole request. The
+    /// request counts as live from here on (until [`Storage::abandon`] if the write fails),
+    /// so the range deletes of [`Storage::write_forgetting`] never reach a request being
+    /// written.
     pub fn stage_request(&self, batch: &mut WriteBatch, value: RequestValue) -> StagedRequest {
         let seq = self.next_seq();
         batch.put_cf(self.cf(CF_BUFFER), seq.to_be_bytes(), &value.bytes);
@@ -296,25 +314,51 @@ impl Storage {
         for (_, location) in &mut items {
             location.seq = seq;
         }
-        StagedRequest { items }
+        self.layout().requests.insert(
+            seq,
+            Request {
+                alive: items.len() as u32,
+                dead: Vec::new(),
+            },
+        );
+        StagedRequest {
+            items,
+            bytes: value.bytes,
+        }
+    }
+
+    /// Forgets a staged request whose batch could not be written.
+    pub fn abandon(&self, staged: StagedRequest) {
+        if let Some((_, location)) = staged.items.first() {
+            self.layout().requests.remove(&location.seq);
+        }
     }
 
     /// Indexes a staged request's items once its batch is written.
     pub fn committed(&self, staged: StagedRequest) {
-        let Some(seq) = staged.items.first().map(|(_, l)| l.seq) else {
-            return;
-        };
+        let keep = vec![true; staged.items.len()];
+        self.committed_partly(staged, &keep, &mut Forgetting::default());
+    }
+
+    /// Indexes the items of a written request whose flag in `keep` is set and forgets the
+    /// others at once (their traces were decided while the request was being written); the
+    /// disk follows in [`Storage::write_forgetting`].
+    pub fn committed_partly(
+        &self,
+        staged: StagedRequest,
+        keep: &[bool],
+        forgetting: &mut Forgetting,
+    ) {
         let mut layout = self.layout();
-        layout.requests.insert(
-            seq,
-            Request {
-                alive: staged.items.len() as u32,
-                dead: Vec::new(),
-            },
-        );
-        for (trace, location) in staged.items {
-            layout.traces.entry(trace).or_default().push(location);
+        let mut dropped = Vec::new();
+        for ((trace, location), keep) in staged.items.into_iter().zip(keep) {
+            if *keep {
+                layout.traces.entry(trace).or_default().push(location);
+            } else {
+                dropped.push(location);
+            }
         }
+        layout.forget(&dropped, forgetting);
     }
 
     /// Visits what is buffered for `trace` with a sequence below `upto`, in arrival order,
