@@ -61,6 +61,10 @@ struct Args {
     /// Seconds of the decision-latency phase at half the sustained rate (0: skip).
     #[arg(long, default_value_t = 15)]
     latency_seconds: u64,
+    /// `sampler.buffer_memory_bytes` in MiB for the throughput and latency phases (default:
+    /// the sampler's).
+    #[arg(long)]
+    buffer_memory_mib: Option<u64>,
 }
 
 #[tokio::main]
@@ -128,12 +132,16 @@ async fn start_sampler(
     } else {
         json!({"otlp": {"endpoint": sink.endpoint(), "tls": {"insecure": true}}})
     };
+    let mut sampler_config = json!({
+        "decision_wait": decision_wait(args),
+        "num_traces": 1_000_000,
+        "policies": policies(args),
+    });
+    if let Some(mib) = args.buffer_memory_mib {
+        sampler_config["buffer_memory_bytes"] = json!(mib * 1024 * 1024);
+    }
     let sampler = SamplerProcess::start(json!({
-        "sampler": {
-            "decision_wait": decision_wait(args),
-            "num_traces": 1_000_000,
-            "policies": policies(args),
-        },
+        "sampler": sampler_config,
         "exporter": exporter,
         "telemetry": {"log_level": "warn"},
     }))
