@@ -101,6 +101,17 @@ struct State {
     cache: DecisionCache,
 }
 
+/// What [`Engine::ingest_encoded_traces`] took.
+#[derive(Debug, Clone, Default)]
+pub struct TookSpans {
+    /// Spans refused for invalid ids (`partial_success`).
+    pub refused: Accepted,
+    /// Spans taken.
+    pub spans: u64,
+    /// Their trace ids, each once.
+    pub traces: Vec<TraceId>,
+}
+
 /// A decided trace whose buffered data still has to be queued or forgotten.
 struct Decided {
     trace: TraceId,
@@ -394,17 +405,21 @@ impl Engine {
 
     /// Buffers the spans of an encoded `ExportTraceServiceRequest` as [`Engine::ingest_traces`]
     /// does, without decoding it whole: spans are read for what deciding needs and stored as
-    /// the bytes they arrived in ([`wire`]). Returns the spans with invalid ids refused
-    /// (as the decoding receivers refuse them) and how many spans were taken.
-    pub fn ingest_encoded_traces(
-        &self,
-        body: bytes::Bytes,
-    ) -> Result<(Accepted, u64), IngestError> {
+    /// the bytes they arrived in ([`wire`]). Spans with invalid ids are refused as the
+    /// decoding receivers refuse them.
+    pub fn ingest_encoded_traces(&self, body: bytes::Bytes) -> Result<TookSpans, IngestError> {
         self.admit()?;
         let parsed = wire::parse(body, self.span_needs()).map_err(IngestError::Invalid)?;
-        let spans = parsed.span_count() as u64;
+        let mut traces: Vec<TraceId> = parsed.groups.iter().map(|g| g.trace).collect();
+        traces.sort_unstable();
+        traces.dedup();
+        let took = TookSpans {
+            refused: parsed.refused.clone(),
+            spans: parsed.span_count() as u64,
+            traces,
+        };
         if parsed.groups.is_empty() {
-            return Ok((parsed.refused, 0));
+            return Ok(took);
         }
         let now_unix = self.unix_now();
         let span_points = self.settler.span_metrics(&parsed.slim, now_unix);
@@ -433,7 +448,7 @@ impl Engine {
                 .collect()
         };
         self.buffer_spans(value, arrivals, span_points, now_unix)?;
-        Ok((parsed.refused, spans))
+        Ok(took)
     }
 
     /// What the policies and span metrics read of a span: its attributes only when one of

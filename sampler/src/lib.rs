@@ -97,12 +97,14 @@ impl Ingest for SamplerIngest {
 impl RawIngest for SamplerIngest {
     async fn traces(&self, body: Bytes) -> Result<Accepted, IngestError> {
         let engine = self.0.clone();
-        let (accepted, spans) =
-            tokio::task::spawn_blocking(move || engine.ingest_encoded_traces(body))
-                .await
-                .map_err(|e| IngestError::unavailable("ingest task failed", e))??;
-        receiver::count_spans(spans, u64::try_from(accepted.rejected).unwrap_or(0));
-        Ok(accepted)
+        let took = tokio::task::spawn_blocking(move || engine.ingest_encoded_traces(body))
+            .await
+            .map_err(|e| IngestError::unavailable("ingest task failed", e))??;
+        receiver::count_spans(
+            took.spans,
+            u64::try_from(took.refused.rejected).unwrap_or(0),
+        );
+        Ok(took.refused)
     }
 
     async fn logs(&self, body: Bytes) -> Result<Accepted, IngestError> {

@@ -33,7 +33,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use codec::ClientCodec;
-pub(crate) use codec::ServerCodec;
+pub use codec::{BytesDecoder, ServerCodec};
 
 use crate::membership::NodeIdentity;
 use crate::otlp::Signal;

@@ -12,8 +12,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use otel_tail_proto::v1::DecisionBatch;
 use otel_tail_shared::forward::ForwardError;
 use otel_tail_shared::otlp::{self, Signal, TraceId};
+use otel_tail_shared::receiver::raw::RawIngest;
 use otel_tail_shared::receiver::{Accepted, Ingest, IngestError};
-use otel_tail_shared::split::RouteKey;
+use otel_tail_shared::split::{RouteKey, Splitter};
 use prost::Message;
 use tokio::task::JoinSet;
 
@@ -21,7 +22,7 @@ use super::peer::Mark;
 use super::plan::Topology;
 use super::{Cluster, Origin, events, partition};
 use crate::decision::{Cached, Kept};
-use crate::engine::Engine;
+use crate::engine::{Engine, TookSpans};
 
 /// Deadline of one forwarded request.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +30,12 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// A request of one signal, as the cluster routes it.
 enum Payload {
     Traces(ExportTraceServiceRequest),
+    /// An encoded `ExportTraceServiceRequest` of `spans` spans, read from the wire where it
+    /// is buffered ([`Engine::ingest_encoded_traces`]).
+    EncodedTraces {
+        body: Bytes,
+        spans: usize,
+    },
     Logs(ExportLogsServiceRequest),
     Metrics(ExportMetricsServiceRequest),
 }
@@ -36,7 +43,7 @@ enum Payload {
 impl Payload {
     fn signal(&self) -> Signal {
         match self {
-            Payload::Traces(_) => Signal::Traces,
+            Payload::Traces(_) | Payload::EncodedTraces { .. } => Signal::Traces,
             Payload::Logs(_) => Signal::Logs,
             Payload::Metrics(_) => Signal::Metrics,
         }
@@ -45,6 +52,7 @@ impl Payload {
     fn items(&self) -> usize {
         match self {
             Payload::Traces(r) => otlp::span_count(r),
+            Payload::EncodedTraces { spans, .. } => *spans,
             Payload::Logs(r) => otlp::log_count(r),
             Payload::Metrics(r) => otlp::data_point_count(r),
         }
@@ -52,6 +60,7 @@ impl Payload {
 
     fn encode(&self) -> Bytes {
         Bytes::from(match self {
+            Payload::EncodedTraces { body, .. } => return body.clone(),
             Payload::Traces(r) => r.encode_to_vec(),
             Payload::Logs(r) => r.encode_to_vec(),
             Payload::Metrics(r) => r.encode_to_vec(),
@@ -61,6 +70,7 @@ impl Payload {
     fn trace_ids(&self) -> Vec<TraceId> {
         match self {
             Payload::Traces(r) => partition::trace_ids_of_spans(r),
+            Payload::EncodedTraces { .. } => unreachable!("read where buffered (here_encoded)"),
             Payload::Logs(r) => partition::trace_ids_of_logs(r),
             Payload::Metrics(_) => Vec::new(),
         }
@@ -71,6 +81,7 @@ impl Payload {
         let owner = |k: RouteKey<'_>| topology.owner_index(k).unwrap_or(local);
         let owners = match self {
             Payload::Traces(r) => partition::owners_of_traces(r, local, owner),
+            Payload::EncodedTraces { .. } => unreachable!("read where buffered (here_encoded)"),
             Payload::Logs(r) => partition::owners_of_logs(r, owner),
             Payload::Metrics(r) => partition::owners_of_metrics(r, owner),
         };
@@ -83,6 +94,7 @@ impl Payload {
         match self {
             Payload::Traces(r) if origin == Origin::Handoff => engine.ingest_handed_off_traces(r),
             Payload::Traces(r) => engine.ingest_traces(r),
+            Payload::EncodedTraces { .. } => unreachable!("read where buffered (here_encoded)"),
             Payload::Logs(r) => engine.ingest_logs(r),
             Payload::Metrics(r) => engine.ingest_metrics(r),
         }
@@ -115,6 +127,50 @@ impl ClusterIngest {
         request: ExportTraceServiceRequest,
     ) -> Result<Accepted, IngestError> {
         self.route(origin, Payload::Traces(request)).await
+    }
+
+    /// Takes an encoded `ExportTraceServiceRequest` that arrived by `origin` (a client or
+    /// a peer, not a handoff): split among owners on the wire like a router splits, and
+    /// read from the wire where it is buffered. Returns what was refused item by item and
+    /// how many spans were taken.
+    pub async fn encoded_traces_from(
+        &self,
+        origin: Origin,
+        body: Bytes,
+    ) -> Result<(Accepted, u64), IngestError> {
+        let topology = self.cluster.topology();
+        let local = topology
+            .index_of(&self.cluster.local)
+            .filter(|_| origin == Origin::Client && topology.ring.len() > 1);
+        let Some(local) = local else {
+            let took = self.here_encoded(body, origin, &topology).await?;
+            return Ok((took.refused, took.spans));
+        };
+        let owner = |k: RouteKey<'_>| topology.owner_index(k).unwrap_or(local);
+        let split = Splitter::new()
+            .wire_traces_by_owner(&body, topology.ring.len(), owner)
+            .map_err(|e| IngestError::Invalid(e.to_string()))?;
+        let mut accepted = Accepted::default();
+        if split.invalid > 0 {
+            accepted.merge(Accepted {
+                rejected: split.invalid as i64,
+                message: format!(
+                    "{} span(s) with an all-zero or non-16-byte trace_id",
+                    split.invalid
+                ),
+            });
+        }
+        let parts: Vec<(usize, Payload)> = split
+            .parts
+            .into_iter()
+            .zip(split.counts)
+            .enumerate()
+            .filter(|(_, (_, spans))| *spans > 0)
+            .map(|(owner, (body, spans))| (owner, Payload::EncodedTraces { body, spans }))
+            .collect();
+        let spans = parts.iter().map(|(_, p)| p.items() as u64).sum();
+        accepted.merge(self.dispatch(parts, local, &topology).await?);
+        Ok((accepted, spans))
     }
 
     /// Takes log records that arrived by `origin`.
@@ -183,6 +239,9 @@ impl ClusterIngest {
         }
         let owner = |k: RouteKey<'_>| topology.owner_index(k).unwrap_or(local);
         let parts: Vec<(usize, Payload)> = match payload {
+            Payload::EncodedTraces { body, .. } => {
+                return Ok(self.encoded_traces_from(origin, body).await?.0);
+            }
             Payload::Traces(r) => partition::decoded_traces_by_owner(r, local, owner)
                 .into_iter()
                 .map(|(o, r)| (o, Payload::Traces(r)))
@@ -273,6 +332,9 @@ impl ClusterIngest {
         origin: Origin,
         topology: &Topology,
     ) -> Result<Accepted, IngestError> {
+        if let Payload::EncodedTraces { body, .. } = payload {
+            return Ok(self.here_encoded(body, origin, topology).await?.refused);
+        }
         let ids = payload.trace_ids();
         let foreign = origin != Origin::Client
             && topology
@@ -291,6 +353,30 @@ impl ClusterIngest {
         }
         Ok(accepted)
     }
+
+    /// [`ClusterIngest::here`] for encoded spans: read from the wire and buffered here.
+    async fn here_encoded(
+        &self,
+        body: Bytes,
+        origin: Origin,
+        topology: &Topology,
+    ) -> Result<TookSpans, IngestError> {
+        let engine = self.engine.clone();
+        let took = tokio::task::spawn_blocking(move || engine.ingest_encoded_traces(body))
+            .await
+            .map_err(|e| IngestError::unavailable("ingest task failed", e))??;
+        let foreign = origin != Origin::Client
+            && topology.index_of(&self.cluster.local).is_none_or(|local| {
+                took.traces
+                    .iter()
+                    .any(|t| topology.owner_index(RouteKey::Trace(*t)).unwrap_or(local) != local)
+            });
+        self.cluster.remember(&took.traces);
+        if foreign {
+            self.cluster.want_handoff();
+        }
+        Ok(took)
+    }
 }
 
 /// Runs a storage write on a blocking thread.
@@ -305,6 +391,28 @@ async fn blocking(
 
 /// The public receivers' view of cluster ingest: every request is a client's.
 pub(super) struct PublicIngest(pub(super) Arc<ClusterIngest>);
+
+/// The public receivers hand over encoded requests: spans are split and read from the wire
+/// ([`ClusterIngest::encoded_traces_from`]); logs and metrics are decoded and take the same
+/// path as through [`Ingest`].
+impl RawIngest for PublicIngest {
+    async fn traces(&self, body: Bytes) -> Result<Accepted, IngestError> {
+        let (accepted, spans) = self.0.encoded_traces_from(Origin::Client, body).await?;
+        otel_tail_shared::receiver::count_spans(
+            spans,
+            u64::try_from(accepted.rejected).unwrap_or(0),
+        );
+        Ok(accepted)
+    }
+
+    async fn logs(&self, body: Bytes) -> Result<Accepted, IngestError> {
+        otel_tail_shared::receiver::accept_encoded_logs(self, body).await
+    }
+
+    async fn metrics(&self, body: Bytes) -> Result<Accepted, IngestError> {
+        otel_tail_shared::receiver::accept_encoded_metrics(self, body).await
+    }
+}
 
 impl Ingest for PublicIngest {
     async fn traces(&self, request: ExportTraceServiceRequest) -> Result<Accepted, IngestError> {

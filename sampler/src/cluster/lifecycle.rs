@@ -298,7 +298,7 @@ pub(crate) async fn serve(
     let descriptions = core.queues.describe();
     let gossip = membership.local_addr();
     let (admin, forward_addr, node_id) = (core.admin, node.forward_addr, node.node_id.clone());
-    let served = receiver::serve(
+    let served = receiver::raw::serve(
         &config.receiver,
         Arc::new(PublicIngest(ingest)),
         move |receivers| {

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use metrics::counter;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
@@ -24,21 +25,20 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use otel_tail_proto::v1::{DecisionAck, DecisionBatch};
-use otel_tail_shared::otlp;
+use otel_tail_shared::forward::{ServerCodec, export_path};
+use otel_tail_shared::otlp::{self, Signal};
 use otel_tail_shared::receiver::Accepted;
 use otel_tail_shared::receiver::grpc::status_of;
 use otel_tail_shared::telemetry::names;
+use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::codegen::{Body, BoxFuture, Service, StdError};
 use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
+use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use crate::correlation::fanout::NoticesServer;
@@ -60,9 +60,10 @@ pub async fn serve(
     let receiver = Arc::new(ForwardReceiver {
         ingest: ingest.clone(),
     });
-    let traces = TraceServiceServer::from_arc(receiver.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
+    let traces = TracesServer {
+        receiver: receiver.clone(),
+        max_request_bytes,
+    };
     let logs = LogsServiceServer::from_arc(receiver.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_request_bytes);
@@ -106,31 +107,100 @@ fn count_received(origin: Origin, name: &'static str, items: usize) {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for ForwardReceiver {
-    async fn export(
+impl ForwardReceiver {
+    /// Spans from a router or peer are split and read from the wire
+    /// ([`ClusterIngest::encoded_traces_from`]); handed-off spans are decoded (they skip span
+    /// metrics and count as handed in).
+    async fn traces(
         &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let origin = origin_of(request.metadata());
-        let mut request = request.into_inner();
-        let mut accepted = otlp::sanitize_traces(&mut request);
-        let items = otlp::span_count(&request);
-        if items > 0 {
-            accepted.merge(
-                self.ingest
-                    .traces_from(origin, request)
-                    .await
-                    .map_err(|e| status_of(&e))?,
-            );
-            count_received(origin, names::SPANS_RECEIVED, items);
-        }
-        Ok(Response::new(ExportTraceServiceResponse {
+        origin: Origin,
+        body: Bytes,
+    ) -> Result<ExportTraceServiceResponse, Status> {
+        let accepted = if origin == Origin::Handoff {
+            let mut request = ExportTraceServiceRequest::decode(body)
+                .map_err(|e| Status::invalid_argument(format!("invalid protobuf: {e}")))?;
+            let mut accepted = otlp::sanitize_traces(&mut request);
+            if otlp::span_count(&request) > 0 {
+                accepted.merge(
+                    self.ingest
+                        .traces_from(origin, request)
+                        .await
+                        .map_err(|e| status_of(&e))?,
+                );
+            }
+            accepted
+        } else {
+            let (accepted, spans) = self
+                .ingest
+                .encoded_traces_from(origin, body)
+                .await
+                .map_err(|e| status_of(&e))?;
+            count_received(origin, names::SPANS_RECEIVED, spans as usize);
+            accepted
+        };
+        Ok(ExportTraceServiceResponse {
             partial_success: is_partial(&accepted).then_some(ExportTracePartialSuccess {
                 rejected_spans: accepted.rejected,
                 error_message: accepted.message,
             }),
-        }))
+        })
+    }
+}
+
+/// `TraceService` taking the request as bytes, so spans are read from the wire.
+#[derive(Clone)]
+struct TracesServer {
+    receiver: Arc<ForwardReceiver>,
+    max_request_bytes: usize,
+}
+
+impl NamedService for TracesServer {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> Service<http::Request<B>> for TracesServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != export_path(Signal::Traces) {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let method = TracesMethod(self.receiver.clone());
+        let limit = self.max_request_bytes;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(ServerCodec::<ExportTraceServiceResponse>::default())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(limit);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+/// The `Export` call of [`TracesServer`].
+struct TracesMethod(Arc<ForwardReceiver>);
+
+impl UnaryService<Bytes> for TracesMethod {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let receiver = self.0.clone();
+        Box::pin(async move {
+            let origin = origin_of(request.metadata());
+            Ok(Response::new(
+                receiver.traces(origin, request.into_inner()).await?,
+            ))
+        })
     }
 }
 

@@ -1008,12 +1008,13 @@ async fn reading_spans_from_the_wire_keeps_exactly_what_decoding_them_keeps() {
             let mut sanitized = r.clone();
             refused.push(otlp::sanitize_traces(&mut sanitized));
             decoded.engine.ingest_traces(sanitized).unwrap();
-            let (accepted, spans) = encoded
+            let took = encoded
                 .engine
                 .ingest_encoded_traces(r.encode_to_vec().into())
                 .unwrap();
-            assert_eq!(accepted, *refused.last().unwrap());
-            assert_eq!(spans, 30);
+            assert_eq!(took.refused, *refused.last().unwrap());
+            assert_eq!(took.spans, 30);
+            assert_eq!(took.traces.len(), 10);
         }
         for rig in [&decoded, &encoded] {
             rig.advance(1000);

@@ -30,7 +30,7 @@ impl Encoder for BytesEncoder {
 /// Takes a received message's bytes without decoding them. The bytes are split off
 /// tonic's receive buffer, not copied.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct BytesDecoder;
+pub struct BytesDecoder;
 
 impl Decoder for BytesDecoder {
     type Item = Bytes;
@@ -68,7 +68,7 @@ impl<R: prost::Message + Default + Send + 'static> Codec for ClientCodec<R> {
 
 /// Server codec: raw request bytes in, prost-encoded response `R` out.
 #[derive(Debug)]
-pub(crate) struct ServerCodec<R>(PhantomData<fn() -> R>);
+pub struct ServerCodec<R>(PhantomData<fn() -> R>);
 
 impl<R> Default for ServerCodec<R> {
     fn default() -> Self {
