@@ -405,8 +405,8 @@ impl Engine {
 
     /// Buffers the spans of an encoded `ExportTraceServiceRequest` as [`Engine::ingest_traces`]
     /// does, without decoding it whole: spans are read for what deciding needs and stored as
-    /// the bytes they arrived in ([`wire`]). Spans with invalid ids are refused as the
-    /// decoding receivers refuse them.
+    /// the bytes they arrived in ([`wire`]). Spans with invalid ids are refused as
+    /// [`otlp::sanitize_traces`] refuses them.
     pub fn ingest_encoded_traces(&self, body: bytes::Bytes) -> Result<TookSpans, IngestError> {
         self.admit()?;
         let parsed = wire::parse(body, self.span_needs()).map_err(IngestError::Invalid)?;

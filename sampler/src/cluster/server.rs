@@ -1,7 +1,7 @@
 //! The forward endpoint (`cluster.forward_endpoint`, default `:4319`): the standard
 //! OTLP/gRPC services for routers and peers, plus `otel_tail.v1.Handoff/Decisions`.
 //!
-//! It is its own tonic server rather than `otel_tail_shared::receiver::grpc::serve`
+//! It is its own tonic server rather than `otel_tail_shared::receiver::raw::serve`
 //! because it needs two things that one does not give: the request metadata (the
 //! [`HOP_HEADER`](super::peer::HOP_HEADER) / [`HANDOFF_HEADER`](super::peer::HANDOFF_HEADER)
 //! marks decide whether data may be forwarded again) and a fourth service on the same port.

@@ -1,4 +1,4 @@
-//! The forwarder against real OTLP/gRPC servers (this crate's decoding receiver) on
+//! The forwarder against real OTLP/gRPC servers (this crate's receivers with a decoding sink) on
 //! 127.0.0.1: bytes arrive as the request they encode, and each kind of refusal maps to
 //! the right [`ForwardError`].
 
@@ -65,17 +65,28 @@ impl Ingest for Sink {
 
 /// Starts an OTLP/gRPC server on an ephemeral port; it runs until the test ends.
 async fn start_sink() -> (Arc<Sink>, SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let sink = Arc::new(Sink::default());
-    tokio::spawn(crate::receiver::grpc::serve(
-        crate::tls::server::Listener::plain(listener, "grpc"),
-        1024 * 1024,
-        crate::receiver::InFlight::new(64),
-        sink.clone(),
-        std::future::pending(),
-    ));
-    (sink, addr)
+    let config = crate::config::ReceiverConfig {
+        grpc_endpoint: ([127, 0, 0, 1], 0).into(),
+        http_endpoint: ([127, 0, 0, 1], 0).into(),
+        max_request_bytes: 1024 * 1024,
+        max_concurrent_requests: 64,
+        ..Default::default()
+    };
+    let (bound, addr) = tokio::sync::oneshot::channel();
+    let served = sink.clone();
+    tokio::spawn(async move {
+        crate::receiver::serve(
+            &config,
+            served,
+            move |addrs| {
+                let _ = bound.send(addrs.grpc);
+            },
+            std::future::pending(),
+        )
+        .await
+    });
+    (sink, addr.await.unwrap())
 }
 
 fn forwarder(compression: ForwardCompression) -> Forwarder {

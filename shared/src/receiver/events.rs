@@ -51,8 +51,6 @@ pub(crate) mod reason {
     pub(crate) const UNAUTHENTICATED: &str = "unauthenticated";
     /// The sink's buffers or queues are full.
     pub(crate) const OVERLOADED: &str = "overloaded";
-    /// The sink judged the request invalid.
-    pub(crate) const INVALID: &str = "invalid";
     /// The sink failed transiently.
     pub(crate) const UNAVAILABLE: &str = "unavailable";
 }

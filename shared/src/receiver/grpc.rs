@@ -1,5 +1,5 @@
-//! OTLP/gRPC receiver: the generated `TraceService`, `LogsService` and `MetricsService`
-//! servers over one [`Ingest`] sink.
+//! OTLP/gRPC pieces of the receivers ([`super::raw`] serves the endpoints): the hardened
+//! server builder, the status of a sink's refusal, and the wrapper around each service.
 //!
 //! Size limits are tonic's: the 5-byte gRPC frame header is checked against
 //! `max_request_bytes` before the message is buffered, and gzip messages are decompressed
@@ -11,83 +11,17 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::HeaderValue;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tonic::codec::CompressionEncoding;
 use tonic::codegen::Service;
 use tonic::server::NamedService;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::events::{self, Transport, reason};
-use super::signal::{OtlpRequest, accept};
-use super::{HeldBytes, InFlight, Ingest, IngestError};
+use super::{HeldBytes, InFlight, IngestError};
 use crate::otlp::Signal;
-use crate::tls::server::Listener;
-
-/// Serves OTLP/gRPC on `listener` until `shutdown` completes, then lets in-flight calls
-/// finish. Requests whose (decompressed) message exceeds `max_request_bytes` are refused
-/// with `RESOURCE_EXHAUSTED` without being buffered whole.
-pub async fn serve<I: Ingest>(
-    listener: Listener,
-    max_request_bytes: usize,
-    in_flight: InFlight,
-    ingest: Arc<I>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let receiver = Arc::new(GrpcReceiver { ingest });
-    let traces = TraceServiceServer::from_arc(receiver.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
-    let logs = LogsServiceServer::from_arc(receiver.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
-    let metrics = MetricsServiceServer::from_arc(receiver)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
-    hardened_server()
-        .add_service(DecodeStatus::new(
-            traces,
-            Signal::Traces,
-            in_flight.clone(),
-            max_request_bytes,
-        ))
-        .add_service(DecodeStatus::new(
-            logs,
-            Signal::Logs,
-            in_flight.clone(),
-            max_request_bytes,
-        ))
-        .add_service(DecodeStatus::new(
-            metrics,
-            Signal::Metrics,
-            in_flight,
-            max_request_bytes,
-        ))
-        .serve_with_incoming_shutdown(listener.incoming(), shutdown)
-        .await
-        .map_err(std::io::Error::other)
-}
 
 /// A tonic server builder with the receivers' connection limits: HTTP/2 keepalive pings
 /// (dead peers are dropped) and a cap on concurrent streams per connection.
@@ -96,50 +30,6 @@ pub fn hardened_server() -> tonic::transport::Server {
         .http2_keepalive_interval(Some(super::http::HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(super::http::HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(super::http::HTTP2_MAX_STREAMS))
-}
-
-/// The service implementations: decode is tonic's, everything after is [`accept`].
-struct GrpcReceiver<I> {
-    ingest: Arc<I>,
-}
-
-impl<I: Ingest> GrpcReceiver<I> {
-    async fn export<R: OtlpRequest>(&self, request: R) -> Result<Response<R::Response>, Status> {
-        match accept(&*self.ingest, request, Transport::Grpc).await {
-            Ok(accepted) => Ok(Response::new(R::response(&accepted))),
-            Err(error) => Err(status_of(&error)),
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl<I: Ingest> TraceService for GrpcReceiver<I> {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        GrpcReceiver::export(self, request.into_inner()).await
-    }
-}
-
-#[tonic::async_trait]
-impl<I: Ingest> LogsService for GrpcReceiver<I> {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        GrpcReceiver::export(self, request.into_inner()).await
-    }
-}
-
-#[tonic::async_trait]
-impl<I: Ingest> MetricsService for GrpcReceiver<I> {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        GrpcReceiver::export(self, request.into_inner()).await
-    }
 }
 
 /// The gRPC status for a request the sink refused: throttling is retryable and says when

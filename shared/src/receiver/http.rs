@@ -1,5 +1,6 @@
-//! OTLP/HTTP receiver: `POST /v1/traces`, `/v1/logs` and `/v1/metrics` over HTTP/1.1 and
-//! cleartext HTTP/2, with protobuf or OTLP JSON bodies, plain or gzip.
+//! OTLP/HTTP request handling for the receivers ([`super::raw`] serves the endpoints):
+//! `POST /v1/traces`, `/v1/logs` and `/v1/metrics` over HTTP/1.1 and cleartext HTTP/2,
+//! with protobuf or OTLP JSON bodies, plain or gzip.
 //!
 //! The body is read through a cap of `max_request_bytes` (a `Content-Length` above it is
 //! refused before reading), and gzip is inflated chunk by chunk into a buffer that never
@@ -29,34 +30,13 @@ use tokio_stream::StreamExt as _;
 use tonic::Code;
 
 use super::events::{self, Transport, reason};
-use super::signal::{OtlpRequest, accept, ingest_error_reason};
-use super::{Accepted, HeldBytes, InFlight, Ingest, IngestError};
+use super::signal::{OtlpRequest, ingest_error_reason};
+use super::{Accepted, HeldBytes, InFlight, IngestError};
 use crate::otlp::Signal;
 use crate::tls::server::Listener;
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
-
-/// Serves OTLP/HTTP on `listener` until `shutdown` completes, then lets in-flight requests
-/// finish. Bodies larger than `max_request_bytes` (compressed or decompressed) get 413.
-pub async fn serve<I: Ingest>(
-    listener: Listener,
-    max_request_bytes: usize,
-    in_flight: InFlight,
-    ingest: Arc<I>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let receiver = Arc::new(HttpReceiver {
-        ingest,
-        max_request_bytes,
-        in_flight,
-    });
-    let service = hyper::service::service_fn(move |request| {
-        let receiver = receiver.clone();
-        async move { Ok::<_, Infallible>(receiver.handle(request).await) }
-    });
-    serve_connections(listener, service, shutdown).await
-}
 
 /// HTTP/2 keepalive ping interval on every connection (OTLP/HTTP and gRPC alike).
 pub(crate) const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -132,52 +112,7 @@ pub(crate) struct HttpReceiver<I> {
     pub(crate) in_flight: InFlight,
 }
 
-impl<I: Ingest> HttpReceiver<I> {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        match request.uri().path() {
-            "/v1/traces" => self.export::<ExportTraceServiceRequest>(request).await,
-            "/v1/logs" => self.export::<ExportLogsServiceRequest>(request).await,
-            "/v1/metrics" => self.export::<ExportMetricsServiceRequest>(request).await,
-            path => refusal_response(&Refusal::NotFound(path.to_owned()), Encoding::Json),
-        }
-    }
-
-    async fn export<R: OtlpRequest>(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        // Errors are answered in the request's encoding when it is one we speak, else JSON.
-        let encoding = Encoding::of(request.headers());
-        let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
-        let (encoding, compression, declared) = match self.check_headers(&request, encoding) {
-            Ok(negotiated) => negotiated,
-            Err(refusal) => {
-                linger(request.into_body());
-                return refuse(R::SIGNAL, &refusal, reply_encoding);
-            }
-        };
-        let outcome = async {
-            // The slot is taken once the body is in: a slow sender holds only its bytes.
-            let (body, _held) = self
-                .read_body(request.into_body(), declared, compression)
-                .await?;
-            let _permit = self
-                .in_flight
-                .try_enter()
-                .ok_or(Refusal::Ingest(InFlight::busy()))?;
-            let decoded = decode::<R>(&body, encoding)?;
-            drop(body);
-            accept(&*self.ingest, decoded, Transport::Http)
-                .await
-                .map_err(Refusal::Ingest)
-        };
-        match outcome.await {
-            Ok(accepted) => success_response::<R>(&accepted, encoding),
-            // The sink's refusals were counted by `accept`.
-            Err(refusal @ Refusal::Ingest(_)) => refusal_response(&refusal, encoding),
-            Err(refusal) => refuse(R::SIGNAL, &refusal, encoding),
-        }
-    }
-}
-
-/// Request reading, shared with the raw receiver ([`super::raw`]).
+/// Request reading, for the raw receivers ([`super::raw`]).
 impl<I> HttpReceiver<I> {
     /// Checks method, media type, content coding and declared length before any body byte
     /// is read; returns the negotiated encodings and the declared length.

@@ -1,4 +1,6 @@
-//! OTLP receivers: gRPC ([`grpc`]) and HTTP ([`http`]) front ends over one [`Ingest`] sink.
+//! OTLP receivers: gRPC and HTTP front ends ([`raw`], with pieces in [`grpc`] and [`http`])
+//! handing encoded requests to a [`raw::RawIngest`] sink, or decoded ones to an [`Ingest`]
+//! sink through [`Decoding`] ([`serve`]).
 //!
 //! Both enforce `receiver.max_request_bytes` on the decompressed payload while reading it,
 //! validate ids (spans with a malformed trace or span id are rejected through
@@ -16,7 +18,7 @@ pub mod raw;
 mod running;
 mod signal;
 
-pub use signal::{accept_encoded_logs, accept_encoded_metrics, count_spans};
+pub use signal::{Decoding, accept_encoded_logs, accept_encoded_metrics, count_spans};
 #[cfg(test)]
 mod tests;
 
@@ -250,35 +252,17 @@ pub struct BoundAddrs {
     pub http: SocketAddr,
 }
 
-/// Binds both receivers and serves them until `shutdown` completes; in-flight requests
-/// finish first. Returns once both have stopped. `on_bound` is told the real addresses as
-/// soon as the sockets are bound (before any request is served).
+/// Binds both receivers and serves them until `shutdown` completes, handing `ingest`
+/// decoded requests: the raw receivers ([`raw::serve`]) with [`Decoding`] in front of the
+/// sink. In-flight requests finish first; returns once both have stopped. `on_bound` is
+/// told the real addresses as soon as the sockets are bound (before any request is served).
 pub async fn serve<I: Ingest>(
     config: &ReceiverConfig,
     ingest: Arc<I>,
     on_bound: impl FnOnce(BoundAddrs),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let limit = config.max_request_bytes;
-    let in_flight = InFlight::of(config)?;
-    serve_both(
-        config,
-        on_bound,
-        shutdown,
-        |grpc_listener, http_listener, stop| {
-            (
-                grpc::serve(
-                    grpc_listener,
-                    limit,
-                    in_flight.clone(),
-                    ingest.clone(),
-                    wait_stop(stop.clone()),
-                ),
-                http::serve(http_listener, limit, in_flight, ingest, wait_stop(stop)),
-            )
-        },
-    )
-    .await
+    raw::serve(config, Arc::new(Decoding(ingest)), on_bound, shutdown).await
 }
 
 /// Binds the gRPC and HTTP listeners (with `receiver.tls` when set, its files watched),

@@ -1,9 +1,10 @@
-//! Receivers that hand over the encoded request instead of a decoded one: the router's
-//! front end, which regroups requests by walking their wire format ([`crate::split`]) and
-//! so never needs prost's full decode.
+//! The OTLP receivers. They hand over the encoded request instead of a decoded one: the
+//! router regroups requests by walking their wire format ([`crate::split`]), the sampler
+//! reads spans from it, and a sink that wants decoded requests puts
+//! [`super::Decoding`] in front ([`super::serve`]).
 //!
-//! Same endpoints, limits and status mapping as the decoding receivers ([`super::grpc`],
-//! [`super::http`]): OTLP/gRPC on the three standard `Export` methods with gzip, and
+//! OTLP/gRPC on the three standard `Export` methods with gzip (pieces in [`super::grpc`]),
+//! and
 //! OTLP/HTTP `POST /v1/{traces,logs,metrics}`. `receiver.max_request_bytes` caps the
 //! decompressed message while it is read (gzip bombs included). What the sink receives is
 //! always an encoded `Export*ServiceRequest`:
@@ -13,7 +14,8 @@
 //!   one path that pays for a full decode).
 //!
 //! The bytes are not validated here: the sink finds malformed framing or ids while
-//! reading them and answers [`IngestError::Invalid`] or a partial success.
+//! reading them and answers [`IngestError::Invalid`] (counted as `malformed`) or a partial
+//! success.
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
-use super::events::{self, Transport, reason};
+use std::sync::Arc;
+
+use super::events::{self, reason};
+use super::raw::RawIngest;
 use super::{Accepted, Ingest, IngestError};
 use crate::otlp::{self, Signal};
 
@@ -141,25 +144,17 @@ impl OtlpRequest for ExportMetricsServiceRequest {
 pub(crate) fn ingest_error_reason(error: &IngestError) -> &'static str {
     match error {
         IngestError::Overloaded { .. } => reason::OVERLOADED,
-        IngestError::Invalid(_) => reason::INVALID,
+        // The sinks decode what the raw receivers hand over: a payload they cannot read is
+        // malformed, whichever layer found it.
+        IngestError::Invalid(_) => reason::MALFORMED,
         IngestError::Unavailable { .. } => reason::UNAVAILABLE,
     }
 }
 
-/// Validates ids, delivers the rest to `ingest` and records the outcome. `Ok` carries
+/// Validates ids, delivers the rest to `ingest` and counts the items. `Ok` carries
 /// everything refused item by item (bad ids plus what the sink refused); `Err` means the
-/// whole request was refused. A request left empty by validation is not delivered.
-pub(crate) async fn accept<R: OtlpRequest, I: Ingest>(
-    ingest: &I,
-    request: R,
-    transport: Transport,
-) -> Result<Accepted, IngestError> {
-    deliver_counted(ingest, request).await.inspect_err(|error| {
-        events::request_refused(R::SIGNAL, transport, ingest_error_reason(error))
-    })
-}
-
-/// [`accept`] without counting a refused request (the raw receivers count those).
+/// whole request was refused (the raw receivers count that). A request left empty by
+/// validation is not delivered.
 async fn deliver_counted<R: OtlpRequest, I: Ingest>(
     ingest: &I,
     mut request: R,
@@ -182,9 +177,27 @@ async fn deliver_counted<R: OtlpRequest, I: Ingest>(
     Ok(accepted)
 }
 
-/// For a [`super::raw::RawIngest`] sink that wants the decoded request after all: decodes
-/// an encoded `ExportLogsServiceRequest` and takes it through the same validation, counting
-/// and delivery to `ingest` as the decoding receivers.
+/// A [`RawIngest`] over an [`Ingest`] sink: decodes each request and takes it through id
+/// validation, counting and delivery ([`super::serve`] runs the raw receivers with it).
+pub struct Decoding<I>(pub Arc<I>);
+
+impl<I: Ingest> RawIngest for Decoding<I> {
+    async fn traces(&self, body: bytes::Bytes) -> Result<Accepted, IngestError> {
+        deliver_counted(&*self.0, decode_body::<ExportTraceServiceRequest>(body)?).await
+    }
+
+    async fn logs(&self, body: bytes::Bytes) -> Result<Accepted, IngestError> {
+        accept_encoded_logs(&*self.0, body).await
+    }
+
+    async fn metrics(&self, body: bytes::Bytes) -> Result<Accepted, IngestError> {
+        accept_encoded_metrics(&*self.0, body).await
+    }
+}
+
+/// For a [`RawIngest`] sink that wants the decoded request after all: decodes
+/// an encoded `ExportLogsServiceRequest` and takes it through id validation, counting and
+/// delivery to `ingest`, as [`Decoding`] does.
 pub async fn accept_encoded_logs<I: Ingest>(
     ingest: &I,
     body: bytes::Bytes,
@@ -204,9 +217,8 @@ fn decode_body<R: OtlpRequest>(body: bytes::Bytes) -> Result<R, IngestError> {
     R::decode(body).map_err(|error| IngestError::Invalid(format!("invalid protobuf: {error}")))
 }
 
-/// For a [`super::raw::RawIngest`] sink that reads spans itself: counts what it took the
-/// way the decoding receivers count a request — `received` spans kept, `invalid` refused
-/// for their ids.
+/// For a [`RawIngest`] sink that reads spans itself: counts what it took the way
+/// [`Decoding`] counts a request — `received` spans kept, `invalid` refused for their ids.
 pub fn count_spans(received: u64, invalid: u64) {
     events::items_rejected(Signal::Traces, reason::INVALID_ID, invalid);
     events::items_received(Signal::Traces, received);
