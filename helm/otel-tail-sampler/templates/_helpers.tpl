@@ -336,3 +336,42 @@ topologySpreadConstraints:
 priorityClassName: {{ . }}
 {{- end }}
 {{- end -}}
+
+{{/* Bytes in a Kubernetes memory quantity ("2Gi", "512Mi", "1G", "1048576"), as a float. */}}
+{{- define "ots.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $number := regexFind "^[0-9.]+" $q -}}
+{{- $suffix := trimPrefix $number $q -}}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- if or (not $number) (not (hasKey $units $suffix)) -}}
+{{- fail (printf "memory quantity %q: expected a number with an optional unit (Ki, Mi, Gi, Ti, k, M, G, T)" $q) -}}
+{{- end -}}
+{{- mulf (float64 $number) (get $units $suffix) -}}
+{{- end -}}
+
+{{/*
+Fails the render when a component's memory limit cannot hold what its configuration lets
+it use: request bodies held (`receiver.max_buffered_bytes`), for samplers the buffer's
+memtables (`sampler.buffer_memory_bytes`), and a fixed allowance for everything else
+(index, requests being read, export batches, the runtime). Takes the component name, its
+resources, and the allowance in MiB.
+*/}}
+{{- define "ots.checkMemory" -}}
+{{- $limit := dig "limits" "memory" "" (.resources | default dict) -}}
+{{- if $limit -}}
+{{- $mib := 1048576.0 -}}
+{{- $config := .ctx.Values.config -}}
+{{- $buffered := dig "receiver" "max_buffered_bytes" 268435456 $config | float64 -}}
+{{- $need := addf $buffered (mulf .allowanceMiB $mib) -}}
+{{- $parts := printf "receiver.max_buffered_bytes (%d MiB)" (divf $buffered $mib | int) -}}
+{{- if eq .component "sampler" -}}
+{{- $memtables := dig "sampler" "buffer_memory_bytes" 268435456 $config | float64 -}}
+{{- $need = addf $need $memtables -}}
+{{- $parts = printf "%s + sampler.buffer_memory_bytes (%d MiB)" $parts (divf $memtables $mib | int) -}}
+{{- end -}}
+{{- $have := include "ots.quantityBytes" $limit | float64 -}}
+{{- if lt $have $need -}}
+{{- fail (printf "%s.resources.limits.memory is %s, but %s + %d MiB for the rest need %d MiB: raise the limit or lower the budgets" .component (toString $limit) $parts (int .allowanceMiB) (divf $need $mib | ceil | int)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
