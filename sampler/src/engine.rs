@@ -101,6 +101,38 @@ struct State {
     cache: DecisionCache,
 }
 
+/// Span groups of a request whose trace was decided already: kept ones (with their
+/// bytes) are exported like late spans, dropped ones counted.
+#[derive(Default)]
+struct Late {
+    kept: Vec<(TraceId, Vec<u8>, Kept)>,
+    dropped: u64,
+}
+
+impl Late {
+    /// Takes the groups (`item(i)`: group `i`'s bytes) whose trace the cache knows; returns
+    /// the others, and per group whether it is one of them.
+    fn route<'a>(
+        &mut self,
+        cache: &mut DecisionCache,
+        groups: Vec<(TraceId, Arrival)>,
+        item: impl Fn(usize) -> &'a [u8],
+    ) -> (Vec<(TraceId, Arrival)>, Vec<bool>) {
+        let mut undecided = Vec::with_capacity(groups.len());
+        let mut keep = Vec::with_capacity(groups.len());
+        for (index, (trace, arrival)) in groups.into_iter().enumerate() {
+            let cached = cache.get(&trace);
+            keep.push(cached.is_none());
+            match cached {
+                Some(Cached::Sampled(kept)) => self.kept.push((trace, item(index).to_vec(), kept)),
+                Some(Cached::NotSampled) => self.dropped += u64::from(arrival.stats.span_count),
+                None => undecided.push((trace, arrival)),
+            }
+        }
+        (undecided, keep)
+    }
+}
+
 /// What [`Engine::ingest_encoded_traces`] took.
 #[derive(Debug, Clone, Default)]
 pub struct TookSpans {
@@ -431,9 +463,10 @@ impl Engine {
                 .groups
                 .iter()
                 .map(|group| {
-                    let len = parsed.encoded_len(group);
+                    let lens = parsed.scope_lens(group);
+                    let len = parsed.encoded_len(group, &lens);
                     value.push_with(group.trace, BufferedKind::Spans, len, |buf| {
-                        parsed.encode(group, buf)
+                        parsed.encode(group, &lens, buf)
                     });
                     let rs = &parsed.slim.resource_spans[group.resource];
                     let spans = group.spans.iter().map(|&(scope, span)| {
@@ -478,27 +511,14 @@ impl Engine {
         span_points: Option<SpanPoints>,
         now_unix: u64,
     ) -> Result<(), IngestError> {
-        let mut late_kept = Vec::new();
-        let mut late_dropped = 0u64;
+        let mut late = Late::default();
         let mut batch = WriteBatch::default();
         if let Some(points) = &span_points {
             self.settler.hold_span_metrics(&mut batch, points, now_unix);
         }
         let (staged, buffered) = {
             let mut state = self.state();
-            let mut buffered = Vec::with_capacity(arrivals.len());
-            let mut keep = Vec::with_capacity(arrivals.len());
-            for (index, (trace, arrival)) in arrivals.into_iter().enumerate() {
-                let cached = state.cache.get(&trace);
-                keep.push(cached.is_none());
-                match cached {
-                    Some(Cached::Sampled(kept)) => {
-                        late_kept.push((trace, value.item(index).to_vec(), kept))
-                    }
-                    Some(Cached::NotSampled) => late_dropped += u64::from(arrival.stats.span_count),
-                    None => buffered.push((trace, arrival)),
-                }
-            }
+            let (buffered, keep) = late.route(&mut state.cache, arrivals, |i| value.item(i));
             if buffered.len() < keep.len() {
                 value = value.filtered(&keep);
             }
@@ -516,19 +536,7 @@ impl Engine {
         if let Some(staged) = staged {
             let now = self.now_ms();
             let mut state = self.state();
-            let mut keep = Vec::with_capacity(buffered.len());
-            let mut indexed = Vec::with_capacity(buffered.len());
-            for (index, (trace, arrival)) in buffered.into_iter().enumerate() {
-                let cached = state.cache.get(&trace);
-                keep.push(cached.is_none());
-                match cached {
-                    Some(Cached::Sampled(kept)) => {
-                        late_kept.push((trace, staged.item(index).to_vec(), kept))
-                    }
-                    Some(Cached::NotSampled) => late_dropped += u64::from(arrival.stats.span_count),
-                    None => indexed.push((trace, arrival)),
-                }
-            }
+            let (indexed, keep) = late.route(&mut state.cache, buffered, |i| staged.item(i));
             self.storage
                 .committed_partly(staged, &keep, &mut forgetting);
             evicted = self.index_buffered(&mut state, &indexed, now);
@@ -537,12 +545,13 @@ impl Engine {
             self.storage
                 .write_forgetting(WriteBatch::default(), forgetting)?;
         }
-        events::late_spans_dropped(late_dropped);
+        events::late_spans_dropped(late.dropped);
         if let Some(points) = &span_points {
             events::span_metrics_counted(points.spans);
         }
-        if !late_kept.is_empty() {
-            let decoded = late_kept
+        if !late.kept.is_empty() {
+            let decoded = late
+                .kept
                 .into_iter()
                 .filter_map(|(trace, bytes, kept)| {
                     ResourceSpans::decode(bytes.as_slice())

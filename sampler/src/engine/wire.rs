@@ -115,9 +115,8 @@ impl Parsed {
             .sum()
     }
 
-    /// Encoded length of `group` as a `ResourceSpans`.
-    pub fn encoded_len(&self, group: &TraceGroup) -> usize {
-        let scope_lens = self.scope_lens(group);
+    /// Encoded length of `group` as a `ResourceSpans`, given its [`Parsed::scope_lens`].
+    pub fn encoded_len(&self, group: &TraceGroup, scope_lens: &[(usize, usize)]) -> usize {
         let resource = &self.resources[group.resource];
         field_len(1, resource.head.as_ref())
             + scope_lens
@@ -128,14 +127,13 @@ impl Parsed {
     }
 
     /// Writes `group` as a `ResourceSpans` of the original bytes of its resource, scopes
-    /// and spans.
-    pub fn encode(&self, group: &TraceGroup, buf: &mut impl BufMut) {
-        let scope_lens = self.scope_lens(group);
+    /// and spans, given its [`Parsed::scope_lens`].
+    pub fn encode(&self, group: &TraceGroup, scope_lens: &[(usize, usize)], buf: &mut impl BufMut) {
         let resource = &self.resources[group.resource];
         put_field(1, resource.head.as_ref(), buf);
         let scopes = &self.scopes[group.resource];
         let mut at = 0;
-        for (scope, len) in scope_lens {
+        for &(scope, len) in scope_lens {
             encode_key(2, prost::encoding::WireType::LengthDelimited, buf);
             encode_varint(len as u64, buf);
             let (container, spans) = &scopes[scope];
@@ -151,7 +149,7 @@ impl Parsed {
 
     /// Per scope `group` touches (in order), that `ScopeSpans`' encoded length. Spans of a
     /// group are in (scope, span) order.
-    fn scope_lens(&self, group: &TraceGroup) -> Vec<(usize, usize)> {
+    pub fn scope_lens(&self, group: &TraceGroup) -> Vec<(usize, usize)> {
         let scopes = &self.scopes[group.resource];
         let mut out: Vec<(usize, usize)> = Vec::new();
         for &(scope, span) in &group.spans {

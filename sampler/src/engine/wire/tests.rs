@@ -110,8 +110,9 @@ fn each_trace_group_is_the_original_bytes_of_what_the_decoded_grouping_gives() {
         .iter()
         .map(|group| {
             let mut bytes = Vec::new();
-            parsed.encode(group, &mut bytes);
-            assert_eq!(bytes.len(), parsed.encoded_len(group));
+            let lens = parsed.scope_lens(group);
+            parsed.encode(group, &lens, &mut bytes);
+            assert_eq!(bytes.len(), parsed.encoded_len(group, &lens));
             (
                 group.trace,
                 ResourceSpans::decode(bytes.as_slice()).unwrap(),
