@@ -353,6 +353,44 @@ fn body_target(
     }
 }
 
+/// The receivers' budget estimate of a body's decoded size ([`split::decoded_footprint`],
+/// [`split::json_decoded_footprint`]) against what decoding it really allocates: an
+/// input that decodes having allocated more than its footprint (measured where
+/// [`PeakAlloc`] is installed), or that decodes although the walk refused it, fails the run.
+fn footprint_target(name: &'static str, signal: Signal, json: bool, seeds: Vec<Vec<u8>>) -> Target {
+    Target {
+        name,
+        seeds,
+        run: Box::new(move |input| {
+            let footprint = if json {
+                split::json_decoded_footprint(input)
+            } else {
+                match split::decoded_footprint(signal, input, split::Spans::Whole) {
+                    Ok(footprint) => footprint,
+                    Err(error) => {
+                        // What the walk refuses, decoding must refuse too: the receivers
+                        // walk first and would otherwise turn good requests away.
+                        let decoded = decode_body(signal, input, false, false, INFLATE_LIMIT);
+                        assert!(
+                            decoded.is_err(),
+                            "the walk refused a decodable body: {error}"
+                        );
+                        return Err(error.to_string());
+                    }
+                }
+            };
+            let (decoded, allocated) =
+                measured(|| decode_body(signal, input, json, false, INFLATE_LIMIT));
+            decoded?;
+            assert!(
+                !tracking() || allocated <= footprint,
+                "decoding allocated {allocated} bytes, its footprint is {footprint}"
+            );
+            Ok(())
+        }),
+    }
+}
+
 /// The router's wire splitter for one signal, among three owners.
 fn split_target(name: &'static str, signal: Signal, seeds: Vec<Vec<u8>>) -> Target {
     fn owner(key: RouteKey<'_>) -> usize {
@@ -536,6 +574,27 @@ pub fn targets() -> Vec<Target> {
             false,
             true,
             traces.iter().map(|t| gzip(t)).collect(),
+        ),
+        footprint_target("footprint-traces", Signal::Traces, false, traces.clone()),
+        footprint_target("footprint-logs", Signal::Logs, false, logs.clone()),
+        footprint_target("footprint-metrics", Signal::Metrics, false, metrics.clone()),
+        footprint_target(
+            "footprint-json-traces",
+            Signal::Traces,
+            true,
+            json(&corpus.traces),
+        ),
+        footprint_target(
+            "footprint-json-logs",
+            Signal::Logs,
+            true,
+            json(&corpus.logs),
+        ),
+        footprint_target(
+            "footprint-json-metrics",
+            Signal::Metrics,
+            true,
+            json(&corpus.metrics),
         ),
         split_target("split-traces", Signal::Traces, traces),
         split_target("split-logs", Signal::Logs, logs),

@@ -41,6 +41,7 @@
 //! writer. Counts per owner are spans, log records, or data points, matching the units of
 //! OTLP `partial_success`.
 
+mod footprint;
 mod identity;
 mod wire;
 
@@ -50,6 +51,7 @@ mod tests;
 use bytes::Bytes;
 use thiserror::Error;
 
+pub use footprint::{Spans, decoded_footprint, json_decoded_footprint};
 pub use identity::{SERVICE_IDENTITY_ATTRIBUTES, metric_series_key, resource_identity_key};
 pub use wire::Problem;
 

@@ -135,7 +135,7 @@ fn span() -> impl Strategy<Value = Span> {
         )
 }
 
-fn trace_request() -> impl Strategy<Value = ExportTraceServiceRequest> {
+pub(super) fn trace_request() -> impl Strategy<Value = ExportTraceServiceRequest> {
     let scope_spans = (scope(), prop::collection::vec(span(), 0..8), schema_url()).prop_map(
         |(scope, spans, schema_url)| ScopeSpans {
             scope,
@@ -175,7 +175,7 @@ fn log_record() -> impl Strategy<Value = LogRecord> {
         })
 }
 
-fn logs_request() -> impl Strategy<Value = ExportLogsServiceRequest> {
+pub(super) fn logs_request() -> impl Strategy<Value = ExportLogsServiceRequest> {
     let scope_logs = (
         scope(),
         prop::collection::vec(log_record(), 0..8),
@@ -242,7 +242,7 @@ fn metric() -> impl Strategy<Value = Metric> {
         })
 }
 
-fn metrics_request() -> impl Strategy<Value = ExportMetricsServiceRequest> {
+pub(super) fn metrics_request() -> impl Strategy<Value = ExportMetricsServiceRequest> {
     let scope_metrics = (scope(), prop::collection::vec(metric(), 0..6), schema_url()).prop_map(
         |(scope, metrics, schema_url)| ScopeMetrics {
             scope,

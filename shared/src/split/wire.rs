@@ -69,6 +69,9 @@ pub enum Problem {
     /// Groups nested deeper than the recursion limit.
     #[error("groups nested more than {MAX_GROUP_DEPTH} deep")]
     GroupTooDeep,
+    /// Messages nested more deeply than a decoder goes (prost's recursion limit).
+    #[error("messages nested more than 100 deep")]
+    NestedTooDeep,
 }
 
 /// One field as found on the wire.
