@@ -27,7 +27,7 @@ use futures_util::future::join_all;
 use otel_tail_shared::forward::{ForwardError, Forwarder};
 use otel_tail_shared::otlp::Signal;
 use otel_tail_shared::receiver::raw::RawIngest;
-use otel_tail_shared::receiver::{Accepted, IngestError};
+use otel_tail_shared::receiver::{Accepted, IngestError, Reads};
 use otel_tail_shared::ring::{NodeId, Ring};
 use otel_tail_shared::split::{RouteKey, Split, SplitError, Splitter};
 use otel_tail_shared::telemetry::names;
@@ -213,6 +213,11 @@ impl RawIngest for Router {
 
     async fn metrics(&self, body: Bytes) -> Result<Accepted, IngestError> {
         self.route(Signal::Metrics, body).await
+    }
+
+    /// The router splits requests without decoding them.
+    fn reads(&self, _signal: Signal) -> Reads {
+        Reads::Passes
     }
 }
 

@@ -27,8 +27,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use otel_tail_shared::config::{Config, PolicyConfig};
 use otel_tail_shared::exporter::ExportRequest;
-use otel_tail_shared::otlp::{self, TraceId};
-use otel_tail_shared::receiver::{Accepted, IngestError};
+use otel_tail_shared::otlp::{self, Signal, TraceId};
+use otel_tail_shared::receiver::{Accepted, IngestError, Reads};
+use otel_tail_shared::split::Spans;
 use prost::Message;
 use rocksdb::WriteBatch;
 
@@ -482,6 +483,16 @@ impl Engine {
         };
         self.buffer_spans(value, arrivals, span_points, now_unix)?;
         Ok(took)
+    }
+
+    /// How the receivers should expect a request of `signal` to be read, for their budget
+    /// of decoded bytes: spans slim unless policies or span metrics read more; logs and
+    /// metrics decoded whole.
+    pub fn reads(&self, signal: Signal) -> Reads {
+        match (signal, self.span_needs()) {
+            (Signal::Traces, wire::SpanNeeds::Fixed) => Reads::Decodes(Spans::Slim),
+            _ => Reads::Decodes(Spans::Whole),
+        }
     }
 
     /// What the policies and span metrics read of a span: its attributes only when one of

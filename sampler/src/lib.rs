@@ -41,6 +41,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use otel_tail_shared::config::Config;
 use otel_tail_shared::exporter::Exporter;
+use otel_tail_shared::otlp::Signal;
 use otel_tail_shared::receiver::raw::RawIngest;
 use otel_tail_shared::receiver::{self, Accepted, BoundAddrs, Ingest, IngestError};
 use otel_tail_shared::telemetry::{self, Health};
@@ -113,6 +114,10 @@ impl RawIngest for SamplerIngest {
 
     async fn metrics(&self, body: Bytes) -> Result<Accepted, IngestError> {
         receiver::accept_encoded_metrics(self, body).await
+    }
+
+    fn reads(&self, signal: Signal) -> receiver::Reads {
+        self.0.reads(signal)
     }
 }
 

@@ -13,7 +13,7 @@ use otel_tail_proto::v1::DecisionBatch;
 use otel_tail_shared::forward::ForwardError;
 use otel_tail_shared::otlp::{self, Signal, TraceId};
 use otel_tail_shared::receiver::raw::RawIngest;
-use otel_tail_shared::receiver::{Accepted, Ingest, IngestError};
+use otel_tail_shared::receiver::{Accepted, Ingest, IngestError, Reads};
 use otel_tail_shared::split::{RouteKey, Splitter};
 use prost::Message;
 use tokio::task::JoinSet;
@@ -118,6 +118,15 @@ impl ClusterIngest {
     /// Routes over `cluster`, buffering into `engine`.
     pub fn new(engine: Arc<Engine>, cluster: Arc<Cluster>) -> Self {
         ClusterIngest { engine, cluster }
+    }
+
+    /// How a request of `signal` is read here, for the receivers' byte budget: spans are
+    /// split among owners (a copy) and read as the engine reads them.
+    pub fn reads(&self, signal: Signal) -> Reads {
+        match self.engine.reads(signal) {
+            Reads::Decodes(spans) if signal == Signal::Traces => Reads::SplitsAndDecodes(spans),
+            reads => reads,
+        }
     }
 
     /// Takes spans that arrived by `origin`.
@@ -411,6 +420,10 @@ impl RawIngest for PublicIngest {
 
     async fn metrics(&self, body: Bytes) -> Result<Accepted, IngestError> {
         otel_tail_shared::receiver::accept_encoded_metrics(self, body).await
+    }
+
+    fn reads(&self, signal: Signal) -> Reads {
+        self.0.reads(signal)
     }
 }
 

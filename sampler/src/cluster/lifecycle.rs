@@ -15,7 +15,7 @@ use otel_tail_shared::forward::{Forwarder, ForwarderConfig};
 use otel_tail_shared::membership::{
     ClusterView, Membership, MembershipConfig, MembershipHandle, Role,
 };
-use otel_tail_shared::receiver;
+use otel_tail_shared::receiver::{self, InFlight};
 use otel_tail_shared::ring::NodeId;
 use otel_tail_shared::seal::ClusterKey;
 use otel_tail_shared::telemetry::Health;
@@ -101,7 +101,8 @@ impl Node {
                 )
             })?;
         let forward_listener = Listener::plain(forward_listener, "forward")
-            .with_tls(server_tls, FORWARD_HANDSHAKE_TIMEOUT);
+            .with_tls(server_tls, FORWARD_HANDSHAKE_TIMEOUT)
+            .with_connection_budget(config.receiver.max_connection_bytes);
         let advertise = cluster_config
             .advertise()
             .context("cluster.advertise_address")?;
@@ -287,9 +288,12 @@ pub(crate) async fn serve(
         &core.health,
         receivers_stop_tx,
     );
+    // One budget for what requests hold, on the public receivers and the forward endpoint.
+    let in_flight = InFlight::of(&config.receiver).context("receiver.auth")?;
     let forward_server = tokio::spawn(server::serve(
         node.forward_listener,
         config.receiver.max_request_bytes,
+        in_flight.without_auth(),
         ingest.clone(),
         NoticesServer::new(core.engine.settler().clone()).with_key(node.notice_key.clone()),
         node.gate.clone(),
@@ -298,8 +302,9 @@ pub(crate) async fn serve(
     let descriptions = core.queues.describe();
     let gossip = membership.local_addr();
     let (admin, forward_addr, node_id) = (core.admin, node.forward_addr, node.node_id.clone());
-    let served = receiver::raw::serve(
+    let served = receiver::raw::serve_within(
         &config.receiver,
+        in_flight,
         Arc::new(PublicIngest(ingest)),
         move |receivers| {
             let listening = Listening {

@@ -32,7 +32,8 @@ use otel_tail_proto::v1::{DecisionAck, DecisionBatch};
 use otel_tail_shared::forward::{ServerCodec, export_path};
 use otel_tail_shared::otlp::{self, Signal};
 use otel_tail_shared::receiver::Accepted;
-use otel_tail_shared::receiver::grpc::status_of;
+use otel_tail_shared::receiver::InFlight;
+use otel_tail_shared::receiver::grpc::{Bounded, status_of};
 use otel_tail_shared::telemetry::names;
 use prost::Message;
 use tonic::codec::CompressionEncoding;
@@ -48,10 +49,13 @@ use super::peer::{DECISIONS_PATH, HANDOFF_HEADER, HOP_HEADER, SUMMARY_HEADER};
 use super::{ClusterIngest, Origin};
 
 /// Serves the forward endpoint on `listener` until `shutdown` completes; in-flight calls
-/// finish first.
+/// finish first. Its OTLP services read bodies within `in_flight`'s bounds (shared with the
+/// public receivers); decisions and notices are small control messages from authenticated
+/// nodes, capped at `max_request_bytes`.
 pub async fn serve(
     listener: otel_tail_shared::tls::server::Listener,
     max_request_bytes: usize,
+    in_flight: InFlight,
     ingest: Arc<ClusterIngest>,
     notices: NoticesServer,
     gate: Option<Arc<Gate>>,
@@ -70,15 +74,44 @@ pub async fn serve(
     let metrics = MetricsServiceServer::from_arc(receiver)
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_request_bytes);
+    // Node authentication first (before any body is read), then the receivers' bounds.
+    let limits = Limits {
+        in_flight,
+        max_request_bytes,
+        gate: gate.clone(),
+        ingest: ingest.clone(),
+    };
     otel_tail_shared::receiver::grpc::hardened_server()
-        .add_service(Gated::new(traces, gate.clone()))
-        .add_service(Gated::new(logs, gate.clone()))
-        .add_service(Gated::new(metrics, gate.clone()))
+        .add_service(limits.wrap(traces, Signal::Traces))
+        .add_service(limits.wrap(logs, Signal::Logs))
+        .add_service(limits.wrap(metrics, Signal::Metrics))
         .add_service(Gated::new(DecisionsServer { ingest }, gate.clone()))
         .add_service(Gated::new(notices, gate))
         .serve_with_incoming_shutdown(listener.incoming(), shutdown)
         .await
         .map_err(std::io::Error::other)
+}
+
+/// What the forward endpoint's OTLP services are wrapped in.
+struct Limits {
+    in_flight: InFlight,
+    max_request_bytes: usize,
+    gate: Option<Arc<Gate>>,
+    ingest: Arc<ClusterIngest>,
+}
+
+impl Limits {
+    /// `service` (of `signal`) behind the node check, then the receivers' bounds.
+    fn wrap<S>(&self, service: S, signal: Signal) -> Gated<Bounded<S>> {
+        let bounded = Bounded::new(
+            service,
+            signal,
+            self.in_flight.clone(),
+            self.max_request_bytes,
+            self.ingest.reads(signal),
+        );
+        Gated::new(bounded.on_forward_endpoint(), self.gate.clone())
+    }
 }
 
 /// How a request reached the forward endpoint, from its metadata.

@@ -143,6 +143,12 @@ impl Config {
                 "must be at least receiver.max_request_bytes, or no request of the largest size could be read",
             ));
         }
+        if self.receiver.max_connection_bytes < self.receiver.max_request_bytes {
+            return Err(ConfigError::invalid(
+                "receiver.max_connection_bytes",
+                "must be at least receiver.max_request_bytes, or no request of the largest size could be read",
+            ));
+        }
         if self.receiver.max_concurrent_requests == 0 {
             return Err(ConfigError::invalid(
                 "receiver.max_concurrent_requests",
@@ -224,10 +230,15 @@ pub struct ReceiverConfig {
     /// `max_request_bytes` it bounds the memory held by requests in flight. A request takes
     /// its slot only once its body is read, so slow senders do not hold slots.
     pub max_concurrent_requests: usize,
-    /// Request body bytes (as received, compressed or not) held at once across both
-    /// receivers, while bodies are read and until their requests are answered; beyond it
-    /// clients are throttled like above.
+    /// Bytes requests hold at once across both receivers (and, on a sampler in a cluster,
+    /// its forward endpoint): bodies as they are read, gzip bodies inflated, and what
+    /// decoding them will allocate (estimated from the bytes before decoding), until each
+    /// request is answered. Beyond it clients are throttled like above; a request that
+    /// alone needs more is refused as too large.
     pub max_buffered_bytes: usize,
+    /// The same, for the requests of one connection (HTTP/2 carries many at once), so one
+    /// client cannot take the whole `max_buffered_bytes`.
+    pub max_connection_bytes: usize,
     /// Deadline for reading one request's body (and, for HTTP/1, its headers); a client
     /// slower than that is refused (HTTP 408, gRPC `DEADLINE_EXCEEDED`).
     #[serde(with = "humantime_serde")]
@@ -299,6 +310,7 @@ impl Default for ReceiverConfig {
             max_request_bytes: 64 * 1024 * 1024,
             max_concurrent_requests: 128,
             max_buffered_bytes: 256 * 1024 * 1024,
+            max_connection_bytes: 128 * 1024 * 1024,
             read_timeout: std::time::Duration::from_secs(30),
             auth: ReceiverAuthConfig::default(),
             tls: None,

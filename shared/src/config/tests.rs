@@ -729,6 +729,11 @@ fn receiver_read_deadline_and_byte_budget_are_checked() {
         invalid_path("receiver: {max_request_bytes: 1000, max_buffered_bytes: 999}"),
         "receiver.max_buffered_bytes"
     );
+    assert_eq!(c.receiver.max_connection_bytes, 128 * 1024 * 1024);
+    assert_eq!(
+        invalid_path("receiver: {max_request_bytes: 1000, max_connection_bytes: 999}"),
+        "receiver.max_connection_bytes"
+    );
 }
 
 #[test]

@@ -16,6 +16,8 @@ pub(crate) enum Transport {
     Grpc,
     /// OTLP/HTTP.
     Http,
+    /// A sampler's forward endpoint (OTLP/gRPC from routers and peers).
+    Forward,
 }
 
 impl Transport {
@@ -23,6 +25,7 @@ impl Transport {
         match self {
             Transport::Grpc => "grpc",
             Transport::Http => "http",
+            Transport::Forward => "forward",
         }
     }
 }

@@ -1,5 +1,7 @@
-//! OTLP/gRPC pieces of the receivers ([`super::raw`] serves the endpoints): the hardened
-//! server builder, the status of a sink's refusal, and the wrapper around each service.
+//! OTLP/gRPC pieces of the receivers ([`super::raw`] serves the endpoints; a sampler's
+//! forward endpoint uses them too): the hardened server builder, the status of a sink's
+//! refusal, and [`Bounded`], the wrapper around each service that reads the body within the
+//! budgets and deadline, inflates gzip and charges what decoding will take.
 //!
 //! Size limits are tonic's: the 5-byte gRPC frame header is checked against
 //! `max_request_bytes` before the message is buffered, and gzip messages are decompressed
@@ -20,8 +22,10 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::events::{self, Transport, reason};
-use super::{HeldBytes, InFlight, IngestError};
+use super::http::Refusal;
+use super::{ChargeRefused, HeldBytes, InFlight, IngestError, Reads};
 use crate::otlp::Signal;
+use crate::tls::server::ConnInfo;
 
 /// A tonic server builder with the receivers' connection limits: HTTP/2 keepalive pings
 /// (dead peers are dropped) and a cap on concurrent streams per connection.
@@ -46,8 +50,11 @@ pub fn status_of(error: &IngestError) -> Status {
     }
 }
 
-/// Wraps a generated service to give request-decoding failures the OTLP status codes and
-/// count them.
+/// Wraps an OTLP export service: reads the request body within the read deadline, the
+/// size cap and the byte budgets (total and the connection's), inflates a gzip message
+/// (its bytes charged too), charges what the sink's reading will allocate
+/// ([`super::Reads`]), takes a request slot, and only then calls the service; gives
+/// request-decoding failures the OTLP status codes and counts them.
 ///
 /// tonic reports a failure to decode the request as a headers-only response before the
 /// handler runs: `OUT_OF_RANGE` when the frame announces more than the size limit,
@@ -55,34 +62,49 @@ pub fn status_of(error: &IngestError) -> Status {
 /// corrupt gzip or bad framing. The handlers never answer `OUT_OF_RANGE` or `INTERNAL`
 /// themselves ([`status_of`]), so those codes in response headers always mean a bad request.
 #[derive(Debug, Clone)]
-pub(crate) struct DecodeStatus<S> {
+pub struct Bounded<S> {
     inner: S,
     signal: Signal,
+    transport: Transport,
     in_flight: InFlight,
+    max_request_bytes: usize,
     /// Largest body accepted on the wire (the message cap plus gRPC framing).
     wire_limit: usize,
+    reads: Reads,
 }
 
-impl<S> DecodeStatus<S> {
-    pub(crate) fn new(
+impl<S> Bounded<S> {
+    /// `inner`, the export service of `signal`, under `in_flight`'s bounds; messages up to
+    /// `max_request_bytes` once inflated; its sink `reads` them so.
+    pub fn new(
         inner: S,
         signal: Signal,
         in_flight: InFlight,
         max_request_bytes: usize,
+        reads: Reads,
     ) -> Self {
-        DecodeStatus {
+        Bounded {
             inner,
             signal,
+            transport: Transport::Grpc,
             in_flight,
+            max_request_bytes,
             wire_limit: max_request_bytes.saturating_add(GRPC_FRAMING),
+            reads,
         }
+    }
+
+    /// Counts refusals under `transport="forward"` (a sampler's forward endpoint).
+    pub fn on_forward_endpoint(mut self) -> Self {
+        self.transport = Transport::Forward;
+        self
     }
 }
 
 /// Bytes a gRPC body may carry beyond the message: the 5-byte frame header, with room.
 const GRPC_FRAMING: usize = 1024;
 
-impl<S: NamedService> NamedService for DecodeStatus<S> {
+impl<S: NamedService> NamedService for Bounded<S> {
     const NAME: &'static str = S::NAME;
 }
 
@@ -132,7 +154,7 @@ async fn read_grpc_body(
         })
 }
 
-impl<S> Service<http::Request<tonic::body::Body>> for DecodeStatus<S>
+impl<S> Service<http::Request<tonic::body::Body>> for Bounded<S>
 where
     S: Service<
             http::Request<tonic::body::Body>,
@@ -152,9 +174,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let signal = self.signal;
+        let (signal, transport, reads) = (self.signal, self.transport, self.reads);
         let in_flight = self.in_flight.clone();
-        let wire_limit = self.wire_limit;
+        let (wire_limit, max_request_bytes) = (self.wire_limit, self.max_request_bytes);
         // The ready service answers this call; a fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -164,43 +186,139 @@ where
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes()),
         ) {
-            events::request_refused(signal, Transport::Grpc, reason::UNAUTHENTICATED);
+            events::request_refused(signal, transport, reason::UNAUTHENTICATED);
             let response =
                 Status::unauthenticated("missing or unknown bearer token (receiver.auth)")
                     .into_http();
             return Box::pin(async move { Ok(response) });
         }
+        let connection = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|info| info.budget.clone());
         Box::pin(async move {
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
             // The body is read first, holding only its bytes of the budget; the slot is
             // taken once it is in, so slow senders cannot starve the others.
-            let mut held = InFlight::no_bytes();
-            let body = match read_grpc_body(body, &in_flight, wire_limit, &mut held).await {
+            let mut held = InFlight::hold(connection);
+            let prepared = async {
+                let body = read_grpc_body(body, &in_flight, wire_limit, &mut held).await?;
+                let message = Message {
+                    signal,
+                    reads,
+                    max_request_bytes,
+                };
+                message.prepare(&mut parts.headers, body, &in_flight, &mut held)
+            };
+            let body = match prepared.await {
                 Ok(body) => body,
                 Err((status, refusal)) => {
-                    events::request_refused(signal, Transport::Grpc, refusal);
+                    events::request_refused(signal, transport, refusal);
                     return Ok(status.into_http());
                 }
             };
             let Some(permit) = in_flight.try_enter() else {
-                events::request_refused(signal, Transport::Grpc, reason::OVERLOADED);
+                events::request_refused(signal, transport, reason::OVERLOADED);
                 return Ok(status_of(&InFlight::busy()).into_http());
             };
-            let request = http::Request::from_parts(
-                parts,
-                tonic::body::Body::new(http_body_util::Full::new(body)),
-            );
+            let request = http::Request::from_parts(parts, body);
             let mut response = inner.call(request).await?;
             drop(permit);
             drop(held);
-            rewrite_decode_status(response.headers_mut(), signal);
+            rewrite_decode_status(response.headers_mut(), signal, transport);
             Ok(response)
         })
     }
 }
 
-/// Rewrites the `grpc-status` of a decoding failure (see [`DecodeStatus`]) and counts it.
-fn rewrite_decode_status(headers: &mut http::HeaderMap, signal: Signal) {
+/// How one service's messages are taken in.
+struct Message {
+    signal: Signal,
+    reads: Reads,
+    max_request_bytes: usize,
+}
+
+/// Bytes of the gRPC frame header: a compressed flag and a 4-byte length.
+const FRAME_HEADER: usize = 5;
+
+impl Message {
+    /// The body to hand the service: a gzip message inflated here (within the size cap,
+    /// its bytes charged, `grpc-encoding` removed) so that its decoded size can be charged
+    /// before anything decodes it. Bodies that are not one well-framed message go through
+    /// as they are, for tonic to refuse.
+    fn prepare(
+        &self,
+        headers: &mut http::HeaderMap,
+        body: bytes::Bytes,
+        in_flight: &InFlight,
+        held: &mut HeldBytes,
+    ) -> Result<tonic::body::Body, (Status, &'static str)> {
+        let unchanged = |body| Ok(tonic::body::Body::new(http_body_util::Full::new(body)));
+        let Some((flag, length)) = body.get(..FRAME_HEADER).map(|head| {
+            (
+                head[0],
+                u32::from_be_bytes([head[1], head[2], head[3], head[4]]),
+            )
+        }) else {
+            return unchanged(body);
+        };
+        if body.len() != FRAME_HEADER + length as usize {
+            return unchanged(body);
+        }
+        let gzip = headers
+            .get("grpc-encoding")
+            .is_some_and(|encoding| encoding.as_bytes() == b"gzip");
+        let inflated = match (flag, gzip) {
+            (0, _) => None,
+            (1, true) => {
+                let inflated = super::http::gunzip(&body[FRAME_HEADER..], self.max_request_bytes)
+                    .map_err(|refusal| match refusal {
+                    Refusal::TooLarge { .. } => (
+                        Status::resource_exhausted(refusal.to_string()),
+                        reason::TOO_LARGE,
+                    ),
+                    other => (
+                        Status::invalid_argument(other.to_string()),
+                        reason::MALFORMED,
+                    ),
+                })?;
+                held.take(in_flight, inflated.len())
+                    .map_err(|e| (status_of(&e), reason::OVERLOADED))?;
+                headers.remove("grpc-encoding");
+                Some(bytes::Bytes::from(inflated))
+            }
+            _ => return unchanged(body),
+        };
+        let message = inflated
+            .as_ref()
+            .map_or_else(|| &body[FRAME_HEADER..], |inflated| &inflated[..]);
+        held.charge_decoded(in_flight, self.signal, message, self.reads)
+            .map_err(|refused| match refused {
+                ChargeRefused::Malformed(_) => (
+                    Status::invalid_argument(refused.to_string()),
+                    reason::MALFORMED,
+                ),
+                ChargeRefused::TooLarge { .. } => (
+                    Status::resource_exhausted(refused.to_string()),
+                    reason::TOO_LARGE,
+                ),
+                ChargeRefused::Overloaded(error) => (status_of(&error), reason::OVERLOADED),
+            })?;
+        let Some(inflated) = inflated else {
+            return unchanged(body);
+        };
+        let mut head = [0u8; FRAME_HEADER];
+        head[1..].copy_from_slice(&(inflated.len() as u32).to_be_bytes());
+        let frames = [bytes::Bytes::copy_from_slice(&head), inflated]
+            .map(|data| Ok::<_, Infallible>(hyper::body::Frame::data(data)));
+        Ok(tonic::body::Body::new(http_body_util::StreamBody::new(
+            tokio_stream::iter(frames),
+        )))
+    }
+}
+
+/// Rewrites the `grpc-status` of a decoding failure (see [`Bounded`]) and counts it.
+fn rewrite_decode_status(headers: &mut http::HeaderMap, signal: Signal, transport: Transport) {
     let Some(code) = headers
         .get("grpc-status")
         .and_then(|value| value.to_str().ok())
@@ -216,5 +334,5 @@ fn rewrite_decode_status(headers: &mut http::HeaderMap, signal: Signal) {
         _ => return,
     };
     headers.insert("grpc-status", HeaderValue::from(code as i32));
-    events::request_refused(signal, Transport::Grpc, refusal);
+    events::request_refused(signal, transport, refusal);
 }

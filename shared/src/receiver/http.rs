@@ -31,9 +31,9 @@ use tonic::Code;
 
 use super::events::{self, Transport, reason};
 use super::signal::{OtlpRequest, ingest_error_reason};
-use super::{Accepted, HeldBytes, InFlight, IngestError};
+use super::{Accepted, ChargeRefused, HeldBytes, InFlight, IngestError};
 use crate::otlp::Signal;
-use crate::tls::server::Listener;
+use crate::tls::server::{ConnectionBudget, Listener};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -89,8 +89,15 @@ where
             },
             () = &mut shutdown => break,
         };
+        let budget = stream.budget();
+        let inner = service.clone();
+        // Each request of the connection carries the connection's byte budget.
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(budget.clone());
+            inner.call(request)
+        });
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service.clone())
+            .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -156,9 +163,10 @@ impl<I> HttpReceiver<I> {
         mut body: Incoming,
         declared: Option<u64>,
         compression: Compression,
+        connection: Option<ConnectionBudget>,
     ) -> Result<(Vec<u8>, HeldBytes), Refusal> {
         let limit = self.max_request_bytes;
-        let mut held = InFlight::no_bytes();
+        let mut held = InFlight::hold(connection);
         let read = async {
             let mut raw = CappedBuffer::new(declared.map_or(0, |length| length as usize), limit);
             while let Some(frame) = body.frame().await {
@@ -181,7 +189,13 @@ impl<I> HttpReceiver<I> {
         };
         let body = match compression {
             Compression::None => raw,
-            Compression::Gzip => gunzip(&raw, limit)?,
+            Compression::Gzip => {
+                let inflated = gunzip(&raw, limit)?;
+                drop(raw);
+                held.take(&self.in_flight, inflated.len())
+                    .map_err(Refusal::Ingest)?;
+                inflated
+            }
         };
         Ok((body, held))
     }
@@ -242,7 +256,7 @@ const MIN_GROWTH: usize = 16 * 1024;
 
 /// Inflates a gzip body (one or more members) into at most `limit` bytes, stopping as soon
 /// as the output would exceed it.
-fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
+pub(crate) fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
     let mut decoder = flate2::read::MultiGzDecoder::new(compressed);
     let mut out = CappedBuffer::new(compressed.len().saturating_mul(4), limit);
     let mut chunk = [0u8; MIN_GROWTH];
@@ -383,6 +397,8 @@ pub(crate) enum Refusal {
     #[error("request body exceeds the limit of {limit} bytes (receiver.max_request_bytes)")]
     TooLarge { limit: usize },
     #[error("{0}")]
+    DecodedTooLarge(String),
+    #[error("{0}")]
     Malformed(String),
     #[error("could not read the request body: {0}")]
     BodyRead(String),
@@ -394,6 +410,16 @@ pub(crate) enum Refusal {
     Ingest(IngestError),
 }
 
+impl From<ChargeRefused> for Refusal {
+    fn from(refused: ChargeRefused) -> Self {
+        match refused {
+            ChargeRefused::Malformed(message) => Refusal::Malformed(message),
+            ChargeRefused::TooLarge { .. } => Refusal::DecodedTooLarge(refused.to_string()),
+            ChargeRefused::Overloaded(error) => Refusal::Ingest(error),
+        }
+    }
+}
+
 impl Refusal {
     fn http_status(&self) -> StatusCode {
         match self {
@@ -402,7 +428,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType(_) | Refusal::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::TooLarge { .. } | Refusal::DecodedTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
             Refusal::Malformed(_)
@@ -424,7 +450,7 @@ impl Refusal {
             | Refusal::Malformed(_)
             | Refusal::BodyRead(_)
             | Refusal::Ingest(IngestError::Invalid(_)) => Code::InvalidArgument,
-            Refusal::TooLarge { .. } => Code::ResourceExhausted,
+            Refusal::TooLarge { .. } | Refusal::DecodedTooLarge(_) => Code::ResourceExhausted,
             Refusal::ReadTimeout(_) => Code::DeadlineExceeded,
             Refusal::Unauthenticated => Code::Unauthenticated,
             Refusal::Ingest(IngestError::Overloaded { .. } | IngestError::Unavailable { .. }) => {
@@ -441,7 +467,7 @@ impl Refusal {
             Refusal::MethodNotAllowed(_) => reason::METHOD_NOT_ALLOWED,
             Refusal::UnsupportedMediaType(_) => reason::UNSUPPORTED_MEDIA_TYPE,
             Refusal::UnsupportedEncoding(_) => reason::UNSUPPORTED_ENCODING,
-            Refusal::TooLarge { .. } => reason::TOO_LARGE,
+            Refusal::TooLarge { .. } | Refusal::DecodedTooLarge(_) => reason::TOO_LARGE,
             Refusal::Malformed(_) => reason::MALFORMED,
             Refusal::BodyRead(_) => reason::BODY_READ,
             Refusal::ReadTimeout(_) => reason::READ_TIMEOUT,

@@ -32,7 +32,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::config::ReceiverConfig;
-use crate::tls::server::{Listener, ServerTls};
+use crate::otlp::Signal;
+use crate::split::{Spans, decoded_footprint};
+use crate::tls::server::{ConnectionBudget, Listener, ServerTls};
 
 /// Items of a request that were accepted or refused individually.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -134,42 +136,166 @@ pub trait Ingest: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Accepted, IngestError>> + Send;
 }
 
+/// What a sink does with a request's bytes, and so what handling it holds beyond them,
+/// which the receivers take from their byte budget before handing it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// Passes the bytes on, split or copied (the router): about the body again.
+    Passes,
+    /// Decodes them, spans as given ([`decoded_footprint`]).
+    Decodes(Spans),
+    /// Splits them among owners (a copy), then decodes its own share (a sampler in a
+    /// cluster): both of the above.
+    SplitsAndDecodes(Spans),
+}
+
 /// The bounds on requests in flight, shared by a gRPC and an HTTP receiver: request slots
-/// (taken once a body is read, for decoding and ingest), bytes of request bodies held, and
-/// the deadline for reading one body. A request that finds no room is throttled at once
-/// rather than queued, so memory stays bounded and the client backs off as the OTLP
-/// specification asks.
+/// (taken once a body is read, for decoding and ingest), bytes held by requests (bodies as
+/// they are read, inflated gzip, and what decoding will allocate), per connection and in
+/// total, and the deadline for reading one body. A request that finds no room is throttled
+/// at once rather than queued, so memory stays bounded and the client backs off as the
+/// OTLP specification asks.
 #[derive(Debug, Clone)]
 pub struct InFlight {
     slots: Arc<tokio::sync::Semaphore>,
     bytes: Arc<tokio::sync::Semaphore>,
+    /// The whole of `bytes`.
+    capacity: usize,
     read_timeout: Duration,
     /// Accepted bearer tokens (`receiver.auth`); `None`: anyone may send.
     auth: Option<Arc<auth::BearerTokens>>,
 }
 
-/// Body bytes a request holds of [`InFlight`]'s byte budget; returned when dropped.
+/// Bytes a request holds of [`InFlight`]'s budget and of its connection's; returned when
+/// dropped.
 #[derive(Debug)]
-pub(crate) struct HeldBytes(Option<tokio::sync::OwnedSemaphorePermit>);
+pub(crate) struct HeldBytes {
+    total: Option<tokio::sync::OwnedSemaphorePermit>,
+    connection: Option<ConnectionBudget>,
+    on_connection: Option<tokio::sync::OwnedSemaphorePermit>,
+    held: usize,
+}
+
+/// Why a request's decoded form was not taken on.
+#[derive(Debug)]
+pub(crate) enum ChargeRefused {
+    /// The bytes are not a request the sink could decode.
+    Malformed(String),
+    /// It would need more than the budget holds even when empty.
+    TooLarge {
+        /// Bytes the request would hold.
+        needed: usize,
+        /// The smaller of the total and the connection's budget.
+        limit: usize,
+    },
+    /// No room now; retry.
+    Overloaded(IngestError),
+}
+
+impl std::fmt::Display for ChargeRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChargeRefused::Malformed(message) => f.write_str(message),
+            ChargeRefused::TooLarge { needed, limit } => write!(
+                f,
+                "the request would hold {needed} bytes once decoded, more than the {limit} \
+                 bytes requests may hold (receiver.max_buffered_bytes, \
+                 receiver.max_connection_bytes); send smaller batches"
+            ),
+            ChargeRefused::Overloaded(error) => error.fmt(f),
+        }
+    }
+}
 
 impl HeldBytes {
-    /// Takes `n` more bytes of `in_flight`'s budget; the refusal when it has no room.
+    /// Takes `n` more bytes of `in_flight`'s budget and the connection's; the refusal when
+    /// either has no room.
     pub(crate) fn take(&mut self, in_flight: &InFlight, n: usize) -> Result<(), IngestError> {
         if n == 0 {
             return Ok(());
         }
-        let permit = u32::try_from(n)
-            .ok()
-            .and_then(|n| in_flight.bytes.clone().try_acquire_many_owned(n).ok())
-            .ok_or(IngestError::Overloaded {
-                retry_after: Duration::from_secs(1),
-                reason: "too many request bytes in flight (receiver.max_buffered_bytes)",
-            })?;
-        match &mut self.0 {
-            Some(held) => held.merge(permit),
-            None => self.0 = Some(permit),
+        let Ok(permits) = u32::try_from(n) else {
+            return Err(Self::no_room("receiver.max_buffered_bytes"));
+        };
+        let total = in_flight
+            .bytes
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| Self::no_room("receiver.max_buffered_bytes"))?;
+        if let Some(connection) = &self.connection {
+            let on_connection = connection
+                .bytes()
+                .clone()
+                .try_acquire_many_owned(permits)
+                .map_err(|_| Self::no_room("receiver.max_connection_bytes"))?;
+            merge(&mut self.on_connection, on_connection);
         }
+        merge(&mut self.total, total);
+        self.held += n;
         Ok(())
+    }
+
+    fn no_room(key: &'static str) -> IngestError {
+        IngestError::Overloaded {
+            retry_after: Duration::from_secs(1),
+            reason: match key {
+                "receiver.max_connection_bytes" => {
+                    "too many request bytes in flight on this connection (receiver.max_connection_bytes)"
+                }
+                _ => "too many request bytes in flight (receiver.max_buffered_bytes)",
+            },
+        }
+    }
+
+    /// Takes what handling `body` (an encoded request of `signal`) will hold beyond its
+    /// bytes when the sink `reads` it so; refuses a request that could not fit even in
+    /// empty budgets, and bytes a decoder would refuse.
+    pub(crate) fn charge_decoded(
+        &mut self,
+        in_flight: &InFlight,
+        signal: Signal,
+        body: &[u8],
+        reads: Reads,
+    ) -> Result<(), ChargeRefused> {
+        let decoded = |spans| {
+            decoded_footprint(signal, body, spans).map_err(|e| {
+                ChargeRefused::Malformed(format!("failed to decode the protobuf request: {e}"))
+            })
+        };
+        let extra = match reads {
+            Reads::Passes => body.len(),
+            Reads::Decodes(spans) => decoded(spans)?,
+            Reads::SplitsAndDecodes(spans) => body.len().saturating_add(decoded(spans)?),
+        };
+        self.charge(in_flight, extra)
+    }
+
+    /// Takes `extra` bytes, refusing what could never fit as too large.
+    pub(crate) fn charge(
+        &mut self,
+        in_flight: &InFlight,
+        extra: usize,
+    ) -> Result<(), ChargeRefused> {
+        let limit = self
+            .connection
+            .as_ref()
+            .map_or(in_flight.capacity, |c| c.capacity().min(in_flight.capacity));
+        let needed = self.held.saturating_add(extra);
+        if needed > limit {
+            return Err(ChargeRefused::TooLarge { needed, limit });
+        }
+        self.take(in_flight, extra)
+            .map_err(ChargeRefused::Overloaded)
+    }
+}
+
+fn merge(
+    slot: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    match slot {
+        Some(held) => held.merge(permit),
+        None => *slot = Some(permit),
     }
 }
 
@@ -183,13 +309,22 @@ impl InFlight {
     /// Room for `max` requests and `max_bytes` of bodies at once; bodies must arrive
     /// within `read_timeout`.
     pub fn with_limits(max: usize, max_bytes: usize, read_timeout: Duration) -> Self {
+        let capacity = max_bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
         InFlight {
             slots: Arc::new(tokio::sync::Semaphore::new(max)),
-            bytes: Arc::new(tokio::sync::Semaphore::new(
-                max_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            bytes: Arc::new(tokio::sync::Semaphore::new(capacity)),
+            capacity,
             read_timeout,
             auth: None,
+        }
+    }
+
+    /// The same slots and budget, without client authentication (for the forward
+    /// endpoint, whose callers authenticate as nodes).
+    pub fn without_auth(&self) -> Self {
+        InFlight {
+            auth: None,
+            ..self.clone()
         }
     }
 
@@ -224,9 +359,15 @@ impl InFlight {
         self.read_timeout
     }
 
-    /// Nothing of the byte budget held yet.
-    pub(crate) fn no_bytes() -> HeldBytes {
-        HeldBytes(None)
+    /// Nothing of the byte budgets held yet by a request on a connection with budget
+    /// `connection` (`None`: only the total applies).
+    pub(crate) fn hold(connection: Option<ConnectionBudget>) -> HeldBytes {
+        HeldBytes {
+            total: None,
+            connection,
+            on_connection: None,
+            held: 0,
+        }
     }
 
     /// A slot for one request, released when dropped; `None` when all are taken.
@@ -292,12 +433,14 @@ where
         tokio::net::TcpListener::bind(config.grpc_endpoint).await?,
         "grpc",
     )
-    .with_tls(tls.clone(), config.read_timeout);
+    .with_tls(tls.clone(), config.read_timeout)
+    .with_connection_budget(config.max_connection_bytes);
     let http_listener = Listener::plain(
         tokio::net::TcpListener::bind(config.http_endpoint).await?,
         "http",
     )
-    .with_tls(tls, config.read_timeout);
+    .with_tls(tls, config.read_timeout)
+    .with_connection_budget(config.max_connection_bytes);
     on_bound(BoundAddrs {
         grpc: grpc_listener.local_addr()?,
         http: http_listener.local_addr()?,

@@ -38,17 +38,18 @@ use tonic::codegen::{Body, BoxFuture, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
 
 use super::events::{self, Transport};
-use super::grpc::{DecodeStatus, status_of};
+use super::grpc::{Bounded, status_of};
 use super::http::{
     Encoding, HttpReceiver, Refusal, decode, linger, refusal_response, refuse, serve_connections,
     success_response,
 };
 use super::signal::{OtlpRequest, ingest_error_reason};
-use super::{Accepted, BoundAddrs, InFlight, IngestError, serve_both, wait_stop};
+use super::{Accepted, BoundAddrs, InFlight, IngestError, Reads, serve_both, wait_stop};
 use crate::config::ReceiverConfig;
 use crate::forward::{ServerCodec, export_path};
 use crate::otlp::Signal;
-use crate::tls::server::Listener;
+use crate::split::Spans;
+use crate::tls::server::{ConnectionBudget, Listener};
 
 /// The sink raw receivers deliver encoded `Export*ServiceRequest` bytes to. `Ok` means
 /// the data is accepted (for the router: every owner accepted its part); the
@@ -60,6 +61,12 @@ pub trait RawIngest: Send + Sync + 'static {
     fn logs(&self, body: Bytes) -> impl Future<Output = Result<Accepted, IngestError>> + Send;
     /// Takes an encoded `ExportMetricsServiceRequest`.
     fn metrics(&self, body: Bytes) -> impl Future<Output = Result<Accepted, IngestError>> + Send;
+    /// How this sink reads requests of `signal`: what the receivers charge their byte
+    /// budget for beyond the body. Default: decoded whole.
+    fn reads(&self, signal: Signal) -> Reads {
+        let _ = signal;
+        Reads::Decodes(Spans::Whole)
+    }
 }
 
 /// Binds both raw receivers and serves them until `shutdown` completes; in-flight requests
@@ -71,8 +78,19 @@ pub async fn serve<I: RawIngest>(
     on_bound: impl FnOnce(BoundAddrs),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_within(config, InFlight::of(config)?, ingest, on_bound, shutdown).await
+}
+
+/// [`serve`] within `in_flight`'s bounds, which other servers of the process (a sampler's
+/// forward endpoint) may share.
+pub async fn serve_within<I: RawIngest>(
+    config: &ReceiverConfig,
+    in_flight: InFlight,
+    ingest: Arc<I>,
+    on_bound: impl FnOnce(BoundAddrs),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let limit = config.max_request_bytes;
-    let in_flight = InFlight::of(config)?;
     serve_both(
         config,
         on_bound,
@@ -137,24 +155,31 @@ async fn serve_grpc<I: RawIngest>(
     ingest: Arc<I>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let reads = |signal| ingest.reads(signal);
     super::grpc::hardened_server()
-        .add_service(DecodeStatus::new(
+        .add_service(Bounded::new(
             RawGrpcService::<I, ExportTraceServiceRequest>::new(ingest.clone(), max_request_bytes),
             Signal::Traces,
             in_flight.clone(),
             max_request_bytes,
+            reads(Signal::Traces),
         ))
-        .add_service(DecodeStatus::new(
+        .add_service(Bounded::new(
             RawGrpcService::<I, ExportLogsServiceRequest>::new(ingest.clone(), max_request_bytes),
             Signal::Logs,
             in_flight.clone(),
             max_request_bytes,
+            reads(Signal::Logs),
         ))
-        .add_service(DecodeStatus::new(
-            RawGrpcService::<I, ExportMetricsServiceRequest>::new(ingest, max_request_bytes),
+        .add_service(Bounded::new(
+            RawGrpcService::<I, ExportMetricsServiceRequest>::new(
+                ingest.clone(),
+                max_request_bytes,
+            ),
             Signal::Metrics,
             in_flight,
             max_request_bytes,
+            reads(Signal::Metrics),
         ))
         .serve_with_incoming_shutdown(listener.incoming(), shutdown)
         .await
@@ -300,22 +325,33 @@ async fn export<I: RawIngest, R: OtlpRequest>(
         }
     };
     // The slot is taken once the body is in: a slow sender holds only its bytes.
-    let (body, _held) = match receiver
-        .read_body(request.into_body(), declared, compression)
+    let connection = request.extensions().get::<ConnectionBudget>().cloned();
+    let (body, mut held) = match receiver
+        .read_body(request.into_body(), declared, compression, connection)
         .await
     {
         Ok(read) => read,
         Err(refusal) => return refuse(R::SIGNAL, &refusal, encoding),
     };
-    let Some(_permit) = receiver.in_flight.try_enter() else {
-        return refuse(R::SIGNAL, &Refusal::Ingest(InFlight::busy()), encoding);
-    };
     let body = match encoding {
         Encoding::Protobuf => Bytes::from(body),
-        Encoding::Json => match decode::<R>(&body, encoding) {
-            Ok(request) => Bytes::from(request.encode_to_vec()),
-            Err(refusal) => return refuse(R::SIGNAL, &refusal, encoding),
-        },
+        Encoding::Json => {
+            let footprint = crate::split::json_decoded_footprint(&body);
+            if let Err(refused) = held.charge(&receiver.in_flight, footprint) {
+                return refuse(R::SIGNAL, &Refusal::from(refused), encoding);
+            }
+            match decode::<R>(&body, encoding) {
+                Ok(request) => Bytes::from(request.encode_to_vec()),
+                Err(refusal) => return refuse(R::SIGNAL, &refusal, encoding),
+            }
+        }
+    };
+    let reads = receiver.ingest.reads(R::SIGNAL);
+    if let Err(refused) = held.charge_decoded(&receiver.in_flight, R::SIGNAL, &body, reads) {
+        return refuse(R::SIGNAL, &Refusal::from(refused), encoding);
+    }
+    let Some(_permit) = receiver.in_flight.try_enter() else {
+        return refuse(R::SIGNAL, &Refusal::Ingest(InFlight::busy()), encoding);
     };
     match deliver(&*receiver.ingest, R::SIGNAL, body).await {
         Ok(accepted) => success_response::<R>(&accepted, encoding),

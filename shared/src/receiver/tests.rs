@@ -123,7 +123,10 @@ struct Harness {
 
 impl Harness {
     async fn start(max_request_bytes: usize) -> Harness {
-        let config = loopback_config(max_request_bytes);
+        Harness::with_config(loopback_config(max_request_bytes)).await
+    }
+
+    async fn with_config(config: ReceiverConfig) -> Harness {
         let ingest = Arc::new(RecordingIngest::default());
         let sink = ingest.clone();
         let running = RunningReceivers::start(move |on_bound, shutdown| async move {
@@ -1234,4 +1237,181 @@ async fn requests_beyond_the_in_flight_bound_are_throttled_on_both_transports() 
         .expect("served after release");
 
     running.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Byte budgets: decoded size, per connection
+// ---------------------------------------------------------------------------------------
+
+/// 300,000 empty log records: about 600 KB on the wire, over 100 MB decoded.
+fn log_bomb() -> ExportLogsServiceRequest {
+    testing::logs_of(None, vec![LogRecord::default(); 300_000])
+}
+
+#[tokio::test]
+async fn requests_that_decode_beyond_the_budget_are_refused_before_decoding() {
+    let harness = Harness::with_config(ReceiverConfig {
+        max_buffered_bytes: 16 << 20,
+        max_connection_bytes: 8 << 20,
+        ..loopback_config(4 << 20)
+    })
+    .await;
+    let bomb = log_bomb().encode_to_vec();
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+    let reply = harness
+        .post("/v1/logs", "application/x-protobuf", bomb.clone())
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let status = reply.pb_status();
+    assert_eq!(status.code, Code::ResourceExhausted as i32);
+    assert!(
+        status.message.contains("once decoded"),
+        "{}",
+        status.message
+    );
+    let reply = harness
+        .post_gzip("/v1/logs", "application/x-protobuf", gzip(&bomb))
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    for gzipped in [false, true] {
+        let message = if gzipped { gzip(&bomb) } else { bomb.clone() };
+        let (code, message) = raw_grpc(harness.addrs.grpc, LOGS_EXPORT, &message, gzipped).await;
+        assert_eq!(code, Code::ResourceExhausted, "gzip {gzipped}: {message}");
+        assert!(message.contains("decoded"), "{message}");
+    }
+    // JSON: `{}` per record is three bytes and a whole struct once decoded.
+    let json = format!(
+        r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{}{{}}]}}]}}]}}"#,
+        "{},".repeat(200_000)
+    );
+    let reply = harness.post("/v1/logs", "application/json", json).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        harness.ingest.log_count(),
+        0,
+        "nothing of a refused bomb arrives"
+    );
+
+    // Ordinary requests, gzip included, pass on both transports.
+    let reply = harness
+        .post(
+            "/v1/logs",
+            "application/x-protobuf",
+            logs(100).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let (code, message) = raw_grpc(
+        harness.addrs.grpc,
+        LOGS_EXPORT,
+        &gzip(&logs(50).encode_to_vec()),
+        true,
+    )
+    .await;
+    assert_eq!(code, Code::Ok, "{message}");
+    assert_eq!(harness.ingest.log_count(), 150);
+    harness.stop().await;
+}
+
+/// A body that sends `first` and then waits for more from the returned sender (the test
+/// sends none: the body stays unfinished until the sender is dropped).
+fn stalled_body(first: Vec<u8>) -> (TestBody, tokio::sync::mpsc::Sender<Bytes>) {
+    use tokio_stream::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tx.try_send(Bytes::from(first)).unwrap();
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|data| Ok::<_, std::convert::Infallible>(Frame::data(data)));
+    (http_body_util::StreamBody::new(stream).boxed(), tx)
+}
+
+#[tokio::test]
+async fn one_connection_cannot_take_the_whole_byte_budget() {
+    let harness = Harness::with_config(ReceiverConfig {
+        max_buffered_bytes: 32 << 20,
+        max_connection_bytes: 1 << 20,
+        ..loopback_config(1 << 20)
+    })
+    .await;
+    let request = oversized_traces(300_000).encode_to_vec();
+    for (addr, path, content_type) in [
+        (harness.addrs.http, "/v1/traces", "application/x-protobuf"),
+        (harness.addrs.grpc, TRACE_EXPORT, "application/grpc"),
+    ] {
+        // One HTTP/2 connection: a stream holds 900 KB of a body it does not finish.
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<TestBody>();
+        let (body, stall) = stalled_body(vec![0x0a; 900_000]);
+        let stalled = client.request(
+            Request::post(format!("http://{addr}{path}"))
+                .header(CONTENT_TYPE, content_type)
+                .body(body)
+                .unwrap(),
+        );
+        let stalled = tokio::spawn(stalled);
+        // Another stream of the same connection finds the connection's budget spent
+        // (retried until the first stream's bytes have arrived).
+        let mut refused = None;
+        for _ in 0..100 {
+            let response = client
+                .request(
+                    Request::post(format!("http://{addr}{path}"))
+                        .header(CONTENT_TYPE, content_type)
+                        .body(full(framed(content_type, &request)))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = response.status();
+            let headers = response.headers().clone();
+            let collected = response.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            let message = headers
+                .get("grpc-message")
+                .or_else(|| trailers.get("grpc-message"))
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_else(|| String::from_utf8_lossy(&collected.to_bytes()).into_owned());
+            if message.contains("max_connection_bytes") {
+                refused = Some((status, message));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, message) = refused.expect("the second stream was throttled");
+        if path == TRACE_EXPORT {
+            assert!(message.contains("in%20flight"), "{message}");
+        } else {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{message}");
+        }
+        // Another connection is served meanwhile.
+        let reply = if path == TRACE_EXPORT {
+            let (code, message) = raw_grpc(addr, TRACE_EXPORT, &request, false).await;
+            assert_eq!(code, Code::Ok, "{message}");
+            None
+        } else {
+            Some(harness.post(path, content_type, request.clone()).await)
+        };
+        if let Some(reply) = reply {
+            assert_eq!(reply.status, StatusCode::OK);
+        }
+        drop(stall);
+        stalled.abort();
+    }
+    // The other connections' requests (and any second stream served before the stalled
+    // bytes arrived) were taken.
+    assert!(harness.ingest.spans().len() >= 2);
+    harness.stop().await;
+}
+
+/// `message` as the body of a request of `content_type`: gRPC-framed for gRPC.
+fn framed(content_type: &str, message: &[u8]) -> Vec<u8> {
+    if content_type != "application/grpc" {
+        return message.to_vec();
+    }
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
 }

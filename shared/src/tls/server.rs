@@ -192,21 +192,68 @@ fn build(config: &ServerTlsConfig, key: &str, alpn: &[Vec<u8>]) -> Result<Loaded
     })
 }
 
-/// A connection a server accepted: plain TCP or TLS over TCP.
-pub enum Conn {
-    /// Plain TCP.
+/// A connection a server accepted: plain TCP or TLS over TCP, with its share of the
+/// server's request byte budget.
+pub struct Conn {
+    io: Io,
+    budget: ConnectionBudget,
+}
+
+enum Io {
     Plain(TcpStream),
-    /// TLS, handshake done.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl Conn {
     fn tcp(&self) -> &TcpStream {
-        match self {
-            Conn::Plain(stream) => stream,
-            Conn::Tls(stream) => stream.get_ref().0,
+        match &self.io {
+            Io::Plain(stream) => stream,
+            Io::Tls(stream) => stream.get_ref().0,
         }
     }
+
+    /// The bytes requests on this connection may hold at once.
+    pub fn budget(&self) -> ConnectionBudget {
+        self.budget.clone()
+    }
+}
+
+/// What requests on one connection may hold at once, in bytes; shared by the connection's
+/// requests (HTTP/2 multiplexes many), so one client cannot take a server's whole budget.
+#[derive(Debug, Clone)]
+pub struct ConnectionBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+    capacity: usize,
+}
+
+impl ConnectionBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        let capacity = bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
+        ConnectionBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+
+    /// The semaphore whose permits are the bytes.
+    pub fn bytes(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.bytes
+    }
+
+    /// The whole budget, in bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// What tonic attaches to every request of a gRPC connection: its address and budget.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Addresses of the TCP connection.
+    pub tcp: tonic::transport::server::TcpConnectInfo,
+    /// The connection's byte budget.
+    pub budget: ConnectionBudget,
 }
 
 impl AsyncRead for Conn {
@@ -215,9 +262,9 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -228,9 +275,9 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -239,39 +286,42 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
 
 impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.tcp().connect_info()
+        ConnInfo {
+            tcp: self.tcp().connect_info(),
+            budget: self.budget.clone(),
+        }
     }
 }
 
@@ -281,6 +331,8 @@ pub struct Listener {
     tls: Option<Arc<ServerTls>>,
     handshake_timeout: Duration,
     name: &'static str,
+    /// Bytes each connection's requests may hold at once.
+    connection_bytes: usize,
 }
 
 impl Listener {
@@ -291,6 +343,7 @@ impl Listener {
             tls: None,
             handshake_timeout: Duration::from_secs(10),
             name,
+            connection_bytes: usize::MAX,
         }
     }
 
@@ -298,6 +351,13 @@ impl Listener {
     pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>, timeout: Duration) -> Listener {
         self.tls = tls;
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Gives each accepted connection a budget of `bytes` for its requests (default:
+    /// unbounded, leaving only the server's total budget).
+    pub fn with_connection_budget(mut self, bytes: usize) -> Listener {
+        self.connection_bytes = bytes;
         self
     }
 
@@ -327,8 +387,13 @@ impl Listener {
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%error, "setting TCP_NODELAY failed");
                 }
+                let budget = ConnectionBudget::new(self.connection_bytes);
                 let Some(tls) = &self.tls else {
-                    if tx.send(Ok(Conn::Plain(stream))).await.is_err() {
+                    let conn = Conn {
+                        io: Io::Plain(stream),
+                        budget,
+                    };
+                    if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }
                     continue;
@@ -338,7 +403,8 @@ impl Listener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let _ = tx.send(Ok(Conn::Tls(Box::new(stream)))).await;
+                            let io = Io::Tls(Box::new(stream));
+                            let _ = tx.send(Ok(Conn { io, budget })).await;
                         }
                         outcome => {
                             let error = match outcome {

@@ -380,7 +380,15 @@ async fn http_refusals_follow_otlp() {
     harness
         .ingest
         .answer_with(Err(IngestError::Invalid("bad framing".to_owned())));
-    let reply = post(addr, "/v1/traces", "application/x-protobuf", false, vec![1]).await;
+    // Well-framed (one empty resource), so only the sink finds fault with it.
+    let reply = post(
+        addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        false,
+        vec![0x0a, 0],
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     let status = tonic_types::pb::Status::decode(reply.body).unwrap();
     assert_eq!(status.code, Code::InvalidArgument as i32);
