@@ -136,3 +136,245 @@ async fn requests_that_never_send_their_body_do_not_starve_other_clients() {
     assert_eq!(timed_out, SLOW as f64, "every slow request counted");
     drop(held);
 }
+
+/// Empty spans (no ids): a few bytes each on the wire, a whole span struct each once read.
+fn empty_spans(count: usize) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message as _;
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span::default(); count],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// Empty log records: two bytes each on the wire, a whole record struct each once decoded.
+fn empty_logs(count: usize) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use prost::Message as _;
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord::default(); count],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// `message` in a gRPC frame.
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("fits").to_be_bytes());
+    frame.extend_from_slice(message);
+    Bytes::from(frame)
+}
+
+/// One HTTP/2 connection to `endpoint` sending `requests` (path, content type, body) over
+/// `streams` concurrent streams in a loop until `stop`; returns the response statuses
+/// seen (HTTP status, with `grpc-status` when present).
+async fn flood(
+    endpoint: String,
+    requests: Vec<(&'static str, &'static str, Bytes)>,
+    streams: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<(u16, Option<String>)> {
+    let stream = TcpStream::connect(addr(&endpoint)).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut tasks = Vec::new();
+    for n in 0..streams {
+        let (mut sender, stop, endpoint) = (sender.clone(), stop.clone(), endpoint.clone());
+        let requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut i = n;
+            while !*stop.borrow() {
+                let (path, content_type, body) = &requests[i % requests.len()];
+                i += 1;
+                let request = http::Request::post(format!("{endpoint}{path}"))
+                    .header("content-type", *content_type)
+                    .header("te", "trailers")
+                    .body(http_body_util::Full::new(body.clone()))
+                    .expect("request");
+                if sender.ready().await.is_err() {
+                    break;
+                }
+                let Ok(response) = sender.send_request(request).await else {
+                    break;
+                };
+                let status = response.status().as_u16();
+                let grpc = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                use http_body_util::BodyExt as _;
+                let trailers = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .ok()
+                    .and_then(|c| c.trailers().cloned());
+                let grpc = grpc.or_else(|| {
+                    trailers
+                        .and_then(|t| t.get("grpc-status").cloned())
+                        .and_then(|v| v.to_str().ok().map(str::to_owned))
+                });
+                seen.push((status, grpc));
+            }
+            seen
+        }));
+    }
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.extend(task.await.expect("flood task"));
+    }
+    seen
+}
+
+/// Requests built to amplify — empty spans and log records, a few bytes each on the wire
+/// and a whole struct each once read — sent as fast as two HTTP/2 connections carry them
+/// (one per receiver, 16 streams each), with bombs too large to ever fit among them. Each
+/// connection may hold at most `receiver.max_connection_bytes` of the budget, so the
+/// well-behaved SDK client sending at the same time still finds room: its spans are
+/// acknowledged and exported. The sampler's memory stays within the bound the
+/// configuration states (the request budget plus the buffer's memtables, plus a fixed
+/// allowance), and every refusal is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amplifying_requests_stay_within_the_memory_budget_and_do_not_starve_other_clients() {
+    const MIB: u64 = 1 << 20;
+    let (budget, per_connection, memtables) = (48 * MIB, 16 * MIB, 32 * MIB);
+    let sampler = SamplerProcess::start(json!({
+        "receiver": {
+            "max_request_bytes": 8 * MIB,
+            "max_buffered_bytes": budget,
+            "max_connection_bytes": per_connection,
+        },
+        "sampler": {
+            "decision_wait": "1s",
+            "buffer_memory_bytes": memtables,
+            "policies": [{"name": "all", "type": "always_sample"}],
+        },
+    }))
+    .await
+    .expect("sampler starts");
+    let pid = sampler.pid().expect("pid");
+    let baseline = otel_tail_integration_tests::procfs::rss_bytes(pid).expect("rss");
+
+    // 20k empty spans: ~40 KB on the wire, ~12 MB as read (fits a connection's budget);
+    // 300k empty log records: ~600 KB on the wire, over 100 MB decoded (never fits).
+    let spans = empty_spans(20_000);
+    let logs = empty_logs(300_000);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let traces_path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    let logs_path = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    let grpc_flood = tokio::spawn(flood(
+        sampler.grpc_endpoint(),
+        vec![
+            (traces_path, "application/grpc", grpc_frame(&spans)),
+            (logs_path, "application/grpc", grpc_frame(&logs)),
+        ],
+        16,
+        stop.clone(),
+    ));
+    let http_flood = tokio::spawn(flood(
+        sampler.http_endpoint(),
+        vec![
+            ("/v1/traces", "application/x-protobuf", Bytes::from(spans)),
+            ("/v1/logs", "application/x-protobuf", Bytes::from(logs)),
+        ],
+        16,
+        stop,
+    ));
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
+    let watcher = tokio::spawn({
+        let peak = peak.clone();
+        async move {
+            loop {
+                if let Ok(rss) = otel_tail_integration_tests::procfs::rss_bytes(pid) {
+                    peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A well-behaved client over both transports, in the middle of the flood.
+    let mut trace_ids = Vec::new();
+    for transport in [Transport::Grpc, Transport::Http] {
+        let provider = sdk::tracer_provider(
+            transport,
+            &sampler.grpc_endpoint(),
+            &sampler.http_endpoint(),
+            "checkout",
+        )
+        .expect("tracer pipeline");
+        let tracer = provider.tracer("budget");
+        for i in 0..20 {
+            let mut span = tracer.start(format!("op-{i}"));
+            trace_ids.push(span.span_context().trace_id().to_string());
+            span.end();
+        }
+        sdk::shutdown_traces(provider)
+            .await
+            .expect("the well-behaved client is acknowledged despite the flood");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_tx.send(true).expect("stop the flood");
+    let mut seen = grpc_flood.await.expect("gRPC flood");
+    seen.extend(http_flood.await.expect("HTTP flood"));
+    watcher.abort();
+
+    let data = sampler
+        .wait_for_export("the good client's spans", Duration::from_secs(20), |d| {
+            d.span_count() >= 40
+        })
+        .await
+        .expect("exported");
+    let exported = data.trace_ids();
+    for id in &trace_ids {
+        assert!(exported.contains(id), "trace {id} not exported");
+    }
+
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let allowance = 96 * MIB;
+    let bound = budget + memtables + allowance;
+    println!(
+        "flood: {} requests answered; RSS baseline {} MiB, peak {} MiB, growth {} MiB, bound {} MiB",
+        seen.len(),
+        baseline / MIB,
+        peak / MIB,
+        (peak - baseline) / MIB,
+        bound / MIB
+    );
+    assert!(
+        peak - baseline <= bound,
+        "RSS grew by {} MiB, more than the {} MiB the configuration bounds it to",
+        (peak - baseline) / MIB,
+        bound / MIB
+    );
+    let refused = |code: &str, http: u16| {
+        seen.iter()
+            .filter(|(status, grpc)| grpc.as_deref() == Some(code) || *status == http)
+            .count()
+    };
+    assert!(refused("8", 413) > 0, "bombs refused as too large");
+    assert!(refused("14", 503) > 0, "the flood was throttled");
+    let metrics = sampler.metrics().await.expect("metrics");
+    assert!(metrics.sum(REFUSED, &[("reason", "too_large")]) > 0.0);
+    assert!(metrics.sum(REFUSED, &[("reason", "overloaded")]) > 0.0);
+}

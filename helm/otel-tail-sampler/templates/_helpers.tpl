@@ -351,7 +351,8 @@ priorityClassName: {{ . }}
 
 {{/*
 Fails the render when a component's memory limit cannot hold what its configuration lets
-it use: request bodies held (`receiver.max_buffered_bytes`), for samplers the buffer's
+it use: bytes held by requests (`receiver.max_buffered_bytes`: bodies, inflated gzip and
+decoded size), for samplers the buffer's
 memtables (`sampler.buffer_memory_bytes`), and a fixed allowance for everything else
 (index, requests being read, export batches, the runtime). Takes the component name, its
 resources, and the allowance in MiB.
