@@ -456,16 +456,24 @@ impl Engine {
         }
         let now_unix = self.unix_now();
         let span_points = self.settler.span_metrics(&parsed.slim, now_unix);
-        let mut value = RequestValue::with_capacity(parsed.groups.len() * 64);
+        let sized: Vec<(Vec<(usize, usize)>, usize)> = parsed
+            .groups
+            .iter()
+            .map(|group| {
+                let lens = parsed.scope_lens(group);
+                let len = parsed.encoded_len(group, &lens);
+                (lens, len)
+            })
+            .collect();
+        let mut value = RequestValue::for_items(sized.iter().map(|(_, len)| *len));
         let arrivals: Vec<(TraceId, Arrival)> = {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
             let policies = &*policies;
             parsed
                 .groups
                 .iter()
-                .map(|group| {
-                    let lens = parsed.scope_lens(group);
-                    let len = parsed.encoded_len(group, &lens);
+                .zip(sized)
+                .map(|(group, (lens, len))| {
                     value.push_with(group.trace, BufferedKind::Spans, len, |buf| {
                         parsed.encode(group, &lens, buf)
                     });

@@ -198,7 +198,8 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
         scopes: Vec::with_capacity(request.resource_spans.len()),
     };
     let (mut bad_trace, mut bad_span) = (0i64, 0i64);
-    let mut by_trace: HashMap<TraceId, usize> = HashMap::new();
+    // Room for the traces of a typical request without rehashing.
+    let mut by_trace: HashMap<TraceId, usize> = HashMap::with_capacity(256);
     for rs_bytes in request.resource_spans {
         let rs =
             WireResourceSpans::decode(rs_bytes).map_err(|e| format!("invalid protobuf: {e}"))?;

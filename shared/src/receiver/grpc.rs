@@ -108,6 +108,20 @@ impl<S: NamedService> NamedService for Bounded<S> {
     const NAME: &'static str = S::NAME;
 }
 
+/// Most a body buffer is sized for in advance from its frame header.
+const PRESIZE_LIMIT: usize = 4 << 20;
+
+/// The body length a gRPC frame header at the start of `data` announces (header
+/// included); `data.len()` when it holds no whole header.
+fn announced_len(data: &[u8]) -> usize {
+    match data.get(..FRAME_HEADER) {
+        Some(head) => {
+            FRAME_HEADER + u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize
+        }
+        None => data.len(),
+    }
+}
+
 /// Reads a request body whole within the read deadline, the wire cap and the byte budget.
 async fn read_grpc_body(
     mut body: tonic::body::Body,
@@ -126,6 +140,13 @@ async fn read_grpc_body(
                 )
             })?;
             if let Some(data) = frame.data_ref() {
+                if buffer.is_empty() {
+                    // The frame header announces the message's length: room for it at once
+                    // rather than growing (and copying) as it comes — up to a few MiB, so
+                    // a header that lies costs no more than that before its bytes arrive.
+                    let room = announced_len(data).min(wire_limit).min(PRESIZE_LIMIT);
+                    buffer.reserve(room.max(data.len()));
+                }
                 if buffer.len() + data.len() > wire_limit {
                     return Err((
                         Status::resource_exhausted(format!(
