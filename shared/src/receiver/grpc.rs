@@ -232,7 +232,12 @@ where
                 message.prepare(&mut parts.headers, body, &in_flight, &mut held)
             };
             let body = match prepared.await {
-                Ok(body) => body,
+                Ok((body, message)) => {
+                    if let Some(message) = message {
+                        parts.extensions.insert(PreparedMessage(message));
+                    }
+                    body
+                }
                 Err((status, refusal)) => {
                     events::request_refused(signal, transport, refusal);
                     return Ok(status.into_http());
@@ -252,6 +257,12 @@ where
     }
 }
 
+/// The request's message, whole and inflated, as [`Bounded`] read it: a service that
+/// finds it in the request's extensions can take it from there instead of reading (and
+/// copying) the body again.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedMessage(pub(crate) bytes::Bytes);
+
 /// How one service's messages are taken in.
 struct Message {
     signal: Signal,
@@ -265,16 +276,21 @@ const FRAME_HEADER: usize = 5;
 impl Message {
     /// The body to hand the service: a gzip message inflated here (within the size cap,
     /// its bytes charged, `grpc-encoding` removed) so that its decoded size can be charged
-    /// before anything decodes it. Bodies that are not one well-framed message go through
-    /// as they are, for tonic to refuse.
+    /// before anything decodes it; with the message itself when the body is one
+    /// well-framed message. Other bodies go through as they are, for tonic to refuse.
     fn prepare(
         &self,
         headers: &mut http::HeaderMap,
         body: bytes::Bytes,
         in_flight: &InFlight,
         held: &mut HeldBytes,
-    ) -> Result<tonic::body::Body, (Status, &'static str)> {
-        let unchanged = |body| Ok(tonic::body::Body::new(http_body_util::Full::new(body)));
+    ) -> Result<(tonic::body::Body, Option<bytes::Bytes>), (Status, &'static str)> {
+        let unchanged = |body| {
+            Ok((
+                tonic::body::Body::new(http_body_util::Full::new(body)),
+                None,
+            ))
+        };
         let Some((flag, length)) = body.get(..FRAME_HEADER).map(|head| {
             (
                 head[0],
@@ -290,6 +306,15 @@ impl Message {
             .get("grpc-encoding")
             .is_some_and(|encoding| encoding.as_bytes() == b"gzip");
         let inflated = match (flag, gzip) {
+            (0, _) if length as usize > self.max_request_bytes => {
+                return Err((
+                    Status::resource_exhausted(format!(
+                        "request message of {length} bytes exceeds the limit of {} bytes (receiver.max_request_bytes)",
+                        self.max_request_bytes
+                    )),
+                    reason::TOO_LARGE,
+                ));
+            }
             (0, _) => None,
             (1, true) => {
                 let inflated = super::http::gunzip(&body[FRAME_HEADER..], self.max_request_bytes)
@@ -326,16 +351,44 @@ impl Message {
                 ChargeRefused::Overloaded(error) => (status_of(&error), reason::OVERLOADED),
             })?;
         let Some(inflated) = inflated else {
-            return unchanged(body);
+            let message = body.slice(FRAME_HEADER..);
+            return Ok((
+                tonic::body::Body::new(http_body_util::Full::new(body)),
+                Some(message),
+            ));
         };
         let mut head = [0u8; FRAME_HEADER];
         head[1..].copy_from_slice(&(inflated.len() as u32).to_be_bytes());
-        let frames = [bytes::Bytes::copy_from_slice(&head), inflated]
+        let frames = [bytes::Bytes::copy_from_slice(&head), inflated.clone()]
             .map(|data| Ok::<_, Infallible>(hyper::body::Frame::data(data)));
-        Ok(tonic::body::Body::new(http_body_util::StreamBody::new(
-            tokio_stream::iter(frames),
-        )))
+        let body =
+            tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
+        Ok((body, Some(inflated)))
     }
+}
+
+/// A unary gRPC response carrying `message` with status OK, framed as tonic frames it.
+pub(crate) fn unary_response(message: &impl prost::Message) -> http::Response<tonic::body::Body> {
+    let len = message.encoded_len();
+    let mut frame = Vec::with_capacity(FRAME_HEADER + len);
+    frame.push(0);
+    frame.extend_from_slice(&(len as u32).to_be_bytes());
+    message.encode_raw(&mut frame);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames = [
+        hyper::body::Frame::data(bytes::Bytes::from(frame)),
+        hyper::body::Frame::trailers(trailers),
+    ]
+    .map(Ok::<_, Infallible>);
+    let mut response = http::Response::new(tonic::body::Body::new(
+        http_body_util::StreamBody::new(tokio_stream::iter(frames)),
+    ));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 /// Rewrites the `grpc-status` of a decoding failure (see [`Bounded`]) and counts it.

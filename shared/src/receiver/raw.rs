@@ -38,7 +38,7 @@ use tonic::codegen::{Body, BoxFuture, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
 
 use super::events::{self, Transport};
-use super::grpc::{Bounded, status_of};
+use super::grpc::{Bounded, PreparedMessage, status_of, unary_response};
 use super::http::{
     Encoding, HttpReceiver, Refusal, decode, linger, refusal_response, refuse, serve_connections,
     success_response,
@@ -228,9 +228,27 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if request.uri().path() != export_path(R::SIGNAL) {
             return Box::pin(async { Ok(tonic::Status::unimplemented("").into_http()) });
+        }
+        // The message [`Bounded`] read already goes straight to the sink: no second read
+        // of the body, no copy into tonic's decode buffer.
+        if let Some(PreparedMessage(message)) = request.extensions_mut().remove() {
+            let ingest = self.ingest.clone();
+            return Box::pin(async move {
+                Ok(match deliver(&*ingest, R::SIGNAL, message).await {
+                    Ok(accepted) => unary_response(&R::response(&accepted)),
+                    Err(error) => {
+                        events::request_refused(
+                            R::SIGNAL,
+                            Transport::Grpc,
+                            ingest_error_reason(&error),
+                        );
+                        status_of(&error).into_http()
+                    }
+                })
+            });
         }
         let export = RawExport::<I, R> {
             ingest: self.ingest.clone(),
