@@ -26,6 +26,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use otel_tail_proto::v1 as pb;
 use otel_tail_sampler::correlation::fanout;
+use otel_tail_sampler::engine::wire;
 use otel_tail_shared::forward::auth::{ForwardAuth, ReplayGuard};
 use otel_tail_shared::membership::DatagramProbe;
 use otel_tail_shared::otlp::{self, Signal};
@@ -391,6 +392,34 @@ fn footprint_target(name: &'static str, signal: Signal, json: bool, seeds: Vec<V
     }
 }
 
+/// The decoded-size estimate of a sampler's slim read of spans ([`split::Spans::Slim`])
+/// against what that read ([`wire::parse`]) really allocates; as [`footprint_target`].
+fn slim_footprint_target(seeds: Vec<Vec<u8>>) -> Target {
+    Target {
+        name: "footprint-slim-traces",
+        seeds,
+        run: Box::new(move |input| {
+            let body = bytes::Bytes::copy_from_slice(input);
+            let footprint =
+                match split::decoded_footprint(Signal::Traces, input, split::Spans::Slim) {
+                    Ok(footprint) => footprint,
+                    Err(error) => {
+                        let parsed = wire::parse(body, wire::SpanNeeds::Fixed);
+                        assert!(parsed.is_err(), "the walk refused a readable body: {error}");
+                        return Err(error.to_string());
+                    }
+                };
+            let (parsed, allocated) = measured(|| wire::parse(body, wire::SpanNeeds::Fixed));
+            parsed?;
+            assert!(
+                !tracking() || allocated <= footprint,
+                "reading spans allocated {allocated} bytes, their footprint is {footprint}"
+            );
+            Ok(())
+        }),
+    }
+}
+
 /// The router's wire splitter for one signal, among three owners.
 fn split_target(name: &'static str, signal: Signal, seeds: Vec<Vec<u8>>) -> Target {
     fn owner(key: RouteKey<'_>) -> usize {
@@ -578,6 +607,7 @@ pub fn targets() -> Vec<Target> {
         footprint_target("footprint-traces", Signal::Traces, false, traces.clone()),
         footprint_target("footprint-logs", Signal::Logs, false, logs.clone()),
         footprint_target("footprint-metrics", Signal::Metrics, false, metrics.clone()),
+        slim_footprint_target(traces.clone()),
         footprint_target(
             "footprint-json-traces",
             Signal::Traces,

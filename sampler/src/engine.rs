@@ -1279,7 +1279,7 @@ fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
 
 mod events;
 pub mod transfer;
-mod wire;
+pub mod wire;
 
 pub use wire::SpanNeeds;
 

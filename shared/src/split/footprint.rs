@@ -41,7 +41,9 @@ pub enum Spans {
     /// Every field, as a full prost decode does.
     Whole,
     /// The span struct, its ids, name, trace state and status, not its attributes,
-    /// events or links (the sampler's wire read when no policy reads attributes).
+    /// events or links (the sampler's wire read when no policy reads attributes), with
+    /// what that read keeps per span and per request beside it. A span is then counted
+    /// from its length alone, without walking its fields.
     Slim,
 }
 
@@ -59,8 +61,21 @@ pub fn decoded_footprint(signal: Signal, body: &[u8], spans: Spans) -> Result<us
         ),
     };
     let walk = Walk { body, spans };
-    Ok(own + walk.message(root, 0, body.len(), 0)?)
+    let beside = if signal == Signal::Traces && spans == Spans::Slim {
+        SLIM_REQUEST_EXTRA
+    } else {
+        0
+    };
+    Ok(own + beside + walk.message(root, 0, body.len(), 0)?)
 }
+
+/// What the sampler's slim read keeps beside each span: the span's bytes handle twice (as
+/// decoded and as kept), its place in its trace's group, a share of the group itself, all
+/// with `Vec` growth; and allocator rounding of its five strings and ids.
+const SLIM_SPAN_EXTRA: usize = 2 * (2 * 32 + 16 + 48) + 5 * 16;
+
+/// What the slim read keeps once per request: its trace-id map and containers.
+const SLIM_REQUEST_EXTRA: usize = 16 << 10;
 
 /// Upper bound on the bytes decoding `body`, an OTLP/JSON export request, allocates. JSON
 /// has no schema-free framing to walk cheaply, so this counts what could become an
@@ -224,7 +239,7 @@ impl Msg {
 
     /// What field `number` of this message holds; `None`: a scalar, a string or bytes, or
     /// a field the message does not have.
-    fn field(self, number: u32, spans: Spans) -> Option<Kind> {
+    fn field(self, number: u32) -> Option<Kind> {
         use Kind::*;
         use Msg::*;
         let kind = match (self, number) {
@@ -233,7 +248,6 @@ impl Msg {
             (ResourceSpans, 2) => Many(ScopeSpans),
             (ScopeSpans, 1) | (ScopeLogs, 1) | (ScopeMetrics, 1) => One(Scope),
             (ScopeSpans, 2) => Many(Span),
-            (Span, 9 | 11 | 13) if spans == Spans::Slim => return None,
             (Span, 9) | (Event, 3) | (Link, 4) => Many(KeyValue),
             (Span, 11) => Many(Event),
             (Span, 13) => Many(Link),
@@ -320,9 +334,14 @@ impl Walk<'_> {
         let mut started = 0u64;
         while let Some(field) = reader.next_field()? {
             let len = field.end - field.payload;
-            let cost = match (msg.field(field.number, self.spans), field.wire) {
+            let cost = match (msg.field(field.number), field.wire) {
                 (Some(Kind::One(inner)), LEN) => {
                     self.message(inner, field.payload, field.end, depth + 1)?
+                }
+                (Some(Kind::Many(Msg::Span)), LEN) if self.spans == Spans::Slim => {
+                    vec_growth(&mut started, field.number, Msg::Span.size())
+                        + heap_bytes(len)
+                        + SLIM_SPAN_EXTRA
                 }
                 (Some(Kind::Many(inner)), LEN) => {
                     vec_growth(&mut started, field.number, inner.size())
