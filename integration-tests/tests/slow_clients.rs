@@ -274,9 +274,9 @@ async fn amplifying_requests_stay_within_the_memory_budget_and_do_not_starve_oth
     let pid = sampler.pid().expect("pid");
     let baseline = otel_tail_integration_tests::procfs::rss_bytes(pid).expect("rss");
 
-    // 20k empty spans: ~40 KB on the wire, ~12 MB as read (fits a connection's budget);
+    // 12k empty spans: ~24 KB on the wire, ~11 MB as read (one fits a connection's budget);
     // 300k empty log records: ~600 KB on the wire, over 100 MB decoded (never fits).
-    let spans = empty_spans(20_000);
+    let spans = empty_spans(12_000);
     let logs = empty_logs(300_000);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let traces_path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
