@@ -32,6 +32,45 @@ fn addr(endpoint: &str) -> String {
     endpoint.trim_start_matches("http://").to_owned()
 }
 
+/// 20 spans from an OpenTelemetry SDK client over each transport, each acknowledged
+/// (`despite` says what else was going on); returns their trace ids.
+async fn well_behaved_client(sampler: &SamplerProcess, despite: &str) -> Vec<String> {
+    let mut trace_ids = Vec::new();
+    for transport in [Transport::Grpc, Transport::Http] {
+        let provider = sdk::tracer_provider(
+            transport,
+            &sampler.grpc_endpoint(),
+            &sampler.http_endpoint(),
+            "checkout",
+        )
+        .expect("tracer pipeline");
+        let tracer = provider.tracer("well-behaved");
+        for i in 0..20 {
+            let mut span = tracer.start(format!("op-{i}"));
+            trace_ids.push(span.span_context().trace_id().to_string());
+            span.end();
+        }
+        sdk::shutdown_traces(provider)
+            .await
+            .unwrap_or_else(|e| panic!("the well-behaved client is acknowledged {despite}: {e}"));
+    }
+    trace_ids
+}
+
+/// Waits until every trace of `trace_ids` is exported.
+async fn expect_exported(sampler: &SamplerProcess, trace_ids: &[String]) {
+    let data = sampler
+        .wait_for_export("the good client's spans", Duration::from_secs(20), |d| {
+            d.span_count() >= trace_ids.len()
+        })
+        .await
+        .expect("exported");
+    let exported = data.trace_ids();
+    for id in trace_ids {
+        assert!(exported.contains(id), "trace {id} not exported");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_that_never_send_their_body_do_not_starve_other_clients() {
     let sampler = SamplerProcess::start(json!({
@@ -90,35 +129,8 @@ async fn requests_that_never_send_their_body_do_not_starve_other_clients() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A well-behaved client over both transports, while all of that is open.
-    let mut trace_ids = Vec::new();
-    for transport in [Transport::Grpc, Transport::Http] {
-        let provider = sdk::tracer_provider(
-            transport,
-            &sampler.grpc_endpoint(),
-            &sampler.http_endpoint(),
-            "checkout",
-        )
-        .expect("tracer pipeline");
-        let tracer = provider.tracer("slow-clients");
-        for i in 0..20 {
-            let mut span = tracer.start(format!("op-{i}"));
-            trace_ids.push(span.span_context().trace_id().to_string());
-            span.end();
-        }
-        sdk::shutdown_traces(provider)
-            .await
-            .expect("the well-behaved client is acknowledged despite the slow ones");
-    }
-    let data = sampler
-        .wait_for_export("the good client's spans", Duration::from_secs(20), |d| {
-            d.span_count() >= 40
-        })
-        .await
-        .expect("exported");
-    let exported = data.trace_ids();
-    for id in &trace_ids {
-        assert!(exported.contains(id), "trace {id} not exported");
-    }
+    let trace_ids = well_behaved_client(&sampler, "despite the slow ones").await;
+    expect_exported(&sampler, &trace_ids).await;
 
     // Past the read deadline every slow request is refused and counted.
     let statuses: Vec<Option<String>> = futures_util::future::join_all(pending)
@@ -314,41 +326,14 @@ async fn amplifying_requests_stay_within_the_memory_budget_and_do_not_starve_oth
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // A well-behaved client over both transports, in the middle of the flood.
-    let mut trace_ids = Vec::new();
-    for transport in [Transport::Grpc, Transport::Http] {
-        let provider = sdk::tracer_provider(
-            transport,
-            &sampler.grpc_endpoint(),
-            &sampler.http_endpoint(),
-            "checkout",
-        )
-        .expect("tracer pipeline");
-        let tracer = provider.tracer("budget");
-        for i in 0..20 {
-            let mut span = tracer.start(format!("op-{i}"));
-            trace_ids.push(span.span_context().trace_id().to_string());
-            span.end();
-        }
-        sdk::shutdown_traces(provider)
-            .await
-            .expect("the well-behaved client is acknowledged despite the flood");
-    }
+    let trace_ids = well_behaved_client(&sampler, "despite the flood").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop_tx.send(true).expect("stop the flood");
     let mut seen = grpc_flood.await.expect("gRPC flood");
     seen.extend(http_flood.await.expect("HTTP flood"));
     watcher.abort();
 
-    let data = sampler
-        .wait_for_export("the good client's spans", Duration::from_secs(20), |d| {
-            d.span_count() >= 40
-        })
-        .await
-        .expect("exported");
-    let exported = data.trace_ids();
-    for id in &trace_ids {
-        assert!(exported.contains(id), "trace {id} not exported");
-    }
+    expect_exported(&sampler, &trace_ids).await;
 
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     let allowance = 96 * MIB;

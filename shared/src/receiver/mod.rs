@@ -215,36 +215,24 @@ impl HeldBytes {
             return Ok(());
         }
         let Ok(permits) = u32::try_from(n) else {
-            return Err(Self::no_room("receiver.max_buffered_bytes"));
+            return Err(no_room(TOTAL_FULL));
         };
         let total = in_flight
             .bytes
             .clone()
             .try_acquire_many_owned(permits)
-            .map_err(|_| Self::no_room("receiver.max_buffered_bytes"))?;
+            .map_err(|_| no_room(TOTAL_FULL))?;
         if let Some(connection) = &self.connection {
             let on_connection = connection
                 .bytes()
                 .clone()
                 .try_acquire_many_owned(permits)
-                .map_err(|_| Self::no_room("receiver.max_connection_bytes"))?;
+                .map_err(|_| no_room(CONNECTION_FULL))?;
             merge(&mut self.on_connection, on_connection);
         }
         merge(&mut self.total, total);
         self.held += n;
         Ok(())
-    }
-
-    fn no_room(key: &'static str) -> IngestError {
-        IngestError::Overloaded {
-            retry_after: Duration::from_secs(1),
-            reason: match key {
-                "receiver.max_connection_bytes" => {
-                    "too many request bytes in flight on this connection (receiver.max_connection_bytes)"
-                }
-                _ => "too many request bytes in flight (receiver.max_buffered_bytes)",
-            },
-        }
     }
 
     /// Takes what handling `body` (an encoded request of `signal`) will hold beyond its
@@ -286,6 +274,20 @@ impl HeldBytes {
         }
         self.take(in_flight, extra)
             .map_err(ChargeRefused::Overloaded)
+    }
+}
+
+/// Why a request found no room in the total byte budget.
+const TOTAL_FULL: &str = "too many request bytes in flight (receiver.max_buffered_bytes)";
+/// Why it found no room in its connection's.
+const CONNECTION_FULL: &str =
+    "too many request bytes in flight on this connection (receiver.max_connection_bytes)";
+
+/// Throttling for `reason`: retry in a second.
+fn no_room(reason: &'static str) -> IngestError {
+    IngestError::Overloaded {
+        retry_after: Duration::from_secs(1),
+        reason,
     }
 }
 
@@ -377,10 +379,7 @@ impl InFlight {
 
     /// The refusal for a request that found no slot.
     pub(crate) fn busy() -> IngestError {
-        IngestError::Overloaded {
-            retry_after: Duration::from_secs(1),
-            reason: "too many requests in flight (receiver.max_concurrent_requests)",
-        }
+        no_room("too many requests in flight (receiver.max_concurrent_requests)")
     }
 }
 

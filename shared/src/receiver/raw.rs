@@ -155,21 +155,20 @@ async fn serve_grpc<I: RawIngest>(
     ingest: Arc<I>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let reads = |signal| ingest.reads(signal);
     super::grpc::hardened_server()
         .add_service(Bounded::new(
             RawGrpcService::<I, ExportTraceServiceRequest>::new(ingest.clone(), max_request_bytes),
             Signal::Traces,
             in_flight.clone(),
             max_request_bytes,
-            reads(Signal::Traces),
+            ingest.reads(Signal::Traces),
         ))
         .add_service(Bounded::new(
             RawGrpcService::<I, ExportLogsServiceRequest>::new(ingest.clone(), max_request_bytes),
             Signal::Logs,
             in_flight.clone(),
             max_request_bytes,
-            reads(Signal::Logs),
+            ingest.reads(Signal::Logs),
         ))
         .add_service(Bounded::new(
             RawGrpcService::<I, ExportMetricsServiceRequest>::new(
@@ -179,7 +178,7 @@ async fn serve_grpc<I: RawIngest>(
             Signal::Metrics,
             in_flight,
             max_request_bytes,
-            reads(Signal::Metrics),
+            ingest.reads(Signal::Metrics),
         ))
         .serve_with_incoming_shutdown(listener.incoming(), shutdown)
         .await

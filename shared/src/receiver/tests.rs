@@ -280,14 +280,18 @@ async fn raw_grpc(addr: SocketAddr, method: &str, message: &[u8], gzip: bool) ->
     let headers = response.headers().clone();
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    let field = |name: &str| {
-        headers
-            .get(name)
-            .or_else(|| trailers.get(name))
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
-    let code = Code::from_i32(field("grpc-status").expect("grpc-status").parse().unwrap());
-    (code, field("grpc-message").unwrap_or_default())
+    let code = grpc_field(&headers, &trailers, "grpc-status").expect("grpc-status");
+    let code = Code::from_i32(code.parse().unwrap());
+    let message = grpc_field(&headers, &trailers, "grpc-message").unwrap_or_default();
+    (code, message)
+}
+
+/// A gRPC status field, from the headers (trailers-only response) or the trailers.
+fn grpc_field(headers: &HeaderMap, trailers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .or_else(|| trailers.get(name))
+        .map(|v| v.to_str().unwrap().to_owned())
 }
 
 const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -1368,10 +1372,7 @@ async fn one_connection_cannot_take_the_whole_byte_budget() {
             let headers = response.headers().clone();
             let collected = response.into_body().collect().await.unwrap();
             let trailers = collected.trailers().cloned().unwrap_or_default();
-            let message = headers
-                .get("grpc-message")
-                .or_else(|| trailers.get("grpc-message"))
-                .map(|v| v.to_str().unwrap().to_owned())
+            let message = grpc_field(&headers, &trailers, "grpc-message")
                 .unwrap_or_else(|| String::from_utf8_lossy(&collected.to_bytes()).into_owned());
             if message.contains("max_connection_bytes") {
                 refused = Some((status, message));

@@ -83,7 +83,6 @@ const SLIM_REQUEST_EXTRA: usize = 16 << 10;
 /// value separator an element or buffered value (serde buffers flattened fields), and four
 /// times the text for strings, ids decoded from hex or base64, and numbers.
 pub fn json_decoded_footprint(body: &[u8]) -> usize {
-    let largest = Msg::ALL.iter().map(|msg| msg.size()).max().unwrap_or(0);
     let (mut objects, mut separators) = (0usize, 0usize);
     for byte in body {
         match byte {
@@ -92,8 +91,44 @@ pub fn json_decoded_footprint(body: &[u8]) -> usize {
             _ => {}
         }
     }
-    body.len() * 4 + objects * 2 * largest + separators * JSON_VALUE
+    body.len() * 4 + objects * 2 * LARGEST_ELEMENT + separators * JSON_VALUE
 }
+
+/// The largest struct a repeated field holds: what one JSON object may become.
+const LARGEST_ELEMENT: usize = {
+    use Msg::*;
+    let elements = [
+        ResourceSpans,
+        ScopeSpans,
+        Span,
+        Event,
+        Link,
+        ResourceLogs,
+        ScopeLogs,
+        LogRecord,
+        ResourceMetrics,
+        ScopeMetrics,
+        Metric,
+        NumberDataPoint,
+        HistogramDataPoint,
+        ExponentialHistogramDataPoint,
+        SummaryDataPoint,
+        ValueAtQuantile,
+        Exemplar,
+        EntityRef,
+        KeyValue,
+        AnyValue,
+    ];
+    let mut largest = 0;
+    let mut i = 0;
+    while i < elements.len() {
+        if elements[i].size() > largest {
+            largest = elements[i].size();
+        }
+        i += 1;
+    }
+    largest
+};
 
 /// Bytes one buffered JSON value or array element may take beyond its text.
 const JSON_VALUE: usize = 64;
@@ -136,48 +171,6 @@ enum Msg {
     KeyValueList,
 }
 
-impl Msg {
-    /// Every message, for the largest struct.
-    const ALL: [Msg; 33] = {
-        use Msg::*;
-        [
-            TracesRequest,
-            ResourceSpans,
-            ScopeSpans,
-            Span,
-            Event,
-            Link,
-            Status,
-            LogsRequest,
-            ResourceLogs,
-            ScopeLogs,
-            LogRecord,
-            MetricsRequest,
-            ResourceMetrics,
-            ScopeMetrics,
-            Metric,
-            NumberPoints,
-            HistogramPoints,
-            ExponentialPoints,
-            SummaryPoints,
-            NumberDataPoint,
-            HistogramDataPoint,
-            ExponentialHistogramDataPoint,
-            Buckets,
-            SummaryDataPoint,
-            ValueAtQuantile,
-            Exemplar,
-            Resource,
-            Scope,
-            EntityRef,
-            KeyValue,
-            AnyValue,
-            ArrayValue,
-            KeyValueList,
-        ]
-    };
-}
-
 /// What a field of a message holds, as far as allocation goes.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -196,7 +189,7 @@ const MAX_DEPTH: u32 = 100;
 
 impl Msg {
     /// Size of the struct an element of a repeated field of this message takes.
-    fn size(self) -> usize {
+    const fn size(self) -> usize {
         use Msg::*;
         match self {
             ResourceSpans => size_of::<trace::ResourceSpans>(),
