@@ -34,6 +34,11 @@ pub use requests::{Forgetting, ItemKey, RequestValue, StagedRequest};
 const BUFFER_MEMTABLES: i32 = 6;
 /// Full memtables a flush of the buffer waits for and merges.
 const BUFFER_MEMTABLES_TO_MERGE: i32 = 4;
+/// Buffer values at least this long (request values; not the small forgotten-offset
+/// records) are written to blob files at flush, and SST files hold only references.
+const BLOB_MIN_BYTES: u64 = 4096;
+/// Size of one blob file: a file is deleted once every value in it is deleted.
+const BLOB_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Column family of buffered traces.
 pub const CF_BUFFER: &str = "buffer";
@@ -178,6 +183,10 @@ impl Storage {
         );
         buffer_options.set_max_write_buffer_number(BUFFER_MEMTABLES);
         buffer_options.set_min_write_buffer_number_to_merge(BUFFER_MEMTABLES_TO_MERGE);
+        buffer_options.set_enable_blob_files(true);
+        buffer_options.set_min_blob_size(BLOB_MIN_BYTES);
+        buffer_options.set_blob_file_size(BLOB_FILE_BYTES);
+        buffer_options.set_enable_blob_gc(true);
         let mut queue_options = Options::default();
         queue_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Held items live for one correlation window and are then deleted, like buffered
@@ -297,7 +306,11 @@ impl Storage {
                 })
                 .sum::<u64>()
         };
-        prop("rocksdb.estimate-live-data-size") + prop("rocksdb.cur-size-all-mem-tables")
+        // Live data of SST and blob files, plus what deleted values still occupy in blob
+        // files not yet removed, plus memtables.
+        prop("rocksdb.estimate-live-data-size")
+            + prop("rocksdb.live-blob-file-garbage-size")
+            + prop("rocksdb.cur-size-all-mem-tables")
     }
 }
 

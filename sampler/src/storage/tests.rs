@@ -263,3 +263,64 @@ fn items_of_the_previous_layout_move_into_request_values_at_start() {
         );
     }
 }
+
+/// `.blob` files in the database directory.
+fn blob_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "blob")
+        })
+        .count()
+}
+
+#[test]
+fn flushed_request_values_live_in_blob_files_that_go_once_their_requests_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = ([1u8; 16], [2u8; 16]);
+    let big_a = vec![b'a'; 64 * 1024];
+    let big_b = vec![b'b'; 64 * 1024];
+    {
+        let storage = Storage::open(dir.path(), false).unwrap();
+        buffer(&storage, &[(a, BufferedKind::Spans, &big_a)]);
+        buffer(&storage, &[(b, BufferedKind::Spans, &big_b)]);
+        storage.db().flush_cf(storage.cf(CF_BUFFER)).unwrap();
+        assert_eq!(
+            blob_files(dir.path()),
+            1,
+            "flushed values went to a blob file"
+        );
+        assert_eq!(
+            storage.read_trace(&a, u64::MAX).unwrap(),
+            vec![(BufferedKind::Spans, big_a.clone())],
+            "a value is read back from its blob file"
+        );
+    }
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let mut seen = Vec::new();
+    storage
+        .scan_buffer(|t, _, _, p| {
+            seen.push((t, p.len()));
+            true
+        })
+        .unwrap();
+    assert_eq!(seen, vec![(a, big_a.len()), (b, big_b.len())]);
+    let held = storage.approximate_bytes();
+    assert!(held >= 128 * 1024, "blob bytes are counted: {held}");
+    forget(&storage, &a, u64::MAX);
+    forget(&storage, &b, u64::MAX);
+    storage.db().flush_cf(storage.cf(CF_BUFFER)).unwrap();
+    storage
+        .db()
+        .compact_range_cf(storage.cf(CF_BUFFER), None::<&[u8]>, None::<&[u8]>);
+    assert_eq!(
+        blob_files(dir.path()),
+        0,
+        "a blob file whose values are all deleted is removed by compaction"
+    );
+    assert!(storage.approximate_bytes() < 64 * 1024);
+}
