@@ -366,7 +366,7 @@ resources, and the allowance in MiB.
 {{- $need := addf $buffered (mulf .allowanceMiB $mib) -}}
 {{- $parts := printf "receiver.max_buffered_bytes (%d MiB)" (divf $buffered $mib | int) -}}
 {{- if eq .component "sampler" -}}
-{{- $memtables := dig "sampler" "buffer_memory_bytes" 268435456 $config | float64 -}}
+{{- $memtables := dig "sampler" "buffer_memory_bytes" 67108864 $config | float64 -}}
 {{- $need = addf $need $memtables -}}
 {{- $parts = printf "%s + sampler.buffer_memory_bytes (%d MiB)" $parts (divf $memtables $mib | int) -}}
 {{- end -}}

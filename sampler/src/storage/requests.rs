@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 
 use otel_tail_shared::otlp::TraceId;
 use rocksdb::{DBPinnableSlice, IteratorMode, WriteBatch};
+use smallvec::SmallVec;
 
 use super::{BufferedKind, CF_BUFFER, Storage, StorageError, Store};
 use crate::buffer::TraceMap;
@@ -58,16 +59,52 @@ impl ItemKey {
     }
 }
 
-/// Where one item of a trace lies.
+/// Where one item of a trace lies: 16 bytes, the kind in the length's top bit (items are
+/// far below 2 GiB), so a trace's first location sits inline in its index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Location {
     seq: u64,
     offset: u32,
-    len: u32,
-    kind: BufferedKind,
+    len_kind: u32,
 }
 
+/// Bit of [`Location::len_kind`] set for [`BufferedKind::Logs`].
+const LOGS_BIT: u32 = 1 << 31;
+
 impl Location {
+    fn new(seq: u64, offset: u32, len: usize, kind: BufferedKind) -> Location {
+        let len = u32::try_from(len)
+            .ok()
+            .filter(|len| *len < LOGS_BIT)
+            .expect("a buffered item is smaller than 2 GiB");
+        let bit = match kind {
+            BufferedKind::Spans => 0,
+            BufferedKind::Logs => LOGS_BIT,
+        };
+        Location {
+            seq,
+            offset,
+            len_kind: len | bit,
+        }
+    }
+
+    fn len(&self) -> usize {
+        (self.len_kind & !LOGS_BIT) as usize
+    }
+
+    fn kind(&self) -> BufferedKind {
+        if self.len_kind & LOGS_BIT == 0 {
+            BufferedKind::Spans
+        } else {
+            BufferedKind::Logs
+        }
+    }
+
+    /// The payload's byte range in its request value.
+    fn range(&self) -> std::ops::Range<usize> {
+        self.offset as usize..self.offset as usize + self.len()
+    }
+
     fn key(&self) -> ItemKey {
         ItemKey {
             seq: self.seq,
@@ -75,6 +112,13 @@ impl Location {
         }
     }
 }
+
+/// A trace's item locations: the first inline, more on the heap (most traces arrive in
+/// one request).
+type Locations = SmallVec<[Location; 1]>;
+
+/// An index entry's locations stay as small as one `Vec` header.
+const _: () = assert!(std::mem::size_of::<Locations>() == 24);
 
 /// The buffered items of one received request, framed into the value stored for it.
 #[derive(Debug, Default)]
@@ -138,9 +182,7 @@ impl RequestValue {
 
     /// The payload of the item pushed `index`-th.
     pub fn item(&self, index: usize) -> &[u8] {
-        let location = &self.items[index].1;
-        let start = location.offset as usize;
-        &self.bytes[start..start + location.len as usize]
+        &self.bytes[self.items[index].1.range()]
     }
 
     /// Appends an already encoded payload.
@@ -155,15 +197,8 @@ impl RequestValue {
         self.bytes.extend_from_slice(&trace);
         self.bytes.extend_from_slice(&(len as u32).to_le_bytes());
         let offset = self.bytes.len() as u32;
-        self.items.push((
-            trace,
-            Location {
-                seq: 0,
-                offset,
-                len: len as u32,
-                kind,
-            },
-        ));
+        self.items
+            .push((trace, Location::new(0, offset, len, kind)));
     }
 
     /// A copy holding only the items whose flag in `keep` (one per item, in push order) is
@@ -171,12 +206,7 @@ impl RequestValue {
     pub fn filtered(&self, keep: &[bool]) -> RequestValue {
         let mut out = RequestValue::with_capacity(self.bytes.len());
         for ((trace, location), _) in self.items.iter().zip(keep).filter(|(_, k)| **k) {
-            let start = location.offset as usize;
-            out.push_encoded(
-                *trace,
-                location.kind,
-                &self.bytes[start..start + location.len as usize],
-            );
+            out.push_encoded(*trace, location.kind(), &self.bytes[location.range()]);
         }
         out
     }
@@ -200,9 +230,7 @@ pub struct StagedRequest {
 impl StagedRequest {
     /// The payload of the item staged `index`-th.
     pub fn item(&self, index: usize) -> &[u8] {
-        let location = &self.items[index].1;
-        let start = location.offset as usize;
-        &self.bytes[start..start + location.len as usize]
+        &self.bytes[self.items[index].1.range()]
     }
 }
 
@@ -230,7 +258,7 @@ struct Request {
 /// The in-memory side of the layout.
 #[derive(Default)]
 pub(super) struct Layout {
-    traces: TraceMap<Vec<Location>>,
+    traces: TraceMap<Locations>,
     requests: BTreeMap<u64, Request>,
 }
 
@@ -249,10 +277,11 @@ impl Layout {
 
     /// Bytes of memory held per entry, roughly: for the index gauge.
     fn memory_bytes(&self) -> usize {
-        self.traces.capacity() * (16 + std::mem::size_of::<Vec<Location>>() + 1)
+        self.traces.capacity() * (16 + std::mem::size_of::<Locations>() + 1)
             + self
                 .traces
                 .values()
+                .filter(|v| v.spilled())
                 .map(|v| v.capacity() * std::mem::size_of::<Location>())
                 .sum::<usize>()
             + self.requests.len() * (8 + std::mem::size_of::<Request>() + 16)
@@ -296,15 +325,7 @@ fn parse_value(value: &[u8]) -> Result<Vec<(TraceId, Location)>, StorageError> {
                 value.len()
             )));
         }
-        items.push((
-            trace,
-            Location {
-                seq: 0,
-                offset: offset as u32,
-                len,
-                kind,
-            },
-        ));
+        items.push((trace, Location::new(0, offset as u32, len as usize, kind)));
         at = offset + len as usize;
     }
     Ok(items)
@@ -393,14 +414,15 @@ impl Storage {
                 current = Some((location.seq, value));
             }
             let value = current.as_ref().and_then(|(_, v)| v.as_deref());
-            let start = location.offset as usize;
-            match value.and_then(|v| v.get(start..start + location.len as usize)) {
-                Some(payload) => visit(location.key(), location.kind, payload),
+            match value.and_then(|v| v.get(location.range())) {
+                Some(payload) => visit(location.key(), location.kind(), payload),
                 None => crate::events::corrupt_record(
                     Store::Buffer,
                     &format!(
-                        "buffered request {} has no item at {start} ({} bytes)",
-                        location.seq, location.len
+                        "buffered request {} has no item at {} ({} bytes)",
+                        location.seq,
+                        location.offset,
+                        location.len()
                     ),
                 ),
             }
@@ -428,7 +450,7 @@ impl Storage {
         let Some(all) = layout.traces.get_mut(trace) else {
             return;
         };
-        let removed: Vec<Location>;
+        let removed: Locations;
         if all.iter().all(|l| l.seq < upto) {
             removed = std::mem::take(all);
             layout.traces.remove(trace);
@@ -573,9 +595,8 @@ impl Storage {
                     continue;
                 }
                 location.seq = seq;
-                let start = location.offset as usize;
-                let payload = &value[start..start + location.len as usize];
-                if visit(trace, location.key(), location.kind, payload) {
+                let payload = &value[location.range()];
+                if visit(trace, location.key(), location.kind(), payload) {
                     request.alive += 1;
                     layout.traces.entry(trace).or_default().push(location);
                 } else {
@@ -637,7 +658,7 @@ impl Storage {
                 .iter()
                 .zip(&chunk)
                 .filter(|((trace, location), (_, _, stored))| {
-                    !visit(*trace, location.key(), location.kind, &stored[1..])
+                    !visit(*trace, location.key(), location.kind(), &stored[1..])
                 })
                 .map(|(item, _)| *item)
                 .collect();

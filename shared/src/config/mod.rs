@@ -573,9 +573,10 @@ pub struct SamplerConfig {
     /// 0: no reserve.
     pub min_free_disk_bytes: u64,
     /// Memory for the buffer's RocksDB memtables. Recent requests stay in memory up to
-    /// about two thirds of this before they are flushed to disk files, so a trace decided
-    /// (and forgotten) within that window is never written twice or compacted. Size it
-    /// to what `decision_wait` of traffic occupies; less only costs disk writes.
+    /// about two thirds of this before they are flushed; a trace decided (and forgotten)
+    /// within that window is never written to a file. Requests flushed before their traces
+    /// are decided go to blob files, which compaction does not rewrite, so a smaller value
+    /// costs one sequential disk write of what outlived it, not repeated compaction.
     pub buffer_memory_bytes: u64,
     /// fsync the WAL on every write. Off: acknowledged data survives a process crash
     /// (`kill -9`) but not a power loss.
@@ -654,7 +655,7 @@ impl Default for SamplerConfig {
             storage_dir: PathBuf::from("otel-tail-data"),
             max_storage_bytes: 4 * 1024 * 1024 * 1024,
             min_free_disk_bytes: 256 * 1024 * 1024,
-            buffer_memory_bytes: 256 * 1024 * 1024,
+            buffer_memory_bytes: 64 * 1024 * 1024,
             sync_writes: false,
             decision_wait: Duration::from_secs(30),
             decision_wait_after_root_received: None,
