@@ -780,7 +780,7 @@ fn exporter_tls_and_header_files_are_checked_at_load() {
 fn buffer_memory_has_a_floor_and_a_default() {
     assert_eq!(
         load("").unwrap().sampler.buffer_memory_bytes,
-        256 * 1024 * 1024
+        64 * 1024 * 1024
     );
     assert_eq!(
         load("sampler: {buffer_memory_bytes: 1073741824}")
