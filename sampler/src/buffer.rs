@@ -134,6 +134,21 @@ pub struct Arrival {
     pub generation: u32,
 }
 
+impl Arrival {
+    /// Folds in what arrived for the same trace in the same request under another resource.
+    pub fn merge(&mut self, more: &Arrival) {
+        if self.stats.span_count == 0 {
+            self.stats = more.stats;
+            self.generation = more.generation;
+        } else {
+            merge_stats(&mut self.stats, &more.stats);
+        }
+        self.policy.merge(&more.policy);
+        self.root |= more.root;
+        self.logs |= more.logs;
+    }
+}
+
 /// The index of active traces.
 pub struct TraceIndex {
     settings: BufferSettings,

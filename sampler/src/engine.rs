@@ -31,6 +31,7 @@ use otel_tail_shared::otlp::{self, Signal, TraceId};
 use otel_tail_shared::receiver::{Accepted, IngestError, Reads};
 use otel_tail_shared::split::Spans;
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use rocksdb::WriteBatch;
 
 use crate::buffer::{Arrival, BufferSettings, STALE, TraceEntry, TraceIndex};
@@ -106,18 +107,18 @@ struct State {
 /// bytes) are exported like late spans, dropped ones counted.
 #[derive(Default)]
 struct Late {
-    kept: Vec<(TraceId, Vec<u8>, Kept)>,
+    kept: Vec<(TraceId, BufferedKind, Vec<u8>, Kept)>,
     dropped: u64,
 }
 
 impl Late {
-    /// Takes the groups (`item(i)`: group `i`'s bytes) whose trace the cache knows; returns
+    /// Takes the groups (`item(i)`: group `i`'s kind and bytes) whose trace the cache knows; returns
     /// the others, and per group whether it is one of them.
     fn route<'a>(
         &mut self,
         cache: &mut DecisionCache,
         groups: Vec<(TraceId, Arrival)>,
-        item: impl Fn(usize) -> &'a [u8],
+        item: impl Fn(usize) -> (BufferedKind, &'a [u8]),
     ) -> (Vec<(TraceId, Arrival)>, Vec<bool>) {
         let mut undecided = Vec::with_capacity(groups.len());
         let mut keep = Vec::with_capacity(groups.len());
@@ -125,7 +126,10 @@ impl Late {
             let cached = cache.get(&trace);
             keep.push(cached.is_none());
             match cached {
-                Some(Cached::Sampled(kept)) => self.kept.push((trace, item(index).to_vec(), kept)),
+                Some(Cached::Sampled(kept)) => {
+                    let (kind, bytes) = item(index);
+                    self.kept.push((trace, kind, bytes.to_vec(), kept));
+                }
                 Some(Cached::NotSampled) => self.dropped += u64::from(arrival.stats.span_count),
                 None => undecided.push((trace, arrival)),
             }
@@ -312,16 +316,23 @@ impl Engine {
             let mut state = self.state();
             self.storage.scan_buffer(|trace, key, kind, payload| {
                 let arrival = match kind {
-                    BufferedKind::Spans => match ResourceSpans::decode(payload) {
-                        Ok(rs) => arrival_of(policies, &rs, payload.len()),
+                    BufferedKind::Logs => Arrival {
+                        logs: true,
+                        ..Arrival::default()
+                    },
+                    _ => match kind.decode_spans(payload) {
+                        Ok(all) => {
+                            let mut arrival = Arrival::default();
+                            for rs in &all {
+                                arrival.merge(&arrival_of(policies, rs, 0));
+                            }
+                            arrival.stats.bytes = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+                            arrival
+                        }
                         Err(error) => {
                             corrupt.push((trace, key, kind, payload.to_vec(), error));
                             return false;
                         }
-                    },
-                    BufferedKind::Logs => Arrival {
-                        logs: true,
-                        ..Arrival::default()
                     },
                 };
                 full.extend(state.index.observe(trace, &arrival, now));
@@ -465,27 +476,56 @@ impl Engine {
                 (lens, len)
             })
             .collect();
-        let mut value = RequestValue::for_items(sized.iter().map(|(_, len)| *len));
+        // One item per trace: its groups (one per resource its spans came under) framed
+        // together when there are several.
+        let mut order: Vec<usize> = (0..parsed.groups.len()).collect();
+        order.sort_by_key(|&i| parsed.groups[i].trace);
+        let items: Vec<(&[usize], BufferedKind, usize)> = order
+            .chunk_by(|&a, &b| parsed.groups[a].trace == parsed.groups[b].trace)
+            .map(|run| match run {
+                [one] => (run, BufferedKind::Spans, sized[*one].1),
+                _ => {
+                    let framed = run
+                        .iter()
+                        .map(|&i| 1 + encoded_len_varint(sized[i].1 as u64) + sized[i].1)
+                        .sum();
+                    (run, BufferedKind::TraceSpans, framed)
+                }
+            })
+            .collect();
+        let mut value = RequestValue::for_items(items.iter().map(|(_, _, len)| *len));
         let arrivals: Vec<(TraceId, Arrival)> = {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
             let policies = &*policies;
-            parsed
-                .groups
+            items
                 .iter()
-                .zip(sized)
-                .map(|(group, (lens, len))| {
-                    value.push_with(group.trace, BufferedKind::Spans, len, |buf| {
-                        parsed.encode(group, &lens, buf)
+                .map(|&(run, kind, len)| {
+                    let trace = parsed.groups[run[0]].trace;
+                    value.push_with(trace, kind, len, |buf| {
+                        for &i in run {
+                            if kind == BufferedKind::TraceSpans {
+                                encode_key(1, WireType::LengthDelimited, buf);
+                                encode_varint(sized[i].1 as u64, buf);
+                            }
+                            parsed.encode(&parsed.groups[i], &sized[i].0, buf);
+                        }
                     });
-                    let rs = &parsed.slim.resource_spans[group.resource];
-                    let spans = group.spans.iter().map(|&(scope, span)| {
-                        let ss = &rs.scope_spans[scope];
-                        (ss.scope.as_ref(), &ss.spans[span])
-                    });
-                    (
-                        group.trace,
-                        arrival_from(policies, rs.resource.as_ref(), spans, len + 1),
-                    )
+                    let mut arrival = Arrival::default();
+                    for &i in run {
+                        let group = &parsed.groups[i];
+                        let rs = &parsed.slim.resource_spans[group.resource];
+                        let spans = group.spans.iter().map(|&(scope, span)| {
+                            let ss = &rs.scope_spans[scope];
+                            (ss.scope.as_ref(), &ss.spans[span])
+                        });
+                        arrival.merge(&arrival_from(
+                            policies,
+                            rs.resource.as_ref(),
+                            spans,
+                            sized[i].1 + 1,
+                        ));
+                    }
+                    (trace, arrival)
                 })
                 .collect()
         };
@@ -572,10 +612,11 @@ impl Engine {
             let decoded = late
                 .kept
                 .into_iter()
-                .filter_map(|(trace, bytes, kept)| {
-                    ResourceSpans::decode(bytes.as_slice())
-                        .ok()
-                        .map(|rs| (trace, rs, kept))
+                .flat_map(|(trace, kind, bytes, kept)| {
+                    kind.decode_spans(&bytes)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |rs| (trace, rs, kept.clone()))
                 })
                 .collect();
             self.export_late_spans(decoded)?;
@@ -860,9 +901,7 @@ impl Engine {
         let read = self
             .storage
             .visit_trace(trace, u64::MAX, |_, kind, payload| {
-                if kind == BufferedKind::Spans
-                    && let Ok(rs) = ResourceSpans::decode(payload)
-                {
+                for rs in kind.decode_spans(payload).unwrap_or_default() {
                     for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
                         policies.observe_span(&mut state, rs.resource.as_ref(), span);
                     }
@@ -926,20 +965,20 @@ impl Engine {
                     self.storage
                         .visit_trace(&d.trace, d.watermark, |key, kind, payload| {
                             let decoded = match kind {
-                                BufferedKind::Spans => {
-                                    ResourceSpans::decode(payload).map(|mut rs| {
-                                        repeats += dedup.keep_first(&d.trace, &mut rs);
-                                        clamped += notice.add(&rs);
-                                        kept_spans += annotate_kept(&mut rs, kept);
-                                        resource_spans.push(rs);
-                                    })
-                                }
                                 BufferedKind::Logs => {
                                     ResourceLogs::decode(payload).map(|mut rl| {
                                         mark_trace_logs(&mut rl);
                                         resource_logs.push(rl);
                                     })
                                 }
+                                _ => kind.decode_spans(payload).map(|all| {
+                                    for mut rs in all {
+                                        repeats += dedup.keep_first(&d.trace, &mut rs);
+                                        clamped += notice.add(&rs);
+                                        kept_spans += annotate_kept(&mut rs, kept);
+                                        resource_spans.push(rs);
+                                    }
+                                }),
                             };
                             if let Err(error) = decoded {
                                 corrupt.push((d.trace, key, kind, payload.to_vec(), error));

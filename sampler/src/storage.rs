@@ -16,6 +16,10 @@
 //! at any point leaves it either still buffered (and re-decided after restart) or queued.
 
 use std::path::Path;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use prost::Message;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -90,6 +94,10 @@ pub enum BufferedKind {
     Spans = 1,
     /// A `ResourceLogs` with log records of one trace.
     Logs = 2,
+    /// Several `ResourceSpans` with spans of one trace from one request, encoded as the
+    /// body of an `ExportTraceServiceRequest` (each a field 1): one item (and one index
+    /// location) per trace and request however many resources its spans came under.
+    TraceSpans = 3,
 }
 
 impl BufferedKind {
@@ -97,8 +105,23 @@ impl BufferedKind {
         match b {
             1 => Some(BufferedKind::Spans),
             2 => Some(BufferedKind::Logs),
+            3 => Some(BufferedKind::TraceSpans),
             _ => None,
         }
+    }
+
+    /// Whether the item holds spans.
+    pub fn is_spans(self) -> bool {
+        self != BufferedKind::Logs
+    }
+
+    /// The `ResourceSpans` of a buffered item of this kind (none for logs).
+    pub fn decode_spans(self, payload: &[u8]) -> Result<Vec<ResourceSpans>, prost::DecodeError> {
+        Ok(match self {
+            BufferedKind::Spans => vec![ResourceSpans::decode(payload)?],
+            BufferedKind::TraceSpans => ExportTraceServiceRequest::decode(payload)?.resource_spans,
+            BufferedKind::Logs => Vec::new(),
+        })
     }
 }
 

@@ -964,7 +964,8 @@ fn exported_span_protos(rig: &Rig) -> Vec<Span> {
 }
 
 /// Requests of 60 traces: every seventh with an error, every fifth slow, attributes on
-/// some, a span with an invalid id in each request.
+/// some, a span with an invalid id in each request; in every other request each trace's
+/// spans come under two resources.
 fn mixed_requests() -> Vec<ExportTraceServiceRequest> {
     let mut requests = Vec::new();
     for batch in 0..6u8 {
@@ -985,7 +986,13 @@ fn mixed_requests() -> Vec<ExportTraceServiceRequest> {
         let mut bad = span(200, 1, true);
         bad.span_id = vec![0; 8];
         spans.push(bad);
-        requests.push(request(spans));
+        requests.push(if batch.is_multiple_of(2) {
+            // Every trace's third span under a second resource.
+            let (third, rest) = spans.into_iter().partition(|s| s.span_id[0] == 3);
+            two_resources(rest, third)
+        } else {
+            request(spans)
+        });
     }
     requests
 }
@@ -1102,5 +1109,131 @@ async fn spans_written_while_their_trace_is_decided_follow_the_decision_and_leav
     assert_eq!(
         left, 0,
         "no request value or forgotten-offset record is left"
+    );
+}
+
+/// A request whose spans come under two resources (`service.name` `a` and `b`).
+fn two_resources(a: Vec<Span>, b: Vec<Span>) -> ExportTraceServiceRequest {
+    let resource = |name: &str| ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![otlp::kv_str("service.name", name)],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans::default()],
+        ..Default::default()
+    };
+    let (mut first, mut second) = (resource("a"), resource("b"));
+    first.scope_spans[0].spans = a;
+    second.scope_spans[0].spans = b;
+    ExportTraceServiceRequest {
+        resource_spans: vec![first, second],
+    }
+}
+
+/// Exported spans as (trace id byte, span id byte, service name).
+fn exported_with_service(rig: &Rig) -> Vec<(u8, u8, String)> {
+    let text = std::fs::read_to_string(rig.dir.path().join("out.jsonl")).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Ok(req) = serde_json::from_str::<ExportTraceServiceRequest>(line) else {
+            continue;
+        };
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value)
+                .map(|v| match v {
+                    any_value::Value::StringValue(s) => s,
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                out.push((span.trace_id[0], span.span_id[0], service.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_trace_under_several_resources_is_one_item_through_restart_and_handoff() {
+    let config = "sampler:\n  decision_wait: 1s\n  policies: [{name: all, type: always_sample}]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let request = two_resources(
+        vec![span(3, 1, false), span(4, 1, false)],
+        vec![span(3, 2, false), span(5, 1, false)],
+    );
+    let kinds = |rig: &Rig, trace: u8| -> Vec<BufferedKind> {
+        let items = rig.engine.storage.read_trace(&[trace; 16], u64::MAX);
+        items.unwrap().into_iter().map(|(kind, _)| kind).collect()
+    };
+    let dir = {
+        let first = rig_in(dir, config);
+        let took = first
+            .engine
+            .ingest_encoded_traces(request.encode_to_vec().into())
+            .unwrap();
+        assert_eq!(took.spans, 4);
+        assert_eq!(
+            kinds(&first, 3),
+            vec![BufferedKind::TraceSpans],
+            "the trace's two groups are one item"
+        );
+        assert_eq!(kinds(&first, 4), vec![BufferedKind::Spans]);
+        // Dropped without deciding: what a crash leaves behind.
+        let Rig {
+            dir,
+            engine,
+            queues,
+            ..
+        } = first;
+        drop(engine);
+        drop(queues);
+        dir
+    };
+    let second = rig_in(dir, config);
+    assert_eq!(second.engine.recover().unwrap(), 3);
+    let entry = second.engine.state().index.get(&[3; 16]).cloned().unwrap();
+    assert_eq!(
+        entry.stats.span_count, 2,
+        "recovery counts both groups' spans"
+    );
+    // A handoff sends one `ResourceSpans` per group; the peer refuses, the trace stays.
+    let taken = second.engine.take_for_handoff(&[[3; 16]]).unwrap();
+    let sent: Vec<ResourceSpans> = taken[0]
+        .spans
+        .iter()
+        .map(|item| ResourceSpans::decode(item.payload.as_slice()).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].scope_spans[0].spans[0].span_id, vec![1; 8]);
+    assert_eq!(sent[1].scope_spans[0].spans[0].span_id, vec![2; 8]);
+    second
+        .engine
+        .release_handed_off(
+            taken,
+            transfer::Acknowledged {
+                spans: false,
+                logs: false,
+            },
+        )
+        .unwrap();
+    second.advance(1000);
+    assert_eq!(second.engine.decide_due().unwrap(), 3);
+    second.exported_spans().await;
+    assert_eq!(
+        exported_with_service(&second),
+        vec![
+            (3, 1, "a".to_string()),
+            (3, 2, "b".to_string()),
+            (4, 1, "a".to_string()),
+            (5, 1, "b".to_string())
+        ],
+        "every span leaves once, under the resource it came with"
     );
 }

@@ -243,13 +243,16 @@ impl Engine {
         let mut logs = Vec::new();
         self.storage
             .visit_trace(trace, upto, |key, kind, payload| {
-                let item = TakenItem {
-                    key,
-                    payload: payload.to_vec(),
-                };
+                let item = |payload: Vec<u8>| TakenItem { key, payload };
                 match kind {
-                    BufferedKind::Spans => spans.push(item),
-                    BufferedKind::Logs => logs.push(item),
+                    BufferedKind::Spans => spans.push(item(payload.to_vec())),
+                    BufferedKind::Logs => logs.push(item(payload.to_vec())),
+                    // Sent as one item per group (the peer takes `ResourceSpans`); a
+                    // group that does not decode goes as it is, for the peer to refuse.
+                    BufferedKind::TraceSpans => match kind.decode_spans(payload) {
+                        Ok(all) => spans.extend(all.iter().map(|rs| item(rs.encode_to_vec()))),
+                        Err(_) => spans.push(item(payload.to_vec())),
+                    },
                 }
             })?;
         Ok((spans, logs))

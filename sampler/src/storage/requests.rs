@@ -59,8 +59,8 @@ impl ItemKey {
     }
 }
 
-/// Where one item of a trace lies: 16 bytes, the kind in the length's top bit (items are
-/// far below 2 GiB), so a trace's first location sits inline in its index entry.
+/// Where one item of a trace lies: 16 bytes, the kind in the length's top two bits (items
+/// are far below 1 GiB), so a trace's first location sits inline in its index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Location {
     seq: u64,
@@ -68,36 +68,31 @@ struct Location {
     len_kind: u32,
 }
 
-/// Bit of [`Location::len_kind`] set for [`BufferedKind::Logs`].
-const LOGS_BIT: u32 = 1 << 31;
+/// Position of the kind in [`Location::len_kind`].
+const KIND_SHIFT: u32 = 30;
+/// Longest item a location can describe.
+const MAX_ITEM_LEN: u32 = (1 << KIND_SHIFT) - 1;
 
 impl Location {
     fn new(seq: u64, offset: u32, len: usize, kind: BufferedKind) -> Location {
         let len = u32::try_from(len)
             .ok()
-            .filter(|len| *len < LOGS_BIT)
-            .expect("a buffered item is smaller than 2 GiB");
-        let bit = match kind {
-            BufferedKind::Spans => 0,
-            BufferedKind::Logs => LOGS_BIT,
-        };
+            .filter(|len| *len <= MAX_ITEM_LEN)
+            .expect("a buffered item is smaller than 1 GiB");
         Location {
             seq,
             offset,
-            len_kind: len | bit,
+            len_kind: len | u32::from(kind as u8) << KIND_SHIFT,
         }
     }
 
     fn len(&self) -> usize {
-        (self.len_kind & !LOGS_BIT) as usize
+        (self.len_kind & MAX_ITEM_LEN) as usize
     }
 
     fn kind(&self) -> BufferedKind {
-        if self.len_kind & LOGS_BIT == 0 {
-            BufferedKind::Spans
-        } else {
-            BufferedKind::Logs
-        }
+        BufferedKind::from_byte((self.len_kind >> KIND_SHIFT) as u8)
+            .expect("a location holds the kind it was made with")
     }
 
     /// The payload's byte range in its request value.
@@ -180,9 +175,10 @@ impl RequestValue {
         );
     }
 
-    /// The payload of the item pushed `index`-th.
-    pub fn item(&self, index: usize) -> &[u8] {
-        &self.bytes[self.items[index].1.range()]
+    /// The kind and payload of the item pushed `index`-th.
+    pub fn item(&self, index: usize) -> (BufferedKind, &[u8]) {
+        let location = &self.items[index].1;
+        (location.kind(), &self.bytes[location.range()])
     }
 
     /// Appends an already encoded payload.
@@ -228,9 +224,10 @@ pub struct StagedRequest {
 }
 
 impl StagedRequest {
-    /// The payload of the item staged `index`-th.
-    pub fn item(&self, index: usize) -> &[u8] {
-        &self.bytes[self.items[index].1.range()]
+    /// The kind and payload of the item staged `index`-th.
+    pub fn item(&self, index: usize) -> (BufferedKind, &[u8]) {
+        let location = &self.items[index].1;
+        (location.kind(), &self.bytes[location.range()])
     }
 }
 
@@ -319,7 +316,7 @@ fn parse_value(value: &[u8]) -> Result<Vec<(TraceId, Location)>, StorageError> {
         let trace: TraceId = frame[1..17].try_into().expect("16 bytes");
         let len = u32::from_le_bytes(frame[17..21].try_into().expect("4 bytes"));
         let offset = at + FRAME;
-        if offset + len as usize > value.len() {
+        if len > MAX_ITEM_LEN || offset + len as usize > value.len() {
             return Err(StorageError::Corrupt(format!(
                 "item at {offset} of {len} bytes runs past the {}-byte value",
                 value.len()
