@@ -61,8 +61,7 @@ struct Args {
     /// Seconds of the decision-latency phase at half the sustained rate (0: skip).
     #[arg(long, default_value_t = 15)]
     latency_seconds: u64,
-    /// `sampler.buffer_memory_bytes` in MiB for the throughput and latency phases (default:
-    /// the sampler's).
+    /// `sampler.buffer_memory_bytes` in MiB for every phase (default: the sampler's).
     #[arg(long)]
     buffer_memory_mib: Option<u64>,
 }
@@ -291,12 +290,16 @@ async fn throughput(args: &Args) -> anyhow::Result<f64> {
 }
 
 async fn memory(args: &Args) -> anyhow::Result<()> {
+    let mut sampler_config = json!({
+        "decision_wait": "30m",
+        "num_traces": args.traces * 2,
+        "policies": policies(args),
+    });
+    if let Some(mib) = args.buffer_memory_mib {
+        sampler_config["buffer_memory_bytes"] = json!(mib * 1024 * 1024);
+    }
     let sampler = SamplerProcess::start(json!({
-        "sampler": {
-            "decision_wait": "30m",
-            "num_traces": args.traces * 2,
-            "policies": policies(args),
-        },
+        "sampler": sampler_config,
         "telemetry": {"log_level": "warn"},
     }))
     .await?;
