@@ -467,7 +467,7 @@ impl Engine {
         }
         let now_unix = self.unix_now();
         let span_points = self.settler.span_metrics(&parsed.slim, now_unix);
-        let sized: Vec<(Vec<(usize, usize)>, usize)> = parsed
+        let sized: Vec<(wire::ScopeLens, usize)> = parsed
             .groups
             .iter()
             .map(|group| {
@@ -956,34 +956,46 @@ impl Engine {
         let mut repeats = 0u64;
         let mut clamped = 0u64;
         let mut forgetting = Forgetting::default();
-        let mut dedup = self.dedup.lock().unwrap_or_else(|e| e.into_inner());
         let now_unix = self.unix_now();
+        // The kept traces' items, decoded, read once per request for the whole chunk.
+        let kept_traces: Vec<(TraceId, u64)> = decided
+            .iter()
+            .filter(|d| d.kept.is_some())
+            .map(|d| (d.trace, d.watermark))
+            .collect();
+        let mut read: Vec<(Vec<ResourceSpans>, Vec<ResourceLogs>)> =
+            std::iter::repeat_with(Default::default)
+                .take(kept_traces.len())
+                .collect();
+        self.storage
+            .visit_traces(&kept_traces, |index, key, kind, payload| {
+                let (spans, logs) = &mut read[index];
+                let decoded = match kind {
+                    BufferedKind::Logs => ResourceLogs::decode(payload).map(|rl| logs.push(rl)),
+                    _ => kind.decode_spans(payload).map(|all| spans.extend(all)),
+                };
+                if let Err(error) = decoded {
+                    let trace = kept_traces[index].0;
+                    corrupt.push((trace, key, kind, payload.to_vec(), error));
+                }
+            })?;
+        let mut read = read.into_iter();
+        let mut dedup = self.dedup.lock().unwrap_or_else(|e| e.into_inner());
         for d in decided {
             match &d.kept {
                 Some(kept) => {
+                    let (spans, logs) = read.next().expect("one read per kept trace");
                     let mut notice = NoticeBuilder::new(d.trace, kept);
-                    self.storage
-                        .visit_trace(&d.trace, d.watermark, |key, kind, payload| {
-                            let decoded = match kind {
-                                BufferedKind::Logs => {
-                                    ResourceLogs::decode(payload).map(|mut rl| {
-                                        mark_trace_logs(&mut rl);
-                                        resource_logs.push(rl);
-                                    })
-                                }
-                                _ => kind.decode_spans(payload).map(|all| {
-                                    for mut rs in all {
-                                        repeats += dedup.keep_first(&d.trace, &mut rs);
-                                        clamped += notice.add(&rs);
-                                        kept_spans += annotate_kept(&mut rs, kept);
-                                        resource_spans.push(rs);
-                                    }
-                                }),
-                            };
-                            if let Err(error) = decoded {
-                                corrupt.push((d.trace, key, kind, payload.to_vec(), error));
-                            }
-                        })?;
+                    for mut rs in spans {
+                        repeats += dedup.keep_first(&d.trace, &mut rs);
+                        clamped += notice.add(&rs);
+                        kept_spans += annotate_kept(&mut rs, kept);
+                        resource_spans.push(rs);
+                    }
+                    for mut rl in logs {
+                        mark_trace_logs(&mut rl);
+                        resource_logs.push(rl);
+                    }
                     notices.extend(notice.build());
                 }
                 None => {

@@ -19,8 +19,6 @@
 //! Spans with an invalid trace or span id are left out and counted exactly as
 //! [`otlp::sanitize_traces`] does.
 
-use std::collections::HashMap;
-
 use bytes::{BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
@@ -30,6 +28,9 @@ use otel_tail_shared::otlp::{self, TraceId};
 use otel_tail_shared::receiver::Accepted;
 use prost::Message;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len};
+use smallvec::SmallVec;
+
+use crate::buffer::TraceMap;
 
 /// `ExportTraceServiceRequest` with its resource containers as bytes.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -87,9 +88,14 @@ pub struct TraceGroup {
     pub trace: TraceId,
     /// Index of its resource in [`Parsed::slim`].
     pub resource: usize,
-    /// Per span: scope index within the resource, span index within the scope.
-    pub spans: Vec<(usize, usize)>,
+    /// Per span: scope index within the resource, span index within the scope (inline
+    /// for a few spans: most groups are small, and growing a vector per group per request
+    /// was a visible share of the allocator's time).
+    pub spans: SmallVec<[(usize, usize); 6]>,
 }
+
+/// Per scope a group touches, its index and encoded `ScopeSpans` length.
+pub type ScopeLens = SmallVec<[(usize, usize); 2]>;
 
 /// An encoded request read for buffering.
 #[derive(Debug)]
@@ -149,9 +155,9 @@ impl Parsed {
 
     /// Per scope `group` touches (in order), that `ScopeSpans`' encoded length. Spans of a
     /// group are in (scope, span) order.
-    pub fn scope_lens(&self, group: &TraceGroup) -> Vec<(usize, usize)> {
+    pub fn scope_lens(&self, group: &TraceGroup) -> ScopeLens {
         let scopes = &self.scopes[group.resource];
-        let mut out: Vec<(usize, usize)> = Vec::new();
+        let mut out = ScopeLens::new();
         for &(scope, span) in &group.spans {
             let (container, spans) = &scopes[scope];
             if out.last().is_none_or(|(s, _)| *s != scope) {
@@ -199,7 +205,7 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
     };
     let (mut bad_trace, mut bad_span) = (0i64, 0i64);
     // Room for the traces of a typical request without rehashing.
-    let mut by_trace: HashMap<TraceId, usize> = HashMap::with_capacity(256);
+    let mut by_trace: TraceMap<usize> = TraceMap::with_capacity_and_hasher(256, Default::default());
     for rs_bytes in request.resource_spans {
         let rs =
             WireResourceSpans::decode(rs_bytes).map_err(|e| format!("invalid protobuf: {e}"))?;
@@ -241,7 +247,7 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
                     parsed.groups.push(TraceGroup {
                         trace,
                         resource: resource_index,
-                        spans: Vec::new(),
+                        spans: SmallVec::new(),
                     });
                     parsed.groups.len() - 1
                 });

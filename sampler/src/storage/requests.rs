@@ -399,20 +399,45 @@ impl Storage {
         upto: u64,
         mut visit: impl FnMut(ItemKey, BufferedKind, &[u8]),
     ) -> Result<(), StorageError> {
-        let locations: Vec<Location> = match self.layout().traces.get(trace) {
-            Some(all) => all.iter().filter(|l| l.seq < upto).copied().collect(),
-            None => return Ok(()),
+        self.visit_traces(&[(*trace, upto)], |_, key, kind, payload| {
+            visit(key, kind, payload)
+        })
+    }
+
+    /// Visits what is buffered for each of `traces` (trace, sequence bound) as
+    /// [`Storage::visit_trace`] does, with the trace's index in `traces`: one point read
+    /// per request for all of them (traces decided together mostly arrived in the same
+    /// requests, and a request's value is a few hundred KiB). Each trace's items come in
+    /// arrival order; items of different traces interleave.
+    pub fn visit_traces(
+        &self,
+        traces: &[(TraceId, u64)],
+        mut visit: impl FnMut(usize, ItemKey, BufferedKind, &[u8]),
+    ) -> Result<(), StorageError> {
+        let mut locations: Vec<(Location, usize)> = {
+            let layout = self.layout();
+            traces
+                .iter()
+                .enumerate()
+                .flat_map(|(index, (trace, upto))| {
+                    let all = layout.traces.get(trace).map_or(&[][..], |l| l.as_slice());
+                    all.iter()
+                        .filter(move |l| l.seq < *upto)
+                        .map(move |l| (*l, index))
+                })
+                .collect()
         };
+        locations.sort_by_key(|(l, index)| (l.seq, *index, l.offset));
         let cf = self.cf(CF_BUFFER);
         let mut current: Option<(u64, Option<DBPinnableSlice<'_>>)> = None;
-        for location in locations {
+        for (location, index) in locations {
             if current.as_ref().is_none_or(|(seq, _)| *seq != location.seq) {
                 let value = self.db.get_pinned_cf(cf, location.seq.to_be_bytes())?;
                 current = Some((location.seq, value));
             }
             let value = current.as_ref().and_then(|(_, v)| v.as_deref());
             match value.and_then(|v| v.get(location.range())) {
-                Some(payload) => visit(location.key(), location.kind(), payload),
+                Some(payload) => visit(index, location.key(), location.kind(), payload),
                 None => crate::events::corrupt_record(
                     Store::Buffer,
                     &format!(

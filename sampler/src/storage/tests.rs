@@ -324,3 +324,37 @@ fn flushed_request_values_live_in_blob_files_that_go_once_their_requests_are_for
     );
     assert!(storage.approximate_bytes() < 64 * 1024);
 }
+
+#[test]
+fn traces_read_together_get_their_own_items_in_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let (a, b, c) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+    buffer(
+        &storage,
+        &[
+            (a, BufferedKind::Spans, b"a1"),
+            (b, BufferedKind::Spans, b"b1"),
+            (c, BufferedKind::Spans, b"c1"),
+        ],
+    );
+    let watermark = storage.next_seq();
+    buffer(
+        &storage,
+        &[
+            (b, BufferedKind::Logs, b"b2"),
+            (a, BufferedKind::Spans, b"a2"),
+        ],
+    );
+    let mut seen: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 2];
+    storage
+        .visit_traces(&[(b, u64::MAX), (a, watermark)], |index, _, _, payload| {
+            seen[index].push(payload.to_vec())
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![vec![b"b1".to_vec(), b"b2".to_vec()], vec![b"a1".to_vec()],],
+        "each trace's items in order, below its own bound; c untouched"
+    );
+}
