@@ -2,20 +2,25 @@
 //! back-pressure (UNAVAILABLE / RESOURCE_EXHAUSTED with RetryInfo) by backing off and
 //! retrying, and counting what was sent, accepted, throttled and failed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::HarnessError;
-use crate::generate::{Generator, TraceShape};
+use crate::generate::{Generator, TraceBatch, TraceShape};
+use crate::raw_grpc::{TRACE_EXPORT_PATH, unary_raw};
 
 /// What to send and how fast.
 #[derive(Debug, Clone)]
@@ -39,6 +44,12 @@ pub struct LoadConfig {
     /// Stop once this many spans were sent (0 = no limit; a few batches may
     /// overshoot it).
     pub span_limit: u64,
+    /// Trace requests each sender encodes once and then sends over and over with fresh
+    /// trace ids (0: generate and encode every request). Generating and encoding cost
+    /// the load generator about as much CPU per span as the sampler spends taking it, so
+    /// on two cores the generator set the ceiling. Span timestamps stay those of the
+    /// start of the run, so decision-latency measurements keep this at 0.
+    pub prepared: usize,
 }
 
 impl Default for LoadConfig {
@@ -53,6 +64,7 @@ impl Default for LoadConfig {
             batch_spans: 500,
             seed: 1,
             span_limit: 0,
+            prepared: 0,
         }
     }
 }
@@ -60,7 +72,8 @@ impl Default for LoadConfig {
 impl LoadConfig {
     /// Spans only, as fast as `endpoint` takes them, for `duration`: whole traces of
     /// `spans_per_trace` spans (1% with an error) in requests of `batch_spans` spans from
-    /// `concurrency` senders. The benchmarks' load.
+    /// `concurrency` senders, each cycling through [`PREPARED_REQUESTS`] prepared requests.
+    /// The benchmarks' load.
     pub fn max_rate_spans(
         endpoint: String,
         duration: Duration,
@@ -82,6 +95,7 @@ impl LoadConfig {
             batch_spans,
             seed: 42,
             span_limit: 0,
+            prepared: PREPARED_REQUESTS,
         }
     }
 }
@@ -144,6 +158,9 @@ impl LoadStats {
         }
     }
 }
+
+/// Requests each sender prepares for maximum-rate load ([`LoadConfig::prepared`]).
+pub const PREPARED_REQUESTS: usize = 16;
 
 /// Default pause after a throttling answer without RetryInfo.
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
@@ -218,6 +235,14 @@ async fn trace_worker(
     // give unrelated trace ids.
     let worker_seed = (config.seed << 16) ^ worker as u64;
     let mut generator = Generator::new(worker_seed, config.shape);
+    if config.prepared > 0 && config.shape.logs_per_trace == 0 {
+        let prepared = (0..config.prepared)
+            .map(|_| {
+                Prepared::new(&generator.trace_batch(config.batch_spans.max(1), unix_nanos_now()))
+            })
+            .collect();
+        return prepared_worker(channel, config, worker_seed, prepared, end, stats).await;
+    }
     let traces = TraceServiceClient::new(channel.clone())
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(256 * 1024 * 1024);
@@ -268,6 +293,113 @@ async fn trace_worker(
         }
         if per_worker_rate > 0.0 {
             next_send += Duration::from_secs_f64(batch.span_count as f64 / per_worker_rate);
+            tokio::time::sleep_until(next_send.min(end)).await;
+        }
+    }
+}
+
+/// An encoded trace request and, per trace, where its id sits in the bytes.
+struct Prepared {
+    bytes: Vec<u8>,
+    traces: Vec<Vec<usize>>,
+    spans: u64,
+}
+
+impl Prepared {
+    fn new(batch: &TraceBatch) -> Prepared {
+        let bytes = batch.traces.encode_to_vec();
+        let index: HashMap<&[u8], usize> = batch
+            .trace_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_slice(), i))
+            .collect();
+        let mut traces = vec![Vec::new(); batch.trace_ids.len()];
+        // A span's trace id: field 1, 16 bytes long (key 0x0a, length 0x10).
+        let mut at = 0;
+        while at + 18 <= bytes.len() {
+            if bytes[at] == 0x0a
+                && bytes[at + 1] == 0x10
+                && let Some(&trace) = index.get(&bytes[at + 2..at + 18])
+            {
+                traces[trace].push(at + 2);
+                at += 18;
+            } else {
+                at += 1;
+            }
+        }
+        Prepared {
+            bytes,
+            traces,
+            spans: batch.span_count as u64,
+        }
+    }
+
+    /// The request with trace ids made from `seed` and `sequence` (unique per send).
+    fn fresh(&self, seed: u64, sequence: u64) -> Bytes {
+        let mut bytes = BytesMut::from(self.bytes.as_slice());
+        for (i, offsets) in self.traces.iter().enumerate() {
+            let high = splitmix(seed ^ splitmix(sequence));
+            let low = splitmix(high ^ i as u64);
+            for &at in offsets {
+                bytes[at..at + 8].copy_from_slice(&high.to_be_bytes());
+                bytes[at + 8..at + 16].copy_from_slice(&low.to_be_bytes());
+            }
+        }
+        bytes.freeze()
+    }
+}
+
+/// SplitMix64's output function: distinct inputs give unrelated outputs.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// [`trace_worker`] over prepared requests, sent raw.
+async fn prepared_worker(
+    channel: Channel,
+    config: &LoadConfig,
+    seed: u64,
+    prepared: Vec<Prepared>,
+    end: Instant,
+    stats: &LoadStats,
+) {
+    let per_worker_rate = config.rate / config.concurrency.max(1) as f64;
+    let mut next_send = Instant::now();
+    let mut sequence = 0u64;
+    while Instant::now() < end
+        && (config.span_limit == 0 || stats.sent_spans.load(Ordering::Relaxed) < config.span_limit)
+    {
+        let template = &prepared[sequence as usize % prepared.len()];
+        let request = template.fresh(seed, sequence);
+        sequence += 1;
+        stats
+            .sent_spans
+            .fetch_add(template.spans, Ordering::Relaxed);
+        let answer = send_with_backoff(end, stats, || {
+            unary_raw(channel.clone(), TRACE_EXPORT_PATH, request.clone())
+        })
+        .await;
+        if let Some(response) = answer {
+            let rejected = ExportTraceServiceResponse::decode(response)
+                .ok()
+                .and_then(|r| r.partial_success)
+                .map_or(0, |p| p.rejected_spans.max(0) as u64);
+            stats.rejected_spans.fetch_add(rejected, Ordering::Relaxed);
+            stats
+                .accepted_spans
+                .fetch_add(template.spans.saturating_sub(rejected), Ordering::Relaxed);
+            if rejected == 0 {
+                stats
+                    .accepted_traces
+                    .fetch_add(template.traces.len() as u64, Ordering::Relaxed);
+            }
+        }
+        if per_worker_rate > 0.0 {
+            next_send += Duration::from_secs_f64(template.spans as f64 / per_worker_rate);
             tokio::time::sleep_until(next_send.min(end)).await;
         }
     }
@@ -343,7 +475,51 @@ pub fn retry_delay(status: &Status) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use tonic_types::ErrorDetails;
+
+    #[test]
+    fn prepared_requests_go_out_with_fresh_trace_ids_and_nothing_else_changed() {
+        let shape = TraceShape {
+            spans_per_trace: 5,
+            error_share: 0.0,
+            logs_per_trace: 0,
+        };
+        let batch = Generator::new(3, shape).trace_batch(100, unix_nanos_now());
+        let prepared = Prepared::new(&batch);
+        assert_eq!(prepared.traces.len(), 20);
+        assert!(
+            prepared.traces.iter().all(|t| t.len() == 5),
+            "every span's id found"
+        );
+        let ids = |bytes: Bytes| {
+            let request = ExportTraceServiceRequest::decode(bytes).unwrap();
+            let mut spans: Vec<_> = request
+                .resource_spans
+                .into_iter()
+                .flat_map(|rs| rs.scope_spans)
+                .flat_map(|ss| ss.spans)
+                .collect();
+            spans.sort_by(|a, b| a.span_id.cmp(&b.span_id));
+            spans
+        };
+        let original = ids(Bytes::from(prepared.bytes.clone()));
+        let first = ids(prepared.fresh(1, 0));
+        let second = ids(prepared.fresh(1, 1));
+        for (spans, other) in [(&first, &second), (&second, &first)] {
+            let traces: std::collections::HashSet<_> = spans.iter().map(|s| &s.trace_id).collect();
+            assert_eq!(traces.len(), 20, "traces stay distinct");
+            assert!(
+                other.iter().all(|s| !traces.contains(&s.trace_id)),
+                "new ids per send"
+            );
+        }
+        for (fresh, was) in first.iter().zip(&original) {
+            let mut fresh = fresh.clone();
+            fresh.trace_id.clone_from(&was.trace_id);
+            assert_eq!(&fresh, was, "only the trace id changes");
+        }
+    }
 
     #[test]
     fn throttling_statuses_and_their_delays() {

@@ -202,6 +202,7 @@ async fn latency(args: &Args, rate: f64) -> anyhow::Result<()> {
         rate,
         duration: Duration::from_secs(args.latency_seconds),
         seed: 43,
+        prepared: 0,
         ..load_config(args, &sampler)
     };
     let (load, _) = run_load(&config, Arc::new(LoadStats::default())).await?;

@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         batch_spans: args.batch_spans.max(1),
         seed: args.seed,
         span_limit: 0,
+        prepared: 0,
     };
     println!(
         "otel-tail-loadgen → {}  rate {}  for {:?}  ({} spans/trace, {:.1}% errors, {} logs/trace, {} points/s, {} senders)",
