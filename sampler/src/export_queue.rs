@@ -29,10 +29,11 @@
 //! a write is staged, so an entry with a smaller sequence can become visible after the
 //! sender has read past it, and a range delete would lose it.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -68,6 +69,10 @@ pub struct ExportQueues {
     lanes: Vec<Lane>,
     max_bytes: u64,
     retry: RetryConfig,
+    /// Sequences staged and not yet committed: an entry staged before another may be
+    /// written after it, so a lane's read cursor never passes the lowest of these. (A
+    /// write that fails leaves its sequence here; reads then start no later than it.)
+    pending: Mutex<BTreeSet<u64>>,
 }
 
 /// One exporter's FIFO.
@@ -91,6 +96,10 @@ struct Lane {
     deletes_since_compaction: AtomicU64,
     /// Whether a compaction is running, so at most one is.
     compacting: Arc<AtomicBool>,
+    /// Sequence below which every entry of the lane is gone, so reads start there
+    /// instead of stepping over the tombstones of everything sent since the memtable
+    /// was new (that walk was ~5 % of a loaded sampler's CPU).
+    consumed: AtomicU64,
 }
 
 /// What [`ExportQueues::stage`] added to a batch; hand it to [`ExportQueues::committed`]
@@ -100,6 +109,8 @@ struct Lane {
 pub struct Staged {
     /// Bytes added to every lane.
     bytes_per_lane: u64,
+    /// Sequence of the entries.
+    seq: u64,
 }
 
 /// Counters of one lane, for logs and tests.
@@ -165,6 +176,7 @@ impl ExportQueues {
                 retries: AtomicU64::new(0),
                 deletes_since_compaction: AtomicU64::new(0),
                 compacting: Arc::new(AtomicBool::new(false)),
+                consumed: AtomicU64::new(0),
             });
         }
         let mut orphaned = (0u64, 0u64);
@@ -199,6 +211,7 @@ impl ExportQueues {
             lanes,
             max_bytes: config.queue.max_bytes,
             retry: config.retry.clone(),
+            pending: Mutex::default(),
         }))
     }
 
@@ -207,18 +220,26 @@ impl ExportQueues {
     /// [`ExportQueues::committed`]. Never refuses: see the module docs on the bound.
     pub fn stage(&self, batch: &mut WriteBatch, request: &ExportRequest) -> Staged {
         let value = encode_value(request);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let seq = self.storage.next_seq();
+        pending.insert(seq);
+        drop(pending);
         let cf = self.storage.cf(CF_QUEUE);
         for lane in &self.lanes {
             batch.put_cf(cf, lane_key(lane.id, seq), &value);
         }
         Staged {
             bytes_per_lane: (KEY_LEN + value.len()) as u64,
+            seq,
         }
     }
 
     /// Accounts for a written batch and wakes the senders.
     pub fn committed(&self, staged: Staged) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&staged.seq);
         for lane in &self.lanes {
             lane.bytes
                 .fetch_add(staged.bytes_per_lane as i64, Ordering::Relaxed);
@@ -445,8 +466,9 @@ impl ExportQueues {
     /// bounds (only the first entry unless `merge`). `None` when the lane is empty.
     fn read_batch(&self, index: usize, merge: bool) -> Result<Option<Batch>, StorageError> {
         let id = self.lanes[index].id;
+        let consumed = self.lanes[index].consumed.load(Ordering::Acquire);
         let mut options = ReadOptions::default();
-        options.set_iterate_lower_bound(vec![id]);
+        options.set_iterate_lower_bound(lane_key(id, consumed).to_vec());
         options.set_iterate_upper_bound(vec![id + 1]);
         let iter = self.storage.db().iterator_cf_opt(
             self.storage.cf(CF_QUEUE),
@@ -534,6 +556,16 @@ impl ExportQueues {
             // The entries stay and are sent again: at least once.
             tracing::error!(exporter = lane.exporter.name(), error = %e, "cannot delete sent export queue entries");
             return;
+        }
+        // A batch is the lane's first entries, so everything up to its last key is gone,
+        // except entries staged earlier and still being written. Entries staged from now
+        // on get later sequences.
+        if let Some(last) = batch.keys.last() {
+            let seq = u64::from_be_bytes(last[1..].try_into().expect("8 bytes"));
+            let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let below = pending.first().map_or(u64::MAX, |p| *p);
+            lane.consumed
+                .fetch_max(seq.saturating_add(1).min(below), Ordering::AcqRel);
         }
         lane.bytes
             .fetch_sub(batch.stored_bytes as i64, Ordering::Relaxed);

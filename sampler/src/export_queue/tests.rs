@@ -230,6 +230,35 @@ async fn delivers_in_fifo_order_merging_consecutive_same_signal_entries() {
 }
 
 #[tokio::test]
+async fn an_entry_written_after_a_later_one_was_sent_is_still_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Storage::open(&dir.path().join("db"), false).unwrap());
+    let out = dir.path().join("out.jsonl");
+    let queues = ExportQueues::open(
+        storage.clone(),
+        vec![file_exporter(&out)],
+        &fast_retry_config(1 << 30),
+    )
+    .unwrap();
+    // Staged first, written last: its sequence is below entries sent before it lands.
+    let mut slow = WriteBatch::default();
+    let slow_staged = queues.stage(&mut slow, &logs("slow"));
+    for round in 0..3 {
+        queues.enqueue(&traces(&format!("t{round}"), 1)).unwrap();
+        drain_all(&queues).await;
+    }
+    assert_eq!(file_lines(&out).len(), 3);
+    storage.write(slow).unwrap();
+    queues.committed(slow_staged);
+    queues.enqueue(&traces("after", 1)).unwrap();
+    drain_all(&queues).await;
+    let lines = file_lines(&out);
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    assert!(lines[3].contains("slow"), "{lines:#?}");
+    assert!(lines[4].contains("after-0"), "{lines:#?}");
+}
+
+#[tokio::test]
 async fn merging_stops_at_the_item_bound() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(Storage::open(&dir.path().join("db"), false).unwrap());
