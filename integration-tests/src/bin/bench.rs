@@ -126,11 +126,6 @@ async fn start_sampler(
     sink: &OtlpSink,
     file_export: bool,
 ) -> anyhow::Result<(SamplerProcess, u32)> {
-    let exporter = if file_export {
-        json!({"file": {"path": "export.jsonl"}})
-    } else {
-        json!({"otlp": {"endpoint": sink.endpoint(), "tls": {"insecure": true}}})
-    };
     let mut sampler_config = json!({
         "decision_wait": decision_wait(args),
         "num_traces": 1_000_000,
@@ -139,12 +134,17 @@ async fn start_sampler(
     if let Some(mib) = args.buffer_memory_mib {
         sampler_config["buffer_memory_bytes"] = json!(mib * 1024 * 1024);
     }
-    let sampler = SamplerProcess::start(json!({
+    let mut config = json!({
         "sampler": sampler_config,
-        "exporter": exporter,
         "telemetry": {"log_level": "warn"},
-    }))
-    .await?;
+    });
+    // Without an exporter the harness writes the file export into the sampler's own
+    // temporary directory (removed with it), not into the working directory.
+    if !file_export {
+        config["exporter"] =
+            json!({"otlp": {"endpoint": sink.endpoint(), "tls": {"insecure": true}}});
+    }
+    let sampler = SamplerProcess::start(config).await?;
     let pid = sampler
         .pid()
         .ok_or_else(|| anyhow::anyhow!("sampler not running"))?;
