@@ -161,6 +161,12 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        if self.receiver.max_request_bytes > MAX_REQUEST_BYTES {
+            return Err(ConfigError::invalid(
+                "receiver.max_request_bytes",
+                "must be at most 536870912 (512 MiB): a sampler buffers a request's items with 30-bit lengths",
+            ));
+        }
         self.cluster.validate()?;
         self.sampler.validate()?;
         self.correlation.validate()?;
@@ -685,6 +691,10 @@ fn default_policies() -> Vec<PolicyConfig> {
     ]))
     .expect("default policies are valid")
 }
+
+/// Largest `receiver.max_request_bytes` accepted: a buffered item's length must fit the
+/// 30 bits the sampler's index gives it, with room to spare.
+pub const MAX_REQUEST_BYTES: usize = 512 * 1024 * 1024;
 
 /// Smallest `sampler.buffer_memory_bytes` accepted.
 pub const MIN_BUFFER_MEMORY_BYTES: u64 = 16 * 1024 * 1024;

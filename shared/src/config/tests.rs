@@ -794,3 +794,15 @@ fn buffer_memory_has_a_floor_and_a_default() {
         "sampler.buffer_memory_bytes"
     );
 }
+
+#[test]
+fn request_size_has_a_ceiling() {
+    assert_eq!(
+        invalid_path(
+            "receiver: {max_request_bytes: 536870913, max_buffered_bytes: 1073741824, max_connection_bytes: 1073741824}"
+        ),
+        "receiver.max_request_bytes"
+    );
+    load("receiver: {max_request_bytes: 536870912, max_buffered_bytes: 1073741824, max_connection_bytes: 1073741824}")
+        .unwrap();
+}
