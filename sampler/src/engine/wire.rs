@@ -352,7 +352,15 @@ impl<'a> Fields<'a> {
         Fields { buf, at: 0 }
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, String> {
+        // Most varints here (keys, short lengths) are one byte.
+        if let Some(&byte) = self.buf.get(self.at)
+            && byte < 0x80
+        {
+            self.at += 1;
+            return Ok(u64::from(byte));
+        }
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = *self
