@@ -10,8 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
 use prost::Message;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -143,6 +145,20 @@ pub struct LoadSnapshot {
 }
 
 impl LoadStats {
+    /// Counts an answered trace request of `spans` spans in `traces` traces.
+    fn answered(&self, partial: &Option<ExportTracePartialSuccess>, spans: u64, traces: usize) {
+        let rejected = partial
+            .as_ref()
+            .map_or(0, |p| p.rejected_spans.max(0) as u64);
+        self.rejected_spans.fetch_add(rejected, Ordering::Relaxed);
+        self.accepted_spans
+            .fetch_add(spans.saturating_sub(rejected), Ordering::Relaxed);
+        if rejected == 0 {
+            self.accepted_traces
+                .fetch_add(traces as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> LoadSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -263,20 +279,8 @@ async fn trace_worker(
         })
         .await;
         if let Some(response) = answer {
-            let rejected = response
-                .into_inner()
-                .partial_success
-                .map_or(0, |p| p.rejected_spans.max(0) as u64);
-            stats.rejected_spans.fetch_add(rejected, Ordering::Relaxed);
-            stats.accepted_spans.fetch_add(
-                (batch.span_count as u64).saturating_sub(rejected),
-                Ordering::Relaxed,
-            );
-            if rejected == 0 {
-                stats
-                    .accepted_traces
-                    .fetch_add(batch.trace_ids.len() as u64, Ordering::Relaxed);
-            }
+            let rejected = response.into_inner().partial_success;
+            stats.answered(&rejected, batch.span_count as u64, batch.trace_ids.len());
         }
         if batch.log_count > 0 {
             let answer = send_with_backoff(end, stats, || {
@@ -386,17 +390,8 @@ async fn prepared_worker(
         if let Some(response) = answer {
             let rejected = ExportTraceServiceResponse::decode(response)
                 .ok()
-                .and_then(|r| r.partial_success)
-                .map_or(0, |p| p.rejected_spans.max(0) as u64);
-            stats.rejected_spans.fetch_add(rejected, Ordering::Relaxed);
-            stats
-                .accepted_spans
-                .fetch_add(template.spans.saturating_sub(rejected), Ordering::Relaxed);
-            if rejected == 0 {
-                stats
-                    .accepted_traces
-                    .fetch_add(template.traces.len() as u64, Ordering::Relaxed);
-            }
+                .and_then(|r| r.partial_success);
+            stats.answered(&rejected, template.spans, template.traces.len());
         }
         if per_worker_rate > 0.0 {
             next_send += Duration::from_secs_f64(template.spans as f64 / per_worker_rate);

@@ -31,7 +31,7 @@ use otel_tail_shared::otlp::{self, Signal, TraceId};
 use otel_tail_shared::receiver::{Accepted, IngestError, Reads};
 use otel_tail_shared::split::Spans;
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use rocksdb::WriteBatch;
 
 use crate::buffer::{Arrival, BufferSettings, STALE, TraceEntry, TraceIndex};
@@ -487,7 +487,7 @@ impl Engine {
                 _ => {
                     let framed = run
                         .iter()
-                        .map(|&i| 1 + encoded_len_varint(sized[i].1 as u64) + sized[i].1)
+                        .map(|&i| key_len(1) + encoded_len_varint(sized[i].1 as u64) + sized[i].1)
                         .sum();
                     (run, BufferedKind::TraceSpans, framed)
                 }
@@ -964,9 +964,7 @@ impl Engine {
             .map(|d| (d.trace, d.watermark))
             .collect();
         let mut read: Vec<(Vec<ResourceSpans>, Vec<ResourceLogs>)> =
-            std::iter::repeat_with(Default::default)
-                .take(kept_traces.len())
-                .collect();
+            vec![Default::default(); kept_traces.len()];
         self.storage
             .visit_traces(&kept_traces, |index, key, kind, payload| {
                 let (spans, logs) = &mut read[index];

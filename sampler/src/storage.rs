@@ -110,11 +110,6 @@ impl BufferedKind {
         }
     }
 
-    /// Whether the item holds spans.
-    pub fn is_spans(self) -> bool {
-        self != BufferedKind::Logs
-    }
-
     /// The `ResourceSpans` of a buffered item of this kind (none for logs).
     pub fn decode_spans(self, payload: &[u8]) -> Result<Vec<ResourceSpans>, prost::DecodeError> {
         Ok(match self {

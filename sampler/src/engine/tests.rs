@@ -55,6 +55,19 @@ fn rig(yaml: &str) -> Rig {
 }
 
 impl Rig {
+    /// Drops the engine without deciding anything (what a crash leaves behind) and hands
+    /// back the directory, for a rig reopened on it.
+    fn crash(self) -> tempfile::TempDir {
+        let Rig {
+            dir,
+            engine,
+            queues,
+            ..
+        } = self;
+        drop((engine, queues));
+        dir
+    }
+
     fn advance(&self, ms: u64) {
         self.clock.advance(Duration::from_millis(ms));
     }
@@ -223,16 +236,7 @@ async fn a_restart_resumes_buffered_traces() {
                 span(4, 1, false),
             ]))
             .unwrap();
-        // Dropped without deciding: what a crash leaves behind.
-        let Rig {
-            dir,
-            engine,
-            queues,
-            ..
-        } = first;
-        drop(engine);
-        drop(queues);
-        let second = rig_in(dir, CONFIG);
+        let second = rig_in(first.crash(), CONFIG);
         assert_eq!(second.engine.recover().unwrap(), 2);
         assert_eq!(second.engine.active_traces(), 2);
         second.advance(1000);
@@ -542,14 +546,7 @@ async fn a_corrupt_buffered_record_is_quarantined_on_recovery() {
         .ingest_traces(request(vec![span(4, 1, false)]))
         .unwrap();
     stage_raw(&rig.engine, [5; 16], &[0xff]);
-    let Rig {
-        dir,
-        engine,
-        queues,
-        ..
-    } = rig;
-    drop((engine, queues));
-    let reopened = rig_in(dir, CONFIG);
+    let reopened = rig_in(rig.crash(), CONFIG);
     assert_eq!(
         reopened.engine.recover().unwrap(),
         1,
@@ -1185,16 +1182,7 @@ async fn a_trace_under_several_resources_is_one_item_through_restart_and_handoff
             "the trace's two groups are one item"
         );
         assert_eq!(kinds(&first, 4), vec![BufferedKind::Spans]);
-        // Dropped without deciding: what a crash leaves behind.
-        let Rig {
-            dir,
-            engine,
-            queues,
-            ..
-        } = first;
-        drop(engine);
-        drop(queues);
-        dir
+        first.crash()
     };
     let second = rig_in(dir, config);
     assert_eq!(second.engine.recover().unwrap(), 3);

@@ -2,7 +2,7 @@
 //! OTLP server on 127.0.0.1.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -71,6 +71,19 @@ fn file_lines(path: &Path) -> Vec<String> {
 }
 
 /// Runs the queues until they are empty (shutdown at once, generous drain).
+/// A database in `dir/db` and queues with one file exporter writing `dir/out.jsonl`.
+fn file_queues(dir: &Path) -> (Arc<Storage>, Arc<ExportQueues>, PathBuf) {
+    let storage = Arc::new(Storage::open(&dir.join("db"), false).unwrap());
+    let out = dir.join("out.jsonl");
+    let queues = ExportQueues::open(
+        storage.clone(),
+        vec![file_exporter(&out)],
+        &fast_retry_config(1 << 30),
+    )
+    .unwrap();
+    (storage, queues, out)
+}
+
 async fn drain_all(queues: &Arc<ExportQueues>) {
     tokio::time::timeout(
         Duration::from_secs(20),
@@ -166,14 +179,7 @@ fn stored_values_round_trip_and_concatenate_into_a_merge() {
 #[tokio::test]
 async fn delivers_in_fifo_order_merging_consecutive_same_signal_entries() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(Storage::open(&dir.path().join("db"), false).unwrap());
-    let out = dir.path().join("out.jsonl");
-    let queues = ExportQueues::open(
-        storage.clone(),
-        vec![file_exporter(&out)],
-        &fast_retry_config(1 << 30),
-    )
-    .unwrap();
+    let (storage, queues, out) = file_queues(dir.path());
 
     // Staged data is not accounted (nor sent) until the caller's batch is committed.
     let mut batch = WriteBatch::default();
@@ -232,14 +238,7 @@ async fn delivers_in_fifo_order_merging_consecutive_same_signal_entries() {
 #[tokio::test]
 async fn an_entry_written_after_a_later_one_was_sent_is_still_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(Storage::open(&dir.path().join("db"), false).unwrap());
-    let out = dir.path().join("out.jsonl");
-    let queues = ExportQueues::open(
-        storage.clone(),
-        vec![file_exporter(&out)],
-        &fast_retry_config(1 << 30),
-    )
-    .unwrap();
+    let (storage, queues, out) = file_queues(dir.path());
     // Staged first, written last: its sequence is below entries sent before it lands.
     let mut slow = WriteBatch::default();
     let slow_staged = queues.stage(&mut slow, &logs("slow"));
@@ -261,14 +260,7 @@ async fn an_entry_written_after_a_later_one_was_sent_is_still_sent() {
 #[tokio::test]
 async fn merging_stops_at_the_item_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(Storage::open(&dir.path().join("db"), false).unwrap());
-    let out = dir.path().join("out.jsonl");
-    let queues = ExportQueues::open(
-        storage,
-        vec![file_exporter(&out)],
-        &fast_retry_config(1 << 30),
-    )
-    .unwrap();
+    let (_, queues, out) = file_queues(dir.path());
     for i in 0..5 {
         queues.enqueue(&traces(&format!("r{i}"), 3000)).unwrap();
     }
@@ -597,14 +589,7 @@ async fn run_without_data_returns_at_shutdown() {
 #[tokio::test]
 async fn unreadable_entries_are_dropped_and_the_rest_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(Storage::open(&dir.path().join("db"), false).unwrap());
-    let out = dir.path().join("out.jsonl");
-    let queues = ExportQueues::open(
-        storage.clone(),
-        vec![file_exporter(&out)],
-        &fast_retry_config(1 << 30),
-    )
-    .unwrap();
+    let (storage, queues, out) = file_queues(dir.path());
     queues.enqueue(&traces("good1", 1)).unwrap();
     let file_lane = queues.lanes[0].id;
     let mut batch = WriteBatch::default();
