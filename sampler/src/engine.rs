@@ -4,14 +4,15 @@
 //!
 //! Concurrency: receivers call [`Engine::ingest_encoded_traces`] / [`Engine::ingest_traces`] /
 //! [`Engine::ingest_logs`] on blocking threads. Reading, grouping and policy observation
-//! happen outside any lock. One mutex guards the index and the decision cache. A request's
-//! spans are staged under it (routed by the cache when their trace is decided already),
-//! written to RocksDB without it — so requests are written concurrently — and indexed under
-//! it once written; a trace decided while its spans were being written is found in the
-//! cache at that point and those spans follow the decision like late spans. Log records
-//! are still written under the lock. Kept traces are read back and queued after the lock is
-//! released: by then their id is in the decision cache, so later spans take the late path
-//! instead of the buffer.
+//! happen outside any lock. The index and the decision cache are split by trace id into
+//! shards (`shards`), each behind its own mutex. A request's spans are routed by the cache
+//! of their shard (when their trace is decided already), written to RocksDB without any
+//! lock — so requests are written concurrently — and indexed under their shard's lock once
+//! written; a trace decided while its spans were being written is found in the cache at
+//! that point and those spans follow the decision like late spans. Log records are written
+//! while the shards of their traces are locked. Kept traces are read back and queued after
+//! the lock is released: by then their id is in the decision cache, so later spans take the
+//! late path instead of the buffer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +35,7 @@ use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use rocksdb::WriteBatch;
 
-use crate::buffer::{Arrival, BufferSettings, STALE, TraceEntry, TraceIndex};
+use crate::buffer::{Arrival, BufferSettings, STALE, TraceEntry};
 use crate::clock::{Clock, SystemClock};
 use crate::correlation::classify::mark_trace_logs;
 use crate::correlation::{DecisionNotice, ResourceIdentity};
@@ -47,9 +48,8 @@ use crate::policy::{
 };
 use crate::rollup::spans::SpanPoints;
 use crate::settle::{SettleConfig, SettleError, SettleLinks, Settler};
-use crate::storage::{
-    BufferedKind, Forgetting, RequestValue, StagedRequest, Storage, StorageError,
-};
+use crate::storage::{BufferedKind, Forgetting, RequestValue, Storage, StorageError};
+use shards::{ShardGuard, Shards, State};
 
 /// Span attribute naming the policy that kept a trace (as the Collector records it).
 pub const POLICY_ATTRIBUTE: &str = "tailsampling.policy";
@@ -97,12 +97,6 @@ struct Policies {
     share: f64,
 }
 
-/// Index and cache, guarded together.
-struct State {
-    index: TraceIndex,
-    cache: DecisionCache,
-}
-
 /// Span groups of a request whose trace was decided already: kept ones (with their
 /// bytes) are exported like late spans, dropped ones counted.
 #[derive(Default)]
@@ -112,29 +106,28 @@ struct Late {
 }
 
 impl Late {
-    /// Takes the groups (`item(i)`: group `i`'s kind and bytes) whose trace the cache knows; returns
-    /// the others, and per group whether it is one of them.
+    /// Routes a group (its kind and bytes from `item`) whose trace the cache knows: kept
+    /// ones are taken for export, dropped ones counted. Returns the arrival back when the
+    /// trace is undecided.
     fn route<'a>(
         &mut self,
         cache: &mut DecisionCache,
-        groups: Vec<(TraceId, Arrival)>,
-        item: impl Fn(usize) -> (BufferedKind, &'a [u8]),
-    ) -> (Vec<(TraceId, Arrival)>, Vec<bool>) {
-        let mut undecided = Vec::with_capacity(groups.len());
-        let mut keep = Vec::with_capacity(groups.len());
-        for (index, (trace, arrival)) in groups.into_iter().enumerate() {
-            let cached = cache.get(&trace);
-            keep.push(cached.is_none());
-            match cached {
-                Some(Cached::Sampled(kept)) => {
-                    let (kind, bytes) = item(index);
-                    self.kept.push((trace, kind, bytes.to_vec(), kept));
-                }
-                Some(Cached::NotSampled) => self.dropped += u64::from(arrival.stats.span_count),
-                None => undecided.push((trace, arrival)),
+        trace: TraceId,
+        arrival: Arrival,
+        item: impl FnOnce() -> (BufferedKind, &'a [u8]),
+    ) -> Option<Arrival> {
+        match cache.get(&trace) {
+            Some(Cached::Sampled(kept)) => {
+                let (kind, bytes) = item();
+                self.kept.push((trace, kind, bytes.to_vec(), kept));
+                None
             }
+            Some(Cached::NotSampled) => {
+                self.dropped += u64::from(arrival.stats.span_count);
+                None
+            }
+            None => Some(arrival),
         }
-        (undecided, keep)
     }
 }
 
@@ -187,7 +180,8 @@ pub struct Engine {
     storage: Arc<Storage>,
     queues: Arc<ExportQueues>,
     policies: RwLock<Policies>,
-    state: Mutex<State>,
+    /// Index and decision cache, split by trace id.
+    shards: Shards,
     clock: Arc<dyn Clock>,
     max_storage_bytes: u64,
     storage_bytes: AtomicU64,
@@ -250,13 +244,11 @@ impl Engine {
                 generation: 0,
                 share: 1.0,
             }),
-            state: Mutex::new(State {
-                index: TraceIndex::new(settings),
-                cache: DecisionCache::new(
-                    config.decision_cache.sampled_cache_size,
-                    config.decision_cache.non_sampled_cache_size,
-                ),
-            }),
+            shards: Shards::new(
+                settings,
+                config.decision_cache.sampled_cache_size,
+                config.decision_cache.non_sampled_cache_size,
+            ),
             clock: wiring.clock,
             max_storage_bytes: config.max_storage_bytes,
             storage_bytes: AtomicU64::new(0),
@@ -286,8 +278,9 @@ impl Engine {
         &self.settler
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Locks the shard holding `trace`'s index entry and cached decision.
+    fn shard(&self, trace: &TraceId) -> ShardGuard<'_> {
+        self.shards.lock_trace(trace)
     }
 
     /// Tells the policies this node's share of the cluster's traffic (`1 / samplers on the
@@ -300,7 +293,7 @@ impl Engine {
 
     /// Traces currently buffered.
     pub fn active_traces(&self) -> usize {
-        self.state().index.len()
+        self.shards.traces()
     }
 
     /// Rebuilds the index from what RocksDB still buffers (after a restart or crash). Every
@@ -308,12 +301,12 @@ impl Engine {
     /// Buffered records that fail to decode are quarantined (see [`Storage::quarantine`]).
     pub fn recover(&self) -> Result<usize, RecoverError> {
         let now = self.now_ms();
+        let mut arrivals = Vec::new();
         let mut full = Vec::new();
         let mut corrupt = Vec::new();
         {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
             let policies = &*policies;
-            let mut state = self.state();
             self.storage.scan_buffer(|trace, key, kind, payload| {
                 let arrival = match kind {
                     BufferedKind::Logs => Arrival {
@@ -335,9 +328,17 @@ impl Engine {
                         }
                     },
                 };
-                full.extend(state.index.observe(trace, &arrival, now));
+                arrivals.push((trace, arrival));
                 true
             })?;
+        }
+        // Indexed once the scan (which holds the storage layout's lock) is over: a shard
+        // lock is never taken inside it.
+        for (at, part) in self.shards.partition(arrivals, |(t, _)| t) {
+            let mut shard = self.shards.lock(at);
+            for (trace, arrival) in part {
+                full.extend(shard.index.observe(trace, &arrival, now));
+            }
         }
         for (trace, key, kind, payload, error) in corrupt {
             self.storage
@@ -348,10 +349,7 @@ impl Engine {
             tracing::info!(held, pending, "resumed held logs and metrics from storage");
         }
         let recovered = self.active_traces() + full.len();
-        let evicted = {
-            let mut state = self.state();
-            self.decide_locked(&mut state, full)
-        };
+        let evicted = self.decide_by_shard(full, |state, part| self.decide_locked(state, part));
         self.finish_all(&evicted)?;
         events::active_traces(self.active_traces());
         Ok(recovered)
@@ -397,7 +395,7 @@ impl Engine {
             self.free_disk_bytes.store(free, Ordering::Relaxed);
             events::disk_free(free);
         }
-        let index_bytes = self.state().index.memory_bytes() + self.storage.layout_memory_bytes();
+        let index_bytes = self.shards.memory_bytes() + self.storage.layout_memory_bytes();
         events::storage_sizes(bytes, self.storage.memory_bytes(), index_bytes);
     }
 
@@ -559,7 +557,7 @@ impl Engine {
     /// routes them by a cached decision when their trace was decided already, with their
     /// span-metric points in the same write.
     ///
-    /// The write happens outside the state lock, so requests are written concurrently
+    /// The write happens outside the shard locks, so requests are written concurrently
     /// (RocksDB groups concurrent writers into one WAL write). The items are indexed only
     /// once written; a trace decided in between is found in the decision cache then, and
     /// its just-written items follow that decision like late spans.
@@ -575,15 +573,28 @@ impl Engine {
         if let Some(points) = &span_points {
             self.settler.hold_span_metrics(&mut batch, points, now_unix);
         }
-        let (staged, buffered) = {
-            let mut state = self.state();
-            let (buffered, keep) = late.route(&mut state.cache, arrivals, |i| value.item(i));
-            if buffered.len() < keep.len() {
-                value = value.filtered(&keep);
+        // Groups of traces decided already take the late path instead of the buffer;
+        // each shard is locked once, for its own traces.
+        let mut keep = vec![true; arrivals.len()];
+        let mut buffered = Vec::with_capacity(arrivals.len());
+        for (at, part) in self
+            .shards
+            .partition(arrivals.into_iter().enumerate(), |(_, (t, _))| t)
+        {
+            let mut shard = self.shards.lock(at);
+            for (i, (trace, arrival)) in part {
+                match late.route(&mut shard.cache, trace, arrival, || value.item(i)) {
+                    Some(arrival) => buffered.push((i, trace, arrival)),
+                    None => keep[i] = false,
+                }
             }
-            let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
-            (staged, buffered)
-        };
+        }
+        if buffered.len() < keep.len() {
+            value = value.filtered(&keep);
+        }
+        // Items are renumbered by the filter; arrival order is kept.
+        buffered.sort_unstable_by_key(|(i, _, _)| *i);
+        let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
         if let Err(error) = self.storage.write(batch) {
             if let Some(staged) = staged {
                 self.storage.abandon(staged);
@@ -594,11 +605,22 @@ impl Engine {
         let mut evicted = Vec::new();
         if let Some(staged) = staged {
             let now = self.now_ms();
-            let mut state = self.state();
-            let (indexed, keep) = late.route(&mut state.cache, buffered, |i| staged.item(i));
-            self.storage
-                .committed_partly(staged, &keep, &mut forgetting);
-            evicted = self.index_buffered(&mut state, &indexed, now);
+            let items = buffered
+                .into_iter()
+                .enumerate()
+                .map(|(item, (_, trace, arrival))| (item, trace, arrival));
+            for (at, part) in self.shards.partition(items, |(_, t, _)| t) {
+                let mut shard = self.shards.lock(at);
+                let mut indexed = Vec::with_capacity(part.len());
+                let mut commit = Vec::with_capacity(part.len());
+                for (item, trace, arrival) in part {
+                    let routed = late.route(&mut shard.cache, trace, arrival, || staged.item(item));
+                    commit.push((item, routed.is_some()));
+                    indexed.extend(routed.map(|arrival| (trace, arrival)));
+                }
+                self.storage.commit_items(&staged, &commit, &mut forgetting);
+                evicted.extend(self.index_buffered(&mut shard, &indexed, now));
+            }
         }
         if !forgetting.is_empty() {
             self.storage
@@ -675,28 +697,41 @@ impl Engine {
         let mut late_kept = Vec::new();
         let evicted;
         {
-            let mut state = self.state();
+            // The shards of these traces stay locked (in shard order) until the records
+            // are written and indexed: a decision cannot slip in between.
+            let parts = self.shards.partition(with_trace, |(t, _)| t);
+            let mut locked: Vec<ShardGuard<'_>> =
+                parts.iter().map(|(at, _)| self.shards.lock(*at)).collect();
             let mut batch = WriteBatch::default();
             for rl in &without_trace.resource_logs {
                 self.settler.hold_logs(&mut batch, rl, now_unix);
             }
-            let mut buffered = Vec::new();
+            let mut buffered: Vec<Vec<(TraceId, Arrival)>> = vec![Vec::new(); parts.len()];
             let mut value = RequestValue::default();
-            for (trace, mut rl) in with_trace {
-                match state.cache.get(&trace) {
-                    Some(Cached::Sampled(_)) => {
-                        mark_trace_logs(&mut rl);
-                        late_kept.push(rl);
-                    }
-                    Some(Cached::NotSampled) => self.settler.hold_logs(&mut batch, &rl, now_unix),
-                    None => {
-                        value.push(trace, BufferedKind::Logs, &rl);
-                        buffered.push((trace, arrival.clone()));
+            for (part, (_, records)) in parts.into_iter().enumerate() {
+                for (trace, mut rl) in records {
+                    match locked[part].cache.get(&trace) {
+                        Some(Cached::Sampled(_)) => {
+                            mark_trace_logs(&mut rl);
+                            late_kept.push(rl);
+                        }
+                        Some(Cached::NotSampled) => {
+                            self.settler.hold_logs(&mut batch, &rl, now_unix)
+                        }
+                        None => {
+                            value.push(trace, BufferedKind::Logs, &rl);
+                            buffered[part].push((trace, arrival.clone()));
+                        }
                     }
                 }
             }
             let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
-            evicted = self.commit_buffered(&mut state, batch, staged, &buffered, now)?;
+            self.storage.write_staged(batch, staged)?;
+            evicted = locked
+                .iter_mut()
+                .zip(&buffered)
+                .flat_map(|(shard, part)| self.index_buffered(shard, part, now))
+                .collect::<Vec<_>>();
         }
         if !late_kept.is_empty() {
             self.queues
@@ -708,30 +743,7 @@ impl Engine {
         Ok(Accepted::default())
     }
 
-    /// Writes `batch` (the buffered items of one request) and indexes what it buffered,
-    /// under the state lock the caller holds; returns the traces that a full index decided
-    /// early to make room.
-    fn commit_buffered(
-        &self,
-        state: &mut State,
-        batch: WriteBatch,
-        staged: Option<StagedRequest>,
-        buffered: &[(TraceId, Arrival)],
-        now: u64,
-    ) -> Result<Vec<Decided>, StorageError> {
-        if let Err(error) = self.storage.write(batch) {
-            if let Some(staged) = staged {
-                self.storage.abandon(staged);
-            }
-            return Err(error);
-        }
-        if let Some(staged) = staged {
-            self.storage.committed(staged);
-        }
-        Ok(self.index_buffered(state, buffered, now))
-    }
-
-    /// Indexes written items (under the state lock the caller holds), deciding traces the
+    /// Indexes written items (under the lock of their shard, which the caller holds), deciding traces the
     /// per-trace limits end and those a full index decides early to make room.
     fn index_buffered(
         &self,
@@ -783,11 +795,13 @@ impl Engine {
     /// each is decided not sampled without its policies and forgotten from the buffer.
     /// Returns how many.
     pub fn drop_pending(&self) -> Result<usize, StorageError> {
-        let dropped = {
-            let mut state = self.state();
-            let pending = state.index.drain();
-            drop_locked(&self.storage, &mut state, pending)
-        };
+        let dropped: Vec<Decided> = (0..self.shards.count())
+            .flat_map(|at| {
+                let mut shard = self.shards.lock(at);
+                let pending = shard.index.drain();
+                drop_locked(&self.storage, &mut shard, pending)
+            })
+            .collect();
         self.finish_all(&dropped)?;
         events::active_traces(self.active_traces());
         Ok(dropped.len())
@@ -823,10 +837,19 @@ impl Engine {
     /// Decides every trace whose deadline has passed; returns how many were decided.
     pub fn decide_due(&self) -> Result<usize, StorageError> {
         let mut total = 0;
+        for at in 0..self.shards.count() {
+            total += self.decide_due_in(at)?;
+        }
+        Ok(total)
+    }
+
+    /// Decides the due traces of shard `at`, a batch per lock.
+    fn decide_due_in(&self, at: usize) -> Result<usize, StorageError> {
+        let mut total = 0;
         loop {
             let now = self.now_ms();
             let decided = {
-                let mut state = self.state();
+                let mut state = self.shards.lock(at);
                 let due = state.index.pop_due(now, DECIDE_BATCH);
                 for (_, entry) in &due {
                     events::decision_latency(now.saturating_sub(entry.deadline_ms));
@@ -848,14 +871,14 @@ impl Engine {
     /// Milliseconds until the next trace may be due (bounded by `max`).
     pub fn next_due_in(&self, max: Duration) -> Duration {
         let now = self.now_ms();
-        match self.state().index.next_deadline() {
+        match self.shards.next_deadline() {
             Some(at) => Duration::from_millis(at.saturating_sub(now)).min(max),
             None => max,
         }
     }
 
     /// Decides traces just removed from the index and caches the decisions. Runs under the
-    /// state lock that removed them, so no span can slip in between removal and caching.
+    /// lock of the shard that removed them, so no span can slip in between removal and caching.
     fn decide_locked(&self, state: &mut State, traces: Vec<(TraceId, TraceEntry)>) -> Vec<Decided> {
         let now_unix = self.unix_now();
         let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
@@ -888,13 +911,26 @@ impl Engine {
                 has_logs: entry.has_logs,
             });
         }
-        events::active_traces(state.index.len());
+        decided
+    }
+
+    /// Runs `decide` on each shard's part of `traces` (just taken out of their shards'
+    /// indexes) under that shard's lock.
+    fn decide_by_shard(
+        &self,
+        traces: Vec<(TraceId, TraceEntry)>,
+        decide: impl Fn(&mut State, Vec<(TraceId, TraceEntry)>) -> Vec<Decided>,
+    ) -> Vec<Decided> {
+        let mut decided = Vec::new();
+        for (at, part) in self.shards.partition(traces, |(t, _)| t) {
+            decided.extend(decide(&mut self.shards.lock(at), part));
+        }
         decided
     }
 
     /// The policy state of `trace` under `policies`, from its buffered spans: for a trace
     /// whose spans were observed (partly) under a policy set replaced since. Runs under the
-    /// state lock, so the buffer holds exactly what the index counted. Records that do not
+    /// trace's shard lock, so the buffer holds exactly what the index counted. Records that do not
     /// decode are left to [`Engine::finish`], which quarantines them.
     fn observe_again(&self, policies: &PolicyEngine, trace: &TraceId) -> PolicyState {
         let mut state = PolicyState::default();
@@ -1327,6 +1363,7 @@ fn annotate_kept(rs: &mut ResourceSpans, kept: &Kept) -> u64 {
 }
 
 mod events;
+mod shards;
 pub mod transfer;
 pub mod wire;
 

@@ -1186,7 +1186,13 @@ async fn a_trace_under_several_resources_is_one_item_through_restart_and_handoff
     };
     let second = rig_in(dir, config);
     assert_eq!(second.engine.recover().unwrap(), 3);
-    let entry = second.engine.state().index.get(&[3; 16]).cloned().unwrap();
+    let entry = second
+        .engine
+        .shard(&[3; 16])
+        .index
+        .get(&[3; 16])
+        .cloned()
+        .unwrap();
     assert_eq!(
         entry.stats.span_count, 2,
         "recovery counts both groups' spans"
@@ -1224,4 +1230,36 @@ async fn a_trace_under_several_resources_is_one_item_through_restart_and_handoff
         ],
         "every span leaves once, under the resource it came with"
     );
+}
+
+#[tokio::test]
+async fn a_sharded_engine_keeps_exactly_what_one_shard_keeps() {
+    let policies = "  policies:\n    - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n    - {name: slow, type: latency, latency: {threshold_ms: 500}}\n    - {name: some, type: probabilistic, probabilistic: {sampling_percentage: 20}}\n";
+    let one = rig(&format!(
+        "sampler:\n  decision_wait: 1s\n  num_traces: 100\n{policies}"
+    ));
+    let sharded = rig(&format!("sampler:\n  decision_wait: 1s\n{policies}"));
+    assert_eq!(one.engine.shards.count(), 1);
+    assert!(sharded.engine.shards.count() > 1);
+    for r in mixed_requests() {
+        for rig in [&one, &sharded] {
+            rig.engine
+                .ingest_encoded_traces(r.encode_to_vec().into())
+                .unwrap();
+        }
+    }
+    assert_eq!(sharded.engine.active_traces(), 60);
+    let late = request(vec![span(7, 9, false), span(1, 9, false)]);
+    for rig in [&one, &sharded] {
+        rig.advance(1000);
+        assert_eq!(rig.engine.decide_due().unwrap(), 60);
+        rig.engine
+            .ingest_encoded_traces(late.encode_to_vec().into())
+            .unwrap();
+    }
+    assert_eq!(sharded.engine.active_traces(), 0);
+    let kept = one.exported_spans().await;
+    assert!(!kept.is_empty() && kept.len() < 180, "{}", kept.len());
+    assert_eq!(sharded.exported_spans().await, kept);
+    assert_eq!(exported_span_protos(&sharded), exported_span_protos(&one));
 }

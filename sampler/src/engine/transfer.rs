@@ -2,8 +2,8 @@
 //! them to their new owner (and putting them back when that fails), and adopting
 //! decisions handed over by another node.
 //!
-//! A handoff is atomic the same way [`Engine::finish`] is: the traces leave the index
-//! under the state lock, a sequence watermark is taken under that same lock, and only the
+//! A handoff is atomic the same way [`Engine::finish`] is: a trace leaves the index
+//! under its shard's lock, a sequence watermark is taken under that same lock, and only the
 //! buffered items below it are read, sent and — once the new owner acknowledged them —
 //! deleted, key by key. Items that arrive for such a trace meanwhile sit above the
 //! watermark and start a fresh index entry; nothing is deleted that was not sent.
@@ -56,8 +56,7 @@ impl Engine {
     pub fn held_trace_ids(&self) -> Result<Vec<TraceId>, StorageError> {
         let mut ids = self.storage.buffered_traces();
         ids.sort_unstable();
-        let state = self.state();
-        ids.retain(|id| state.index.get(id).is_some());
+        ids.retain(|id| self.shard(id).index.get(id).is_some());
         Ok(ids)
     }
 
@@ -65,18 +64,18 @@ impl Engine {
     /// up to a watermark taken at that moment. The caller sends them and then calls
     /// [`Engine::release_handed_off`] or [`Engine::restore_handoff`] for each.
     pub fn take_for_handoff(&self, traces: &[TraceId]) -> Result<Vec<TakenTrace>, StorageError> {
-        let (taken, watermark) = {
-            let mut state = self.state();
-            let taken: Vec<(TraceId, TraceEntry)> = traces
-                .iter()
-                .filter_map(|t| state.index.remove(t).map(|e| (*t, e)))
-                .collect();
-            events::active_traces(state.index.len());
-            (taken, self.storage.next_seq())
-        };
+        let mut taken: Vec<(TraceId, TraceEntry, u64)> = Vec::with_capacity(traces.len());
+        for (at, part) in self.shards.partition(traces, |t| *t) {
+            let mut shard = self.shards.lock(at);
+            let watermark = self.storage.next_seq();
+            taken.extend(
+                part.into_iter()
+                    .filter_map(|t| shard.index.remove(t).map(|e| (*t, e, watermark))),
+            );
+        }
         let mut out = Vec::with_capacity(taken.len());
         let mut failure = None;
-        for (trace, entry) in taken {
+        for (trace, entry, watermark) in taken {
             if failure.is_some() {
                 out.push(TakenTrace {
                     trace,
@@ -155,10 +154,11 @@ impl Engine {
         acked: Acknowledged,
     ) -> Result<(), StorageError> {
         let now = self.now_ms();
-        let evicted = {
-            let mut state = self.state();
+        let mut evicted = Vec::new();
+        for (at, part) in self.shards.partition(taken, |t| &t.trace) {
+            let mut state = self.shards.lock(at);
             let mut full = Vec::new();
-            for t in taken {
+            for t in part {
                 let spans_left = !acked.spans && !t.spans.is_empty();
                 let logs_left = !acked.logs && !t.logs.is_empty();
                 if !spans_left && !logs_left {
@@ -181,10 +181,8 @@ impl Engine {
                 };
                 full.extend(state.index.observe(t.trace, &arrival, now));
             }
-            let evicted = self.decide_locked(&mut state, full);
-            events::active_traces(state.index.len());
-            evicted
-        };
+            evicted.extend(self.decide_locked(&mut state, full));
+        }
         if !evicted.is_empty() {
             events::traces_evicted(evicted.len());
         }
@@ -193,7 +191,7 @@ impl Engine {
 
     /// The cached decision of `trace`, unless the trace is still undecided here.
     pub fn decision_of(&self, trace: &TraceId) -> Option<Cached> {
-        let mut state = self.state();
+        let mut state = self.shard(trace);
         if state.index.get(trace).is_some() {
             return None;
         }
@@ -208,10 +206,10 @@ impl Engine {
         &self,
         decisions: Vec<(TraceId, Cached)>,
     ) -> Result<usize, StorageError> {
-        let decided = {
-            let mut state = self.state();
-            let mut decided = Vec::new();
-            for (trace, cached) in decisions {
+        let mut decided = Vec::new();
+        for (at, part) in self.shards.partition(decisions, |(t, _)| t) {
+            let mut state = self.shards.lock(at);
+            for (trace, cached) in part {
                 if let Some(entry) = state.index.remove(&trace) {
                     decided.push(Decided {
                         trace,
@@ -226,9 +224,7 @@ impl Engine {
                 }
                 state.cache.insert(trace, cached);
             }
-            events::active_traces(state.index.len());
-            decided
-        };
+        }
         self.finish_all(&decided)?;
         Ok(decided.len())
     }

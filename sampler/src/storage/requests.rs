@@ -366,23 +366,45 @@ impl Storage {
 
     /// Indexes a staged request's items once its batch is written.
     pub fn committed(&self, staged: StagedRequest) {
-        let keep = vec![true; staged.items.len()];
-        self.committed_partly(staged, &keep, &mut Forgetting::default());
+        let all: Vec<(usize, bool)> = (0..staged.items.len()).map(|i| (i, true)).collect();
+        self.commit_items(&staged, &all, &mut Forgetting::default());
     }
 
-    /// Indexes the items of a written request whose flag in `keep` is set and forgets the
-    /// others at once (their traces were decided while the request was being written); the
-    /// disk follows in [`Storage::write_forgetting`].
-    pub fn committed_partly(
+    /// Writes `batch` holding `staged` (if any) and indexes all of its items, or forgets the
+    /// staged request when the write fails.
+    pub fn write_staged(
         &self,
-        staged: StagedRequest,
-        keep: &[bool],
+        batch: WriteBatch,
+        staged: Option<StagedRequest>,
+    ) -> Result<(), StorageError> {
+        if let Err(error) = self.write(batch) {
+            if let Some(staged) = staged {
+                self.abandon(staged);
+            }
+            return Err(error);
+        }
+        if let Some(staged) = staged {
+            self.committed(staged);
+        }
+        Ok(())
+    }
+
+    /// Indexes items of a written request: each `(item, keep)` indexes item `item` of
+    /// `staged` when `keep` is set and forgets it at once otherwise (its trace was decided
+    /// while the request was being written); the disk follows in
+    /// [`Storage::write_forgetting`]. Every item is passed exactly once, in one call or
+    /// spread over several (one per engine shard).
+    pub fn commit_items(
+        &self,
+        staged: &StagedRequest,
+        items: &[(usize, bool)],
         forgetting: &mut Forgetting,
     ) {
         let mut layout = self.layout();
         let mut dropped = Vec::new();
-        for ((trace, location), keep) in staged.items.into_iter().zip(keep) {
-            if *keep {
+        for &(item, keep) in items {
+            let (trace, location) = staged.items[item];
+            if keep {
                 layout.traces.entry(trace).or_default().push(location);
             } else {
                 dropped.push(location);
