@@ -25,7 +25,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod requests;
 
-use std::sync::Mutex;
 
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -158,7 +157,7 @@ pub struct Storage {
     next_seq: AtomicU64,
     dir: std::path::PathBuf,
     /// The buffer's in-memory item index ([`requests`]).
-    layout: Mutex<requests::Layout>,
+    layout: requests::Layout,
 }
 
 impl Storage {
@@ -233,7 +232,7 @@ impl Storage {
             write_options,
             next_seq: AtomicU64::new(now),
             dir: dir.to_path_buf(),
-            layout: Mutex::default(),
+            layout: requests::Layout::default(),
         })
     }
 
