@@ -25,7 +25,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod requests;
 
-
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions,
 };

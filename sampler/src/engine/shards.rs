@@ -144,9 +144,17 @@ impl Shards {
         items: impl IntoIterator<Item = T>,
         trace_of: impl Fn(&T) -> &TraceId,
     ) -> Vec<(usize, Vec<T>)> {
-        let mut parts: Vec<Vec<T>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
-        for item in items {
-            parts[self.of(trace_of(&item))].push(item);
+        let items: Vec<(usize, T)> = items
+            .into_iter()
+            .map(|item| (self.of(trace_of(&item)), item))
+            .collect();
+        let mut counts = vec![0usize; self.shards.len()];
+        for (at, _) in &items {
+            counts[*at] += 1;
+        }
+        let mut parts: Vec<Vec<T>> = counts.into_iter().map(Vec::with_capacity).collect();
+        for (at, item) in items {
+            parts[at].push(item);
         }
         parts
             .into_iter()
