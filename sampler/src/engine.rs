@@ -301,6 +301,7 @@ impl Engine {
     /// Buffered records that fail to decode are quarantined (see [`Storage::quarantine`]).
     pub fn recover(&self) -> Result<usize, RecoverError> {
         let now = self.now_ms();
+        let mut arrivals = Vec::new();
         let mut full = Vec::new();
         let mut corrupt = Vec::new();
         {
@@ -327,9 +328,17 @@ impl Engine {
                         }
                     },
                 };
-                full.extend(self.shard(&trace).index.observe(trace, &arrival, now));
+                arrivals.push((trace, arrival));
                 true
             })?;
+        }
+        // Indexed once the scan (which holds the storage layout's lock) is over: a shard
+        // lock is never taken inside it.
+        for (at, part) in self.shards.partition(arrivals, |(t, _)| t) {
+            let mut shard = self.shards.lock(at);
+            for (trace, arrival) in part {
+                full.extend(shard.index.observe(trace, &arrival, now));
+            }
         }
         for (trace, key, kind, payload, error) in corrupt {
             self.storage

@@ -25,6 +25,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod requests;
 
+use std::sync::Mutex;
+
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions,
 };
@@ -156,7 +158,7 @@ pub struct Storage {
     next_seq: AtomicU64,
     dir: std::path::PathBuf,
     /// The buffer's in-memory item index ([`requests`]).
-    layout: requests::Layout,
+    layout: Mutex<requests::Layout>,
 }
 
 impl Storage {
@@ -231,7 +233,7 @@ impl Storage {
             write_options,
             next_seq: AtomicU64::new(now),
             dir: dir.to_path_buf(),
-            layout: requests::Layout::default(),
+            layout: Mutex::default(),
         })
     }
 

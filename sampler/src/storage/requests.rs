@@ -15,25 +15,18 @@
 //! - both keys go (point deletes, or one range delete for a run of requests that die in
 //!   the same batch) once every item of the request is forgotten.
 //!
-//! In memory: per trace the items' locations (sequence, offset, length, kind), split by
-//! trace id over [`LOCATION_SHARDS`] locks like the engine's index; per live request the
-//! count of items still buffered and the offsets forgotten, behind one lock taken once per
-//! request and per finishing batch. A trace's locations are locked before the requests,
-//! never the other way. A restart rebuilds both with one scan ([`Storage::scan_buffer`]).
+//! In memory: per trace the items' locations (sequence, offset, length, kind), per live
+//! request the count of items still buffered and the offsets forgotten. A restart rebuilds
+//! both with one scan ([`Storage::scan_buffer`]).
 
 use std::collections::BTreeMap;
-use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard};
 
 use otel_tail_shared::otlp::TraceId;
 use rocksdb::{DBPinnableSlice, IteratorMode, WriteBatch};
 use smallvec::SmallVec;
 
 use super::{BufferedKind, CF_BUFFER, Storage, StorageError, Store};
-use crate::buffer::{TraceIdHashBuilder, TraceMap};
-
-/// Locks the item locations are split over, by trace id.
-const LOCATION_SHARDS: usize = 16;
+use crate::buffer::TraceMap;
 
 /// Bytes framing one item in a request value: kind, trace id, payload length.
 const FRAME: usize = 1 + 16 + 4;
@@ -259,75 +252,36 @@ struct Request {
     dead: Vec<u32>,
 }
 
-/// Item locations of the traces of one shard.
-type TraceLocations = TraceMap<Locations>;
-
 /// The in-memory side of the layout.
+#[derive(Default)]
 pub(super) struct Layout {
-    traces: Box<[Mutex<TraceLocations>]>,
-    requests: Mutex<BTreeMap<u64, Request>>,
-    hasher: TraceIdHashBuilder,
-}
-
-impl Default for Layout {
-    fn default() -> Self {
-        Layout {
-            traces: (0..LOCATION_SHARDS).map(|_| Mutex::default()).collect(),
-            requests: Mutex::default(),
-            hasher: TraceIdHashBuilder::default(),
-        }
-    }
+    traces: TraceMap<Locations>,
+    requests: BTreeMap<u64, Request>,
 }
 
 impl Layout {
-    /// The locations of `trace`'s shard.
-    fn traces_of(&self, trace: &TraceId) -> MutexGuard<'_, TraceLocations> {
-        let at = ((self.hasher.hash_one(trace) >> 32) as usize) % self.traces.len();
-        self.traces[at].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Every shard's locations, one after the other.
-    fn each_shard(&self) -> impl Iterator<Item = MutexGuard<'_, TraceLocations>> {
-        self.traces
-            .iter()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// The live requests.
-    fn requests(&self) -> MutexGuard<'_, BTreeMap<u64, Request>> {
-        self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    /// Removes `removed` (locations of `trace` taken out of `traces` already) from their
+    /// requests, noting the requests touched.
+    fn forget(&mut self, removed: &[Location], forgetting: &mut Forgetting) {
+        for location in removed {
+            if let Some(request) = self.requests.get_mut(&location.seq) {
+                request.alive = request.alive.saturating_sub(1);
+                request.dead.push(location.offset);
+                forgetting.touched.push(location.seq);
+            }
+        }
     }
 
     /// Bytes of memory held per entry, roughly: for the index gauge.
     fn memory_bytes(&self) -> usize {
-        let traces: usize = self
-            .each_shard()
-            .map(|traces| {
-                traces.capacity() * (16 + std::mem::size_of::<Locations>() + 1)
-                    + traces
-                        .values()
-                        .filter(|v| v.spilled())
-                        .map(|v| v.capacity() * std::mem::size_of::<Location>())
-                        .sum::<usize>()
-            })
-            .sum();
-        traces + self.requests().len() * (8 + std::mem::size_of::<Request>() + 16)
-    }
-}
-
-/// Removes `removed` (locations taken out of their traces' lists already) from their
-/// requests, noting the requests touched.
-fn forget(
-    requests: &mut BTreeMap<u64, Request>,
-    removed: &[Location],
-    forgetting: &mut Forgetting,
-) {
-    for location in removed {
-        if let Some(request) = requests.get_mut(&location.seq) {
-            request.alive = request.alive.saturating_sub(1);
-            request.dead.push(location.offset);
-            forgetting.touched.push(location.seq);
-        }
+        self.traces.capacity() * (16 + std::mem::size_of::<Locations>() + 1)
+            + self
+                .traces
+                .values()
+                .filter(|v| v.spilled())
+                .map(|v| v.capacity() * std::mem::size_of::<Location>())
+                .sum::<usize>()
+            + self.requests.len() * (8 + std::mem::size_of::<Request>() + 16)
     }
 }
 
@@ -375,6 +329,10 @@ fn parse_value(value: &[u8]) -> Result<Vec<(TraceId, Location)>, StorageError> {
 }
 
 impl Storage {
+    fn layout(&self) -> std::sync::MutexGuard<'_, Layout> {
+        self.layout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Stages `value` under a new sequence in `batch`: one put for the whole request. The
     /// request counts as live from here on (until [`Storage::abandon`] if the write fails),
     /// so the range deletes of [`Storage::write_forgetting`] never reach a request being
@@ -386,7 +344,7 @@ impl Storage {
         for (_, location) in &mut items {
             location.seq = seq;
         }
-        self.layout.requests().insert(
+        self.layout().requests.insert(
             seq,
             Request {
                 alive: items.len() as u32,
@@ -402,7 +360,7 @@ impl Storage {
     /// Forgets a staged request whose batch could not be written.
     pub fn abandon(&self, staged: StagedRequest) {
         if let Some((_, location)) = staged.items.first() {
-            self.layout.requests().remove(&location.seq);
+            self.layout().requests.remove(&location.seq);
         }
     }
 
@@ -442,22 +400,17 @@ impl Storage {
         items: &[(usize, bool)],
         forgetting: &mut Forgetting,
     ) {
+        let mut layout = self.layout();
         let mut dropped = Vec::new();
         for &(item, keep) in items {
             let (trace, location) = staged.items[item];
             if keep {
-                self.layout
-                    .traces_of(&trace)
-                    .entry(trace)
-                    .or_default()
-                    .push(location);
+                layout.traces.entry(trace).or_default().push(location);
             } else {
                 dropped.push(location);
             }
         }
-        if !dropped.is_empty() {
-            forget(&mut self.layout.requests(), &dropped, forgetting);
-        }
+        layout.forget(&dropped, forgetting);
     }
 
     /// Visits what is buffered for `trace` with a sequence below `upto`, in arrival order,
@@ -483,12 +436,19 @@ impl Storage {
         traces: &[(TraceId, u64)],
         mut visit: impl FnMut(usize, ItemKey, BufferedKind, &[u8]),
     ) -> Result<(), StorageError> {
-        let mut locations: Vec<(Location, usize)> = Vec::new();
-        for (index, (trace, upto)) in traces.iter().enumerate() {
-            let shard = self.layout.traces_of(trace);
-            let all = shard.get(trace).map_or(&[][..], |l| l.as_slice());
-            locations.extend(all.iter().filter(|l| l.seq < *upto).map(|l| (*l, index)));
-        }
+        let mut locations: Vec<(Location, usize)> = {
+            let layout = self.layout();
+            traces
+                .iter()
+                .enumerate()
+                .flat_map(|(index, (trace, upto))| {
+                    let all = layout.traces.get(trace).map_or(&[][..], |l| l.as_slice());
+                    all.iter()
+                        .filter(move |l| l.seq < *upto)
+                        .map(move |l| (*l, index))
+                })
+                .collect()
+        };
         locations.sort_by_key(|(l, index)| (l.seq, *index, l.offset));
         let cf = self.cf(CF_BUFFER);
         let mut current: Option<(u64, Option<DBPinnableSlice<'_>>)> = None;
@@ -530,43 +490,40 @@ impl Storage {
     /// Forgets `trace`'s items with a sequence below `upto` (items staged later belong to
     /// a later arrival and stay); the disk follows in [`Storage::write_forgetting`].
     pub fn forget_trace(&self, forgetting: &mut Forgetting, trace: &TraceId, upto: u64) {
-        let removed: Locations = {
-            let mut shard = self.layout.traces_of(trace);
-            let Some(all) = shard.get_mut(trace) else {
-                return;
-            };
-            if all.iter().all(|l| l.seq < upto) {
-                shard.remove(trace).unwrap_or_default()
-            } else {
-                let removed = all.iter().filter(|l| l.seq < upto).copied().collect();
-                all.retain(|l| l.seq >= upto);
-                removed
-            }
+        let mut layout = self.layout();
+        let Some(all) = layout.traces.get_mut(trace) else {
+            return;
         };
-        forget(&mut self.layout.requests(), &removed, forgetting);
+        let removed: Locations;
+        if all.iter().all(|l| l.seq < upto) {
+            removed = std::mem::take(all);
+            layout.traces.remove(trace);
+        } else {
+            removed = all.iter().filter(|l| l.seq < upto).copied().collect();
+            all.retain(|l| l.seq >= upto);
+        }
+        layout.forget(&removed, forgetting);
     }
 
     /// Forgets exactly the items `keys` of `trace` (what a handoff sent and had
     /// acknowledged).
     pub fn forget_items(&self, forgetting: &mut Forgetting, trace: &TraceId, keys: &[ItemKey]) {
+        let mut layout = self.layout();
+        let Some(all) = layout.traces.get_mut(trace) else {
+            return;
+        };
         let mut removed = Vec::with_capacity(keys.len());
-        {
-            let mut shard = self.layout.traces_of(trace);
-            let Some(all) = shard.get_mut(trace) else {
-                return;
-            };
-            all.retain(|l| {
-                let gone = keys.contains(&l.key());
-                if gone {
-                    removed.push(*l);
-                }
-                !gone
-            });
-            if all.is_empty() {
-                shard.remove(trace);
+        all.retain(|l| {
+            let gone = keys.contains(&l.key());
+            if gone {
+                removed.push(*l);
             }
+            !gone
+        });
+        if all.is_empty() {
+            layout.traces.remove(trace);
         }
-        forget(&mut self.layout.requests(), &removed, forgetting);
+        layout.forget(&removed, forgetting);
     }
 
     /// Writes `batch` together with the on-disk record of what `forgetting` forgot: each
@@ -582,23 +539,25 @@ impl Storage {
         forgetting.touched.sort_unstable();
         forgetting.touched.dedup();
         let cf = self.cf(CF_BUFFER);
-        let mut requests = self.layout.requests();
+        let mut layout = self.layout();
         let mut dying = Vec::new();
         for seq in forgetting.touched {
-            match requests.get(&seq) {
+            match layout.requests.get(&seq) {
                 Some(request) if request.alive == 0 => dying.push(seq),
                 Some(request) => batch.put_cf(cf, dead_key(seq), encode_offsets(&request.dead)),
                 None => {}
             }
         }
         for seq in &dying {
-            requests.remove(seq);
+            layout.requests.remove(seq);
         }
         // Runs of dying requests with no live request between them: one range each.
         let mut run: Option<(u64, u64)> = None;
         for seq in dying {
             run = match run {
-                Some((from, to)) if requests.range(to..seq).next().is_none() => Some((from, seq)),
+                Some((from, to)) if layout.requests.range(to..seq).next().is_none() => {
+                    Some((from, seq))
+                }
                 Some((from, to)) => {
                     delete_run(&mut batch, cf, from, to);
                     Some((seq, seq))
@@ -614,21 +573,17 @@ impl Storage {
 
     /// Trace ids with items buffered.
     pub fn buffered_traces(&self) -> Vec<TraceId> {
-        self.layout
-            .each_shard()
-            .flat_map(|shard| shard.keys().copied().collect::<Vec<_>>())
-            .collect()
+        self.layout().traces.keys().copied().collect()
     }
 
     /// Approximate bytes of the in-memory item index.
     pub fn layout_memory_bytes(&self) -> usize {
-        self.layout.memory_bytes()
+        self.layout().memory_bytes()
     }
 
     /// Rebuilds the in-memory layout from disk after a restart, visiting every item still
     /// buffered in arrival order. An item the visitor refuses (returns `false`: it does
     /// not decode) is forgotten; a value whose framing is unreadable is quarantined whole.
-    /// The visitor runs with no lock of the layout held.
     pub fn scan_buffer(
         &self,
         mut visit: impl FnMut(TraceId, ItemKey, BufferedKind, &[u8]) -> bool,
@@ -673,6 +628,7 @@ impl Storage {
                     continue;
                 }
             };
+            let mut layout = self.layout();
             let mut request = Request {
                 alive: 0,
                 dead: dead_here,
@@ -686,11 +642,7 @@ impl Storage {
                 let payload = &value[location.range()];
                 if visit(trace, location.key(), location.kind(), payload) {
                     request.alive += 1;
-                    self.layout
-                        .traces_of(&trace)
-                        .entry(trace)
-                        .or_default()
-                        .push(location);
+                    layout.traces.entry(trace).or_default().push(location);
                 } else {
                     refused.push(location);
                 }
@@ -701,9 +653,8 @@ impl Storage {
                 continue;
             }
             request.alive += refused.len() as u32;
-            let mut requests = self.layout.requests();
-            requests.insert(seq, request);
-            forget(&mut requests, &refused, &mut forgetting);
+            layout.requests.insert(seq, request);
+            layout.forget(&refused, &mut forgetting);
         }
         // Forgotten-offset records whose request is gone.
         for seq in dead.into_keys() {
@@ -758,17 +709,18 @@ impl Storage {
             self.write(batch)?;
             self.committed(staged);
             let mut forgetting = Forgetting::default();
+            let mut layout = self.layout();
             for (trace, location) in &refused {
-                let mut shard = self.layout.traces_of(trace);
-                if let Some(locations) = shard.get_mut(trace) {
+                if let Some(locations) = layout.traces.get_mut(trace) {
                     locations.retain(|l| l != location);
                     if locations.is_empty() {
-                        shard.remove(trace);
+                        layout.traces.remove(trace);
                     }
                 }
             }
             let refused: Vec<Location> = refused.into_iter().map(|(_, l)| l).collect();
-            forget(&mut self.layout.requests(), &refused, &mut forgetting);
+            layout.forget(&refused, &mut forgetting);
+            drop(layout);
             self.write_forgetting(WriteBatch::default(), forgetting)?;
         }
         tracing::info!(
