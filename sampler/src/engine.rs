@@ -584,7 +584,7 @@ impl Engine {
             let mut shard = self.shards.lock(at);
             for (i, (trace, arrival)) in part {
                 match late.route(&mut shard.cache, trace, arrival, || value.item(i)) {
-                    Some(arrival) => buffered.push((i, trace, arrival)),
+                    Some(arrival) => buffered.push((i, at, trace, arrival)),
                     None => keep[i] = false,
                 }
             }
@@ -593,7 +593,7 @@ impl Engine {
             value = value.filtered(&keep);
         }
         // Items are renumbered by the filter; arrival order is kept.
-        buffered.sort_unstable_by_key(|(i, _, _)| *i);
+        buffered.sort_unstable_by_key(|(i, _, _, _)| *i);
         let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
         if let Err(error) = self.storage.write(batch) {
             if let Some(staged) = staged {
@@ -608,8 +608,8 @@ impl Engine {
             let items = buffered
                 .into_iter()
                 .enumerate()
-                .map(|(item, (_, trace, arrival))| (item, trace, arrival));
-            for (at, part) in self.shards.partition(items, |(_, t, _)| t) {
+                .map(|(item, (_, at, trace, arrival))| (at, (item, trace, arrival)));
+            for (at, part) in self.shards.group(items) {
                 let mut shard = self.shards.lock(at);
                 let mut indexed = Vec::with_capacity(part.len());
                 let mut commit = Vec::with_capacity(part.len());
@@ -856,10 +856,14 @@ impl Engine {
                     "max_age",
                     due.iter().filter(|(_, e)| e.reached_max_age()).count(),
                 );
+                if due.is_empty() {
+                    continue;
+                }
                 deadlines.extend(due.iter().map(|(_, entry)| entry.deadline_ms));
                 decided.extend(self.decide_locked(&mut state, due));
             }
             if decided.is_empty() {
+                events::active_traces(self.active_traces());
                 return Ok(total);
             }
             let mut order: Vec<(u64, Decided)> = deadlines.into_iter().zip(decided).collect();
@@ -882,6 +886,9 @@ impl Engine {
     /// Decides traces just removed from the index and caches the decisions. Runs under the
     /// lock of the shard that removed them, so no span can slip in between removal and caching.
     fn decide_locked(&self, state: &mut State, traces: Vec<(TraceId, TraceEntry)>) -> Vec<Decided> {
+        if traces.is_empty() {
+            return Vec::new();
+        }
         let now_unix = self.unix_now();
         let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
         let mut decided = Vec::with_capacity(traces.len());

@@ -13,7 +13,6 @@ use std::sync::{Mutex, MutexGuard};
 
 use otel_tail_shared::otlp::TraceId;
 
-use super::events;
 use crate::buffer::{BufferSettings, TraceIdHashBuilder, TraceIndex};
 use crate::decision::DecisionCache;
 
@@ -41,10 +40,9 @@ pub struct Shards {
     hasher: TraceIdHashBuilder,
 }
 
-/// A locked shard. Releasing it publishes the shard's trace count.
+/// A locked shard. Releasing it records the shard's trace count.
 pub struct ShardGuard<'a> {
     state: MutexGuard<'a, State>,
-    shards: &'a Shards,
     traces: &'a AtomicUsize,
 }
 
@@ -64,10 +62,7 @@ impl DerefMut for ShardGuard<'_> {
 
 impl Drop for ShardGuard<'_> {
     fn drop(&mut self) {
-        let now = self.state.index.len();
-        if self.traces.swap(now, Ordering::Relaxed) != now {
-            events::active_traces(self.shards.traces());
-        }
+        self.traces.store(self.state.index.len(), Ordering::Relaxed);
     }
 }
 
@@ -127,7 +122,6 @@ impl Shards {
         let shard = &self.shards[at];
         ShardGuard {
             state: shard.state.lock().unwrap_or_else(|e| e.into_inner()),
-            shards: self,
             traces: &shard.traces,
         }
     }
@@ -144,10 +138,16 @@ impl Shards {
         items: impl IntoIterator<Item = T>,
         trace_of: impl Fn(&T) -> &TraceId,
     ) -> Vec<(usize, Vec<T>)> {
-        let items: Vec<(usize, T)> = items
-            .into_iter()
-            .map(|item| (self.of(trace_of(&item)), item))
-            .collect();
+        self.group(
+            items
+                .into_iter()
+                .map(|item| (self.of(trace_of(&item)), item)),
+        )
+    }
+
+    /// `items` tagged with their shard, grouped as [`Shards::partition`] groups them.
+    pub fn group<T>(&self, items: impl IntoIterator<Item = (usize, T)>) -> Vec<(usize, Vec<T>)> {
+        let items: Vec<(usize, T)> = items.into_iter().collect();
         let mut counts = vec![0usize; self.shards.len()];
         for (at, _) in &items {
             counts[*at] += 1;

@@ -73,6 +73,7 @@ impl Engine {
                     .filter_map(|t| shard.index.remove(t).map(|e| (*t, e, watermark))),
             );
         }
+        events::active_traces(self.active_traces());
         let mut out = Vec::with_capacity(taken.len());
         let mut failure = None;
         for (trace, entry, watermark) in taken {
@@ -183,6 +184,7 @@ impl Engine {
             }
             evicted.extend(self.decide_locked(&mut state, full));
         }
+        events::active_traces(self.active_traces());
         if !evicted.is_empty() {
             events::traces_evicted(evicted.len());
         }
@@ -225,6 +227,7 @@ impl Engine {
                 state.cache.insert(trace, cached);
             }
         }
+        events::active_traces(self.active_traces());
         self.finish_all(&decided)?;
         Ok(decided.len())
     }
