@@ -41,6 +41,9 @@ const BUFFER_MEMTABLES_TO_MERGE: i32 = 4;
 /// Buffer values at least this long (request values; not the small forgotten-offset
 /// records) are written to blob files at flush, and SST files hold only references.
 const BLOB_MIN_BYTES: u64 = 4096;
+/// Memtable size of the column families other than the buffer (export queue, hold,
+/// rollup inputs, quarantine).
+const SMALL_MEMTABLE_BYTES: usize = 32 << 20;
 /// Size of one blob file: a file is deleted once every value in it is deleted.
 const BLOB_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -205,12 +208,17 @@ impl Storage {
         buffer_options.set_min_blob_size(BLOB_MIN_BYTES);
         buffer_options.set_blob_file_size(BLOB_FILE_BYTES);
         buffer_options.set_enable_blob_gc(true);
+        // The other column families take little traffic next to the buffer; RocksDB's
+        // default memtables (64 MiB, two of them, each) would let them hold hundreds of MiB
+        // that `buffer_memory_bytes` does not account for.
         let mut queue_options = Options::default();
         queue_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        queue_options.set_write_buffer_size(SMALL_MEMTABLE_BYTES);
         // Held items live for one correlation window and are then deleted, like buffered
         // spans: not worth compressing.
         let mut hold_options = Options::default();
         hold_options.set_compression_type(rocksdb::DBCompressionType::None);
+        hold_options.set_write_buffer_size(SMALL_MEMTABLE_BYTES);
         let db = DB::open_cf_descriptors(
             &options,
             dir,

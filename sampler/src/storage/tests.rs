@@ -358,3 +358,25 @@ fn traces_read_together_get_their_own_items_in_arrival_order() {
         "each trace's items in order, below its own bound; c untouched"
     );
 }
+
+#[test]
+fn the_other_column_families_switch_memtables_at_their_smaller_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let value = vec![7u8; 1 << 20];
+    // More than SMALL_MEMTABLE_BYTES and less than RocksDB's default of 64 MiB.
+    for i in 0u32..40 {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(storage.cf(CF_HOLD), i.to_be_bytes(), &value);
+        storage.write(batch).unwrap();
+    }
+    let active = storage
+        .db()
+        .property_int_value_cf(storage.cf(CF_HOLD), "rocksdb.cur-size-active-mem-table")
+        .unwrap()
+        .unwrap();
+    assert!(
+        active < SMALL_MEMTABLE_BYTES as u64,
+        "the active memtable holds {active} bytes after 40 MiB"
+    );
+}
