@@ -349,7 +349,7 @@ impl Engine {
             tracing::info!(held, pending, "resumed held logs and metrics from storage");
         }
         let recovered = self.active_traces() + full.len();
-        let evicted = self.decide_by_shard(full, |state, part| self.decide_locked(state, part));
+        let evicted = self.decide_by_shard(full);
         self.finish_all(&evicted)?;
         events::active_traces(self.active_traces());
         Ok(recovered)
@@ -595,12 +595,7 @@ impl Engine {
         // Items are renumbered by the filter; arrival order is kept.
         buffered.sort_unstable_by_key(|(i, _, _, _)| *i);
         let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
-        if let Err(error) = self.storage.write(batch) {
-            if let Some(staged) = staged {
-                self.storage.abandon(staged);
-            }
-            return Err(error.into());
-        }
+        let staged = self.storage.write_staged(batch, staged)?;
         let mut forgetting = Forgetting::default();
         let mut evicted = Vec::new();
         if let Some(staged) = staged {
@@ -726,7 +721,9 @@ impl Engine {
                 }
             }
             let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
-            self.storage.write_staged(batch, staged)?;
+            if let Some(staged) = self.storage.write_staged(batch, staged)? {
+                self.storage.committed(staged);
+            }
             evicted = locked
                 .iter_mut()
                 .zip(&buffered)
@@ -743,8 +740,9 @@ impl Engine {
         Ok(Accepted::default())
     }
 
-    /// Indexes written items (under the lock of their shard, which the caller holds), deciding traces the
-    /// per-trace limits end and those a full index decides early to make room.
+    /// Indexes written items (under the lock of their shard, which the caller holds),
+    /// deciding traces the per-trace limits end and those a full index decides early to
+    /// make room.
     fn index_buffered(
         &self,
         state: &mut State,
@@ -843,12 +841,14 @@ impl Engine {
         // request once and records what it forgot of it once.
         let per_shard = DECIDE_BATCH.div_ceil(self.shards.count());
         loop {
-            let mut decided = Vec::new();
-            let mut deadlines = Vec::new();
+            let mut round: Vec<(u64, Decided)> = Vec::new();
             for at in 0..self.shards.count() {
                 let now = self.now_ms();
                 let mut state = self.shards.lock(at);
                 let due = state.index.pop_due(now, per_shard);
+                if due.is_empty() {
+                    continue;
+                }
                 for (_, entry) in &due {
                     events::decision_latency(now.saturating_sub(entry.deadline_ms));
                 }
@@ -856,19 +856,19 @@ impl Engine {
                     "max_age",
                     due.iter().filter(|(_, e)| e.reached_max_age()).count(),
                 );
-                if due.is_empty() {
-                    continue;
-                }
-                deadlines.extend(due.iter().map(|(_, entry)| entry.deadline_ms));
-                decided.extend(self.decide_locked(&mut state, due));
+                let deadlines: Vec<u64> = due.iter().map(|(_, e)| e.deadline_ms).collect();
+                round.extend(
+                    deadlines
+                        .into_iter()
+                        .zip(self.decide_locked(&mut state, due)),
+                );
             }
-            if decided.is_empty() {
+            if round.is_empty() {
                 events::active_traces(self.active_traces());
                 return Ok(total);
             }
-            let mut order: Vec<(u64, Decided)> = deadlines.into_iter().zip(decided).collect();
-            order.sort_by_key(|(deadline, _)| *deadline);
-            let decided: Vec<Decided> = order.into_iter().map(|(_, d)| d).collect();
+            round.sort_by_key(|(deadline, _)| *deadline);
+            let decided: Vec<Decided> = round.into_iter().map(|(_, d)| d).collect();
             total += decided.len();
             self.finish_all(&decided)?;
         }
@@ -884,7 +884,8 @@ impl Engine {
     }
 
     /// Decides traces just removed from the index and caches the decisions. Runs under the
-    /// lock of the shard that removed them, so no span can slip in between removal and caching.
+    /// lock of the shard that removed them, so no span can slip in between removal and
+    /// caching.
     fn decide_locked(&self, state: &mut State, traces: Vec<(TraceId, TraceEntry)>) -> Vec<Decided> {
         if traces.is_empty() {
             return Vec::new();
@@ -923,24 +924,20 @@ impl Engine {
         decided
     }
 
-    /// Runs `decide` on each shard's part of `traces` (just taken out of their shards'
-    /// indexes) under that shard's lock.
-    fn decide_by_shard(
-        &self,
-        traces: Vec<(TraceId, TraceEntry)>,
-        decide: impl Fn(&mut State, Vec<(TraceId, TraceEntry)>) -> Vec<Decided>,
-    ) -> Vec<Decided> {
+    /// Decides `traces` (just taken out of their shards' indexes) shard by shard, each part
+    /// under its shard's lock.
+    fn decide_by_shard(&self, traces: Vec<(TraceId, TraceEntry)>) -> Vec<Decided> {
         let mut decided = Vec::new();
         for (at, part) in self.shards.partition(traces, |(t, _)| t) {
-            decided.extend(decide(&mut self.shards.lock(at), part));
+            decided.extend(self.decide_locked(&mut self.shards.lock(at), part));
         }
         decided
     }
 
     /// The policy state of `trace` under `policies`, from its buffered spans: for a trace
     /// whose spans were observed (partly) under a policy set replaced since. Runs under the
-    /// trace's shard lock, so the buffer holds exactly what the index counted. Records that do not
-    /// decode are left to [`Engine::finish`], which quarantines them.
+    /// trace's shard lock, so the buffer holds exactly what the index counted. Records that
+    /// do not decode are left to [`Engine::finish`], which quarantines them.
     fn observe_again(&self, policies: &PolicyEngine, trace: &TraceId) -> PolicyState {
         let mut state = PolicyState::default();
         let read = self

@@ -370,23 +370,21 @@ impl Storage {
         self.commit_items(&staged, &all, &mut Forgetting::default());
     }
 
-    /// Writes `batch` holding `staged` (if any) and indexes all of its items, or forgets the
-    /// staged request when the write fails.
+    /// Writes `batch` holding `staged` (if any) and hands the staged request back for
+    /// indexing ([`Storage::committed`], [`Storage::commit_items`]), or forgets it when the
+    /// write fails.
     pub fn write_staged(
         &self,
         batch: WriteBatch,
         staged: Option<StagedRequest>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<StagedRequest>, StorageError> {
         if let Err(error) = self.write(batch) {
             if let Some(staged) = staged {
                 self.abandon(staged);
             }
             return Err(error);
         }
-        if let Some(staged) = staged {
-            self.committed(staged);
-        }
-        Ok(())
+        Ok(staged)
     }
 
     /// Indexes items of a written request: each `(item, keep)` indexes item `item` of
