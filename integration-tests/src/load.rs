@@ -21,7 +21,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::HarnessError;
-use crate::generate::{Generator, TraceBatch, TraceShape};
+use crate::generate::{Generator, Rng, TraceBatch, TraceShape};
 use crate::raw_grpc::{TRACE_EXPORT_PATH, unary_raw};
 
 /// What to send and how fast.
@@ -342,9 +342,9 @@ impl Prepared {
     /// The request with trace ids made from `seed` and `sequence` (unique per send).
     fn fresh(&self, seed: u64, sequence: u64) -> Bytes {
         let mut bytes = BytesMut::from(self.bytes.as_slice());
+        let high = mix(seed ^ mix(sequence));
         for (i, offsets) in self.traces.iter().enumerate() {
-            let high = splitmix(seed ^ splitmix(sequence));
-            let low = splitmix(high ^ i as u64);
+            let low = mix(high ^ i as u64);
             for &at in offsets {
                 bytes[at..at + 8].copy_from_slice(&high.to_be_bytes());
                 bytes[at + 8..at + 16].copy_from_slice(&low.to_be_bytes());
@@ -354,12 +354,9 @@ impl Prepared {
     }
 }
 
-/// SplitMix64's output function: distinct inputs give unrelated outputs.
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// SplitMix64's first output for `x`: distinct inputs give unrelated outputs.
+fn mix(x: u64) -> u64 {
+    Rng::new(x).next_u64()
 }
 
 /// [`trace_worker`] over prepared requests, sent raw.
