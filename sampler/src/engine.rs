@@ -849,9 +849,9 @@ impl Engine {
                 if due.is_empty() {
                     continue;
                 }
-                for (_, entry) in &due {
-                    events::decision_latency(now.saturating_sub(entry.deadline_ms));
-                }
+                events::decision_latencies(
+                    due.iter().map(|(_, e)| now.saturating_sub(e.deadline_ms)),
+                );
                 events::traces_limited(
                     "max_age",
                     due.iter().filter(|(_, e)| e.reached_max_age()).count(),
@@ -905,7 +905,6 @@ impl Engine {
                 probability: decision.probability,
                 correlate: decision.correlate,
             });
-            events::trace_decided(kept.as_ref());
             state.cache.insert(
                 trace,
                 match &kept {
@@ -921,6 +920,7 @@ impl Engine {
                 has_logs: entry.has_logs,
             });
         }
+        events::traces_decided(decided.iter().map(|d| d.kept.as_ref()));
         decided
     }
 
@@ -1100,7 +1100,6 @@ fn drop_locked(
 ) -> Vec<Decided> {
     let mut decided = Vec::with_capacity(traces.len());
     for (trace, entry) in traces {
-        events::trace_decided(None);
         state.cache.insert(trace, Cached::NotSampled);
         decided.push(Decided {
             trace,
@@ -1110,6 +1109,7 @@ fn drop_locked(
             has_logs: entry.has_logs,
         });
     }
+    events::traces_decided(decided.iter().map(|d| d.kept.as_ref()));
     decided
 }
 

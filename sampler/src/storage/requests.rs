@@ -7,17 +7,24 @@
 //! and tombstone fragmentation a quarter of a sampler's CPU. Here a request costs one
 //! put, and a decision costs no RocksDB operation of its own:
 //!
-//! - key `seq` (8 bytes, big endian): the request's items, each framed as
-//!   `kind (1) ++ trace id (16) ++ length (u32 LE) ++ payload`;
-//! - key `seq ++ 0x01`: the payload offsets of that request's items already decided
-//!   (forgotten), written once per finishing batch that touched the request, so a restart
-//!   does not resurrect them;
-//! - both keys go (point deletes, or one range delete for a run of requests that die in
-//!   the same batch) once every item of the request is forgotten.
+//! - keys `seq ++ 0x02 ++ chunk` (8-byte sequence and 2-byte chunk number, big endian):
+//!   the request's items, each framed as `kind (1) ++ trace id (16) ++ length (u32 LE) ++
+//!   payload`, cut into chunks of about [`CHUNK_BYTES`] at item boundaries. A kept trace
+//!   is read back with the chunks holding its items, not the whole request: ~2 % of traces
+//!   are kept, so nearly every request is read for one or two of its ~100 traces, and
+//!   reading (and checksumming and copying) whole values of a few hundred KiB from blob
+//!   files was ~5 % of a sampler's CPU;
+//! - key `seq ++ 0x01`: the offsets of that request's items already decided (forgotten),
+//!   written once per finishing batch that touched the request, so a restart does not
+//!   resurrect them;
+//! - all go (point deletes, or one range delete for a run of requests that die in the
+//!   same batch) once every item of the request is forgotten.
 //!
-//! In memory: per trace the items' locations (sequence, offset, length, kind), per live
-//! request the count of items still buffered and the offsets forgotten. A restart rebuilds
-//! both with one scan ([`Storage::scan_buffer`]).
+//! In memory: per trace the items' locations (sequence, chunk and offset, length, kind),
+//! per live request the count of items still buffered and the offsets forgotten. A
+//! restart rebuilds both with one scan ([`Storage::scan_buffer`]), which also rewrites
+//! values of the previous layouts (one value per request under `seq`; one value per
+//! trace group under `trace id ++ seq`).
 
 use std::collections::BTreeMap;
 
@@ -32,20 +39,33 @@ use crate::buffer::TraceMap;
 const FRAME: usize = 1 + 16 + 4;
 /// Key length of the layout before this one (trace id ++ sequence), migrated at start.
 const LEGACY_KEY_LEN: usize = 24;
-/// An item of the previous layout: its key, kind and stored value (kind byte ++ payload).
-type LegacyItem = (Box<[u8]>, BufferedKind, Box<[u8]>);
+/// Items stored under a previous layout, rewritten at start: trace, kind and payload of
+/// each, and the old keys that go once they are rewritten.
+struct Migrating {
+    items: Vec<(TraceId, BufferedKind, Box<[u8]>)>,
+    keys: Vec<Box<[u8]>>,
+}
 
-/// Largest request value the migration of the previous layout writes.
+/// Largest request value the migration of the previous layouts writes.
 const LEGACY_VALUE_BYTES: usize = 16 * 1024 * 1024;
 /// Suffix of the key holding a request's forgotten offsets.
 const DEAD_SUFFIX: u8 = 1;
+/// Suffix of the keys of a request's chunks (followed by the chunk number).
+pub(super) const CHUNK_SUFFIX: u8 = 2;
+/// Key length of a chunk: sequence, suffix, chunk number.
+pub(super) const CHUNK_KEY_LEN: usize = 11;
+/// A request value's chunk closes at the first item boundary past this many bytes. An item
+/// starts below it, so its payload's offset in the chunk fits the 16 bits a location
+/// keeps for it.
+pub const CHUNK_BYTES: usize = 32 * 1024;
+const _: () = assert!(CHUNK_BYTES + FRAME <= u16::MAX as usize);
 
-/// Identity of one buffered item: its request's sequence and its payload's offset there.
+/// Identity of one buffered item: its request's sequence and its place there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ItemKey {
-    /// Sequence of the request value holding it.
+    /// Sequence of the request holding it.
     pub seq: u64,
-    /// Offset of its payload in that value.
+    /// Its chunk (upper 16 bits) and its payload's offset in that chunk (lower 16 bits).
     pub offset: u32,
 }
 
@@ -59,8 +79,9 @@ impl ItemKey {
     }
 }
 
-/// Where one item of a trace lies: 16 bytes, the kind in the length's top two bits (items
-/// are far below 1 GiB), so a trace's first location sits inline in its index entry.
+/// Where one item of a trace lies: 16 bytes, the chunk in the offset's upper 16 bits and
+/// the kind in the length's top two bits (items are far below 1 GiB), so a trace's first
+/// location sits inline in its index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Location {
     seq: u64,
@@ -74,16 +95,21 @@ const KIND_SHIFT: u32 = 30;
 const MAX_ITEM_LEN: u32 = (1 << KIND_SHIFT) - 1;
 
 impl Location {
-    fn new(seq: u64, offset: u32, len: usize, kind: BufferedKind) -> Location {
+    fn new(seq: u64, chunk: u16, offset: usize, len: usize, kind: BufferedKind) -> Location {
         let len = u32::try_from(len)
             .ok()
             .filter(|len| *len <= MAX_ITEM_LEN)
             .expect("a buffered item is smaller than 1 GiB");
+        let offset = u16::try_from(offset).expect("an item starts within its chunk's 64 KiB");
         Location {
             seq,
-            offset,
+            offset: u32::from(chunk) << 16 | u32::from(offset),
             len_kind: len | u32::from(kind as u8) << KIND_SHIFT,
         }
+    }
+
+    fn chunk(&self) -> u16 {
+        (self.offset >> 16) as u16
     }
 
     fn len(&self) -> usize {
@@ -95,9 +121,17 @@ impl Location {
             .expect("a location holds the kind it was made with")
     }
 
-    /// The payload's byte range in its request value.
+    /// The payload's byte range in its chunk.
     fn range(&self) -> std::ops::Range<usize> {
-        self.offset as usize..self.offset as usize + self.len()
+        let start = (self.offset & 0xffff) as usize;
+        start..start + self.len()
+    }
+
+    /// The payload's byte range in the whole request, whose chunks start at `chunks`.
+    fn range_in(&self, chunks: &[usize]) -> std::ops::Range<usize> {
+        let range = self.range();
+        let base = chunks[usize::from(self.chunk())];
+        base + range.start..base + range.end
     }
 
     fn key(&self) -> ItemKey {
@@ -120,6 +154,8 @@ const _: () = assert!(std::mem::size_of::<Locations>() == 24);
 pub struct RequestValue {
     bytes: Vec<u8>,
     items: Vec<(TraceId, Location)>,
+    /// Where each chunk starts in `bytes`.
+    chunks: Vec<usize>,
 }
 
 impl RequestValue {
@@ -127,7 +163,7 @@ impl RequestValue {
     pub fn with_capacity(bytes: usize) -> RequestValue {
         RequestValue {
             bytes: Vec::with_capacity(bytes),
-            items: Vec::new(),
+            ..RequestValue::default()
         }
     }
 
@@ -140,6 +176,7 @@ impl RequestValue {
         RequestValue {
             bytes: Vec::with_capacity(bytes),
             items: Vec::with_capacity(items),
+            chunks: Vec::new(),
         }
     }
 
@@ -178,7 +215,10 @@ impl RequestValue {
     /// The kind and payload of the item pushed `index`-th.
     pub fn item(&self, index: usize) -> (BufferedKind, &[u8]) {
         let location = &self.items[index].1;
-        (location.kind(), &self.bytes[location.range()])
+        (
+            location.kind(),
+            &self.bytes[location.range_in(&self.chunks)],
+        )
     }
 
     /// Appends an already encoded payload.
@@ -188,13 +228,19 @@ impl RequestValue {
     }
 
     fn frame(&mut self, trace: TraceId, kind: BufferedKind, len: usize) {
+        match self.chunks.last() {
+            Some(start) if self.bytes.len() - start < CHUNK_BYTES => {}
+            _ => self.chunks.push(self.bytes.len()),
+        }
+        let chunk = self.chunks.len() - 1;
         self.bytes.reserve(FRAME + len);
         self.bytes.push(kind as u8);
         self.bytes.extend_from_slice(&trace);
         self.bytes.extend_from_slice(&(len as u32).to_le_bytes());
-        let offset = self.bytes.len() as u32;
+        let chunk_no = u16::try_from(chunk).expect("a request value stays below 2 GiB");
+        let offset = self.bytes.len() - self.chunks[chunk];
         self.items
-            .push((trace, Location::new(0, offset, len, kind)));
+            .push((trace, Location::new(0, chunk_no, offset, len, kind)));
     }
 
     /// A copy holding only the items whose flag in `keep` (one per item, in push order) is
@@ -202,7 +248,11 @@ impl RequestValue {
     pub fn filtered(&self, keep: &[bool]) -> RequestValue {
         let mut out = RequestValue::with_capacity(self.bytes.len());
         for ((trace, location), _) in self.items.iter().zip(keep).filter(|(_, k)| **k) {
-            out.push_encoded(*trace, location.kind(), &self.bytes[location.range()]);
+            out.push_encoded(
+                *trace,
+                location.kind(),
+                &self.bytes[location.range_in(&self.chunks)],
+            );
         }
         out
     }
@@ -221,13 +271,17 @@ pub struct StagedRequest {
     items: Vec<(TraceId, Location)>,
     /// The value, for reading items back before they are indexed.
     bytes: Vec<u8>,
+    chunks: Vec<usize>,
 }
 
 impl StagedRequest {
     /// The kind and payload of the item staged `index`-th.
     pub fn item(&self, index: usize) -> (BufferedKind, &[u8]) {
         let location = &self.items[index].1;
-        (location.kind(), &self.bytes[location.range()])
+        (
+            location.kind(),
+            &self.bytes[location.range_in(&self.chunks)],
+        )
     }
 }
 
@@ -245,11 +299,13 @@ impl Forgetting {
     }
 }
 
-/// A live request: items still buffered, and the offsets of those forgotten.
+/// A live request: items still buffered, the offsets of those forgotten, and how many
+/// chunks hold them.
 #[derive(Debug, Default)]
 struct Request {
     alive: u32,
     dead: Vec<u32>,
+    chunks: u32,
 }
 
 /// The in-memory side of the layout.
@@ -285,14 +341,22 @@ impl Layout {
     }
 }
 
-fn dead_key(seq: u64) -> [u8; 9] {
+fn chunk_key(seq: u64, chunk: u16) -> [u8; CHUNK_KEY_LEN] {
+    let mut key = [0u8; CHUNK_KEY_LEN];
+    key[..8].copy_from_slice(&seq.to_be_bytes());
+    key[8] = CHUNK_SUFFIX;
+    key[9..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+pub(super) fn dead_key(seq: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[..8].copy_from_slice(&seq.to_be_bytes());
     key[8] = DEAD_SUFFIX;
     key
 }
 
-fn encode_offsets(offsets: &[u32]) -> Vec<u8> {
+pub(super) fn encode_offsets(offsets: &[u32]) -> Vec<u8> {
     offsets.iter().flat_map(|o| o.to_le_bytes()).collect()
 }
 
@@ -303,8 +367,33 @@ fn decode_offsets(bytes: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// The items framed in a request value, or why it cannot be read.
-fn parse_value(value: &[u8]) -> Result<Vec<(TraceId, Location)>, StorageError> {
+/// A stored chunk: its number and value.
+type Chunk = (u16, Box<[u8]>);
+
+/// A framed item: its trace, kind and payload range.
+type Frame = (TraceId, BufferedKind, std::ops::Range<usize>);
+
+/// The items framed in chunk `chunk` of a request.
+fn parse_chunk(value: &[u8], chunk: u16) -> Result<Vec<(TraceId, Location)>, StorageError> {
+    parse_frames(value)?
+        .into_iter()
+        .map(|(trace, kind, range)| {
+            if range.start > usize::from(u16::MAX) {
+                return Err(StorageError::Corrupt(format!(
+                    "item at {} lies past its chunk's first 64 KiB",
+                    range.start
+                )));
+            }
+            Ok((
+                trace,
+                Location::new(0, chunk, range.start, range.len(), kind),
+            ))
+        })
+        .collect()
+}
+
+/// The items framed in `value`, or why it cannot be read.
+fn parse_frames(value: &[u8]) -> Result<Vec<Frame>, StorageError> {
     let mut items = Vec::new();
     let mut at = 0usize;
     while at < value.len() {
@@ -322,7 +411,7 @@ fn parse_value(value: &[u8]) -> Result<Vec<(TraceId, Location)>, StorageError> {
                 value.len()
             )));
         }
-        items.push((trace, Location::new(0, offset as u32, len as usize, kind)));
+        items.push((trace, kind, offset..offset + len as usize));
         at = offset + len as usize;
     }
     Ok(items)
@@ -339,7 +428,16 @@ impl Storage {
     /// written.
     pub fn stage_request(&self, batch: &mut WriteBatch, value: RequestValue) -> StagedRequest {
         let seq = self.next_seq();
-        batch.put_cf(self.cf(CF_BUFFER), seq.to_be_bytes(), &value.bytes);
+        let cf = self.cf(CF_BUFFER);
+        let ends = value
+            .chunks
+            .iter()
+            .skip(1)
+            .copied()
+            .chain([value.bytes.len()]);
+        for (chunk, (start, end)) in value.chunks.iter().zip(ends).enumerate() {
+            batch.put_cf(cf, chunk_key(seq, chunk as u16), &value.bytes[*start..end]);
+        }
         let mut items = value.items;
         for (_, location) in &mut items {
             location.seq = seq;
@@ -349,11 +447,13 @@ impl Storage {
             Request {
                 alive: items.len() as u32,
                 dead: Vec::new(),
+                chunks: value.chunks.len() as u32,
             },
         );
         StagedRequest {
             items,
             bytes: value.bytes,
+            chunks: value.chunks,
         }
     }
 
@@ -426,9 +526,9 @@ impl Storage {
 
     /// Visits what is buffered for each of `traces` (trace, sequence bound) as
     /// [`Storage::visit_trace`] does, with the trace's index in `traces`: one point read
-    /// per request for all of them (traces decided together mostly arrived in the same
-    /// requests, and a request's value is a few hundred KiB). Each trace's items come in
-    /// arrival order; items of different traces interleave.
+    /// per request chunk for all of them (traces decided together mostly arrived in the
+    /// same requests). Each trace's items come in arrival order; items of different traces
+    /// interleave.
     pub fn visit_traces(
         &self,
         traces: &[(TraceId, u64)],
@@ -449,11 +549,12 @@ impl Storage {
         };
         locations.sort_by_key(|(l, index)| (l.seq, *index, l.offset));
         let cf = self.cf(CF_BUFFER);
-        let mut current: Option<(u64, Option<DBPinnableSlice<'_>>)> = None;
+        let mut current: Option<((u64, u16), Option<DBPinnableSlice<'_>>)> = None;
         for (location, index) in locations {
-            if current.as_ref().is_none_or(|(seq, _)| *seq != location.seq) {
-                let value = self.db.get_pinned_cf(cf, location.seq.to_be_bytes())?;
-                current = Some((location.seq, value));
+            let at = (location.seq, location.chunk());
+            if current.as_ref().is_none_or(|(read, _)| *read != at) {
+                let value = self.db.get_pinned_cf(cf, chunk_key(at.0, at.1))?;
+                current = Some((at, value));
             }
             let value = current.as_ref().and_then(|(_, v)| v.as_deref());
             match value.and_then(|v| v.get(location.range())) {
@@ -461,9 +562,10 @@ impl Storage {
                 None => crate::events::corrupt_record(
                     Store::Buffer,
                     &format!(
-                        "buffered request {} has no item at {} ({} bytes)",
+                        "buffered request {} has no item at {} of chunk {} ({} bytes)",
                         location.seq,
-                        location.offset,
+                        location.range().start,
+                        location.chunk(),
                         location.len()
                     ),
                 ),
@@ -541,30 +643,30 @@ impl Storage {
         let mut dying = Vec::new();
         for seq in forgetting.touched {
             match layout.requests.get(&seq) {
-                Some(request) if request.alive == 0 => dying.push(seq),
+                Some(request) if request.alive == 0 => dying.push((seq, request.chunks)),
                 Some(request) => batch.put_cf(cf, dead_key(seq), encode_offsets(&request.dead)),
                 None => {}
             }
         }
-        for seq in &dying {
+        for (seq, _) in &dying {
             layout.requests.remove(seq);
         }
         // Runs of dying requests with no live request between them: one range each.
-        let mut run: Option<(u64, u64)> = None;
-        for seq in dying {
+        let mut run: Option<(u64, u64, u32)> = None;
+        for (seq, chunks) in dying {
             run = match run {
-                Some((from, to)) if layout.requests.range(to..seq).next().is_none() => {
-                    Some((from, seq))
+                Some((from, to, _)) if layout.requests.range(to..seq).next().is_none() => {
+                    Some((from, seq, chunks))
                 }
-                Some((from, to)) => {
-                    delete_run(&mut batch, cf, from, to);
-                    Some((seq, seq))
+                Some(done) => {
+                    delete_run(&mut batch, cf, done);
+                    Some((seq, seq, chunks))
                 }
-                None => Some((seq, seq)),
+                None => Some((seq, seq, chunks)),
             };
         }
-        if let Some((from, to)) = run {
-            delete_run(&mut batch, cf, from, to);
+        if let Some(done) = run {
+            delete_run(&mut batch, cf, done);
         }
         self.write(batch)
     }
@@ -581,26 +683,39 @@ impl Storage {
 
     /// Rebuilds the in-memory layout from disk after a restart, visiting every item still
     /// buffered in arrival order. An item the visitor refuses (returns `false`: it does
-    /// not decode) is forgotten; a value whose framing is unreadable is quarantined whole.
+    /// not decode) is forgotten; a chunk whose framing is unreadable is quarantined whole.
+    /// Values of the previous layouts are rewritten as chunked requests, visited the same.
     pub fn scan_buffer(
         &self,
         mut visit: impl FnMut(TraceId, ItemKey, BufferedKind, &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         let cf = self.cf(CF_BUFFER);
-        let mut values: Vec<(u64, Box<[u8]>)> = Vec::new();
+        let mut chunks: BTreeMap<u64, Vec<Chunk>> = BTreeMap::new();
+        let mut whole: Vec<(u64, Box<[u8]>)> = Vec::new();
         let mut dead: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         let mut strays = Vec::new();
-        let mut legacy = Vec::new();
+        let mut migrating = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (key, value) = item?;
+            let seq = |key: &[u8]| u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
             match key.len() {
-                8 => values.push((u64::from_be_bytes((*key).try_into().expect("8")), value)),
+                8 => whole.push((seq(&key), value)),
                 9 if key[8] == DEAD_SUFFIX => {
-                    let seq = u64::from_be_bytes(key[..8].try_into().expect("8"));
-                    dead.insert(seq, decode_offsets(&value));
+                    dead.insert(seq(&key), decode_offsets(&value));
+                }
+                CHUNK_KEY_LEN if key[8] == CHUNK_SUFFIX => {
+                    let chunk = u16::from_be_bytes(key[9..].try_into().expect("2 bytes"));
+                    chunks.entry(seq(&key)).or_default().push((chunk, value));
                 }
                 LEGACY_KEY_LEN => match value.first().and_then(|t| BufferedKind::from_byte(*t)) {
-                    Some(kind) => legacy.push((key, kind, value)),
+                    Some(kind) => migrating.push(Migrating {
+                        items: vec![(
+                            key[..16].try_into().expect("16 bytes"),
+                            kind,
+                            value[1..].into(),
+                        )],
+                        keys: vec![key],
+                    }),
                     None => strays.push((key, value)),
                 },
                 _ => strays.push((key, value)),
@@ -616,29 +731,37 @@ impl Storage {
         }
         let mut forgetting = Forgetting::default();
         let mut batch = WriteBatch::default();
-        for (seq, value) in values {
-            let dead_here = dead.remove(&seq).unwrap_or_default();
-            let items = match parse_value(&value) {
-                Ok(items) => items,
-                Err(error) => {
-                    batch.delete_cf(cf, dead_key(seq));
-                    self.quarantine(Store::Buffer, &seq.to_be_bytes(), &value, &error)?;
-                    continue;
-                }
-            };
-            let mut layout = self.layout();
+        for (seq, values) in chunks {
+            let count = values.iter().map(|(c, _)| u32::from(*c) + 1).max();
             let mut request = Request {
                 alive: 0,
-                dead: dead_here,
+                dead: dead.remove(&seq).unwrap_or_default(),
+                chunks: count.unwrap_or(0),
             };
+            let mut items = Vec::new();
+            for (chunk, value) in &values {
+                match parse_chunk(value, *chunk) {
+                    Ok(found) => items.extend(found.into_iter().map(|(trace, mut location)| {
+                        location.seq = seq;
+                        (trace, location, value)
+                    })),
+                    Err(error) => {
+                        self.quarantine(Store::Buffer, &chunk_key(seq, *chunk), value, &error)?
+                    }
+                }
+            }
+            let mut layout = self.layout();
             let mut refused = Vec::new();
-            for (trace, mut location) in items {
+            for (trace, location, value) in items {
                 if request.dead.contains(&location.offset) {
                     continue;
                 }
-                location.seq = seq;
-                let payload = &value[location.range()];
-                if visit(trace, location.key(), location.kind(), payload) {
+                if visit(
+                    trace,
+                    location.key(),
+                    location.kind(),
+                    &value[location.range()],
+                ) {
                     request.alive += 1;
                     layout.traces.entry(trace).or_default().push(location);
                 } else {
@@ -646,64 +769,90 @@ impl Storage {
                 }
             }
             if request.alive == 0 && refused.is_empty() {
-                batch.delete_cf(cf, seq.to_be_bytes());
-                batch.delete_cf(cf, dead_key(seq));
+                delete_request(&mut batch, cf, seq, request.chunks);
                 continue;
             }
             request.alive += refused.len() as u32;
             layout.requests.insert(seq, request);
             layout.forget(&refused, &mut forgetting);
         }
+        for (seq, value) in whole {
+            let dead_here = dead.remove(&seq).unwrap_or_default();
+            match parse_frames(&value) {
+                Ok(frames) => migrating.push(Migrating {
+                    items: frames
+                        .into_iter()
+                        .filter(|(_, _, range)| !dead_here.contains(&(range.start as u32)))
+                        .map(|(trace, kind, range)| (trace, kind, value[range].into()))
+                        .collect(),
+                    keys: vec![seq.to_be_bytes().into(), dead_key(seq).into()],
+                }),
+                Err(error) => {
+                    batch.delete_cf(cf, dead_key(seq));
+                    self.quarantine(Store::Buffer, &seq.to_be_bytes(), &value, &error)?;
+                }
+            }
+        }
         // Forgotten-offset records whose request is gone.
         for seq in dead.into_keys() {
             batch.delete_cf(cf, dead_key(seq));
         }
         self.write_forgetting(batch, forgetting)?;
-        self.migrate_legacy(legacy, visit)
+        self.migrate(migrating, visit)
     }
 
-    /// Moves items of the layout before one value per request (key trace id ++ sequence,
-    /// value kind ++ payload) into request values of up to [`LEGACY_VALUE_BYTES`],
-    /// visiting each like the scan does.
-    fn migrate_legacy(
+    /// Rewrites what the previous layouts stored (one value per trace group under `trace id
+    /// ++ seq`; one value per request under `seq`) as chunked requests of up to
+    /// [`LEGACY_VALUE_BYTES`], visiting each item like the scan does. The old keys go in
+    /// the same write as their items' new value.
+    fn migrate(
         &self,
-        legacy: Vec<LegacyItem>,
+        migrating: Vec<Migrating>,
         mut visit: impl FnMut(TraceId, ItemKey, BufferedKind, &[u8]) -> bool,
     ) -> Result<(), StorageError> {
-        if legacy.is_empty() {
+        if migrating.is_empty() {
             return Ok(());
         }
         let cf = self.cf(CF_BUFFER);
-        let mut chunks = Vec::new();
-        let mut chunk: Vec<&LegacyItem> = Vec::new();
+        let mut groups: Vec<Vec<&Migrating>> = vec![Vec::new()];
         let mut bytes = 0;
-        for item in &legacy {
-            if bytes + item.2.len() > LEGACY_VALUE_BYTES && !chunk.is_empty() {
-                chunks.push(std::mem::take(&mut chunk));
+        for unit in &migrating {
+            let size: usize = unit.items.iter().map(|(_, _, p)| p.len()).sum();
+            if bytes + size > LEGACY_VALUE_BYTES && groups.last().is_some_and(|g| !g.is_empty()) {
+                groups.push(Vec::new());
                 bytes = 0;
             }
-            bytes += item.2.len();
-            chunk.push(item);
+            bytes += size;
+            groups.last_mut().expect("one group at least").push(unit);
         }
-        chunks.push(chunk);
-        for chunk in chunks {
+        let mut moved = 0;
+        for group in groups {
             let mut value = RequestValue::default();
             let mut batch = WriteBatch::default();
-            for (key, kind, stored) in &chunk {
-                let trace: TraceId = key[..16].try_into().expect("16 bytes");
-                value.push_encoded(trace, *kind, &stored[1..]);
-                batch.delete_cf(cf, key);
+            for unit in &group {
+                for (trace, kind, payload) in &unit.items {
+                    value.push_encoded(*trace, *kind, payload);
+                }
+                for key in &unit.keys {
+                    batch.delete_cf(cf, key);
+                }
+            }
+            if value.is_empty() {
+                self.write(batch)?;
+                continue;
             }
             let staged = self.stage_request(&mut batch, value);
+            let payloads = group.iter().flat_map(|unit| &unit.items);
             let refused: Vec<(TraceId, Location)> = staged
                 .items
                 .iter()
-                .zip(&chunk)
-                .filter(|((trace, location), (_, _, stored))| {
-                    !visit(*trace, location.key(), location.kind(), &stored[1..])
+                .zip(payloads)
+                .filter(|((trace, location), (_, _, payload))| {
+                    !visit(*trace, location.key(), location.kind(), payload)
                 })
                 .map(|(item, _)| *item)
                 .collect();
+            moved += staged.items.len();
             self.write(batch)?;
             self.committed(staged);
             let mut forgetting = Forgetting::default();
@@ -722,8 +871,8 @@ impl Storage {
             self.write_forgetting(WriteBatch::default(), forgetting)?;
         }
         tracing::info!(
-            items = legacy.len(),
-            "moved buffered items of the previous storage layout into request values"
+            items = moved,
+            "moved buffered items of a previous storage layout into chunked request values"
         );
         Ok(())
     }
@@ -753,12 +902,24 @@ impl Storage {
     }
 }
 
-/// Deletes the requests `from..=to` (values and forgotten-offset records).
-fn delete_run(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, from: u64, to: u64) {
+/// Deletes the requests `from..=to` (chunks and forgotten-offset records); `chunks` is
+/// the last one's chunk count, for point deletes when it is alone.
+fn delete_run(
+    batch: &mut WriteBatch,
+    cf: &rocksdb::ColumnFamily,
+    (from, to, chunks): (u64, u64, u32),
+) {
     if from == to {
-        batch.delete_cf(cf, from.to_be_bytes());
-        batch.delete_cf(cf, dead_key(from));
+        delete_request(batch, cf, from, chunks);
     } else {
         batch.delete_range_cf(cf, from.to_be_bytes(), to.saturating_add(1).to_be_bytes());
     }
+}
+
+/// Deletes one request's chunks and forgotten-offset record with point deletes.
+fn delete_request(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, seq: u64, chunks: u32) {
+    for chunk in 0..chunks {
+        batch.delete_cf(cf, chunk_key(seq, chunk as u16));
+    }
+    batch.delete_cf(cf, dead_key(seq));
 }

@@ -1,5 +1,6 @@
 use otel_tail_shared::otlp::TraceId;
 
+use super::requests::{CHUNK_BYTES, CHUNK_KEY_LEN, CHUNK_SUFFIX, dead_key, encode_offsets};
 use super::*;
 
 /// Keys of the buffer column family, in order.
@@ -32,7 +33,7 @@ fn forget(storage: &Storage, trace: &TraceId, upto: u64) {
 }
 
 #[test]
-fn a_request_is_one_value_and_items_read_back_per_trace_below_the_watermark() {
+fn a_small_request_is_one_value_and_items_read_back_per_trace_below_the_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(dir.path(), false).unwrap();
     let (a, b) = ([1u8; 16], [2u8; 16]);
@@ -44,7 +45,11 @@ fn a_request_is_one_value_and_items_read_back_per_trace_below_the_watermark() {
             (a, BufferedKind::Logs, b"two"),
         ],
     );
-    assert_eq!(buffer_keys(&storage).len(), 1, "one put per request");
+    assert_eq!(
+        buffer_keys(&storage).len(),
+        1,
+        "one put for a request within a chunk"
+    );
     let watermark = storage.next_seq();
     assert_eq!(
         storage.read_trace(&a, watermark).unwrap(),
@@ -323,6 +328,119 @@ fn flushed_request_values_live_in_blob_files_that_go_once_their_requests_are_for
         "a blob file whose values are all deleted is removed by compaction"
     );
     assert!(storage.approximate_bytes() < 64 * 1024);
+}
+
+#[test]
+fn a_request_past_a_chunk_is_stored_in_chunks_and_an_item_is_read_from_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+    let big = |byte: u8| vec![byte; 20 * 1024];
+    {
+        let storage = Storage::open(dir.path(), false).unwrap();
+        buffer(
+            &storage,
+            &[
+                (a, BufferedKind::Spans, &big(b'a')),
+                (b, BufferedKind::Spans, &big(b'b')),
+                (c, BufferedKind::Logs, &big(b'c')),
+            ],
+        );
+        let keys = buffer_keys(&storage);
+        assert_eq!(
+            keys.iter().map(|k| k.len()).collect::<Vec<_>>(),
+            vec![CHUNK_KEY_LEN, CHUNK_KEY_LEN],
+            "a and b fill the first chunk past {CHUNK_BYTES} bytes, c starts the second"
+        );
+        forget(&storage, &b, u64::MAX);
+    }
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let mut seen = Vec::new();
+    storage
+        .scan_buffer(|t, _, k, p| {
+            seen.push((t, k, p.to_vec()));
+            true
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            (a, BufferedKind::Spans, big(b'a')),
+            (c, BufferedKind::Logs, big(b'c'))
+        ],
+        "a restart finds the items of both chunks but the forgotten one"
+    );
+    let keys = buffer_keys(&storage);
+    let first = keys.iter().find(|k| k.len() == CHUNK_KEY_LEN).unwrap();
+    let mut without_first = WriteBatch::default();
+    without_first.delete_cf(storage.cf(CF_BUFFER), first);
+    storage.write(without_first).unwrap();
+    assert_eq!(
+        storage.read_trace(&c, u64::MAX).unwrap(),
+        vec![(BufferedKind::Logs, big(b'c'))],
+        "c is read from its own chunk alone"
+    );
+    assert!(storage.read_trace(&a, u64::MAX).unwrap().is_empty());
+    forget(&storage, &a, u64::MAX);
+    forget(&storage, &c, u64::MAX);
+    assert!(
+        buffer_keys(&storage).is_empty(),
+        "a request's chunks all go with its last item"
+    );
+}
+
+#[test]
+fn requests_of_the_previous_one_value_layout_are_rewritten_in_chunks_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = ([1u8; 16], [2u8; 16]);
+    {
+        let storage = Storage::open(dir.path(), true).unwrap();
+        let mut value = Vec::new();
+        let mut offsets = Vec::new();
+        for (trace, kind, payload) in [
+            (a, BufferedKind::Spans, &b"gone"[..]),
+            (b, BufferedKind::Logs, b"kept"),
+            (a, BufferedKind::Spans, b"also kept"),
+        ] {
+            value.push(kind as u8);
+            value.extend_from_slice(&trace);
+            value.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            offsets.push(value.len() as u32);
+            value.extend_from_slice(payload);
+        }
+        let mut batch = WriteBatch::default();
+        let cf = storage.cf(CF_BUFFER);
+        batch.put_cf(cf, 5u64.to_be_bytes(), value);
+        batch.put_cf(cf, dead_key(5), encode_offsets(&offsets[..1]));
+        storage.write(batch).unwrap();
+    }
+    for _ in 0..2 {
+        let storage = Storage::open(dir.path(), true).unwrap();
+        let mut seen = Vec::new();
+        storage
+            .scan_buffer(|t, _, k, p| {
+                seen.push((t, k, p.to_vec()));
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (b, BufferedKind::Logs, b"kept".to_vec()),
+                (a, BufferedKind::Spans, b"also kept".to_vec())
+            ],
+            "the forgotten item stays forgotten"
+        );
+        assert_eq!(
+            storage.read_trace(&a, u64::MAX).unwrap(),
+            vec![(BufferedKind::Spans, b"also kept".to_vec())]
+        );
+        assert!(
+            buffer_keys(&storage)
+                .iter()
+                .all(|k| k.len() == CHUNK_KEY_LEN && k[8] == CHUNK_SUFFIX),
+            "only chunks are left"
+        );
+    }
 }
 
 #[test]
