@@ -58,6 +58,9 @@ pub const POLICY_ATTRIBUTE: &str = "tailsampling.policy";
 const DECIDE_BATCH: usize = 4096;
 /// Kept or dropped traces moved out of the buffer per RocksDB write.
 const FINISH_CHUNK: usize = 256;
+/// Room in a request's write batch beyond its value, for the held span-metric points that
+/// go with it (a few KiB).
+const BATCH_SLACK_BYTES: usize = 16 * 1024;
 /// Span ids remembered per kept trace to drop repeats that arrive late.
 const DEDUP_SPANS_PER_TRACE: usize = 256;
 /// Longest a span is taken to last when it sets a correlation window; a longer one (an end
@@ -569,7 +572,7 @@ impl Engine {
         now_unix: u64,
     ) -> Result<(), IngestError> {
         let mut late = Late::default();
-        let mut batch = WriteBatch::default();
+        let mut batch = WriteBatch::with_capacity_bytes(value.batch_bytes() + BATCH_SLACK_BYTES);
         if let Some(points) = &span_points {
             self.settler.hold_span_metrics(&mut batch, points, now_unix);
         }

@@ -261,6 +261,13 @@ impl RequestValue {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+
+    /// Bytes the value takes in a write batch, record headers included: for sizing the
+    /// batch once (a batch growing by doubling copies what it holds at every step).
+    pub fn batch_bytes(&self) -> usize {
+        // Per chunk: tag, column family, key length and key, value length.
+        self.bytes.len() + self.chunks.len() * (1 + 5 + 1 + CHUNK_KEY_LEN + 5)
+    }
 }
 
 /// A request value staged in a batch; registered in memory with
