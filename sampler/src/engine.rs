@@ -531,6 +531,7 @@ impl Engine {
                 .collect()
         };
         self.buffer_spans(value, arrivals, span_points, now_unix)?;
+        wire::recycle(parsed.slim);
         Ok(took)
     }
 

@@ -161,6 +161,40 @@ fn slim_spans_carry_what_deciding_reads_and_attributes_only_when_asked() {
 }
 
 #[test]
+fn spans_refilled_from_an_earlier_request_keep_nothing_of_it() {
+    // The first request's spans have every field set, some decoded whole; they are
+    // handed back and refilled by a request whose only span has nothing but its ids.
+    for needs in [
+        SpanNeeds::Everything,
+        SpanNeeds::Attributes,
+        SpanNeeds::Fixed,
+    ] {
+        let first = parse(Bytes::from(request().encode_to_vec()), needs).unwrap();
+        recycle(first.slim);
+        let bare = Span {
+            trace_id: vec![7; 16],
+            span_id: vec![7; 8],
+            ..Default::default()
+        };
+        let second = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![bare.clone()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let parsed = parse(Bytes::from(second.encode_to_vec()), SpanNeeds::Fixed).unwrap();
+        assert_eq!(
+            parsed.slim.resource_spans[0].scope_spans[0].spans,
+            vec![bare],
+            "after {needs:?}"
+        );
+    }
+}
+
+#[test]
 fn requests_a_full_decode_refuses_are_refused() {
     let valid = request().encode_to_vec();
     assert!(parse(Bytes::from(valid.clone()), SpanNeeds::Fixed).is_ok());
