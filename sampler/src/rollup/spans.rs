@@ -168,10 +168,12 @@ impl SpanMetricsBuilder {
                     match index.entry(hash) {
                         Entry::Occupied(e) => {
                             let s = &series[*e.get()];
+                            // Every configured dimension writes at least a byte, so an
+                            // empty key (no dimensions) needs no comparison.
                             if s.name == span.name
                                 && s.kind == span.kind
                                 && s.code == code
-                                && s.dims_key == dims_key
+                                && (dims_key.is_empty() || s.dims_key == dims_key)
                             {
                                 break *e.get();
                             }
