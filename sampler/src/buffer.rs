@@ -79,6 +79,12 @@ impl Hasher for TraceIdHasher {
     fn write(&mut self, bytes: &[u8]) {
         self.state = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.seed ^ self.state);
     }
+
+    /// Lengths (a slice's prefix: a trace id hashes as its length, then its bytes) are
+    /// folded into the seed of the next write instead of costing an xxh3 call of their own.
+    fn write_usize(&mut self, n: usize) {
+        self.state ^= (n as u64).rotate_left(32);
+    }
 }
 
 /// Builds [`TraceIdHasher`]s with this process's seed.
