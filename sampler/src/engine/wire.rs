@@ -50,15 +50,48 @@ struct WireResourceSpans {
     schema_url: Bytes,
 }
 
-/// `ScopeSpans` with its scope and spans as bytes.
-#[derive(Clone, PartialEq, prost::Message)]
-struct WireScopeSpans {
-    #[prost(bytes = "bytes", optional, tag = "1")]
-    scope: Option<Bytes>,
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    spans: Vec<Bytes>,
-    #[prost(bytes = "bytes", tag = "3")]
-    schema_url: Bytes,
+/// A `ScopeSpans` of the request: its scope and schema URL, its bytes, and where each valid
+/// span lies in them (no reference-counted handle per span).
+#[derive(Debug)]
+struct WireScope {
+    container: Container,
+    bytes: Bytes,
+    /// Byte ranges (start, end) of the valid spans in `bytes`.
+    spans: Vec<(u32, u32)>,
+}
+
+impl WireScope {
+    fn span(&self, index: usize) -> &[u8] {
+        let (start, end) = self.spans[index];
+        &self.bytes[start as usize..end as usize]
+    }
+}
+
+/// Reads a `ScopeSpans`' fields: its scope, the byte ranges of all its spans, and its schema
+/// URL (a repeated singular field: the last one counts, as in a full decode).
+fn read_scope(bytes: &Bytes) -> Result<(Option<Bytes>, Vec<(u32, u32)>, Bytes), String> {
+    let mut scope = None;
+    let mut spans = Vec::new();
+    let mut schema_url = Bytes::new();
+    let mut fields = Fields::new(bytes);
+    while let Some((number, value)) = fields.next()? {
+        match (number, value) {
+            (1, Value::Bytes(b)) => scope = Some(bytes.slice_ref(b)),
+            (2, Value::Bytes(b)) => {
+                let end = u32::try_from(fields.at)
+                    .map_err(|_| "invalid protobuf: a ScopeSpans of 4 GiB or more".to_string())?;
+                spans.push((end - b.len() as u32, end));
+            }
+            (3, Value::Bytes(b)) => schema_url = bytes.slice_ref(b),
+            (1..=3, Value::Number(_)) => {
+                return Err(format!(
+                    "invalid protobuf: ScopeSpans field {number} has the wrong wire type"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok((scope, spans, schema_url))
 }
 
 /// What of a span deciding reads besides the fixed fields.
@@ -108,7 +141,7 @@ pub struct Parsed {
     pub refused: Accepted,
     resources: Vec<Container>,
     /// Per resource, per scope: the container and the valid spans' bytes.
-    scopes: Vec<Vec<(Container, Vec<Bytes>)>>,
+    scopes: Vec<Vec<WireScope>>,
 }
 
 impl Parsed {
@@ -117,14 +150,14 @@ impl Parsed {
         self.scopes
             .iter()
             .flatten()
-            .map(|(_, spans)| spans.len())
+            .map(|scope| scope.spans.len())
             .sum()
     }
 
     /// Encoded length of `group` as a `ResourceSpans`, given its [`Parsed::scope_lens`].
     pub fn encoded_len(&self, group: &TraceGroup, scope_lens: &[(usize, usize)]) -> usize {
         let resource = &self.resources[group.resource];
-        field_len(1, resource.head.as_ref())
+        field_len(1, resource.head.as_deref())
             + scope_lens
                 .iter()
                 .map(|(_, len)| key_len(2) + encoded_len_varint(*len as u64) + len)
@@ -136,16 +169,17 @@ impl Parsed {
     /// and spans, given its [`Parsed::scope_lens`].
     pub fn encode(&self, group: &TraceGroup, scope_lens: &[(usize, usize)], buf: &mut impl BufMut) {
         let resource = &self.resources[group.resource];
-        put_field(1, resource.head.as_ref(), buf);
+        put_field(1, resource.head.as_deref(), buf);
         let scopes = &self.scopes[group.resource];
         let mut at = 0;
         for &(scope, len) in scope_lens {
             encode_key(2, prost::encoding::WireType::LengthDelimited, buf);
             encode_varint(len as u64, buf);
-            let (container, spans) = &scopes[scope];
-            put_field(1, container.head.as_ref(), buf);
+            let wire = &scopes[scope];
+            let container = &wire.container;
+            put_field(1, container.head.as_deref(), buf);
             while at < group.spans.len() && group.spans[at].0 == scope {
-                put_field(2, Some(&spans[group.spans[at].1]), buf);
+                put_field(2, Some(wire.span(group.spans[at].1)), buf);
                 at += 1;
             }
             put_field(3, non_empty(&container.schema_url), buf);
@@ -159,15 +193,15 @@ impl Parsed {
         let scopes = &self.scopes[group.resource];
         let mut out = ScopeLens::new();
         for &(scope, span) in &group.spans {
-            let (container, spans) = &scopes[scope];
+            let wire = &scopes[scope];
             if out.last().is_none_or(|(s, _)| *s != scope) {
                 out.push((
                     scope,
-                    field_len(1, container.head.as_ref())
-                        + field_len(3, non_empty(&container.schema_url)),
+                    field_len(1, wire.container.head.as_deref())
+                        + field_len(3, non_empty(&wire.container.schema_url)),
                 ));
             }
-            let bytes = &spans[span];
+            let bytes = wire.span(span);
             out.last_mut().expect("pushed").1 +=
                 key_len(2) + encoded_len_varint(bytes.len() as u64) + bytes.len();
         }
@@ -175,17 +209,17 @@ impl Parsed {
     }
 }
 
-fn non_empty(bytes: &Bytes) -> Option<&Bytes> {
+fn non_empty(bytes: &Bytes) -> Option<&[u8]> {
     (!bytes.is_empty()).then_some(bytes)
 }
 
-fn field_len(tag: u32, bytes: Option<&Bytes>) -> usize {
+fn field_len(tag: u32, bytes: Option<&[u8]>) -> usize {
     bytes.map_or(0, |b| {
         key_len(tag) + encoded_len_varint(b.len() as u64) + b.len()
     })
 }
 
-fn put_field(tag: u32, bytes: Option<&Bytes>, buf: &mut impl BufMut) {
+fn put_field(tag: u32, bytes: Option<&[u8]>, buf: &mut impl BufMut) {
     if let Some(bytes) = bytes {
         encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
         encode_varint(bytes.len() as u64, buf);
@@ -221,11 +255,9 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
         let mut slim_scopes = Vec::with_capacity(rs.scope_spans.len());
         let mut wire_scopes = Vec::with_capacity(rs.scope_spans.len());
         for ss_bytes in rs.scope_spans {
-            let ss =
-                WireScopeSpans::decode(ss_bytes).map_err(|e| format!("invalid protobuf: {e}"))?;
-            check_utf8(&ss.schema_url, "ScopeSpans.schema_url")?;
-            let scope = ss
-                .scope
+            let (scope_head, all_spans, scope_schema_url) = read_scope(&ss_bytes)?;
+            check_utf8(&scope_schema_url, "ScopeSpans.schema_url")?;
+            let scope = scope_head
                 .as_ref()
                 .map(|b| InstrumentationScope::decode(b.clone()))
                 .transpose()
@@ -235,13 +267,14 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
             // their allocations (see [`recycle`]).
             let mut slim_spans = spare_spans();
             let mut used = 0;
-            let mut kept = Vec::with_capacity(ss.spans.len());
-            for span_bytes in ss.spans {
+            let mut kept = Vec::with_capacity(all_spans.len());
+            for (start, end) in all_spans {
+                let span_bytes = &ss_bytes[start as usize..end as usize];
                 if used == slim_spans.len() {
                     slim_spans.push(Span::default());
                 }
                 let span = &mut slim_spans[used];
-                read_span(span, &span_bytes, needs)?;
+                read_span(span, span_bytes, needs)?;
                 let Some(trace) = otlp::trace_id(&span.trace_id) else {
                     bad_trace += 1;
                     continue;
@@ -260,21 +293,22 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
                 });
                 parsed.groups[group].spans.push((scope_index, used));
                 used += 1;
-                kept.push(span_bytes);
+                kept.push((start, end));
             }
             slim_spans.truncate(used);
             slim_scopes.push(ScopeSpans {
                 scope,
                 spans: slim_spans,
-                schema_url: utf8(&ss.schema_url),
+                schema_url: utf8(&scope_schema_url),
             });
-            wire_scopes.push((
-                Container {
-                    head: ss.scope,
-                    schema_url: ss.schema_url,
+            wire_scopes.push(WireScope {
+                container: Container {
+                    head: scope_head,
+                    schema_url: scope_schema_url,
                 },
-                kept,
-            ));
+                bytes: ss_bytes,
+                spans: kept,
+            });
         }
         parsed.slim.resource_spans.push(ResourceSpans {
             resource,

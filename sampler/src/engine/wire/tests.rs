@@ -218,7 +218,7 @@ fn requests_a_full_decode_refuses_are_refused() {
         );
         bytes
     };
-    let cases: Vec<Vec<u8>> = vec![
+    let mut cases: Vec<Vec<u8>> = vec![
         mutate(&|s| {
             s.attributes[1].value = Some(AnyValue {
                 value: Some(any_value::Value::ArrayValue(ArrayValue {
@@ -232,6 +232,10 @@ fn requests_a_full_decode_refuses_are_refused() {
         mutate(&|s| s.links[0].trace_state = marker.into()),
         mutate(&|s| s.name = marker.into()),
     ];
+    // A ScopeSpans whose spans field is a varint, wrapped in a ResourceSpans and a request.
+    let scope_with_varint_spans = [0x0a, 4, 0x12, 2, 0x10, 0x01].to_vec();
+    assert!(ExportTraceServiceRequest::decode(scope_with_varint_spans.as_slice()).is_err());
+    cases.push(scope_with_varint_spans);
     for (i, bytes) in cases.into_iter().enumerate() {
         for needs in [
             SpanNeeds::Fixed,
