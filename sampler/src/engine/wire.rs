@@ -67,13 +67,13 @@ impl WireScope {
     }
 }
 
-/// Reads a `ScopeSpans`' fields: its scope, the byte ranges of all its spans, and its schema
-/// URL (a repeated singular field: the last one counts, as in a full decode).
-fn read_scope(bytes: &Bytes) -> Result<(Option<Bytes>, Vec<(u32, u32)>, Bytes), String> {
+/// Reads a `ScopeSpans`: its scope, its schema URL (a repeated singular field: the last one
+/// counts, as in a full decode) and the byte ranges of all its spans.
+fn read_scope(bytes: Bytes) -> Result<WireScope, String> {
     let mut scope = None;
     let mut spans = Vec::new();
     let mut schema_url = Bytes::new();
-    let mut fields = Fields::new(bytes);
+    let mut fields = Fields::new(&bytes);
     while let Some((number, value)) = fields.next()? {
         match (number, value) {
             (1, Value::Bytes(b)) => scope = Some(bytes.slice_ref(b)),
@@ -91,7 +91,14 @@ fn read_scope(bytes: &Bytes) -> Result<(Option<Bytes>, Vec<(u32, u32)>, Bytes), 
             _ => {}
         }
     }
-    Ok((scope, spans, schema_url))
+    Ok(WireScope {
+        container: Container {
+            head: scope,
+            schema_url,
+        },
+        bytes,
+        spans,
+    })
 }
 
 /// What of a span deciding reads besides the fixed fields.
@@ -255,9 +262,11 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
         let mut slim_scopes = Vec::with_capacity(rs.scope_spans.len());
         let mut wire_scopes = Vec::with_capacity(rs.scope_spans.len());
         for ss_bytes in rs.scope_spans {
-            let (scope_head, all_spans, scope_schema_url) = read_scope(&ss_bytes)?;
-            check_utf8(&scope_schema_url, "ScopeSpans.schema_url")?;
-            let scope = scope_head
+            let mut wire = read_scope(ss_bytes)?;
+            check_utf8(&wire.container.schema_url, "ScopeSpans.schema_url")?;
+            let scope = wire
+                .container
+                .head
                 .as_ref()
                 .map(|b| InstrumentationScope::decode(b.clone()))
                 .transpose()
@@ -267,9 +276,9 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
             // their allocations (see [`recycle`]).
             let mut slim_spans = spare_spans();
             let mut used = 0;
-            let mut kept = Vec::with_capacity(all_spans.len());
-            for (start, end) in all_spans {
-                let span_bytes = &ss_bytes[start as usize..end as usize];
+            let mut kept = Vec::with_capacity(wire.spans.len());
+            for &(start, end) in &wire.spans {
+                let span_bytes = &wire.bytes[start as usize..end as usize];
                 if used == slim_spans.len() {
                     slim_spans.push(Span::default());
                 }
@@ -299,16 +308,10 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
             slim_scopes.push(ScopeSpans {
                 scope,
                 spans: slim_spans,
-                schema_url: utf8(&scope_schema_url),
+                schema_url: utf8(&wire.container.schema_url),
             });
-            wire_scopes.push(WireScope {
-                container: Container {
-                    head: scope_head,
-                    schema_url: scope_schema_url,
-                },
-                bytes: ss_bytes,
-                spans: kept,
-            });
+            wire.spans = kept;
+            wire_scopes.push(wire);
         }
         parsed.slim.resource_spans.push(ResourceSpans {
             resource,
