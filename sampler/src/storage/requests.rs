@@ -275,20 +275,19 @@ impl RequestValue {
 #[must_use = "register it with Storage::committed once the batch is written"]
 #[derive(Debug)]
 pub struct StagedRequest {
-    items: Vec<(TraceId, Location)>,
-    /// The value, for reading items back before they are indexed.
-    bytes: Vec<u8>,
-    chunks: Vec<usize>,
+    /// The value with its sequence in every location, for reading items back before they
+    /// are indexed.
+    value: RequestValue,
 }
 
 impl StagedRequest {
     /// The kind and payload of the item staged `index`-th.
     pub fn item(&self, index: usize) -> (BufferedKind, &[u8]) {
-        let location = &self.items[index].1;
-        (
-            location.kind(),
-            &self.bytes[location.range_in(&self.chunks)],
-        )
+        self.value.item(index)
+    }
+
+    fn items(&self) -> &[(TraceId, Location)] {
+        &self.value.items
     }
 }
 
@@ -433,7 +432,7 @@ impl Storage {
     /// request counts as live from here on (until [`Storage::abandon`] if the write fails),
     /// so the range deletes of [`Storage::write_forgetting`] never reach a request being
     /// written.
-    pub fn stage_request(&self, batch: &mut WriteBatch, value: RequestValue) -> StagedRequest {
+    pub fn stage_request(&self, batch: &mut WriteBatch, mut value: RequestValue) -> StagedRequest {
         let seq = self.next_seq();
         let cf = self.cf(CF_BUFFER);
         let ends = value
@@ -445,35 +444,30 @@ impl Storage {
         for (chunk, (start, end)) in value.chunks.iter().zip(ends).enumerate() {
             batch.put_cf(cf, chunk_key(seq, chunk as u16), &value.bytes[*start..end]);
         }
-        let mut items = value.items;
-        for (_, location) in &mut items {
+        for (_, location) in &mut value.items {
             location.seq = seq;
         }
         self.layout().requests.insert(
             seq,
             Request {
-                alive: items.len() as u32,
+                alive: value.items.len() as u32,
                 dead: Vec::new(),
                 chunks: value.chunks.len() as u32,
             },
         );
-        StagedRequest {
-            items,
-            bytes: value.bytes,
-            chunks: value.chunks,
-        }
+        StagedRequest { value }
     }
 
     /// Forgets a staged request whose batch could not be written.
     pub fn abandon(&self, staged: StagedRequest) {
-        if let Some((_, location)) = staged.items.first() {
+        if let Some((_, location)) = staged.items().first() {
             self.layout().requests.remove(&location.seq);
         }
     }
 
     /// Indexes a staged request's items once its batch is written.
     pub fn committed(&self, staged: StagedRequest) {
-        let all: Vec<(usize, bool)> = (0..staged.items.len()).map(|i| (i, true)).collect();
+        let all: Vec<(usize, bool)> = (0..staged.items().len()).map(|i| (i, true)).collect();
         self.commit_items(&staged, &all, &mut Forgetting::default());
     }
 
@@ -508,7 +502,7 @@ impl Storage {
         let mut layout = self.layout();
         let mut dropped = Vec::new();
         for &(item, keep) in items {
-            let (trace, location) = staged.items[item];
+            let (trace, location) = staged.items()[item];
             if keep {
                 layout.traces.entry(trace).or_default().push(location);
             } else {
@@ -851,7 +845,7 @@ impl Storage {
             let staged = self.stage_request(&mut batch, value);
             let payloads = group.iter().flat_map(|unit| &unit.items);
             let refused: Vec<(TraceId, Location)> = staged
-                .items
+                .items()
                 .iter()
                 .zip(payloads)
                 .filter(|((trace, location), (_, _, payload))| {
@@ -859,7 +853,7 @@ impl Storage {
                 })
                 .map(|(item, _)| *item)
                 .collect();
-            moved += staged.items.len();
+            moved += staged.items().len();
             self.write(batch)?;
             self.committed(staged);
             let mut forgetting = Forgetting::default();
