@@ -24,6 +24,18 @@ fn buffer(storage: &Storage, items: &[(TraceId, BufferedKind, &[u8])]) {
     storage.committed(staged);
 }
 
+/// Every item a restart's scan finds, accepting all of them.
+fn scan_all(storage: &Storage) -> Vec<(TraceId, BufferedKind, Vec<u8>)> {
+    let mut seen = Vec::new();
+    storage
+        .scan_buffer(|t, _, k, p| {
+            seen.push((t, k, p.to_vec()));
+            true
+        })
+        .unwrap();
+    seen
+}
+
 fn forget(storage: &Storage, trace: &TraceId, upto: u64) {
     let mut forgetting = Forgetting::default();
     storage.forget_trace(&mut forgetting, trace, upto);
@@ -112,13 +124,7 @@ fn a_restart_brings_back_exactly_the_items_not_forgotten() {
     }
     let storage = Storage::open(dir.path(), true).unwrap();
     assert!(storage.next_seq() > first_seq);
-    let mut seen = Vec::new();
-    storage
-        .scan_buffer(|t, _, k, p| {
-            seen.push((t, k, p.to_vec()));
-            true
-        })
-        .unwrap();
+    let seen = scan_all(&storage);
     assert_eq!(seen, vec![(b, BufferedKind::Spans, b"b1".to_vec())]);
     assert_eq!(storage.buffered_traces(), vec![b]);
     assert_eq!(
@@ -354,13 +360,7 @@ fn a_request_past_a_chunk_is_stored_in_chunks_and_an_item_is_read_from_its_own()
         forget(&storage, &b, u64::MAX);
     }
     let storage = Storage::open(dir.path(), false).unwrap();
-    let mut seen = Vec::new();
-    storage
-        .scan_buffer(|t, _, k, p| {
-            seen.push((t, k, p.to_vec()));
-            true
-        })
-        .unwrap();
+    let seen = scan_all(&storage);
     assert_eq!(
         seen,
         vec![
@@ -415,13 +415,7 @@ fn requests_of_the_previous_one_value_layout_are_rewritten_in_chunks_at_start() 
     }
     for _ in 0..2 {
         let storage = Storage::open(dir.path(), true).unwrap();
-        let mut seen = Vec::new();
-        storage
-            .scan_buffer(|t, _, k, p| {
-                seen.push((t, k, p.to_vec()));
-                true
-            })
-            .unwrap();
+        let seen = scan_all(&storage);
         assert_eq!(
             seen,
             vec![
