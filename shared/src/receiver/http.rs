@@ -44,6 +44,10 @@ pub(crate) const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
 pub(crate) const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent streams (requests) per HTTP/2 connection.
 pub(crate) const HTTP2_MAX_STREAMS: u32 = 64;
+/// Largest HTTP/2 frame a client may send: OTLP requests run to hundreds of KiB, and with
+/// the protocol's default of 16 KiB each arrived as dozens of frames, each handled and
+/// copied on its own.
+pub(crate) const HTTP2_MAX_FRAME_BYTES: u32 = 256 * 1024;
 
 /// Accepts connections on `listener` and serves each with `service` (HTTP/1.1 or HTTP/2,
 /// over TLS when the listener has it, else h2c) until `shutdown` completes; then stops
@@ -73,7 +77,8 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(HTTP2_KEEPALIVE))
         .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
-        .max_concurrent_streams(HTTP2_MAX_STREAMS);
+        .max_concurrent_streams(HTTP2_MAX_STREAMS)
+        .max_frame_size(HTTP2_MAX_FRAME_BYTES);
     let graceful = GracefulShutdown::new();
     let mut incoming = listener.incoming();
     tokio::pin!(shutdown);

@@ -1416,3 +1416,38 @@ fn framed(content_type: &str, message: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(message);
     frame
 }
+
+/// The `SETTINGS_MAX_FRAME_SIZE` a server announces in its first HTTP/2 frame, read over a
+/// plain socket after the client preface.
+async fn announced_max_frame_size(addr: SocketAddr) -> Option<u32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[3], 4, "the server's first frame is SETTINGS");
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await.unwrap();
+    payload.chunks_exact(6).find_map(|setting| {
+        (u16::from_be_bytes([setting[0], setting[1]]) == 5)
+            .then(|| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]))
+    })
+}
+
+#[tokio::test]
+async fn both_transports_let_clients_send_a_request_in_few_large_frames() {
+    let harness = Harness::start(LIMIT).await;
+    for addr in [harness.addrs.grpc, harness.addrs.http] {
+        assert_eq!(
+            announced_max_frame_size(addr).await,
+            Some(super::http::HTTP2_MAX_FRAME_BYTES),
+            "{addr}"
+        );
+    }
+    harness.stop().await;
+}
