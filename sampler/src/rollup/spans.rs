@@ -367,6 +367,130 @@ impl SpanMetricsBuilder {
     }
 }
 
+/// Sums the span-metric points of many held groups series by series (same resource, scope,
+/// metric and attributes) into one point each, keeping up to `max_exemplars` exemplars per
+/// point, so a settle pass stores, sends to owners and folds a point per series instead of
+/// a point per series per request. Explicit-bucket histograms with the same bounds are
+/// summed as the rollup sums delta points; any other point is carried unchanged. Folding
+/// the result gives the rollup that folding `parts` gives.
+pub fn combine(parts: Vec<ResourceMetrics>, max_exemplars: usize) -> Vec<ResourceMetrics> {
+    let mut out: Vec<ResourceMetrics> = Vec::new();
+    let mut resources: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut scopes: HashMap<(usize, Vec<u8>), usize> = HashMap::new();
+    let mut histograms: HashMap<(usize, usize, Vec<u8>), usize> = HashMap::new();
+    let mut points: HashMap<(usize, usize, usize, Vec<u8>), usize> = HashMap::new();
+    for rm in parts {
+        let mut key = option_key(rm.resource.as_ref());
+        key.extend_from_slice(rm.schema_url.as_bytes());
+        let r = *resources.entry(key).or_insert_with(|| {
+            out.push(ResourceMetrics {
+                resource: rm.resource.clone(),
+                scope_metrics: Vec::new(),
+                schema_url: rm.schema_url.clone(),
+            });
+            out.len() - 1
+        });
+        for sm in rm.scope_metrics {
+            let mut key = option_key(sm.scope.as_ref());
+            key.extend_from_slice(sm.schema_url.as_bytes());
+            let s = *scopes.entry((r, key)).or_insert_with(|| {
+                out[r].scope_metrics.push(ScopeMetrics {
+                    scope: sm.scope.clone(),
+                    metrics: Vec::new(),
+                    schema_url: sm.schema_url.clone(),
+                });
+                out[r].scope_metrics.len() - 1
+            });
+            for m in sm.metrics {
+                let Some(metric::Data::Histogram(h)) = &m.data else {
+                    out[r].scope_metrics[s].metrics.push(m);
+                    continue;
+                };
+                let key = metric_key(&m, h.aggregation_temporality);
+                let metrics = &mut out[r].scope_metrics[s].metrics;
+                let at = *histograms.entry((r, s, key)).or_insert_with(|| {
+                    metrics.push(Metric {
+                        data: Some(metric::Data::Histogram(Histogram {
+                            data_points: Vec::new(),
+                            aggregation_temporality: h.aggregation_temporality,
+                        })),
+                        ..m.clone()
+                    });
+                    metrics.len() - 1
+                });
+                let Some(metric::Data::Histogram(into)) = &mut metrics[at].data else {
+                    unreachable!("the entry was made for a histogram");
+                };
+                let Some(metric::Data::Histogram(h)) = m.data else {
+                    unreachable!("matched as a histogram above");
+                };
+                for p in h.data_points {
+                    let mut key = Vec::new();
+                    for kv in &p.attributes {
+                        kv.encode_length_delimited(&mut key)
+                            .expect("a Vec grows to fit");
+                    }
+                    match points.entry((r, s, at, key)) {
+                        Entry::Occupied(e) if same_buckets(&into.data_points[*e.get()], &p) => {
+                            add_point(&mut into.data_points[*e.get()], p, max_exemplars);
+                        }
+                        Entry::Occupied(_) => into.data_points.push(p),
+                        Entry::Vacant(e) => {
+                            e.insert(into.data_points.len());
+                            let mut p = p;
+                            p.exemplars.truncate(max_exemplars);
+                            into.data_points.push(p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An optional message's encoding, prefixed so that absent and empty differ.
+fn option_key(message: Option<&impl Message>) -> Vec<u8> {
+    let mut key = vec![u8::from(message.is_some())];
+    if let Some(message) = message {
+        message
+            .encode_length_delimited(&mut key)
+            .expect("a Vec grows to fit");
+    }
+    key
+}
+
+/// What makes two histograms the same metric for [`combine`].
+fn metric_key(m: &Metric, temporality: i32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(m.name.len() + m.unit.len() + m.description.len() + 8);
+    for part in [&m.name, &m.unit, &m.description] {
+        key.extend_from_slice(part.as_bytes());
+        key.push(0);
+    }
+    key.extend_from_slice(&temporality.to_le_bytes());
+    key
+}
+
+fn same_buckets(a: &HistogramDataPoint, b: &HistogramDataPoint) -> bool {
+    a.explicit_bounds == b.explicit_bounds && a.bucket_counts.len() == b.bucket_counts.len()
+}
+
+/// Adds delta point `p` into `into` (same series, same buckets).
+fn add_point(into: &mut HistogramDataPoint, p: HistogramDataPoint, max_exemplars: usize) {
+    into.count += p.count;
+    into.sum = into.sum.zip(p.sum).map(|(a, b)| a + b);
+    into.min = into.min.zip(p.min).map(|(a, b)| a.min(b));
+    into.max = into.max.zip(p.max).map(|(a, b)| a.max(b));
+    for (count, more) in into.bucket_counts.iter_mut().zip(&p.bucket_counts) {
+        *count += more;
+    }
+    into.start_time_unix_nano = into.start_time_unix_nano.min(p.start_time_unix_nano);
+    into.time_unix_nano = into.time_unix_nano.max(p.time_unix_nano);
+    into.flags |= p.flags;
+    let room = max_exemplars.saturating_sub(into.exemplars.len());
+    into.exemplars.extend(p.exemplars.into_iter().take(room));
+}
+
 fn calls_metric(points: Vec<NumberDataPoint>) -> Metric {
     Metric {
         name: CALLS.to_owned(),

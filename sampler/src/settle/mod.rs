@@ -55,7 +55,9 @@ use crate::correlation::{DecisionNotice, HoldLimits, KeptIndex, KeptIndexConfig}
 use crate::export_queue::ExportQueues;
 use crate::rollup::logs::{LogRollup, LogRollupOptions, MinerConfig};
 use crate::rollup::metrics::{MetricRollup, MetricRollupError};
-use crate::rollup::spans::{SpanMetricsBuilder, SpanPoints, SpanRollup, is_span_metrics_scope};
+use crate::rollup::spans::{
+    SpanMetricsBuilder, SpanPoints, SpanRollup, combine, is_span_metrics_scope,
+};
 use crate::storage::{Storage, StorageError, Store};
 pub(crate) use events::register as register_metrics;
 use interval::{Interval, Rollups};
@@ -110,6 +112,8 @@ pub struct Settler {
     max_pending_bytes: u64,
     /// Counts spans into span metrics at ingest (`rollup.traces`; `None` when off).
     span_metrics: Option<SpanMetricsBuilder>,
+    /// Exemplars the span rollup keeps per output point (0 when exemplars are off).
+    span_exemplars: usize,
 }
 
 /// What a [`Settler::settle_due`] pass did.
@@ -212,6 +216,11 @@ impl Settler {
             None
         };
         Ok(Settler {
+            span_exemplars: if rollup.traces.exemplars.enabled {
+                rollup.traces.exemplars.max_per_data_point
+            } else {
+                0
+            },
             span_metrics: rollup
                 .traces
                 .enabled
@@ -414,11 +423,13 @@ impl Settler {
         let Classified {
             mut logs,
             mut metrics,
-            mut spans,
+            spans,
             mut movable_logs,
             mut movable_metrics,
-            mut movable_spans,
+            movable_spans,
         } = classified;
+        let mut movable_spans = combine_span_points(movable_spans, self.span_exemplars);
+        let mut spans = combine_span_points(spans, self.span_exemplars);
         self.send_to_owners(&mut movable_logs, &mut movable_metrics, &mut movable_spans);
         logs.extend(movable_logs);
         metrics.extend(movable_metrics);
@@ -528,6 +539,32 @@ impl Classified {
         }
         Ok(())
     }
+}
+
+/// The span-metric splits of one settle pass with their summary points summed series by
+/// series ([`combine`]): dozens of requests' points per series become one to store, send
+/// and fold. The summary item count stays the sum of the parts' (items released, not points
+/// made). Splits with raw parts are left as they are.
+fn combine_span_points(
+    splits: Vec<Split<ResourceMetrics>>,
+    max_exemplars: usize,
+) -> Vec<Split<ResourceMetrics>> {
+    let (mut out, summaries): (Vec<_>, Vec<_>) =
+        splits.into_iter().partition(|split| split.raw.is_some());
+    let items = summaries.iter().map(|split| split.summary_items).sum();
+    let parts = summaries.into_iter().filter_map(|split| split.summary);
+    let mut combined = combine(parts.collect(), max_exemplars).into_iter();
+    if let Some(first) = combined.next() {
+        out.push(Split {
+            summary_items: items,
+            ..classify::all_summary_metrics(first)
+        });
+    }
+    out.extend(combined.map(|rm| Split {
+        summary_items: 0,
+        ..classify::all_summary_metrics(rm)
+    }));
+    out
 }
 
 /// Splits a resource's metrics forwarded by a peer into span-metric points (for the span

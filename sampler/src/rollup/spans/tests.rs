@@ -327,3 +327,135 @@ fn the_rollup_adds_requests_exactly_and_keeps_bounded_exemplars() {
         "the next interval starts empty"
     );
 }
+
+#[test]
+fn combined_points_fold_into_the_rollup_the_parts_fold_into() {
+    let config = SpanMetricsConfig {
+        cardinality_limit: 100,
+        exemplars: otel_tail_shared::config::rollup::SpanExemplarsConfig {
+            enabled: true,
+            max_per_data_point: 3,
+        },
+        interval: Duration::from_secs(60),
+        ..SpanMetricsConfig::default()
+    };
+    let builder = SpanMetricsBuilder::new(&config);
+    let mut parts = Vec::new();
+    for r in 0..12u8 {
+        let spans: Vec<Span> = (0..10u8)
+            .map(|i| {
+                span(
+                    r,
+                    i,
+                    &format!("op{}", i % 4),
+                    2,
+                    i % 3 == 0,
+                    u64::from(i) * 7,
+                )
+            })
+            .collect();
+        let service = if r % 2 == 0 { "even" } else { "odd" };
+        parts.extend(
+            builder
+                .aggregate(&request(service, vec![], spans), NOW)
+                .resources,
+        );
+    }
+    let points = |resources: &[ResourceMetrics]| -> usize {
+        resources
+            .iter()
+            .map(otel_tail_shared::otlp::resource_data_points)
+            .sum()
+    };
+    let combined = combine(parts.clone(), 3);
+    assert_eq!(combined.len(), 2, "one group per resource");
+    // Two services, four operations, with and without errors: one point per series.
+    assert_eq!(points(&parts), 12 * 8);
+    assert_eq!(points(&combined), 2 * 8);
+    for rm in &combined {
+        let Some(metric::Data::Histogram(h)) = &metric(rm, DURATION).data else {
+            panic!("histogram")
+        };
+        assert!(h.data_points.iter().all(|p| p.exemplars.len() == 3));
+    }
+
+    let mut from_parts = SpanRollup::new(&config).unwrap();
+    let mut from_combined = SpanRollup::new(&config).unwrap();
+    for rm in &parts {
+        from_parts.add(rm, NOW);
+    }
+    for rm in &combined {
+        from_combined.add(rm, NOW);
+    }
+    assert_eq!(from_parts.spans_in(), 120);
+    assert_eq!(from_combined.spans_in(), 120);
+    let end = NOW + 60_000_000_000;
+    assert_eq!(
+        from_combined.flush(NOW, end),
+        from_parts.flush(NOW, end),
+        "same counts, sums, buckets, bounds and exemplars"
+    );
+}
+
+#[test]
+fn points_combine_only_with_their_own_series_and_buckets() {
+    let config = SpanMetricsConfig::default();
+    let builder = SpanMetricsBuilder::new(&config);
+    let a = builder.aggregate(
+        &request("svc", vec![], vec![span(1, 1, "a", 2, false, 5)]),
+        NOW,
+    );
+    let b = builder.aggregate(
+        &request("svc", vec![], vec![span(2, 1, "b", 2, false, 9)]),
+        NOW,
+    );
+    let mut other_bounds = a.resources.clone();
+    for sm in &mut other_bounds[0].scope_metrics {
+        for m in &mut sm.metrics {
+            if let Some(metric::Data::Histogram(h)) = &mut m.data {
+                for p in &mut h.data_points {
+                    p.explicit_bounds = vec![1.0];
+                    p.bucket_counts = vec![0, 1];
+                }
+            }
+        }
+    }
+    let parts: Vec<ResourceMetrics> = a
+        .resources
+        .iter()
+        .chain(&b.resources)
+        .chain(&a.resources)
+        .chain(&other_bounds)
+        .cloned()
+        .collect();
+    let combined = combine(parts, 1);
+    let Some(metric::Data::Histogram(h)) = &metric(&combined[0], DURATION).data else {
+        panic!("histogram")
+    };
+    let by_name: Vec<(Option<&str>, u64, usize)> = h
+        .data_points
+        .iter()
+        .map(|p| {
+            (
+                attr(&p.attributes, "span.name"),
+                p.count,
+                p.explicit_bounds.len(),
+            )
+        })
+        .collect();
+    let default_bounds = a.resources[0].scope_metrics[0].metrics[0]
+        .data
+        .as_ref()
+        .map(|d| match d {
+            metric::Data::Histogram(h) => h.data_points[0].explicit_bounds.len(),
+            _ => 0,
+        });
+    assert_eq!(
+        by_name,
+        vec![
+            (Some("a"), 2, default_bounds.unwrap()),
+            (Some("b"), 1, default_bounds.unwrap()),
+            (Some("a"), 1, 1),
+        ]
+    );
+}
