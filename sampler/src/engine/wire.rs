@@ -461,6 +461,49 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Checks one span attribute as [`check_message`] does. Nearly every attribute is a short
+/// ASCII key with a short ASCII string, a bool, an int or a double; that layout is
+/// recognised in one pass ([`is_plain_key_value`]), anything else takes the general walk,
+/// so what is refused does not change.
+fn check_key_value(buf: &[u8]) -> Result<(), String> {
+    if is_plain_key_value(buf) {
+        return Ok(());
+    }
+    check_message(Shape::KeyValue, buf, 1)
+}
+
+/// Whether `buf` is exactly a `key` (field 1: under 128 bytes, ASCII) then a `value`
+/// (field 2: under 128 bytes) holding one string (under 128 bytes, ASCII), bool, int or
+/// double — a `KeyValue` [`check_message`] accepts.
+fn is_plain_key_value(buf: &[u8]) -> bool {
+    let [0x0a, key_len, rest @ ..] = buf else {
+        return false;
+    };
+    let key_len = usize::from(*key_len);
+    if key_len >= 0x80 || rest.len() < key_len || !rest[..key_len].is_ascii() {
+        return false;
+    }
+    let [0x12, value_len, value @ ..] = &rest[key_len..] else {
+        return false;
+    };
+    if *value_len >= 0x80 || usize::from(*value_len) != value.len() {
+        return false;
+    }
+    match value {
+        [0x0a, len, text @ ..] => *len < 0x80 && usize::from(*len) == text.len() && text.is_ascii(),
+        [0x10 | 0x18, varint @ ..] => is_one_varint(varint),
+        [0x21, double @ ..] => double.len() == 8,
+        _ => false,
+    }
+}
+
+/// Whether `bytes` is one whole varint of at most 10 bytes.
+fn is_one_varint(bytes: &[u8]) -> bool {
+    bytes.split_last().is_some_and(|(last, init)| {
+        *last < 0x80 && init.len() < 10 && init.iter().all(|b| *b >= 0x80)
+    })
+}
+
 /// Checks every string inside a `shape` message is UTF-8 and its framing is sound.
 fn check_message(shape: Shape, buf: &[u8], depth: u32) -> Result<(), String> {
     if depth > MAX_DEPTH {
@@ -513,7 +556,7 @@ fn read_span(span: &mut Span, bytes: &[u8], needs: SpanNeeds) -> Result<(), Stri
                     span.attributes
                         .push(KeyValue::decode(b).map_err(|e| format!("invalid protobuf: {e}"))?);
                 } else {
-                    check_message(Shape::KeyValue, b, 1)?;
+                    check_key_value(b)?;
                 }
             }
             (11, Value::Bytes(b)) => check_message(Shape::Event, b, 1)?,

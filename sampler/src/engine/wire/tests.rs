@@ -247,3 +247,66 @@ fn requests_a_full_decode_refuses_are_refused() {
         }
     }
 }
+
+#[test]
+fn the_plain_attribute_check_accepts_and_refuses_what_the_general_walk_does() {
+    let value = |v: any_value::Value| KeyValue {
+        key: "http.status_code".into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    };
+    let attributes = vec![
+        kv("service.name", "checkout"),
+        kv("", ""),
+        kv("k", &"x".repeat(127)),
+        kv("k", &"x".repeat(128)),
+        kv(&"k".repeat(130), "v"),
+        kv("naïve", "v"),
+        kv("k", "naïve"),
+        value(any_value::Value::IntValue(-1)),
+        value(any_value::Value::IntValue(200)),
+        value(any_value::Value::BoolValue(true)),
+        value(any_value::Value::DoubleValue(0.25)),
+        value(any_value::Value::BytesValue(vec![0xff, 0xfe])),
+        value(any_value::Value::ArrayValue(ArrayValue {
+            values: vec![AnyValue {
+                value: Some(any_value::Value::StringValue("a".into())),
+            }],
+        })),
+        KeyValue {
+            key: "no value".into(),
+            ..Default::default()
+        },
+    ];
+    let mut plain = 0;
+    for attribute in attributes {
+        let encoded = attribute.encode_to_vec();
+        // Every prefix and every single-byte change of a valid attribute, and the
+        // attribute with a byte appended: the fast path never accepts what the general
+        // walk refuses, and the combined check answers as the general walk.
+        let mut variants = vec![encoded.clone()];
+        variants.extend((0..encoded.len()).map(|n| encoded[..n].to_vec()));
+        for at in 0..encoded.len() {
+            for byte in [0x00, 0x01, 0x0a, 0x12, 0x7f, 0x80, 0xc3, 0xff] {
+                let mut changed = encoded.clone();
+                changed[at] = byte;
+                variants.push(changed);
+            }
+        }
+        let mut longer = encoded.clone();
+        longer.push(0x08);
+        variants.push(longer);
+        for bytes in variants {
+            let general = check_message(Shape::KeyValue, &bytes, 1);
+            if is_plain_key_value(&bytes) {
+                plain += 1;
+                assert!(general.is_ok(), "{bytes:02x?}: {general:?}");
+            }
+            assert_eq!(check_key_value(&bytes), general, "{bytes:02x?}");
+        }
+    }
+    assert!(
+        plain > 100,
+        "the fast path is taken for plain attributes ({plain})"
+    );
+}
