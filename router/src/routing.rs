@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use otel_tail_shared::forward::{ForwardError, Forwarder};
+use otel_tail_shared::forward::{CallMeta, ForwardError, Forwarder};
 use otel_tail_shared::otlp::Signal;
 use otel_tail_shared::receiver::raw::RawIngest;
 use otel_tail_shared::receiver::{Accepted, IngestError, Reads};
@@ -157,7 +157,7 @@ impl Router {
         let target = table.targets[owner];
         let first = self
             .forwarder
-            .send(target, signal, part.clone(), count)
+            .send_with(target, signal, part.clone(), count, split_by(table))
             .await;
         let Err(ForwardError::Unavailable(reason)) = first else {
             return Outcome::of(first, count);
@@ -168,7 +168,10 @@ impl Router {
             return Outcome::of(Err(ForwardError::Unavailable(reason)), count);
         }
         if Arc::ptr_eq(&current, table) {
-            let retried = self.forwarder.send(target, signal, part, count).await;
+            let retried = self
+                .forwarder
+                .send_with(target, signal, part, count, split_by(table))
+                .await;
             return Outcome::of(retried, count);
         }
         // The ring changed: the part's items may now belong to several owners.
@@ -181,13 +184,28 @@ impl Router {
         let sends = parts(&split).map(|(owner, part, count)| {
             let forwarder = &self.forwarder;
             let target = current.targets[owner];
-            async move { Outcome::of(forwarder.send(target, signal, part, count).await, count) }
+            let meta = split_by(&current);
+            async move {
+                Outcome::of(
+                    forwarder.send_with(target, signal, part, count, meta).await,
+                    count,
+                )
+            }
         });
         let mut outcome = Outcome::default();
         for part in join_all(sends).await {
             outcome.merge(part);
         }
         outcome
+    }
+}
+
+/// What a part split by `table` is sent with: the ring's digest, so an owner with the same
+/// ring buffers it without splitting it again.
+fn split_by(table: &RoutingTable) -> CallMeta {
+    CallMeta {
+        ring: Some(table.ring.digest()),
+        ..CallMeta::default()
     }
 }
 

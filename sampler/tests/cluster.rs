@@ -30,6 +30,7 @@ struct Node {
     dir: PathBuf,
     gossip: SocketAddr,
     grpc: SocketAddr,
+    forward: SocketAddr,
     admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -94,6 +95,7 @@ telemetry: {{admin_endpoint: "127.0.0.1:0", log_level: warn}}
             dir,
             gossip,
             grpc: listening.receivers.grpc,
+            forward: listening.cluster.as_ref().expect("cluster mode").forward,
             admin: listening.admin,
             stop: Some(stop_tx),
             task: Some(task),
@@ -236,8 +238,18 @@ fn kept(i: u32) -> bool {
 
 /// Sends span `n` of each trace in `traces` to `target` in one request.
 async fn send(target: SocketAddr, traces: impl Iterator<Item = u32>, n: u8) {
+    send_with_ring(target, traces, n, None).await;
+}
+
+/// [`send`] with the ring-digest header a router sends with the parts it split.
+async fn send_with_ring(
+    target: SocketAddr,
+    traces: impl Iterator<Item = u32>,
+    n: u8,
+    ring: Option<u64>,
+) {
     let spans: Vec<Span> = traces.map(|i| span(i, n)).collect();
-    let request = ExportTraceServiceRequest {
+    let mut request = tonic::Request::new(ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![KeyValue {
@@ -255,7 +267,13 @@ async fn send(target: SocketAddr, traces: impl Iterator<Item = u32>, n: u8) {
             }],
             ..Default::default()
         }],
-    };
+    });
+    if let Some(digest) = ring {
+        request.metadata_mut().insert(
+            otel_tail_shared::forward::RING_HEADER,
+            format!("{digest:016x}").parse().unwrap(),
+        );
+    }
     let mut client = TraceServiceClient::connect(format!("http://{target}"))
         .await
         .expect("connect");
@@ -351,6 +369,48 @@ async fn two_samplers_converge_and_spans_sent_to_the_wrong_node_reach_the_owner(
     let per_node = assert_whole_once(&[&a, &b], 0..200, 3).await;
     assert_eq!(per_node.values().sum::<usize>(), 100);
     assert!(per_node.len() == 2, "both nodes own a share: {per_node:?}");
+
+    watch.shutdown().await.unwrap();
+    a.terminate().await;
+    b.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_part_split_by_the_same_ring_is_buffered_without_splitting_it_again() {
+    let root = tempfile::tempdir().unwrap();
+    let (ga, gb) = (free_gossip_addr(), free_gossip_addr());
+    let mut a = Node::start("sampler-a", root.path(), ga, &[gb], "1500ms").await;
+    let mut b = Node::start("sampler-b", root.path(), gb, &[ga], "1500ms").await;
+    let watch = observer(&[ga, gb]).await;
+    wait_for_samplers(&watch, &["sampler-a", "sampler-b"]).await;
+    let ring = otel_tail_shared::ring::Ring::with_members(
+        64,
+        ["sampler-a", "sampler-b"].map(otel_tail_shared::ring::NodeId::from),
+    );
+
+    // The router's ring is the sampler's: the part is taken as all sampler-a's own, so the
+    // traces sampler-b would own stay on sampler-a too (a router never sends such a part;
+    // this shows the split was skipped).
+    send_with_ring(a.forward, 0..200, 1, Some(ring.digest())).await;
+    let per_node = assert_whole_once(&[&a, &b], 0..200, 1).await;
+    assert_eq!(
+        per_node,
+        BTreeMap::from([("sampler-a".to_owned(), 100)]),
+        "nothing forwarded"
+    );
+
+    // A router with another view of the ring: sampler-a splits and forwards as usual.
+    let stale = otel_tail_shared::ring::Ring::with_members(
+        64,
+        ["sampler-a", "sampler-b", "sampler-c"].map(otel_tail_shared::ring::NodeId::from),
+    );
+    send_with_ring(a.forward, 200..400, 1, Some(stale.digest())).await;
+    let per_node = assert_whole_once(&[&a, &b], 0..400, 1).await;
+    assert_eq!(per_node.values().sum::<usize>(), 200);
+    assert!(
+        per_node.get("sampler-b").is_some_and(|n| *n > 0),
+        "sampler-b got its share: {per_node:?}"
+    );
 
     watch.shutdown().await.unwrap();
     a.terminate().await;

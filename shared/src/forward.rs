@@ -125,7 +125,14 @@ pub struct CallMeta {
     pub timeout: Option<Duration>,
     /// Whether the items count in [`names::FORWARDED_ITEMS`].
     pub counted: bool,
+    /// The [`crate::ring::Ring::digest`] the body was split by, sent as [`RING_HEADER`].
+    pub ring: Option<u64>,
 }
+
+/// Metadata header of a part a router split by its ring: the ring's digest in hex. A
+/// sampler whose ring has the same digest owns every item of the part and buffers it
+/// without splitting it again; any other value (or none) and it splits as usual.
+pub const RING_HEADER: &str = "x-otel-tail-ring";
 
 impl Default for CallMeta {
     /// No mark, the configured deadline, counted.
@@ -134,6 +141,7 @@ impl Default for CallMeta {
             mark: None,
             timeout: None,
             counted: true,
+            ring: None,
         }
     }
 }
@@ -307,6 +315,11 @@ impl Forwarder {
             request
                 .metadata_mut()
                 .insert(mark, tonic::metadata::MetadataValue::from_static("1"));
+        }
+        if let Some(digest) = meta.ring
+            && let Ok(value) = format!("{digest:016x}").parse()
+        {
+            request.metadata_mut().insert(RING_HEADER, value);
         }
         self.sign(request.metadata_mut(), export_path(signal));
         let path = PathAndQuery::from_static(export_path(signal));

@@ -95,6 +95,8 @@ pub struct Ring {
     points: Vec<u64>,
     /// `owners[i]`: index in `members` of the member at `points[i]`.
     owners: Vec<u32>,
+    /// [`Ring::digest`].
+    digest: u64,
 }
 
 impl Default for Ring {
@@ -111,7 +113,14 @@ impl Ring {
             members: Vec::new(),
             points: Vec::new(),
             owners: Vec::new(),
+            digest: 0,
         }
+        .rebuilt()
+    }
+
+    fn rebuilt(mut self) -> Self {
+        self.rebuild();
+        self
     }
 
     /// A ring with the given members (duplicates are ignored).
@@ -173,6 +182,14 @@ impl Ring {
         self.vnodes
     }
 
+    /// A fingerprint of the members and virtual nodes: two rings with the same digest
+    /// place every key on the same member. A router sends it with each part it forwards
+    /// ([`crate::forward::RING_HEADER`]), so a sampler whose ring has the same digest knows
+    /// the part is all its own without splitting it again.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
     /// The member that owns a trace.
     pub fn owner_of_trace(&self, trace_id: &TraceId) -> Option<&NodeId> {
         self.owner_index_of_trace(trace_id)
@@ -226,6 +243,13 @@ impl Ring {
         points.sort_unstable();
         self.points = points.iter().map(|&(hash, _)| hash).collect();
         self.owners = points.iter().map(|&(_, member)| member).collect();
+        let mut identity = self.vnodes.to_le_bytes().to_vec();
+        for node in &self.members {
+            let name = node.as_str().as_bytes();
+            identity.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            identity.extend_from_slice(name);
+        }
+        self.digest = xxh3_64(&identity);
     }
 }
 

@@ -141,16 +141,19 @@ impl ClusterIngest {
     /// Takes an encoded `ExportTraceServiceRequest` that arrived by `origin` (a client or
     /// a peer, not a handoff): split among owners on the wire like a router splits, and
     /// read from the wire where it is buffered. Returns what was refused item by item and
-    /// how many spans were taken.
+    /// how many spans were taken. A part a router split by a ring with this node's ring
+    /// digest (`ring`) is all this node's own and is buffered without splitting it again.
     pub async fn encoded_traces_from(
         &self,
         origin: Origin,
+        ring: Option<u64>,
         body: Bytes,
     ) -> Result<(Accepted, u64), IngestError> {
         let topology = self.cluster.topology();
+        let split_here = ring != Some(topology.ring.digest());
         let local = topology
             .index_of(&self.cluster.local)
-            .filter(|_| origin == Origin::Client && topology.ring.len() > 1);
+            .filter(|_| origin == Origin::Client && topology.ring.len() > 1 && split_here);
         let Some(local) = local else {
             let took = self.here_encoded(body, origin, &topology).await?;
             return Ok((took.refused, took.spans));
@@ -249,7 +252,7 @@ impl ClusterIngest {
         let owner = |k: RouteKey<'_>| topology.owner_index(k).unwrap_or(local);
         let parts: Vec<(usize, Payload)> = match payload {
             Payload::EncodedTraces { body, .. } => {
-                return Ok(self.encoded_traces_from(origin, body).await?.0);
+                return Ok(self.encoded_traces_from(origin, None, body).await?.0);
             }
             Payload::Traces(r) => partition::decoded_traces_by_owner(r, local, owner)
                 .into_iter()
@@ -406,7 +409,10 @@ pub(super) struct PublicIngest(pub(super) Arc<ClusterIngest>);
 /// path as through [`Ingest`].
 impl RawIngest for PublicIngest {
     async fn traces(&self, body: Bytes) -> Result<Accepted, IngestError> {
-        let (accepted, spans) = self.0.encoded_traces_from(Origin::Client, body).await?;
+        let (accepted, spans) = self
+            .0
+            .encoded_traces_from(Origin::Client, None, body)
+            .await?;
         otel_tail_shared::receiver::count_spans(
             spans,
             u64::try_from(accepted.rejected).unwrap_or(0),

@@ -97,6 +97,7 @@ impl PeerClient {
             mark: Some(mark.header()),
             timeout: Some(timeout),
             counted: mark == Mark::Forwarded,
+            ring: None,
         };
         self.forwarder
             .send_with(target, signal, body, items, meta)

@@ -29,7 +29,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use otel_tail_proto::v1::{DecisionAck, DecisionBatch};
-use otel_tail_shared::forward::{ServerCodec, export_path};
+use otel_tail_shared::forward::{RING_HEADER, ServerCodec, export_path};
 use otel_tail_shared::otlp::{self, Signal};
 use otel_tail_shared::receiver::Accepted;
 use otel_tail_shared::receiver::InFlight;
@@ -127,6 +127,12 @@ fn origin_of(metadata: &MetadataMap) -> Origin {
     }
 }
 
+/// The ring digest a router split the request by ([`RING_HEADER`]), if it sent one.
+fn split_by(metadata: &MetadataMap) -> Option<u64> {
+    let value = metadata.get(RING_HEADER)?.to_str().ok()?;
+    u64::from_str_radix(value, 16).ok()
+}
+
 /// The OTLP services of the forward endpoint.
 struct ForwardReceiver {
     ingest: Arc<ClusterIngest>,
@@ -147,6 +153,7 @@ impl ForwardReceiver {
     async fn traces(
         &self,
         origin: Origin,
+        ring: Option<u64>,
         body: Bytes,
     ) -> Result<ExportTraceServiceResponse, Status> {
         let accepted = if origin == Origin::Handoff {
@@ -165,7 +172,7 @@ impl ForwardReceiver {
         } else {
             let (accepted, spans) = self
                 .ingest
-                .encoded_traces_from(origin, body)
+                .encoded_traces_from(origin, ring, body)
                 .await
                 .map_err(|e| status_of(&e))?;
             count_received(origin, names::SPANS_RECEIVED, spans as usize);
@@ -230,8 +237,9 @@ impl UnaryService<Bytes> for TracesMethod {
         let receiver = self.0.clone();
         Box::pin(async move {
             let origin = origin_of(request.metadata());
+            let ring = split_by(request.metadata());
             Ok(Response::new(
-                receiver.traces(origin, request.into_inner()).await?,
+                receiver.traces(origin, ring, request.into_inner()).await?,
             ))
         })
     }

@@ -196,3 +196,33 @@ fn duplicate_members_are_ignored() {
     assert_eq!(ring.vnodes(), 16);
     assert_eq!(Ring::new(0).vnodes(), 1);
 }
+
+#[test]
+fn the_digest_names_the_members_and_virtual_nodes_whatever_the_order() {
+    let ids = |names: &[&str]| names.iter().map(|n| NodeId::from(*n)).collect::<Vec<_>>();
+    let ring = Ring::with_members(64, ids(&["a", "b", "c"]));
+    let mut built = Ring::new(64);
+    for id in ids(&["c", "a", "b", "a"]) {
+        built.add(id);
+    }
+    assert_eq!(ring.digest(), built.digest(), "same members, any order");
+    assert_ne!(
+        ring.digest(),
+        Ring::with_members(64, ids(&["a", "b"])).digest()
+    );
+    assert_ne!(
+        ring.digest(),
+        Ring::with_members(32, ids(&["a", "b", "c"])).digest()
+    );
+    assert_ne!(
+        Ring::with_members(64, ids(&["ab", "c"])).digest(),
+        Ring::with_members(64, ids(&["a", "bc"])).digest(),
+        "ids are delimited"
+    );
+    built.remove(&NodeId::from("c"));
+    assert_eq!(
+        built.digest(),
+        Ring::with_members(64, ids(&["a", "b"])).digest()
+    );
+    assert_ne!(Ring::new(64).digest(), 0, "an empty ring has a digest too");
+}
