@@ -57,8 +57,16 @@ use crate::storage::Storage;
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(20);
 /// Longest pause of the decider between passes.
 const DECIDER_TICK: Duration = Duration::from_millis(100);
-/// Longest pause of the settle loop between passes (also how late a rollup interval may
-/// close).
+/// Shortest pause of the decider between passes: under load some trace is always due
+/// within milliseconds, and a pass every few milliseconds paid its write, its export
+/// request and its notices for a handful of traces. A trace may be decided this much
+/// after its deadline.
+const DECIDER_MIN_PAUSE: Duration = Duration::from_millis(20);
+/// Pause of the settle loop between passes: how late a held item may settle after its
+/// window and a rollup interval may close. Under load some held item is always due, and
+/// a pass every few milliseconds settled one or two requests' items at a time, each
+/// pass with its own write and its own call to every summary owner; a pass per tick
+/// settles (and combines) everything that came due in it.
 const SETTLE_TICK: Duration = Duration::from_millis(100);
 
 /// The receivers' view of the engine: runs each request on a blocking thread, since it
@@ -327,16 +335,9 @@ pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
 /// until stopped.
 async fn settle_loop(settler: Arc<settle::Settler>, mut stop: watch::Receiver<bool>) {
     loop {
-        let now = settler.now();
-        let pause = settler
-            .next_due()
-            .map_or(SETTLE_TICK, |due| {
-                Duration::from_nanos(due.saturating_sub(now)).min(SETTLE_TICK)
-            })
-            .max(Duration::from_millis(5));
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(SETTLE_TICK) => {}
         }
         let s = settler.clone();
         match tokio::task::spawn_blocking(move || s.settle_due(s.now())).await {
@@ -351,9 +352,7 @@ async fn settle_loop(settler: Arc<settle::Settler>, mut stop: watch::Receiver<bo
 async fn decide_loop(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
     let mut last_refresh = tokio::time::Instant::now();
     loop {
-        let pause = engine
-            .next_due_in(DECIDER_TICK)
-            .max(Duration::from_millis(5));
+        let pause = engine.next_due_in(DECIDER_TICK).max(DECIDER_MIN_PAUSE);
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(pause) => {}

@@ -375,7 +375,7 @@ impl HoldStore {
     }
 
     /// When the oldest unreleased item falls due, unix nanoseconds; `None` when nothing
-    /// is held. For the caller's timer.
+    /// is held.
     pub fn next_due(&self) -> Option<u64> {
         self.lock()
             .slots

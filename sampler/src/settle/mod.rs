@@ -361,11 +361,6 @@ impl Settler {
         }
     }
 
-    /// When the next held group falls due, unix nanoseconds.
-    pub fn next_due(&self) -> Option<u64> {
-        self.store.next_due()
-    }
-
     /// Settles every held group whose window has passed (or that is over a hold bound),
     /// then closes rollup intervals that have ended.
     pub fn settle_due(&self, now: u64) -> Result<Settled, SettleError> {
