@@ -72,13 +72,12 @@ pub use aggregate::{Agg, GaugeAgg, HistAgg, NumberValue};
 pub use config::{
     AttributeRules, MetricRollupConfig, MetricRollupError, MetricRuleConfig, Temporality,
 };
+pub(super) use stream_key::encode_attributes;
 pub use stream_key::series_key;
 
 use input::{for_each_point, shape};
 use output::{Described, OutPoint, OutputGroups};
-use stream_key::{
-    encode_attributes, metric_identity, running_key, scope_id, stream_key, stream_prefix,
-};
+use stream_key::{metric_identity, running_key, scope_id, stream_key, stream_prefix};
 use temporality::{Delta, Running, Stream, running_total, to_delta};
 
 /// Resource attributes kept on rolled-up metrics: the service's identity, not the instance's.

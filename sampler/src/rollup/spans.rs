@@ -40,7 +40,9 @@ use otel_tail_shared::otlp::{kv, kv_str};
 use prost::Message;
 
 use super::hash::{FastMap, fast_map};
-use super::metrics::{MetricRollup, MetricRollupError, ROLLUP_ATTRIBUTE, reduce_resource};
+use super::metrics::{
+    MetricRollup, MetricRollupError, ROLLUP_ATTRIBUTE, encode_attributes, reduce_resource,
+};
 
 /// Instrumentation scope of span-metric points, ours alone.
 pub const SCOPE_NAME: &str = "otel_tail.spanmetrics";
@@ -367,6 +369,15 @@ impl SpanMetricsBuilder {
     }
 }
 
+/// Exemplars the span rollup keeps per output point under `config` (0 when off).
+pub fn exemplars_per_point(config: &SpanMetricsConfig) -> usize {
+    if config.exemplars.enabled {
+        config.exemplars.max_per_data_point
+    } else {
+        0
+    }
+}
+
 /// Sums the span-metric points of many held groups series by series (same resource, scope,
 /// metric and attributes) into one point each, keeping up to `max_exemplars` exemplars per
 /// point, so a settle pass stores, sends to owners and folds a point per series instead of
@@ -377,7 +388,7 @@ pub fn combine(parts: Vec<ResourceMetrics>, max_exemplars: usize) -> Vec<Resourc
     let mut out: Vec<ResourceMetrics> = Vec::new();
     let mut resources: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut scopes: HashMap<(usize, Vec<u8>), usize> = HashMap::new();
-    let mut histograms: HashMap<(usize, usize, Vec<u8>), usize> = HashMap::new();
+    let mut histograms: HashMap<(usize, usize, MetricIdentity), usize> = HashMap::new();
     let mut points: HashMap<(usize, usize, usize, Vec<u8>), usize> = HashMap::new();
     for rm in parts {
         let mut key = option_key(rm.resource.as_ref());
@@ -406,7 +417,12 @@ pub fn combine(parts: Vec<ResourceMetrics>, max_exemplars: usize) -> Vec<Resourc
                     out[r].scope_metrics[s].metrics.push(m);
                     continue;
                 };
-                let key = metric_key(&m, h.aggregation_temporality);
+                let key = (
+                    m.name.clone(),
+                    m.unit.clone(),
+                    m.description.clone(),
+                    h.aggregation_temporality,
+                );
                 let metrics = &mut out[r].scope_metrics[s].metrics;
                 let at = *histograms.entry((r, s, key)).or_insert_with(|| {
                     metrics.push(Metric {
@@ -425,12 +441,7 @@ pub fn combine(parts: Vec<ResourceMetrics>, max_exemplars: usize) -> Vec<Resourc
                     unreachable!("matched as a histogram above");
                 };
                 for p in h.data_points {
-                    let mut key = Vec::new();
-                    for kv in &p.attributes {
-                        kv.encode_length_delimited(&mut key)
-                            .expect("a Vec grows to fit");
-                    }
-                    match points.entry((r, s, at, key)) {
+                    match points.entry((r, s, at, encode_attributes(&p.attributes))) {
                         Entry::Occupied(e) if same_buckets(&into.data_points[*e.get()], &p) => {
                             add_point(&mut into.data_points[*e.get()], p, max_exemplars);
                         }
@@ -460,16 +471,9 @@ fn option_key(message: Option<&impl Message>) -> Vec<u8> {
     key
 }
 
-/// What makes two histograms the same metric for [`combine`].
-fn metric_key(m: &Metric, temporality: i32) -> Vec<u8> {
-    let mut key = Vec::with_capacity(m.name.len() + m.unit.len() + m.description.len() + 8);
-    for part in [&m.name, &m.unit, &m.description] {
-        key.extend_from_slice(part.as_bytes());
-        key.push(0);
-    }
-    key.extend_from_slice(&temporality.to_le_bytes());
-    key
-}
+/// What makes two histograms the same metric for [`combine`]: name, unit, description
+/// and temporality.
+type MetricIdentity = (String, String, String, i32);
 
 fn same_buckets(a: &HistogramDataPoint, b: &HistogramDataPoint) -> bool {
     a.explicit_bounds == b.explicit_bounds && a.bucket_counts.len() == b.bucket_counts.len()
@@ -621,11 +625,7 @@ impl SpanRollup {
                 gauge_stats: false,
             })?,
             exemplars: HashMap::new(),
-            max_exemplars: if config.exemplars.enabled {
-                config.exemplars.max_per_data_point
-            } else {
-                0
-            },
+            max_exemplars: exemplars_per_point(config),
             max_exemplar_series: config.cardinality_limit.saturating_mul(16),
             spans_in: 0,
         })

@@ -56,7 +56,7 @@ use crate::export_queue::ExportQueues;
 use crate::rollup::logs::{LogRollup, LogRollupOptions, MinerConfig};
 use crate::rollup::metrics::{MetricRollup, MetricRollupError};
 use crate::rollup::spans::{
-    SpanMetricsBuilder, SpanPoints, SpanRollup, combine, is_span_metrics_scope,
+    SpanMetricsBuilder, SpanPoints, SpanRollup, combine, exemplars_per_point, is_span_metrics_scope,
 };
 use crate::storage::{Storage, StorageError, Store};
 pub(crate) use events::register as register_metrics;
@@ -216,11 +216,7 @@ impl Settler {
             None
         };
         Ok(Settler {
-            span_exemplars: if rollup.traces.exemplars.enabled {
-                rollup.traces.exemplars.max_per_data_point
-            } else {
-                0
-            },
+            span_exemplars: exemplars_per_point(&rollup.traces),
             span_metrics: rollup
                 .traces
                 .enabled

@@ -84,7 +84,7 @@ pub(super) fn running_key(metric_key: &[u8], series_key: &[u8]) -> Vec<u8> {
 }
 
 /// An unambiguous byte encoding of attributes in the given order.
-pub(super) fn encode_attributes(attributes: &[KeyValue]) -> Vec<u8> {
+pub(in crate::rollup) fn encode_attributes(attributes: &[KeyValue]) -> Vec<u8> {
     let mut out = Vec::with_capacity(attributes.len() * 24 + 4);
     out.extend_from_slice(&(attributes.len() as u32).to_le_bytes());
     for kv in attributes {
