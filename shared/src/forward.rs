@@ -134,6 +134,12 @@ pub struct CallMeta {
 /// without splitting it again; any other value (or none) and it splits as usual.
 pub const RING_HEADER: &str = "x-otel-tail-ring";
 
+/// The ring digest a request was split by ([`RING_HEADER`]), if it carries a readable one.
+pub fn split_by(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
+    let value = metadata.get(RING_HEADER)?.to_str().ok()?;
+    u64::from_str_radix(value, 16).ok()
+}
+
 impl Default for CallMeta {
     /// No mark, the configured deadline, counted.
     fn default() -> Self {

@@ -29,7 +29,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use otel_tail_proto::v1::{DecisionAck, DecisionBatch};
-use otel_tail_shared::forward::{RING_HEADER, ServerCodec, export_path};
+use otel_tail_shared::forward::{ServerCodec, export_path, split_by};
 use otel_tail_shared::otlp::{self, Signal};
 use otel_tail_shared::receiver::Accepted;
 use otel_tail_shared::receiver::InFlight;
@@ -125,12 +125,6 @@ fn origin_of(metadata: &MetadataMap) -> Origin {
     } else {
         Origin::Client
     }
-}
-
-/// The ring digest a router split the request by ([`RING_HEADER`]), if it sent one.
-fn split_by(metadata: &MetadataMap) -> Option<u64> {
-    let value = metadata.get(RING_HEADER)?.to_str().ok()?;
-    u64::from_str_radix(value, 16).ok()
 }
 
 /// The OTLP services of the forward endpoint.
