@@ -352,15 +352,22 @@ async fn assert_whole_once(
     per_node
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_samplers_converge_and_spans_sent_to_the_wrong_node_reach_the_owner() {
-    let root = tempfile::tempdir().unwrap();
+/// Samplers `sampler-a` and `sampler-b` (decision wait 1.5 s) seeding each other, once a
+/// gossip observer sees both.
+async fn two_samplers(root: &Path) -> (Node, Node, MembershipHandle) {
     let (ga, gb) = (free_gossip_addr(), free_gossip_addr());
-    let mut a = Node::start("sampler-a", root.path(), ga, &[gb], "1500ms").await;
-    let mut b = Node::start("sampler-b", root.path(), gb, &[ga], "1500ms").await;
+    let a = Node::start("sampler-a", root, ga, &[gb], "1500ms").await;
+    let b = Node::start("sampler-b", root, gb, &[ga], "1500ms").await;
     let watch = observer(&[ga, gb]).await;
     let converged = wait_for_samplers(&watch, &["sampler-a", "sampler-b"]).await;
     eprintln!("two samplers converged in {converged:?}");
+    (a, b, watch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_samplers_converge_and_spans_sent_to_the_wrong_node_reach_the_owner() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b, watch) = two_samplers(root.path()).await;
 
     // Every trace is split across both nodes: whichever is not the owner must forward.
     send(a.grpc, 0..200, 1).await;
@@ -378,11 +385,7 @@ async fn two_samplers_converge_and_spans_sent_to_the_wrong_node_reach_the_owner(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_part_split_by_the_same_ring_is_buffered_without_splitting_it_again() {
     let root = tempfile::tempdir().unwrap();
-    let (ga, gb) = (free_gossip_addr(), free_gossip_addr());
-    let mut a = Node::start("sampler-a", root.path(), ga, &[gb], "1500ms").await;
-    let mut b = Node::start("sampler-b", root.path(), gb, &[ga], "1500ms").await;
-    let watch = observer(&[ga, gb]).await;
-    wait_for_samplers(&watch, &["sampler-a", "sampler-b"]).await;
+    let (mut a, mut b, watch) = two_samplers(root.path()).await;
     let ring = otel_tail_shared::ring::Ring::with_members(
         64,
         ["sampler-a", "sampler-b"].map(otel_tail_shared::ring::NodeId::from),

@@ -252,17 +252,22 @@ fn exponential_histograms_hold_every_span_within_max_size() {
     );
 }
 
-#[test]
-fn the_rollup_adds_requests_exactly_and_keeps_bounded_exemplars() {
-    let config = SpanMetricsConfig {
-        cardinality_limit: 3,
+/// Span metrics over one-minute intervals with exemplars on.
+fn with_exemplars(cardinality_limit: usize, max_per_data_point: usize) -> SpanMetricsConfig {
+    SpanMetricsConfig {
+        cardinality_limit,
         exemplars: otel_tail_shared::config::rollup::SpanExemplarsConfig {
             enabled: true,
-            max_per_data_point: 2,
+            max_per_data_point,
         },
         interval: Duration::from_secs(60),
         ..SpanMetricsConfig::default()
-    };
+    }
+}
+
+#[test]
+fn the_rollup_adds_requests_exactly_and_keeps_bounded_exemplars() {
+    let config = with_exemplars(3, 2);
     let builder = SpanMetricsBuilder::new(&config);
     let mut rollup = SpanRollup::new(&config).unwrap();
     let mut sent = 0;
@@ -330,15 +335,7 @@ fn the_rollup_adds_requests_exactly_and_keeps_bounded_exemplars() {
 
 #[test]
 fn combined_points_fold_into_the_rollup_the_parts_fold_into() {
-    let config = SpanMetricsConfig {
-        cardinality_limit: 100,
-        exemplars: otel_tail_shared::config::rollup::SpanExemplarsConfig {
-            enabled: true,
-            max_per_data_point: 3,
-        },
-        interval: Duration::from_secs(60),
-        ..SpanMetricsConfig::default()
-    };
+    let config = with_exemplars(100, 3);
     let builder = SpanMetricsBuilder::new(&config);
     let mut parts = Vec::new();
     for r in 0..12u8 {
