@@ -542,19 +542,18 @@ fn combine_span_points(
 ) -> Vec<Split<ResourceMetrics>> {
     let (mut out, summaries): (Vec<_>, Vec<_>) =
         splits.into_iter().partition(|split| split.raw.is_some());
-    let items = summaries.iter().map(|split| split.summary_items).sum();
+    let mut items: u64 = summaries.iter().map(|split| split.summary_items).sum();
     let parts = summaries.into_iter().filter_map(|split| split.summary);
-    let mut combined = combine(parts.collect(), max_exemplars).into_iter();
-    if let Some(first) = combined.next() {
-        out.push(Split {
-            summary_items: items,
-            ..classify::all_summary_metrics(first)
-        });
-    }
-    out.extend(combined.map(|rm| Split {
-        summary_items: 0,
-        ..classify::all_summary_metrics(rm)
-    }));
+    out.extend(
+        combine(parts.collect(), max_exemplars)
+            .into_iter()
+            .map(|rm| Split {
+                raw: None,
+                summary: Some(rm),
+                raw_items: [0; 3],
+                summary_items: std::mem::take(&mut items),
+            }),
+    );
     out
 }
 
