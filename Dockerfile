@@ -18,9 +18,10 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 ARG BINARIES=builder
 
 FROM ${BUILDER_IMAGE} AS builder
-# RocksDB's Rust bindings are generated with libclang and built with a C++ compiler.
+# RocksDB's Rust bindings are generated with libclang and built with a C++ compiler;
+# jemalloc, the sampler's allocator, is built with its own configure and make.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libclang-dev clang \
+    && apt-get install -y --no-install-recommends libclang-dev clang make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -22,7 +22,7 @@ use prost::Message;
 
 /// The allocator the sampler binary runs with.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const SPANS_PER_REQUEST: u64 = 1_000;
 const REQUESTS: u64 = 4_000;

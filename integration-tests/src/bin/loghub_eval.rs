@@ -33,7 +33,7 @@ use otel_tail_sampler::rollup::logs::{
 
 /// The allocator the sampler binary runs with, so in-process figures match it.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Command line.
 #[derive(Parser, Debug)]

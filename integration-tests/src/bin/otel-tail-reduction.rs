@@ -53,7 +53,7 @@ use tonic::Status;
 
 /// The allocator the sampler binary runs with, so in-process figures match it.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Command-line options.
 #[derive(Debug, Clone, Parser)]
