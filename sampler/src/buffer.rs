@@ -1,10 +1,12 @@
 //! The in-memory index of buffered traces: what each trace's decision needs, and when it
 //! is due. Pure logic: time is passed in as milliseconds on the caller's monotonic clock.
 //!
-//! The spans themselves live in RocksDB (`storage`); an entry here is a few dozen bytes:
-//! trace-level facts ([`TraceStats`]), the running policy state ([`PolicyState`]) and
-//! deadlines. Deadlines sit in a min-heap with lazy invalidation: an entry whose
-//! deadline moved later is pushed back when it surfaces instead of being searched for.
+//! The spans themselves live in RocksDB (`storage`); a [`Slot`] here is 56 bytes: trace-level
+//! facts ([`TraceStats`]), the running policy state ([`PolicyState`]) and deadlines.
+//! Deadlines are kept as 4-byte [`Tick`]s, milliseconds after the index's epoch, which
+//! moves forward every ~24 days ([`TraceIndex`]); they sit in a min-heap with lazy
+//! invalidation: an entry whose deadline moved later is pushed back when it surfaces
+//! instead of being searched for.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -29,39 +31,72 @@ pub struct BufferSettings {
     pub capacity: usize,
 }
 
-/// What the buffer knows about one trace.
+/// Generation of a policy set: bumped by each reload, so a trace observed under an earlier
+/// set is recognised. Two bytes: a buffered trace lives at most `max_trace_age`, far fewer
+/// reloads than the counter takes to wrap.
+pub type Generation = u16;
+
+/// [`Slot::generation`] of a trace whose policy state mixes policy sets.
+pub const STALE: Generation = Generation::MAX;
+
+/// Milliseconds after a [`TraceIndex`]'s epoch.
+pub type Tick = u32;
+
+/// Latest tick a deadline takes: one below [`Tick::MAX`], the "nothing queued" mark.
+const LAST_TICK: Tick = Tick::MAX - 1;
+
+/// The index moves its epoch forward once the clock is this far past it, so a deadline up
+/// to this far ahead (~24.8 days) is always representable; one further ahead comes sooner,
+/// but not before that.
+const REBASE_AFTER_MS: u64 = 1 << 31;
+
+/// What the index holds for one trace while it waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Span counts, bytes and time range.
+    pub stats: TraceStats,
+    /// Policy conditions met so far.
+    pub policy: PolicyState,
+    /// When the trace is due for a decision.
+    deadline: Tick,
+    /// Latest deadline: the maximum trace age from the first item, or sooner once the
+    /// root span set one.
+    root_deadline: Tick,
+    /// Earliest deadline queued in the heap for this trace.
+    scheduled: Tick,
+    /// Generation of the policy set `policy` was observed under, or [`STALE`] when spans
+    /// observed under different sets were merged (the decider observes them again).
+    pub generation: Generation,
+    /// Whether log records wait with the trace.
+    pub has_logs: bool,
+    /// Whether the latest deadline is the maximum trace age (not the root span's).
+    age_capped: bool,
+}
+
+/// A trace taken out of the index, with its deadline on the caller's clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceEntry {
     /// Span counts, bytes and time range.
     pub stats: TraceStats,
     /// Policy conditions met so far.
     pub policy: PolicyState,
-    /// When the trace is due for a decision.
+    /// When the trace was due for a decision.
     pub deadline_ms: u64,
-    /// Latest deadline: the maximum trace age from the first item, or sooner once the
-    /// root span set one.
-    root_deadline_ms: u64,
-    /// Earliest deadline queued in the heap for this trace.
-    scheduled_ms: u64,
+    /// Generation of the policy set `policy` was observed under (see [`Slot::generation`]).
+    pub generation: Generation,
     /// Whether log records wait with the trace.
     pub has_logs: bool,
-    /// Whether the latest deadline is the maximum trace age (not the root span's).
-    age_capped: bool,
-    /// Generation of the policy set `policy` was observed under, or [`STALE`] when spans
-    /// observed under different sets were merged (the decider observes them again).
-    pub generation: u32,
+    /// Whether it became due at the maximum trace age while still receiving spans.
+    reached_max_age: bool,
 }
 
 impl TraceEntry {
     /// Whether the trace became due because it reached the maximum trace age while it was
     /// still receiving spans.
     pub fn reached_max_age(&self) -> bool {
-        self.age_capped && self.deadline_ms == self.root_deadline_ms
+        self.reached_max_age
     }
 }
-
-/// [`TraceEntry::generation`] of a trace whose policy state mixes policy sets.
-pub const STALE: u32 = u32::MAX;
 
 /// Hasher of trace-id tables: xxh3 keyed with a seed chosen at random once per process.
 /// Trace ids come from clients; with an unkeyed hash, ids crafted to collide would turn
@@ -136,8 +171,8 @@ pub struct Arrival {
     /// Log records are among them.
     pub logs: bool,
     /// Generation of the policy set `policy` was observed under (see
-    /// [`TraceEntry::generation`]); meaningless without spans.
-    pub generation: u32,
+    /// [`Slot::generation`]); meaningless without spans.
+    pub generation: Generation,
 }
 
 impl Arrival {
@@ -158,8 +193,10 @@ impl Arrival {
 /// The index of active traces.
 pub struct TraceIndex {
     settings: BufferSettings,
-    traces: TraceMap<TraceEntry>,
-    deadlines: BinaryHeap<Reverse<(u64, TraceId)>>,
+    /// What tick 0 is on the caller's clock.
+    epoch_ms: u64,
+    traces: TraceMap<Slot>,
+    deadlines: BinaryHeap<Reverse<(Tick, TraceId)>>,
 }
 
 impl TraceIndex {
@@ -167,6 +204,7 @@ impl TraceIndex {
     pub fn new(settings: BufferSettings) -> Self {
         TraceIndex {
             settings,
+            epoch_ms: 0,
             traces: TraceMap::default(),
             deadlines: BinaryHeap::new(),
         }
@@ -191,13 +229,55 @@ impl TraceIndex {
         } else {
             (self.traces.capacity() * 8 / 7).next_power_of_two()
         };
-        buckets * (std::mem::size_of::<(TraceId, TraceEntry)>() + 1)
-            + self.deadlines.capacity() * std::mem::size_of::<Reverse<(u64, TraceId)>>()
+        buckets * (std::mem::size_of::<(TraceId, Slot)>() + 1)
+            + self.deadlines.capacity() * std::mem::size_of::<Reverse<(Tick, TraceId)>>()
     }
 
-    /// The entry of `trace`, if held.
-    pub fn get(&self, trace: &TraceId) -> Option<&TraceEntry> {
+    /// The slot of `trace`, if held.
+    pub fn get(&self, trace: &TraceId) -> Option<&Slot> {
         self.traces.get(trace)
+    }
+
+    /// `at_ms` as a tick, capped at [`LAST_TICK`] (and at 0 before the epoch).
+    fn tick(&self, at_ms: u64) -> Tick {
+        Tick::try_from(at_ms.saturating_sub(self.epoch_ms))
+            .unwrap_or(LAST_TICK)
+            .min(LAST_TICK)
+    }
+
+    /// `tick` on the caller's clock.
+    fn ms(&self, tick: Tick) -> u64 {
+        self.epoch_ms + u64::from(tick)
+    }
+
+    /// Moves the epoch forward once `now_ms` is [`REBASE_AFTER_MS`] past it: to the earliest
+    /// queued deadline (nothing stored is earlier) or, if that is long overdue, to half that
+    /// span before now, where older deadlines (due anyway) are kept as the new tick 0.
+    fn rebase(&mut self, now_ms: u64) {
+        let now = now_ms.saturating_sub(self.epoch_ms);
+        if now < REBASE_AFTER_MS {
+            return;
+        }
+        let earliest = self
+            .deadlines
+            .peek()
+            .map_or(now, |Reverse((at, _))| u64::from(*at));
+        let shift = earliest.min(now).max(now - REBASE_AFTER_MS / 2);
+        let back = |tick: &mut Tick| {
+            // The result is at most `tick`, so it fits.
+            *tick = u64::from(*tick).saturating_sub(shift) as Tick;
+        };
+        for slot in self.traces.values_mut() {
+            back(&mut slot.deadline);
+            back(&mut slot.root_deadline);
+            back(&mut slot.scheduled);
+        }
+        let mut queued = std::mem::take(&mut self.deadlines).into_vec();
+        for Reverse((at, _)) in &mut queued {
+            back(at);
+        }
+        self.deadlines = BinaryHeap::from(queued);
+        self.epoch_ms += shift;
     }
 
     /// Folds an arrival into `trace` at `now_ms`, creating the entry if needed. When a new
@@ -209,60 +289,66 @@ impl TraceIndex {
         arrival: &Arrival,
         now_ms: u64,
     ) -> Option<(TraceId, TraceEntry)> {
+        self.rebase(now_ms);
         let mut evicted = None;
         if !self.traces.contains_key(&trace) && self.traces.len() >= self.settings.capacity {
             evicted = self.pop_earliest();
         }
-        let wait = self.settings.decision_wait_ms;
-        let entry = self.traces.entry(trace).or_insert_with(|| TraceEntry {
+        let waited = self.tick(now_ms.saturating_add(self.settings.decision_wait_ms));
+        let aged = self.tick(now_ms.saturating_add(self.settings.max_age_ms));
+        let after_root = self
+            .settings
+            .after_root_ms
+            .map(|after| self.tick(now_ms.saturating_add(after)));
+        let slot = self.traces.entry(trace).or_insert_with(|| Slot {
             stats: TraceStats {
                 min_start_unix_nano: u64::MAX,
                 ..TraceStats::default()
             },
             policy: PolicyState::default(),
-            deadline_ms: now_ms + wait,
-            root_deadline_ms: now_ms.saturating_add(self.settings.max_age_ms),
-            scheduled_ms: u64::MAX,
+            deadline: waited,
+            root_deadline: aged,
+            scheduled: Tick::MAX,
+            generation: arrival.generation,
             has_logs: false,
             age_capped: true,
-            generation: arrival.generation,
         });
         if arrival.stats.span_count > 0 {
-            let same = entry.stats.span_count == 0 || entry.generation == arrival.generation;
-            entry.generation = if same { arrival.generation } else { STALE };
+            let same = slot.stats.span_count == 0 || slot.generation == arrival.generation;
+            slot.generation = if same { arrival.generation } else { STALE };
         }
-        merge_stats(&mut entry.stats, &arrival.stats);
-        entry.policy.merge(&arrival.policy);
-        entry.has_logs |= arrival.logs;
+        merge_stats(&mut slot.stats, &arrival.stats);
+        slot.policy.merge(&arrival.policy);
+        slot.has_logs |= arrival.logs;
         if arrival.root
-            && let Some(after_root) = self.settings.after_root_ms
+            && let Some(root) = after_root
+            && root < slot.root_deadline
         {
-            let root = now_ms + after_root;
-            if root < entry.root_deadline_ms {
-                entry.root_deadline_ms = root;
-                entry.age_capped = false;
-            }
+            slot.root_deadline = root;
+            slot.age_capped = false;
         }
-        entry.deadline_ms = (now_ms + wait).min(entry.root_deadline_ms);
-        if entry.deadline_ms < entry.scheduled_ms {
-            entry.scheduled_ms = entry.deadline_ms;
-            self.deadlines.push(Reverse((entry.deadline_ms, trace)));
+        slot.deadline = waited.min(slot.root_deadline);
+        if slot.deadline < slot.scheduled {
+            slot.scheduled = slot.deadline;
+            self.deadlines.push(Reverse((slot.deadline, trace)));
         }
         evicted
     }
 
     /// Removes and returns every trace whose deadline is at or before `now_ms`.
     pub fn pop_due(&mut self, now_ms: u64, limit: usize) -> Vec<(TraceId, TraceEntry)> {
+        self.rebase(now_ms);
+        let now = self.tick(now_ms);
         let mut due = Vec::new();
         while due.len() < limit {
             let Some(&Reverse((at, trace))) = self.deadlines.peek() else {
                 break;
             };
-            if at > now_ms {
+            if at > now {
                 break;
             }
             self.deadlines.pop();
-            if let Some(found) = self.settle(at, trace, Some(now_ms)) {
+            if let Some(found) = self.settle(at, trace, Some(now)) {
                 due.push(found);
             }
         }
@@ -271,12 +357,13 @@ impl TraceIndex {
 
     /// The earliest time any trace may become due, if any is held.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.peek().map(|Reverse((at, _))| *at)
+        self.deadlines.peek().map(|Reverse((at, _))| self.ms(*at))
     }
 
     /// Removes `trace` (e.g. decided through another path).
     pub fn remove(&mut self, trace: &TraceId) -> Option<TraceEntry> {
-        self.traces.remove(trace)
+        let slot = self.traces.remove(trace)?;
+        Some(self.taken(slot))
     }
 
     /// Removes every trace, earliest deadline first (used at shutdown and in tests).
@@ -299,25 +386,37 @@ impl TraceIndex {
 
     /// Handles a heap entry (`at`, `trace`) just popped: skips stale ones and re-queues a
     /// trace whose deadline moved later than `at`. A trace whose deadline is at or before
-    /// `now_ms` is removed and returned; with `now_ms` `None` (eviction) a trace is
-    /// returned once its heap entry matches its real deadline, i.e. the earliest deadline.
+    /// `now` is removed and returned; with `now` `None` (eviction) a trace is returned once
+    /// its heap entry matches its real deadline, i.e. the earliest deadline.
     fn settle(
         &mut self,
-        at: u64,
+        at: Tick,
         trace: TraceId,
-        now_ms: Option<u64>,
+        now: Option<Tick>,
     ) -> Option<(TraceId, TraceEntry)> {
-        let entry = self.traces.get_mut(&trace)?;
-        if entry.scheduled_ms != at {
+        let slot = self.traces.get_mut(&trace)?;
+        if slot.scheduled != at {
             return None;
         }
-        let limit = now_ms.unwrap_or(at);
-        if entry.deadline_ms > limit {
-            entry.scheduled_ms = entry.deadline_ms;
-            self.deadlines.push(Reverse((entry.deadline_ms, trace)));
+        if slot.deadline > now.unwrap_or(at) {
+            slot.scheduled = slot.deadline;
+            self.deadlines.push(Reverse((slot.deadline, trace)));
             return None;
         }
-        self.traces.remove(&trace).map(|e| (trace, e))
+        let slot = self.traces.remove(&trace)?;
+        Some((trace, self.taken(slot)))
+    }
+
+    /// A slot just removed, with its deadline on the caller's clock.
+    fn taken(&self, slot: Slot) -> TraceEntry {
+        TraceEntry {
+            deadline_ms: self.ms(slot.deadline),
+            reached_max_age: slot.age_capped && slot.deadline == slot.root_deadline,
+            stats: slot.stats,
+            policy: slot.policy,
+            generation: slot.generation,
+            has_logs: slot.has_logs,
+        }
     }
 }
 
@@ -453,8 +552,80 @@ mod tests {
     fn an_index_slot_stays_small() {
         // The per-trace memory target (<= 256 bytes including hash-map slack and the
         // deadline heap) depends on this: id 16, stats 24, policy state 16 (condition bits and
-        // the dynamic policies' key-value pointer), deadlines 24, flag.
-        assert!(std::mem::size_of::<(TraceId, TraceEntry)>() <= 88);
+        // the dynamic policies' key-value pointer), three deadline ticks 12, generation 2,
+        // two flags.
+        assert_eq!(std::mem::size_of::<(TraceId, Slot)>(), 72);
+        assert_eq!(std::mem::size_of::<Reverse<(Tick, TraceId)>>(), 20);
+    }
+
+    #[test]
+    fn deadlines_keep_their_time_when_the_epoch_moves_forward() {
+        let mut index = TraceIndex::new(settings());
+        let before = REBASE_AFTER_MS - 10;
+        index.observe([1; 16], &spans(1), before);
+        let after = REBASE_AFTER_MS + 500;
+        index.observe([2; 16], &spans(1), after);
+        assert!(index.epoch_ms > 0, "the second arrival moved the epoch");
+        assert_eq!(index.next_deadline(), Some(before + 1000));
+        assert!(index.pop_due(before + 999, 10).is_empty());
+        let first = index.pop_due(before + 1000, 10);
+        assert_eq!(first.len(), 1);
+        assert_eq!(
+            (first[0].0, first[0].1.deadline_ms),
+            ([1; 16], before + 1000)
+        );
+        assert!(index.pop_due(after + 999, 10).is_empty());
+        assert_eq!(
+            index.pop_due(after + 1000, 10)[0].1.deadline_ms,
+            after + 1000
+        );
+        // A clock far from zero (a test clock, a long uptime) works from its first reading.
+        let far = 40 * REBASE_AFTER_MS + 7;
+        index.observe([3; 16], &spans(1), far);
+        index.observe(
+            [3; 16],
+            &Arrival {
+                root: true,
+                ..spans(1)
+            },
+            far + 20,
+        );
+        assert_eq!(index.next_deadline(), Some(far + 120));
+        let due = index.pop_due(far + 120, 10);
+        assert_eq!(due[0].1.deadline_ms, far + 120);
+        assert!(!due[0].1.reached_max_age());
+    }
+
+    #[test]
+    fn an_overdue_trace_is_still_due_first_after_the_epoch_moves() {
+        let mut index = TraceIndex::new(settings());
+        index.observe([1; 16], &spans(1), 5);
+        // Nobody decided for ~37 days: the overdue trace is kept at the new epoch, ahead of
+        // one that arrives now.
+        let late = REBASE_AFTER_MS + REBASE_AFTER_MS / 2;
+        index.observe([2; 16], &spans(1), late);
+        let due = index.pop_due(late + 1000, 10);
+        assert_eq!(
+            due.iter().map(|d| d.0).collect::<Vec<_>>(),
+            vec![[1; 16], [2; 16]]
+        );
+    }
+
+    #[test]
+    fn a_deadline_beyond_the_tick_range_comes_no_sooner_than_the_range() {
+        let mut index = TraceIndex::new(BufferSettings {
+            decision_wait_ms: 60 * 24 * 3600 * 1000,
+            max_age_ms: 60 * 24 * 3600 * 1000,
+            ..settings()
+        });
+        index.observe([1; 16], &spans(1), 0);
+        let at = index.next_deadline().expect("queued");
+        assert!(
+            (REBASE_AFTER_MS..60 * 24 * 3600 * 1000).contains(&at),
+            "{at}"
+        );
+        assert!(index.pop_due(REBASE_AFTER_MS - 1, 10).is_empty());
+        assert_eq!(index.pop_due(at, 10).len(), 1);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use rocksdb::WriteBatch;
 
-use crate::buffer::{Arrival, BufferSettings, STALE, TraceEntry};
+use crate::buffer::{Arrival, BufferSettings, Generation, STALE, TraceEntry};
 use crate::clock::{Clock, SystemClock};
 use crate::correlation::classify::mark_trace_logs;
 use crate::correlation::{DecisionNotice, ResourceIdentity};
@@ -92,10 +92,10 @@ impl Default for Wiring {
 }
 
 /// The policy set in force and its generation (bumped by each reload, so traces observed
-/// under an earlier set are recognised; see [`TraceEntry::generation`]).
+/// under an earlier set are recognised; see [`Slot::generation`](crate::buffer::Slot::generation)).
 struct Policies {
     engine: PolicyEngine,
-    generation: u32,
+    generation: Generation,
     /// This node's share of the cluster's traffic, kept for a replacement set.
     share: f64,
 }
