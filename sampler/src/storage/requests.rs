@@ -27,6 +27,7 @@
 //! trace group under `trace id ++ seq`).
 
 use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 
 use otel_tail_shared::otlp::TraceId;
 use rocksdb::{DBPinnableSlice, IteratorMode, WriteBatch};
@@ -142,12 +143,101 @@ impl Location {
     }
 }
 
-/// A trace's item locations: the first inline, more on the heap (most traces arrive in
-/// one request).
+/// Locations taken out of [`TraceLocations`]: usually one.
 type Locations = SmallVec<[Location; 1]>;
 
-/// An index entry's locations stay as small as one `Vec` header.
-const _: () = assert!(std::mem::size_of::<Locations>() == 24);
+/// Item locations by trace, in arrival order: the first in a table every buffered trace is
+/// in (32 bytes an entry), the others in a second table (most traces arrive in one request,
+/// so it stays small; a table of `SmallVec`s took 40 bytes an entry for every trace).
+#[derive(Default)]
+struct TraceLocations {
+    first: TraceMap<Location>,
+    more: TraceMap<Vec<Location>>,
+}
+
+const _: () = assert!(std::mem::size_of::<(TraceId, Location)>() == 32);
+
+impl TraceLocations {
+    fn push(&mut self, trace: TraceId, location: Location) {
+        match self.first.entry(trace) {
+            Entry::Vacant(first) => {
+                first.insert(location);
+            }
+            Entry::Occupied(_) => self.more.entry(trace).or_default().push(location),
+        }
+    }
+
+    /// The locations of `trace` after its first, if it has any.
+    fn more_of(&self, trace: &TraceId) -> &[Location] {
+        if self.more.is_empty() {
+            return &[];
+        }
+        self.more.get(trace).map_or(&[][..], Vec::as_slice)
+    }
+
+    /// Every location of `trace`, in arrival order.
+    fn of(&self, trace: &TraceId) -> impl Iterator<Item = &Location> {
+        self.first
+            .get(trace)
+            .into_iter()
+            .chain(self.more_of(trace).iter())
+    }
+
+    /// Takes out the locations of `trace` that `gone` selects, in arrival order.
+    fn take(&mut self, trace: &TraceId, mut gone: impl FnMut(&Location) -> bool) -> Locations {
+        let Some(&first) = self.first.get(trace) else {
+            return Locations::new();
+        };
+        if self.more_of(trace).is_empty() {
+            if !gone(&first) {
+                return Locations::new();
+            }
+            self.first.remove(trace);
+            return smallvec::smallvec![first];
+        }
+        let rest = self.more.remove(trace).unwrap_or_default();
+        let mut taken = Locations::new();
+        let mut kept = Vec::with_capacity(rest.len() + 1);
+        for location in std::iter::once(first).chain(rest) {
+            if gone(&location) {
+                taken.push(location);
+            } else {
+                kept.push(location);
+            }
+        }
+        match kept.split_first() {
+            None => {
+                self.first.remove(trace);
+            }
+            Some((head, tail)) => {
+                self.first.insert(*trace, *head);
+                if !tail.is_empty() {
+                    self.more.insert(*trace, tail.to_vec());
+                }
+            }
+        }
+        taken
+    }
+
+    /// Bytes of memory held, roughly: table buckets (entry plus control byte) and the
+    /// second table's vectors.
+    fn memory_bytes(&self) -> usize {
+        let buckets = |capacity: usize| {
+            if capacity == 0 {
+                0
+            } else {
+                (capacity * 8 / 7).next_power_of_two()
+            }
+        };
+        buckets(self.first.capacity()) * (std::mem::size_of::<(TraceId, Location)>() + 1)
+            + buckets(self.more.capacity()) * (std::mem::size_of::<(TraceId, Vec<Location>)>() + 1)
+            + self
+                .more
+                .values()
+                .map(|v| v.capacity() * std::mem::size_of::<Location>())
+                .sum::<usize>()
+    }
+}
 
 /// The buffered items of one received request, framed into the value stored for it.
 #[derive(Debug, Default)]
@@ -317,7 +407,7 @@ struct Request {
 /// The in-memory side of the layout.
 #[derive(Default)]
 pub(super) struct Layout {
-    traces: TraceMap<Locations>,
+    traces: TraceLocations,
     requests: BTreeMap<u64, Request>,
 }
 
@@ -336,14 +426,7 @@ impl Layout {
 
     /// Bytes of memory held per entry, roughly: for the index gauge.
     fn memory_bytes(&self) -> usize {
-        self.traces.capacity() * (16 + std::mem::size_of::<Locations>() + 1)
-            + self
-                .traces
-                .values()
-                .filter(|v| v.spilled())
-                .map(|v| v.capacity() * std::mem::size_of::<Location>())
-                .sum::<usize>()
-            + self.requests.len() * (8 + std::mem::size_of::<Request>() + 16)
+        self.traces.memory_bytes() + self.requests.len() * (8 + std::mem::size_of::<Request>() + 16)
     }
 }
 
@@ -504,7 +587,7 @@ impl Storage {
         for &(item, keep) in items {
             let (trace, location) = staged.items()[item];
             if keep {
-                layout.traces.entry(trace).or_default().push(location);
+                layout.traces.push(trace, location);
             } else {
                 dropped.push(location);
             }
@@ -541,8 +624,9 @@ impl Storage {
                 .iter()
                 .enumerate()
                 .flat_map(|(index, (trace, upto))| {
-                    let all = layout.traces.get(trace).map_or(&[][..], |l| l.as_slice());
-                    all.iter()
+                    layout
+                        .traces
+                        .of(trace)
                         .filter(move |l| l.seq < *upto)
                         .map(move |l| (*l, index))
                 })
@@ -592,17 +676,7 @@ impl Storage {
     /// a later arrival and stay); the disk follows in [`Storage::write_forgetting`].
     pub fn forget_trace(&self, forgetting: &mut Forgetting, trace: &TraceId, upto: u64) {
         let mut layout = self.layout();
-        let Some(all) = layout.traces.get_mut(trace) else {
-            return;
-        };
-        let removed: Locations;
-        if all.iter().all(|l| l.seq < upto) {
-            removed = std::mem::take(all);
-            layout.traces.remove(trace);
-        } else {
-            removed = all.iter().filter(|l| l.seq < upto).copied().collect();
-            all.retain(|l| l.seq >= upto);
-        }
+        let removed = layout.traces.take(trace, |l| l.seq < upto);
         layout.forget(&removed, forgetting);
     }
 
@@ -610,20 +684,7 @@ impl Storage {
     /// acknowledged).
     pub fn forget_items(&self, forgetting: &mut Forgetting, trace: &TraceId, keys: &[ItemKey]) {
         let mut layout = self.layout();
-        let Some(all) = layout.traces.get_mut(trace) else {
-            return;
-        };
-        let mut removed = Vec::with_capacity(keys.len());
-        all.retain(|l| {
-            let gone = keys.contains(&l.key());
-            if gone {
-                removed.push(*l);
-            }
-            !gone
-        });
-        if all.is_empty() {
-            layout.traces.remove(trace);
-        }
+        let removed = layout.traces.take(trace, |l| keys.contains(&l.key()));
         layout.forget(&removed, forgetting);
     }
 
@@ -674,7 +735,7 @@ impl Storage {
 
     /// Trace ids with items buffered.
     pub fn buffered_traces(&self) -> Vec<TraceId> {
-        self.layout().traces.keys().copied().collect()
+        self.layout().traces.first.keys().copied().collect()
     }
 
     /// Approximate bytes of the in-memory item index.
@@ -764,7 +825,7 @@ impl Storage {
                     &value[location.range()],
                 ) {
                     request.alive += 1;
-                    layout.traces.entry(trace).or_default().push(location);
+                    layout.traces.push(trace, location);
                 } else {
                     refused.push(location);
                 }
@@ -859,12 +920,7 @@ impl Storage {
             let mut forgetting = Forgetting::default();
             let mut layout = self.layout();
             for (trace, location) in &refused {
-                if let Some(locations) = layout.traces.get_mut(trace) {
-                    locations.retain(|l| l != location);
-                    if locations.is_empty() {
-                        layout.traces.remove(trace);
-                    }
-                }
+                layout.traces.take(trace, |l| l == location);
             }
             let refused: Vec<Location> = refused.into_iter().map(|(_, l)| l).collect();
             layout.forget(&refused, &mut forgetting);
@@ -923,4 +979,47 @@ fn delete_request(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, seq: u64, 
         batch.delete_cf(cf, chunk_key(seq, chunk as u16));
     }
     batch.delete_cf(cf, dead_key(seq));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seq: u64) -> Location {
+        Location::new(seq, 0, 21, 10, BufferedKind::Spans)
+    }
+
+    #[test]
+    fn a_trace_keeps_its_locations_in_arrival_order_across_both_tables() {
+        let mut traces = TraceLocations::default();
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        for seq in [5, 6, 7, 8] {
+            traces.push(a, at(seq));
+        }
+        traces.push(b, at(6));
+        let seqs = |t: &TraceLocations, trace| t.of(&trace).map(|l| l.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&traces, a), [5, 6, 7, 8]);
+        assert_eq!(seqs(&traces, b), [6]);
+        assert_eq!(
+            traces.more.len(),
+            1,
+            "only the trace with several locations"
+        );
+
+        // Taking from the middle and the front keeps the rest in order, the earliest first.
+        let taken = traces.take(&a, |l| l.seq == 6 || l.seq == 5);
+        assert_eq!(taken.iter().map(|l| l.seq).collect::<Vec<_>>(), [5, 6]);
+        assert_eq!(seqs(&traces, a), [7, 8]);
+        // Down to one location: the second table lets go of the trace.
+        assert_eq!(traces.take(&a, |l| l.seq == 8).len(), 1);
+        assert_eq!(seqs(&traces, a), [7]);
+        assert!(traces.more.is_empty());
+        // Nothing selected, nothing changes; the last one taken removes the trace.
+        assert!(traces.take(&a, |l| l.seq > 100).is_empty());
+        assert_eq!(traces.take(&a, |_| true).len(), 1);
+        assert_eq!(traces.of(&a).count(), 0);
+        assert!(traces.take(&a, |_| true).is_empty());
+        assert_eq!(seqs(&traces, b), [6], "other traces untouched");
+        assert!(traces.memory_bytes() >= 33);
+    }
 }
