@@ -347,6 +347,11 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
         rss_after.saturating_sub(rss_half) as f64 / (active - first_active).max(1.0)
     );
     println!(
+        "RAM per trace excl. DB  {:.0} bytes (as above, less RocksDB's memtables and cache, which a flush empties: a bounded, configured cost)",
+        (rss_after.saturating_sub(rss_before) as f64 - (rocks_after - rocks_before).max(0.0))
+            / active.max(1.0)
+    );
+    println!(
         "RocksDB memory          {:.1} MiB before, {:.1} MiB at half, {:.1} MiB after (memtables + block cache; bounded by config, not per trace)",
         mib(rocks_before as u64),
         mib(rocks_half as u64),
