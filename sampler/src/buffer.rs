@@ -291,7 +291,8 @@ impl TraceIndex {
     ) -> Option<(TraceId, TraceEntry)> {
         self.rebase(now_ms);
         let mut evicted = None;
-        if !self.traces.contains_key(&trace) && self.traces.len() >= self.settings.capacity {
+        // The length first: the lookup only matters once the index is full.
+        if self.traces.len() >= self.settings.capacity && !self.traces.contains_key(&trace) {
             evicted = self.pop_earliest();
         }
         let waited = self.tick(now_ms.saturating_add(self.settings.decision_wait_ms));
