@@ -390,8 +390,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Refreshes the storage size and free disk figures used for admission, and the gauges.
+    /// Refreshes the storage size and free disk figures used for admission, and the gauges;
+    /// trims the write-ahead log ([`Storage::trim_wal`]).
     pub fn refresh_storage_bytes(&self) {
+        if let Err(error) = self.storage.trim_wal(crate::storage::WAL_TRIM_BYTES) {
+            tracing::warn!(%error, "flushing to trim the write-ahead log failed");
+        }
         let bytes = self.storage.approximate_bytes();
         self.storage_bytes.store(bytes, Ordering::Relaxed);
         if let Some(free) = self.storage.free_disk_bytes() {

@@ -46,6 +46,11 @@ const BLOB_MIN_BYTES: u64 = 4096;
 const SMALL_MEMTABLE_BYTES: usize = 32 << 20;
 /// Size of one blob file: a file is deleted once every value in it is deleted.
 const BLOB_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Write-ahead log the database may hold before [`Storage::trim_wal`] flushes the column
+/// families other than the buffer.
+pub const WAL_TRIM_BYTES: u64 = 256 << 20;
+/// The column families other than the buffer: little traffic, rarely a full memtable.
+const SMALL_CFS: [&str; 4] = [CF_QUEUE, CF_HOLD, CF_ROLLUP, CF_QUARANTINE];
 
 /// Column family of buffered traces.
 pub const CF_BUFFER: &str = "buffer";
@@ -341,6 +346,40 @@ impl Storage {
 }
 
 impl Storage {
+    /// Bytes of write-ahead log files (`*.log`) in the database directory.
+    pub fn wal_bytes(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Once the write-ahead log holds more than `limit` bytes, starts a flush of the column
+    /// families other than the buffer (without waiting for it); returns whether it did.
+    ///
+    /// RocksDB keeps every WAL file back to the oldest write some column family has not
+    /// flushed. The export queue and hold rarely fill a memtable, so under load they kept
+    /// 1–2 GB of the buffer's traffic in the WAL: disk that `max_storage_bytes` did not see,
+    /// and seconds of replay at a restart. RocksDB's own cap (`max_total_wal_size`) flushes
+    /// the buffer too, before its memtables merge, which cost a tenth of the CPU; this
+    /// leaves the buffer's flushes to its memtables.
+    pub fn trim_wal(&self, limit: u64) -> Result<bool, StorageError> {
+        if self.wal_bytes() <= limit {
+            return Ok(false);
+        }
+        let mut options = rocksdb::FlushOptions::default();
+        options.set_wait(false);
+        for cf in SMALL_CFS {
+            self.db.flush_cf_opt(self.cf(cf), &options)?;
+        }
+        Ok(true)
+    }
+
     /// Bytes RocksDB holds in memory: memtables, block cache and table readers (index and
     /// filter blocks of the files on disk) of every column family.
     pub fn memory_bytes(&self) -> u64 {
