@@ -393,7 +393,7 @@ impl Engine {
     /// Refreshes the storage size and free disk figures used for admission, and the gauges;
     /// trims the write-ahead log ([`Storage::trim_wal`]).
     pub fn refresh_storage_bytes(&self) {
-        if let Err(error) = self.storage.trim_wal(crate::storage::WAL_TRIM_BYTES) {
+        if let Err(error) = self.storage.trim_wal_to_limit() {
             tracing::warn!(%error, "flushing to trim the write-ahead log failed");
         }
         let bytes = self.storage.approximate_bytes();

@@ -46,9 +46,10 @@ const BLOB_MIN_BYTES: u64 = 4096;
 const SMALL_MEMTABLE_BYTES: usize = 32 << 20;
 /// Size of one blob file: a file is deleted once every value in it is deleted.
 const BLOB_FILE_BYTES: u64 = 64 * 1024 * 1024;
-/// Write-ahead log the database may hold before [`Storage::trim_wal`] flushes the column
-/// families other than the buffer.
-pub const WAL_TRIM_BYTES: u64 = 256 << 20;
+/// Write-ahead log the database may hold before the column families other than the buffer
+/// are flushed ([`Storage::trim_wal`]); at least twice `buffer_memory_bytes`, so a large
+/// buffer, whose own unflushed memtables keep that much WAL, does not flush them every second.
+const WAL_TRIM_BYTES: u64 = 256 << 20;
 /// The column families other than the buffer: little traffic, rarely a full memtable.
 const SMALL_CFS: [&str; 4] = [CF_QUEUE, CF_HOLD, CF_ROLLUP, CF_QUARANTINE];
 
@@ -167,6 +168,8 @@ pub struct Storage {
     dir: std::path::PathBuf,
     /// The buffer's in-memory item index ([`requests`]).
     layout: Mutex<requests::Layout>,
+    /// WAL bytes above which the small column families are flushed (see [`WAL_TRIM_BYTES`]).
+    wal_trim_bytes: u64,
 }
 
 impl Storage {
@@ -247,6 +250,7 @@ impl Storage {
             next_seq: AtomicU64::new(now),
             dir: dir.to_path_buf(),
             layout: Mutex::default(),
+            wal_trim_bytes: WAL_TRIM_BYTES.max(buffer_memory_bytes.saturating_mul(2)),
         })
     }
 
@@ -357,6 +361,12 @@ impl Storage {
             .filter_map(|e| e.metadata().ok())
             .map(|m| m.len())
             .sum()
+    }
+
+    /// [`Storage::trim_wal`] at this database's limit: 256 MiB, or twice the buffer's
+    /// memtables if more.
+    pub fn trim_wal_to_limit(&self) -> Result<bool, StorageError> {
+        self.trim_wal(self.wal_trim_bytes)
     }
 
     /// Once the write-ahead log holds more than `limit` bytes, starts a flush of the column

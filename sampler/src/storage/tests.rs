@@ -541,3 +541,16 @@ fn trimming_lets_the_wal_go_when_only_the_small_column_families_held_it() {
         Some(&b"kept"[..])
     );
 }
+
+#[test]
+fn the_wal_limit_leaves_room_for_the_buffers_own_memtables() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = Storage::open(&dir.path().join("a"), false).unwrap();
+    assert_eq!(default.wal_trim_bytes, 256 << 20);
+    assert!(
+        !default.trim_wal_to_limit().unwrap(),
+        "a fresh database is far below it"
+    );
+    let large = Storage::open_with(&dir.path().join("b"), false, 1 << 30).unwrap();
+    assert_eq!(large.wal_trim_bytes, 2 << 30);
+}
