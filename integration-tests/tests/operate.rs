@@ -164,7 +164,14 @@ async fn banner_admin_endpoints_and_self_metrics() {
     }))
     .await
     .expect("sampler starts");
-    let banner = sampler.stdout_lines();
+    // Ready once the admin endpoint answers, which can be before the banner's last lines
+    // (buffer, export) are written.
+    let banner = poll_until("the whole banner", Duration::from_secs(10), || {
+        let lines = sampler.stdout_lines();
+        async move { Ok(lines.iter().any(|l| l.contains("export")).then_some(lines)) }
+    })
+    .await
+    .expect("banner");
     assert!(
         banner
             .first()
