@@ -66,6 +66,18 @@ async fn reloads(sampler: &SamplerProcess, outcome: &str) -> f64 {
         .sum(RELOADS, &[("outcome", outcome)])
 }
 
+/// Waits until the sampler's log mentions `text` (the reload counter can move before the
+/// line reaches the log) and returns whether it did within [`WAIT`].
+async fn log_mentions(sampler: &SamplerProcess, text: &str) -> bool {
+    poll_until(&format!("the log mentions {text}"), WAIT, || async {
+        Ok::<_, otel_tail_integration_tests::HarnessError>(
+            sampler.log().contains(text).then_some(()),
+        )
+    })
+    .await
+    .is_ok()
+}
+
 async fn wait_reloads(sampler: &SamplerProcess, outcome: &str, count: f64) {
     poll_until(&format!("{count} reloads {outcome}"), WAIT, || async {
         Ok::<_, otel_tail_integration_tests::HarnessError>(
@@ -126,7 +138,7 @@ async fn sighup_applies_a_valid_policy_set_and_refuses_an_invalid_one() {
     sampler.signal_hup().expect("SIGHUP");
     wait_reloads(&sampler, "rejected", 1.0).await;
     assert!(
-        sampler.log().contains("sampler.policies[1]"),
+        log_mentions(&sampler, "sampler.policies[1]").await,
         "the refusal names the key:\n{}",
         sampler.log()
     );
@@ -140,7 +152,7 @@ async fn sighup_applies_a_valid_policy_set_and_refuses_an_invalid_one() {
     sampler.signal_hup().expect("SIGHUP");
     wait_reloads(&sampler, "unchanged", 1.0).await;
     assert!(
-        sampler.log().contains("sampler.decision_wait"),
+        log_mentions(&sampler, "sampler.decision_wait").await,
         "{}",
         sampler.log()
     );
