@@ -159,6 +159,16 @@ impl BuildHasher for TraceIdHashBuilder {
 /// A map keyed by trace id with [`TraceIdHasher`].
 pub type TraceMap<V> = HashMap<TraceId, V, TraceIdHashBuilder>;
 
+/// Heap bytes of `map`'s buckets: entry plus control byte each, the table keeping at most
+/// 7/8 of its power-of-two bucket count full (what it holds on the heap, not counted).
+pub fn table_bytes<V>(map: &TraceMap<V>) -> usize {
+    let buckets = match map.capacity() {
+        0 => 0,
+        capacity => (capacity * 8 / 7).next_power_of_two(),
+    };
+    buckets * (std::mem::size_of::<(TraceId, V)>() + 1)
+}
+
 /// What arrived for a trace in one request.
 #[derive(Debug, Clone, Default)]
 pub struct Arrival {
@@ -224,12 +234,7 @@ impl TraceIndex {
     /// keeps at most 7/8 of its buckets full) and the deadline heap. Exported as a gauge and
     /// used by the benchmark to report memory per active trace.
     pub fn memory_bytes(&self) -> usize {
-        let buckets = if self.traces.capacity() == 0 {
-            0
-        } else {
-            (self.traces.capacity() * 8 / 7).next_power_of_two()
-        };
-        buckets * (std::mem::size_of::<(TraceId, Slot)>() + 1)
+        table_bytes(&self.traces)
             + self.deadlines.capacity() * std::mem::size_of::<Reverse<(Tick, TraceId)>>()
     }
 

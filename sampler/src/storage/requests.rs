@@ -34,7 +34,7 @@ use rocksdb::{DBPinnableSlice, IteratorMode, WriteBatch};
 use smallvec::SmallVec;
 
 use super::{BufferedKind, CF_BUFFER, Storage, StorageError, Store};
-use crate::buffer::TraceMap;
+use crate::buffer::{TraceMap, table_bytes};
 
 /// Bytes framing one item in a request value: kind, trace id, payload length.
 const FRAME: usize = 1 + 16 + 4;
@@ -188,14 +188,18 @@ impl TraceLocations {
         let Some(&first) = self.first.get(trace) else {
             return Locations::new();
         };
-        if self.more_of(trace).is_empty() {
+        let rest = if self.more.is_empty() {
+            Vec::new()
+        } else {
+            self.more.remove(trace).unwrap_or_default()
+        };
+        if rest.is_empty() {
             if !gone(&first) {
                 return Locations::new();
             }
             self.first.remove(trace);
             return smallvec::smallvec![first];
         }
-        let rest = self.more.remove(trace).unwrap_or_default();
         let mut taken = Locations::new();
         let mut kept = Vec::with_capacity(rest.len() + 1);
         for location in std::iter::once(first).chain(rest) {
@@ -205,32 +209,21 @@ impl TraceLocations {
                 kept.push(location);
             }
         }
-        match kept.split_first() {
-            None => {
-                self.first.remove(trace);
-            }
-            Some((head, tail)) => {
-                self.first.insert(*trace, *head);
-                if !tail.is_empty() {
-                    self.more.insert(*trace, tail.to_vec());
-                }
+        if kept.is_empty() {
+            self.first.remove(trace);
+        } else {
+            self.first.insert(*trace, kept.remove(0));
+            if !kept.is_empty() {
+                self.more.insert(*trace, kept);
             }
         }
         taken
     }
 
-    /// Bytes of memory held, roughly: table buckets (entry plus control byte) and the
-    /// second table's vectors.
+    /// Bytes of memory held, roughly: both tables' buckets and the second table's vectors.
     fn memory_bytes(&self) -> usize {
-        let buckets = |capacity: usize| {
-            if capacity == 0 {
-                0
-            } else {
-                (capacity * 8 / 7).next_power_of_two()
-            }
-        };
-        buckets(self.first.capacity()) * (std::mem::size_of::<(TraceId, Location)>() + 1)
-            + buckets(self.more.capacity()) * (std::mem::size_of::<(TraceId, Vec<Location>)>() + 1)
+        table_bytes(&self.first)
+            + table_bytes(&self.more)
             + self
                 .more
                 .values()
