@@ -35,6 +35,7 @@ pub fn hardened_server() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(super::http::HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(super::http::HTTP2_MAX_STREAMS))
         .max_frame_size(Some(super::http::HTTP2_MAX_FRAME_BYTES))
+        .initial_connection_window_size(Some(super::http::HTTP2_CONNECTION_WINDOW_BYTES))
 }
 
 /// The gRPC status for a request the sink refused: throttling is retryable and says when

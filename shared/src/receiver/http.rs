@@ -48,6 +48,11 @@ pub(crate) const HTTP2_MAX_STREAMS: u32 = 64;
 /// the protocol's default of 16 KiB each arrived as dozens of frames, each handled and
 /// copied on its own.
 pub(crate) const HTTP2_MAX_FRAME_BYTES: u32 = 256 * 1024;
+/// Flow-control window of a whole HTTP/2 connection. The receiver tells the client it may
+/// send more once half the window is read: at hyper's 1 MiB that was a WINDOW_UPDATE every
+/// two or three requests of a few hundred KiB, each its own socket write (and a wake-up of
+/// the client). Streams keep hyper's 1 MiB window.
+pub(crate) const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 
 /// Accepts connections on `listener` and serves each with `service` (HTTP/1.1 or HTTP/2,
 /// over TLS when the listener has it, else h2c) until `shutdown` completes; then stops
@@ -78,7 +83,8 @@ where
         .keep_alive_interval(Some(HTTP2_KEEPALIVE))
         .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
         .max_concurrent_streams(HTTP2_MAX_STREAMS)
-        .max_frame_size(HTTP2_MAX_FRAME_BYTES);
+        .max_frame_size(HTTP2_MAX_FRAME_BYTES)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES);
     let graceful = GracefulShutdown::new();
     let mut incoming = listener.incoming();
     tokio::pin!(shutdown);
