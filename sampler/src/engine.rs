@@ -48,7 +48,7 @@ use crate::policy::{
 };
 use crate::rollup::spans::SpanPoints;
 use crate::settle::{SettleConfig, SettleError, SettleLinks, Settler};
-use crate::storage::{BufferedKind, Forgetting, RequestValue, Storage, StorageError};
+use crate::storage::{BufferedKind, Forgetting, RequestValue, Storage, StorageError, Store};
 use shards::{ShardGuard, Shards, State};
 
 /// Span attribute naming the policy that kept a trace (as the Collector records it).
@@ -335,17 +335,23 @@ impl Engine {
                 true
             })?;
         }
-        // Indexed once the scan (which holds the storage layout's lock) is over: a shard
-        // lock is never taken inside it.
+        // Indexed once the scan is over: a shard lock is never taken inside it.
         for (at, part) in self.shards.partition(arrivals, |(t, _)| t) {
             let mut shard = self.shards.lock(at);
             for (trace, arrival) in part {
                 full.extend(shard.index.observe(trace, &arrival, now));
             }
         }
-        for (trace, key, kind, payload, error) in corrupt {
-            self.storage
-                .quarantine_item(&trace, key, kind, &payload, &error)?;
+        if !corrupt.is_empty() {
+            let mut batch = WriteBatch::default();
+            for (trace, key, kind, payload, _) in &corrupt {
+                self.storage
+                    .quarantine_item(&mut batch, trace, *key, *kind, payload);
+            }
+            self.storage.write(batch)?;
+            for (.., error) in &corrupt {
+                crate::events::corrupt_record(Store::Buffer, error);
+            }
         }
         let (held, pending) = self.settler.recover(self.unix_now())?;
         if held + pending > 0 {
@@ -1075,9 +1081,9 @@ impl Engine {
             });
             staged.push(self.queues.stage(&mut batch, &request));
         }
-        for (trace, key, kind, payload, error) in corrupt {
+        for (trace, key, kind, payload, _) in &corrupt {
             self.storage
-                .quarantine_item(&trace, key, kind, &payload, &error)?;
+                .quarantine_item(&mut batch, trace, *key, *kind, payload);
         }
         if let Err(error) = self.storage.write_forgetting(batch, forgetting) {
             // Nothing left: a later attempt must not find these spans "exported".
@@ -1087,6 +1093,9 @@ impl Engine {
             return Err(error);
         }
         drop(dedup);
+        for (.., error) in &corrupt {
+            crate::events::corrupt_record(Store::Buffer, error);
+        }
         for s in staged {
             self.queues.committed(s);
         }

@@ -25,8 +25,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod requests;
 
-use std::sync::Mutex;
-
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions,
 };
@@ -167,7 +165,7 @@ pub struct Storage {
     next_seq: AtomicU64,
     dir: std::path::PathBuf,
     /// The buffer's in-memory item index ([`requests`]).
-    layout: Mutex<requests::Layout>,
+    layout: requests::Layout,
     /// WAL bytes above which the small column families are flushed (see [`WAL_TRIM_BYTES`]).
     wal_trim_bytes: u64,
 }
@@ -249,7 +247,7 @@ impl Storage {
             write_options,
             next_seq: AtomicU64::new(now),
             dir: dir.to_path_buf(),
-            layout: Mutex::default(),
+            layout: requests::Layout::default(),
             wal_trim_bytes: WAL_TRIM_BYTES.max(buffer_memory_bytes.saturating_mul(2)),
         })
     }

@@ -28,13 +28,15 @@
 
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard};
 
 use otel_tail_shared::otlp::TraceId;
 use rocksdb::{DBPinnableSlice, IteratorMode, WriteBatch};
 use smallvec::SmallVec;
 
 use super::{BufferedKind, CF_BUFFER, Storage, StorageError, Store};
-use crate::buffer::{TraceMap, table_bytes};
+use crate::buffer::{TraceIdHashBuilder, TraceMap, table_bytes};
 
 /// Bytes framing one item in a request value: kind, trace id, payload length.
 const FRAME: usize = 1 + 16 + 4;
@@ -378,13 +380,13 @@ impl StagedRequest {
 /// [`Storage::write_forgetting`].
 #[derive(Debug, Default)]
 pub struct Forgetting {
-    touched: Vec<u64>,
+    forgotten: Vec<Location>,
 }
 
 impl Forgetting {
     /// Whether nothing was forgotten.
     pub fn is_empty(&self) -> bool {
-        self.touched.is_empty()
+        self.forgotten.is_empty()
     }
 }
 
@@ -397,29 +399,53 @@ struct Request {
     chunks: u32,
 }
 
-/// The in-memory side of the layout.
-#[derive(Default)]
+/// Parts the item-location table is split into by a keyed hash of the trace id, each
+/// behind its own lock (as many as the engine has shards at most).
+const STRIPES: usize = 16;
+
+/// The in-memory side of the layout: item locations split by trace id (ingest and
+/// decisions for different traces do not wait for each other), and the live requests,
+/// whose lock is taken once per request written and once per finishing batch.
 pub(super) struct Layout {
-    traces: TraceLocations,
-    requests: BTreeMap<u64, Request>,
+    traces: Box<[Mutex<TraceLocations>]>,
+    hasher: TraceIdHashBuilder,
+    requests: Mutex<BTreeMap<u64, Request>>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            traces: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            hasher: TraceIdHashBuilder::default(),
+            requests: Mutex::default(),
+        }
+    }
 }
 
 impl Layout {
-    /// Removes `removed` (locations of `trace` taken out of `traces` already) from their
-    /// requests, noting the requests touched.
-    fn forget(&mut self, removed: &[Location], forgetting: &mut Forgetting) {
-        for location in removed {
-            if let Some(request) = self.requests.get_mut(&location.seq) {
-                request.alive = request.alive.saturating_sub(1);
-                request.dead.push(location.offset);
-                forgetting.touched.push(location.seq);
-            }
-        }
+    /// The locked part of the location table that holds `trace`.
+    fn traces(&self, trace: &TraceId) -> MutexGuard<'_, TraceLocations> {
+        let at = ((self.hasher.hash_one(trace) >> 32) as usize) % self.traces.len();
+        self.traces[at].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The locked table of live requests.
+    fn requests(&self) -> MutexGuard<'_, BTreeMap<u64, Request>> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes of memory held per entry, roughly: for the index gauge.
     fn memory_bytes(&self) -> usize {
-        self.traces.memory_bytes() + self.requests.len() * (8 + std::mem::size_of::<Request>() + 16)
+        let traces: usize = self
+            .traces
+            .iter()
+            .map(|part| {
+                part.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .memory_bytes()
+            })
+            .sum();
+        traces + self.requests().len() * (8 + std::mem::size_of::<Request>() + 16)
     }
 }
 
@@ -500,10 +526,6 @@ fn parse_frames(value: &[u8]) -> Result<Vec<Frame>, StorageError> {
 }
 
 impl Storage {
-    fn layout(&self) -> std::sync::MutexGuard<'_, Layout> {
-        self.layout.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Stages `value` under a new sequence in `batch`: one put for the whole request. The
     /// request counts as live from here on (until [`Storage::abandon`] if the write fails),
     /// so the range deletes of [`Storage::write_forgetting`] never reach a request being
@@ -523,7 +545,7 @@ impl Storage {
         for (_, location) in &mut value.items {
             location.seq = seq;
         }
-        self.layout().requests.insert(
+        self.layout.requests().insert(
             seq,
             Request {
                 alive: value.items.len() as u32,
@@ -537,7 +559,7 @@ impl Storage {
     /// Forgets a staged request whose batch could not be written.
     pub fn abandon(&self, staged: StagedRequest) {
         if let Some((_, location)) = staged.items().first() {
-            self.layout().requests.remove(&location.seq);
+            self.layout.requests().remove(&location.seq);
         }
     }
 
@@ -575,17 +597,14 @@ impl Storage {
         items: &[(usize, bool)],
         forgetting: &mut Forgetting,
     ) {
-        let mut layout = self.layout();
-        let mut dropped = Vec::new();
         for &(item, keep) in items {
             let (trace, location) = staged.items()[item];
             if keep {
-                layout.traces.push(trace, location);
+                self.layout.traces(&trace).push(trace, location);
             } else {
-                dropped.push(location);
+                forgetting.forgotten.push(location);
             }
         }
-        layout.forget(&dropped, forgetting);
     }
 
     /// Visits what is buffered for `trace` with a sequence below `upto`, in arrival order,
@@ -611,20 +630,15 @@ impl Storage {
         traces: &[(TraceId, u64)],
         mut visit: impl FnMut(usize, ItemKey, BufferedKind, &[u8]),
     ) -> Result<(), StorageError> {
-        let mut locations: Vec<(Location, usize)> = {
-            let layout = self.layout();
-            traces
-                .iter()
-                .enumerate()
-                .flat_map(|(index, (trace, upto))| {
-                    layout
-                        .traces
-                        .of(trace)
-                        .filter(move |l| l.seq < *upto)
-                        .map(move |l| (*l, index))
-                })
-                .collect()
-        };
+        let mut locations: Vec<(Location, usize)> = Vec::new();
+        for (index, (trace, upto)) in traces.iter().enumerate() {
+            let part = self.layout.traces(trace);
+            locations.extend(
+                part.of(trace)
+                    .filter(|l| l.seq < *upto)
+                    .map(|l| (*l, index)),
+            );
+        }
         locations.sort_by_key(|(l, index)| (l.seq, *index, l.offset));
         let cf = self.cf(CF_BUFFER);
         let mut current: Option<((u64, u16), Option<DBPinnableSlice<'_>>)> = None;
@@ -668,49 +682,59 @@ impl Storage {
     /// Forgets `trace`'s items with a sequence below `upto` (items staged later belong to
     /// a later arrival and stay); the disk follows in [`Storage::write_forgetting`].
     pub fn forget_trace(&self, forgetting: &mut Forgetting, trace: &TraceId, upto: u64) {
-        let mut layout = self.layout();
-        let removed = layout.traces.take(trace, |l| l.seq < upto);
-        layout.forget(&removed, forgetting);
+        let removed = self.layout.traces(trace).take(trace, |l| l.seq < upto);
+        forgetting.forgotten.extend(removed);
     }
 
     /// Forgets exactly the items `keys` of `trace` (what a handoff sent and had
     /// acknowledged).
     pub fn forget_items(&self, forgetting: &mut Forgetting, trace: &TraceId, keys: &[ItemKey]) {
-        let mut layout = self.layout();
-        let removed = layout.traces.take(trace, |l| keys.contains(&l.key()));
-        layout.forget(&removed, forgetting);
+        let removed = self
+            .layout
+            .traces(trace)
+            .take(trace, |l| keys.contains(&l.key()));
+        forgetting.forgotten.extend(removed);
     }
 
-    /// Writes `batch` together with the on-disk record of what `forgetting` forgot: each
-    /// touched request's forgotten offsets, or its removal once nothing of it is left
-    /// (runs of requests with nothing between them that is still live go with one range
-    /// delete). Writes are serialised here, so a request's record on disk never goes
-    /// back to an older list.
+    /// Removes what `forgetting` forgot from its requests, then writes `batch` together
+    /// with the on-disk record of it: each touched request's forgotten offsets, or its
+    /// removal once nothing of it is left (runs of requests with nothing between them that
+    /// is still live go with one range delete). Writes are serialised here, so a request's
+    /// record on disk never goes back to an older list. Every [`Forgetting`] filled must
+    /// come here: until then its requests count the items as alive.
     pub fn write_forgetting(
         &self,
         mut batch: WriteBatch,
-        mut forgetting: Forgetting,
+        forgetting: Forgetting,
     ) -> Result<(), StorageError> {
-        forgetting.touched.sort_unstable();
-        forgetting.touched.dedup();
         let cf = self.cf(CF_BUFFER);
-        let mut layout = self.layout();
+        let mut requests = self.layout.requests();
+        let mut touched = Vec::with_capacity(forgetting.forgotten.len());
+        for location in forgetting.forgotten {
+            if let Some(request) = requests.get_mut(&location.seq) {
+                request.alive = request.alive.saturating_sub(1);
+                request.dead.push(location.offset);
+                touched.push(location.seq);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
         let mut dying = Vec::new();
-        for seq in forgetting.touched {
-            match layout.requests.get(&seq) {
+        for seq in touched {
+            match requests.get(&seq) {
                 Some(request) if request.alive == 0 => dying.push((seq, request.chunks)),
                 Some(request) => batch.put_cf(cf, dead_key(seq), encode_offsets(&request.dead)),
                 None => {}
             }
         }
         for (seq, _) in &dying {
-            layout.requests.remove(seq);
+            requests.remove(seq);
         }
         // Runs of dying requests with no live request between them: one range each.
         let mut run: Option<(u64, u64, u32)> = None;
         for (seq, chunks) in dying {
             run = match run {
-                Some((from, to, _)) if layout.requests.range(to..seq).next().is_none() => {
+                Some((from, to, _)) if requests.range(to..seq).next().is_none() => {
                     Some((from, seq, chunks))
                 }
                 Some(done) => {
@@ -728,12 +752,19 @@ impl Storage {
 
     /// Trace ids with items buffered.
     pub fn buffered_traces(&self) -> Vec<TraceId> {
-        self.layout().traces.first.keys().copied().collect()
+        self.layout
+            .traces
+            .iter()
+            .flat_map(|part| {
+                let part = part.lock().unwrap_or_else(|e| e.into_inner());
+                part.first.keys().copied().collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Approximate bytes of the in-memory item index.
     pub fn layout_memory_bytes(&self) -> usize {
-        self.layout().memory_bytes()
+        self.layout.memory_bytes()
     }
 
     /// Rebuilds the in-memory layout from disk after a restart, visiting every item still
@@ -805,7 +836,6 @@ impl Storage {
                     }
                 }
             }
-            let mut layout = self.layout();
             let mut refused = Vec::new();
             for (trace, location, value) in items {
                 if request.dead.contains(&location.offset) {
@@ -818,7 +848,7 @@ impl Storage {
                     &value[location.range()],
                 ) {
                     request.alive += 1;
-                    layout.traces.push(trace, location);
+                    self.layout.traces(&trace).push(trace, location);
                 } else {
                     refused.push(location);
                 }
@@ -828,8 +858,8 @@ impl Storage {
                 continue;
             }
             request.alive += refused.len() as u32;
-            layout.requests.insert(seq, request);
-            layout.forget(&refused, &mut forgetting);
+            self.layout.requests().insert(seq, request);
+            forgetting.forgotten.extend(refused);
         }
         for (seq, value) in whole {
             let dead_here = dead.remove(&seq).unwrap_or_default();
@@ -911,13 +941,10 @@ impl Storage {
             self.write(batch)?;
             self.committed(staged);
             let mut forgetting = Forgetting::default();
-            let mut layout = self.layout();
-            for (trace, location) in &refused {
-                layout.traces.take(trace, |l| l == location);
+            for (trace, location) in refused {
+                self.layout.traces(&trace).take(&trace, |l| *l == location);
+                forgetting.forgotten.push(location);
             }
-            let refused: Vec<Location> = refused.into_iter().map(|(_, l)| l).collect();
-            layout.forget(&refused, &mut forgetting);
-            drop(layout);
             self.write_forgetting(WriteBatch::default(), forgetting)?;
         }
         tracing::info!(
@@ -927,16 +954,17 @@ impl Storage {
         Ok(())
     }
 
-    /// Moves one buffered item's payload into quarantine (key: trace id ++ item key); the
-    /// item itself is forgotten by the caller with the rest of its trace.
+    /// Adds to `batch` a copy of one buffered item's payload in quarantine (key: trace id
+    /// ++ item key); the item itself is forgotten by the caller with the rest of its trace,
+    /// in the same write, and counted ([`crate::events::corrupt_record`]) once written.
     pub fn quarantine_item(
         &self,
+        batch: &mut WriteBatch,
         trace: &TraceId,
         key: ItemKey,
         kind: BufferedKind,
         payload: &[u8],
-        error: &dyn std::fmt::Display,
-    ) -> Result<(), StorageError> {
+    ) {
         let mut quarantine_key = Vec::with_capacity(1 + 16 + 12);
         quarantine_key.push(Store::Buffer as u8);
         quarantine_key.extend_from_slice(trace);
@@ -944,11 +972,7 @@ impl Storage {
         let mut value = Vec::with_capacity(payload.len() + 1);
         value.push(kind as u8);
         value.extend_from_slice(payload);
-        let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(super::CF_QUARANTINE), quarantine_key, value);
-        self.write(batch)?;
-        crate::events::corrupt_record(Store::Buffer, error);
-        Ok(())
     }
 }
 
