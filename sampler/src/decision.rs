@@ -69,6 +69,22 @@ impl DecisionCache {
         }
     }
 
+    /// Every remembered decision: the sampled ones, then the others, each most recent
+    /// first.
+    pub fn entries(&self) -> impl Iterator<Item = (TraceId, Cached)> + '_ {
+        let sampled = self
+            .sampled
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|(trace, kept)| (*trace, Cached::Sampled(kept.clone())));
+        let not_sampled = self
+            .not_sampled
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|(trace, ())| (*trace, Cached::NotSampled));
+        sampled.chain(not_sampled)
+    }
+
     /// The remembered decision for `trace`, if any.
     pub fn get(&mut self, trace: &TraceId) -> Option<Cached> {
         if let Some(kept) = self.sampled.as_mut().and_then(|c| c.get(trace)) {
@@ -128,5 +144,26 @@ mod tests {
         cache.insert([1; 16], Cached::NotSampled);
         cache.insert([1; 16], kept("a"));
         assert_eq!(cache.get(&[1; 16]), Some(kept("a")));
+    }
+
+    #[test]
+    fn entries_list_sampled_decisions_first_then_the_rest_most_recent_first() {
+        let mut cache = DecisionCache::new(2, 2);
+        cache.insert([1; 16], Cached::NotSampled);
+        cache.insert([2; 16], kept("a"));
+        cache.insert([3; 16], Cached::NotSampled);
+        cache.insert([4; 16], kept("b"));
+        cache.insert([5; 16], kept("c"));
+        let entries: Vec<(TraceId, Cached)> = cache.entries().collect();
+        assert_eq!(
+            entries,
+            vec![
+                ([5; 16], kept("c")),
+                ([4; 16], kept("b")),
+                ([3; 16], Cached::NotSampled),
+                ([1; 16], Cached::NotSampled),
+            ],
+            "the oldest sampled decision fell out of its bound"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! Decisions of recently decided traces whose owner changed travel with
 //! `otel_tail.v1.Handoff/Decisions`, best effort (the decision cache is best effort too).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -201,36 +202,34 @@ impl Handoff {
         report
     }
 
-    /// Sends the decisions of recently decided traces that moved from `old` to
-    /// `topology`'s ring to their new owners, starting no call after `deadline`; returns
-    /// how many were recorded there.
+    /// Sends the cached decisions of traces that moved from `old` to `topology`'s ring
+    /// to their new owners (sampled ones first), starting no call after `deadline`;
+    /// returns how many were recorded there.
     pub async fn decisions(&self, old: &Ring, topology: &Topology, deadline: Instant) -> usize {
+        let engine = self.engine.clone();
+        let cached = match tokio::task::spawn_blocking(move || engine.cached_decisions()).await {
+            Ok(cached) => cached,
+            Err(e) => {
+                tracing::error!(error = %e, "collecting decisions failed");
+                return 0;
+            }
+        };
         let plan = plan_decisions(
             self.cluster.local(),
             old,
             &topology.ring,
-            self.cluster.recent_ids(),
+            cached.iter().map(|(trace, _)| *trace),
         );
+        let by_trace: HashMap<TraceId, Cached> = cached.into_iter().collect();
         let mut sent = 0;
         for (node, traces) in plan {
             let Some(addr) = topology.forward.get(&node).copied() else {
                 continue;
             };
-            let engine = self.engine.clone();
-            let decisions = match tokio::task::spawn_blocking(move || {
-                traces
-                    .iter()
-                    .filter_map(|t| engine.decision_of(t).map(|d| to_proto(t, d)))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(error = %e, "collecting decisions failed");
-                    continue;
-                }
-            };
+            let decisions: Vec<TraceDecision> = traces
+                .iter()
+                .filter_map(|t| by_trace.get(t).map(|d| to_proto(t, d.clone())))
+                .collect();
             for chunk in decisions.chunks(DECISIONS_PER_CALL) {
                 if Instant::now() >= deadline {
                     return sent;

@@ -231,12 +231,10 @@ impl ClusterIngest {
             })
             .collect();
         let count = decisions.len() as u32;
-        let ids: Vec<TraceId> = decisions.iter().map(|(t, _)| *t).collect();
         let engine = self.engine.clone();
         let settled = tokio::task::spawn_blocking(move || engine.adopt_decisions(decisions))
             .await
             .map_err(|e| IngestError::unavailable("decision task failed", e))??;
-        self.cluster.remember(&ids);
         tracing::debug!(origin = %batch.origin, decisions = count, settled, "adopted handed-off decisions");
         Ok(count)
     }
@@ -359,7 +357,6 @@ impl ClusterIngest {
         let accepted = tokio::task::spawn_blocking(move || payload.ingest(&engine, origin))
             .await
             .map_err(|e| IngestError::unavailable("ingest task failed", e))??;
-        self.cluster.remember(&ids);
         if foreign {
             self.cluster.want_handoff();
         }
@@ -383,7 +380,6 @@ impl ClusterIngest {
                     .iter()
                     .any(|t| topology.owner_index(RouteKey::Trace(*t)).unwrap_or(local) != local)
             });
-        self.cluster.remember(&took.traces);
         if foreign {
             self.cluster.want_handoff();
         }

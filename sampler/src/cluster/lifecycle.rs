@@ -108,8 +108,6 @@ impl Node {
             .context("cluster.advertise_address")?;
         let forward_addr =
             addresses::advertised_forward(forward_listener.local_addr()?, advertise.ip());
-        let recent = config.sampler.decision_cache.sampled_cache_size
-            + config.sampler.decision_cache.non_sampled_cache_size;
         let forward_auth = secret
             .as_deref()
             .map(|secret| Arc::new(ForwardAuth::new(secret)));
@@ -121,7 +119,6 @@ impl Node {
                 NodeId::from(node_id.as_str()),
                 forward_addr,
                 cluster_config.virtual_nodes,
-                recent,
             )
             .secured(forward_auth.clone(), client_tls.clone()),
         );

@@ -31,10 +31,8 @@ mod summary;
 mod watch;
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, RwLock};
 
-use lru::LruCache;
 use otel_tail_shared::membership::ClusterView;
 use otel_tail_shared::otlp::TraceId;
 use otel_tail_shared::ring::NodeId;
@@ -61,14 +59,13 @@ pub enum Origin {
     Summary,
 }
 
-/// This node's view of the cluster: who it is, the current ring, recently seen trace ids
-/// (whose decisions may have to follow them), and the client to its peers.
+/// This node's view of the cluster: who it is, the current ring, and the client to its
+/// peers. (The decisions that follow moved trace ids come from the engine's caches.)
 pub struct Cluster {
     local: NodeId,
     local_forward: SocketAddr,
     vnodes: u32,
     topology: RwLock<Arc<Topology>>,
-    recent: Mutex<LruCache<TraceId, ()>>,
     peers: PeerClient,
     /// Woken when the ring changed or data this node does not own was buffered here.
     wake: Notify,
@@ -78,22 +75,13 @@ pub struct Cluster {
 
 impl Cluster {
     /// A cluster view holding only this node until membership reports more.
-    /// `recent_capacity` bounds the trace ids remembered for decision handoff.
-    pub fn new(
-        local: NodeId,
-        local_forward: SocketAddr,
-        vnodes: u32,
-        recent_capacity: usize,
-    ) -> Cluster {
+    pub fn new(local: NodeId, local_forward: SocketAddr, vnodes: u32) -> Cluster {
         let topology = Topology::from_members(vnodes, &[], &local, local_forward, true);
         Cluster {
             local,
             local_forward,
             vnodes,
             topology: RwLock::new(Arc::new(topology)),
-            recent: Mutex::new(LruCache::new(
-                NonZeroUsize::new(recent_capacity).unwrap_or(NonZeroUsize::MIN),
-            )),
             peers: PeerClient::default(),
             wake: Notify::new(),
             pinned: Mutex::new(Default::default()),
@@ -158,27 +146,6 @@ impl Cluster {
             self.local_forward,
             false,
         )
-    }
-
-    /// Remembers trace ids buffered or decided here.
-    fn remember(&self, ids: &[TraceId]) {
-        if ids.is_empty() {
-            return;
-        }
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        for id in ids {
-            recent.put(*id, ());
-        }
-    }
-
-    /// Trace ids seen recently, most recent first.
-    pub fn recent_ids(&self) -> Vec<TraceId> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(id, _)| *id)
-            .collect()
     }
 
     /// Asks the handoff task for a pass (data not owned here was buffered).

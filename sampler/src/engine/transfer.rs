@@ -191,13 +191,25 @@ impl Engine {
         self.finish_all(&evicted)
     }
 
-    /// The cached decision of `trace`, unless the trace is still undecided here.
-    pub fn decision_of(&self, trace: &TraceId) -> Option<Cached> {
-        let mut state = self.shard(trace);
-        if state.index.get(trace).is_some() {
-            return None;
+    /// Every cached decision of a trace not undecided here again (late spans re-buffered
+    /// it): the sampled ones first, as those matter most to the new owner of a trace.
+    pub fn cached_decisions(&self) -> Vec<(TraceId, Cached)> {
+        let mut sampled = Vec::new();
+        let mut not_sampled = Vec::new();
+        for at in 0..self.shards.count() {
+            let state = self.shards.lock(at);
+            for (trace, decision) in state.cache.entries() {
+                if state.index.get(&trace).is_some() {
+                    continue;
+                }
+                match decision {
+                    Cached::Sampled(_) => sampled.push((trace, decision)),
+                    Cached::NotSampled => not_sampled.push((trace, decision)),
+                }
+            }
         }
-        state.cache.get(trace)
+        sampled.extend(not_sampled);
+        sampled
     }
 
     /// Records decisions made by another node for traces this node now owns. A trace
@@ -428,10 +440,17 @@ mod tests {
             0,
             "a late span follows the adopted decision"
         );
-        assert_eq!(f.engine.decision_of(&[6; 16]), Some(Cached::NotSampled));
+        let decision_of = |trace: [u8; 16]| {
+            f.engine
+                .cached_decisions()
+                .into_iter()
+                .find(|(t, _)| *t == trace)
+                .map(|(_, d)| d)
+        };
+        assert_eq!(decision_of([6; 16]), Some(Cached::NotSampled));
         f.engine.ingest_traces(spans(8, 1)).unwrap();
         assert_eq!(
-            f.engine.decision_of(&[8; 16]),
+            decision_of([8; 16]),
             None,
             "undecided traces have no decision"
         );
