@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -136,6 +137,32 @@ enum Delivery {
     Undecodable,
     /// The drain deadline passed; the entries stay queued.
     Stopped,
+}
+
+/// A batch on its way to an exporter: decoded, or the stored bytes as they are.
+enum Outgoing {
+    Decoded(ExportRequest),
+    Encoded(Signal, Bytes),
+}
+
+impl Outgoing {
+    fn signal(&self) -> Signal {
+        match self {
+            Outgoing::Decoded(request) => request.signal(),
+            Outgoing::Encoded(signal, _) => *signal,
+        }
+    }
+
+    fn is_encoded(&self) -> bool {
+        matches!(self, Outgoing::Encoded(..))
+    }
+
+    async fn send(&self, exporter: &Exporter) -> Result<(), ExportError> {
+        match self {
+            Outgoing::Decoded(request) => exporter.export(request).await,
+            Outgoing::Encoded(signal, body) => exporter.export_encoded(*signal, body.clone()).await,
+        }
+    }
 }
 
 /// Consecutive same-signal entries read from the head of a lane.
@@ -381,7 +408,8 @@ impl ExportQueues {
     }
 
     /// Sends `batch` until it is delivered or refused for good (then deletes it), or until
-    /// the drain deadline passes (the batch stays queued).
+    /// the drain deadline passes (the batch stays queued). An exporter that takes encoded
+    /// requests gets the stored bytes as they are; the others get them decoded.
     async fn deliver(
         &self,
         lane: &Lane,
@@ -389,32 +417,32 @@ impl ExportQueues {
         drain: watch::Receiver<Option<Instant>>,
     ) -> Delivery {
         let exporter = lane.exporter.name();
-        let decoded = match batch.signal {
-            Some(signal) => decode_request(signal, &batch.payload)
-                .map_err(|e| format!("{} bytes do not decode: {e}", batch.payload.len())),
-            None => Err("unknown signal tag or truncated header".to_owned()),
-        };
-        let request = match decoded {
-            Ok(request) => request,
-            Err(_) if batch.keys.len() > 1 => return Delivery::Undecodable,
-            Err(reason) => {
-                tracing::error!(
-                    exporter,
-                    reason,
-                    "an export queue entry cannot be read; moving it to quarantine"
+        let request = match batch.signal {
+            Some(signal) if lane.exporter.takes_encoded() => {
+                Outgoing::Encoded(signal, Bytes::copy_from_slice(&batch.payload))
+            }
+            Some(signal) => match decode_request(signal, &batch.payload) {
+                Ok(request) => Outgoing::Decoded(request),
+                Err(_) if batch.keys.len() > 1 => return Delivery::Undecodable,
+                Err(e) => {
+                    let reason = format!("{} bytes do not decode: {e}", batch.payload.len());
+                    return self.refuse_unreadable(lane, &batch, &reason);
+                }
+            },
+            None if batch.keys.len() > 1 => return Delivery::Undecodable,
+            None => {
+                return self.refuse_unreadable(
+                    lane,
+                    &batch,
+                    "unknown signal tag or truncated header",
                 );
-                self.quarantine(&batch, &reason);
-                lane.rejected_items
-                    .fetch_add(batch.items, Ordering::Relaxed);
-                self.remove(lane, &batch, batch.signal, "rejected");
-                return Delivery::Done;
             }
         };
         let signal = request.signal();
         let mut attempt = 0u32;
         loop {
             let result = tokio::select! {
-                result = lane.exporter.export(&request) => result,
+                result = request.send(&lane.exporter) => result,
                 () = drain_expired(drain.clone()) => return Delivery::Stopped,
             };
             match result {
@@ -423,6 +451,21 @@ impl ExportQueues {
                         .fetch_add(batch.items, Ordering::Relaxed);
                     self.remove(lane, &batch, Some(signal), "success");
                     return Delivery::Done;
+                }
+                // Sent undecoded, bytes that do not decode are refused: merged entries go
+                // again one by one (a bad one must not take its neighbours with it), and
+                // a bad entry alone goes to quarantine.
+                Err(ExportError::Permanent(_))
+                    if request.is_encoded() && decode_request(signal, &batch.payload).is_err() =>
+                {
+                    if batch.keys.len() > 1 {
+                        return Delivery::Undecodable;
+                    }
+                    return self.refuse_unreadable(
+                        lane,
+                        &batch,
+                        &format!("{} bytes do not decode", batch.payload.len()),
+                    );
                 }
                 Err(ExportError::Permanent(message)) => {
                     tracing::warn!(
@@ -460,6 +503,20 @@ impl ExportQueues {
                 }
             }
         }
+    }
+
+    /// Moves an entry that cannot be read to quarantine and counts its items as rejected.
+    fn refuse_unreadable(&self, lane: &Lane, batch: &Batch, reason: &str) -> Delivery {
+        tracing::error!(
+            exporter = lane.exporter.name(),
+            reason,
+            "an export queue entry cannot be read; moving it to quarantine"
+        );
+        self.quarantine(batch, reason);
+        lane.rejected_items
+            .fetch_add(batch.items, Ordering::Relaxed);
+        self.remove(lane, batch, batch.signal, "rejected");
+        Delivery::Done
     }
 
     /// Reads the head of lane `index`: consecutive same-signal entries within the merge

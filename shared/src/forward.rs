@@ -32,7 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use codec::ClientCodec;
+pub(crate) use codec::ClientCodec;
 pub use codec::{BytesDecoder, ServerCodec};
 
 use crate::membership::NodeIdentity;

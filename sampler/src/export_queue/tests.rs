@@ -633,3 +633,45 @@ async fn unreadable_entries_are_dropped_and_the_rest_delivered() {
         (2, 2, 0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_sent_undecoded_that_do_not_decode_go_to_quarantine_and_the_rest_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Storage::open(&dir.path().join("db"), false).unwrap());
+    let addr = free_port();
+    let downstream = Downstream::default();
+    let _server = serve(addr, downstream.clone()).await;
+    let queues = ExportQueues::open(
+        storage.clone(),
+        vec![grpc_exporter(addr)],
+        &fast_retry_config(1 << 30),
+    )
+    .unwrap();
+    queues.enqueue(&traces("good1", 1)).unwrap();
+    // A traces entry whose payload is not protobuf, merged with its neighbours on reading.
+    let mut batch = WriteBatch::default();
+    batch.put_cf(
+        storage.cf(CF_QUEUE),
+        lane_key(queues.lanes[0].id, storage.next_seq()),
+        [1u8, 0, 0, 0, 2, 0xff, 0xff],
+    );
+    storage.write(batch).unwrap();
+    queues.enqueue(&traces("good2", 2)).unwrap();
+    drain_all(&queues).await;
+    assert_eq!(
+        *downstream.spans.lock().unwrap(),
+        ["good1-0", "good2-0", "good2-1"],
+        "the neighbours of the bad entry are delivered"
+    );
+    let stats = &queues.stats()[0];
+    assert_eq!(
+        (
+            stats.exported_items,
+            stats.rejected_items,
+            stats.queued_bytes
+        ),
+        (3, 2, 0)
+    );
+    let quarantined = storage.quarantined().unwrap();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+}

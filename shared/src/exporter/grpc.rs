@@ -14,8 +14,13 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
@@ -25,6 +30,8 @@ use tonic_types::StatusExt;
 
 use super::{ExportError, ExportRequest, ExporterBuildError, record_partial_rejection};
 use crate::config::{Compression, OtlpGrpcExporterConfig};
+use crate::forward::{ClientCodec, export_path};
+use crate::otlp::Signal;
 
 const ENDPOINT_KEY: &str = "exporter.otlp.endpoint";
 const HEADERS_KEY: &str = "exporter.otlp.headers";
@@ -162,6 +169,60 @@ impl GrpcExporter {
                 (partial.rejected_data_points, partial.error_message)
             }
         };
+        record_partial_rejection(NAME, signal, rejected, &message);
+        Ok(())
+    }
+
+    /// Sends `body`, an export request of `signal` already encoded as OTLP protobuf, as
+    /// it is: what a sampler's export queue stores, so kept data is not decoded, copied
+    /// and encoded again on its way out. Failures are classified as [`Self::export`]'s.
+    pub async fn export_encoded(&self, signal: Signal, body: Bytes) -> Result<(), ExportError> {
+        let channel = self.channel.get_or_init(|| self.connect()).clone();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        if self.gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        grpc.ready()
+            .await
+            .map_err(|e| classify_status(Status::unknown(format!("service was not ready: {e}"))))?;
+        let request = self.request(body);
+        let path = PathAndQuery::from_static(export_path(signal));
+        let (rejected, message) = match signal {
+            Signal::Traces => grpc
+                .unary(
+                    request,
+                    path,
+                    ClientCodec::<ExportTraceServiceResponse>::default(),
+                )
+                .await
+                .map(|r| {
+                    let partial = r.into_inner().partial_success.unwrap_or_default();
+                    (partial.rejected_spans, partial.error_message)
+                }),
+            Signal::Logs => grpc
+                .unary(
+                    request,
+                    path,
+                    ClientCodec::<ExportLogsServiceResponse>::default(),
+                )
+                .await
+                .map(|r| {
+                    let partial = r.into_inner().partial_success.unwrap_or_default();
+                    (partial.rejected_log_records, partial.error_message)
+                }),
+            Signal::Metrics => grpc
+                .unary(
+                    request,
+                    path,
+                    ClientCodec::<ExportMetricsServiceResponse>::default(),
+                )
+                .await
+                .map(|r| {
+                    let partial = r.into_inner().partial_success.unwrap_or_default();
+                    (partial.rejected_data_points, partial.error_message)
+                }),
+        }
+        .map_err(classify_status)?;
         record_partial_rejection(NAME, signal, rejected, &message);
         Ok(())
     }

@@ -11,6 +11,7 @@ pub mod http;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -172,6 +173,24 @@ impl Exporter {
             Exporter::Grpc(e) => e.export(request).await,
             Exporter::Http(e) => e.export(request).await,
             Exporter::File(e) => e.export(request).await,
+        }
+    }
+
+    /// Whether this exporter sends requests as encoded protobuf bytes
+    /// ([`Exporter::export_encoded`]), so a caller holding them need not decode them.
+    pub fn takes_encoded(&self) -> bool {
+        matches!(self, Exporter::Grpc(_))
+    }
+
+    /// Sends `body`, an OTLP protobuf export request of `signal`, as it is; only for an
+    /// exporter that [`Exporter::takes_encoded`] (the others write a decoded request).
+    pub async fn export_encoded(&self, signal: Signal, body: Bytes) -> Result<(), ExportError> {
+        match self {
+            Exporter::Grpc(e) => e.export_encoded(signal, body).await,
+            Exporter::Http(_) | Exporter::File(_) => Err(ExportError::Permanent(format!(
+                "the {} exporter does not send encoded requests",
+                self.name()
+            ))),
         }
     }
 }
