@@ -701,7 +701,9 @@ impl Storage {
     /// removal once nothing of it is left (runs of requests with nothing between them that
     /// is still live go with one range delete). Writes are serialised here, so a request's
     /// record on disk never goes back to an older list. Every [`Forgetting`] filled must
-    /// come here: until then its requests count the items as alive.
+    /// come here: until then its requests count the items as alive (one dropped on an
+    /// error path keeps its requests until a restart rebuilds the table, as it does the
+    /// decisions lost there).
     pub fn write_forgetting(
         &self,
         mut batch: WriteBatch,

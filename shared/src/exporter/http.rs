@@ -156,12 +156,28 @@ impl HttpExporter {
 
     /// Sends one request; see the module docs for how failures are classified.
     pub async fn export(&self, request: &ExportRequest) -> Result<(), ExportError> {
-        let (uri, body) = match request {
-            ExportRequest::Traces(r) => (&self.traces_uri, r.encode_to_vec()),
-            ExportRequest::Logs(r) => (&self.logs_uri, r.encode_to_vec()),
-            ExportRequest::Metrics(r) => (&self.metrics_uri, r.encode_to_vec()),
+        let body = match request {
+            ExportRequest::Traces(r) => r.encode_to_vec(),
+            ExportRequest::Logs(r) => r.encode_to_vec(),
+            ExportRequest::Metrics(r) => r.encode_to_vec(),
         };
-        let body = if self.gzip { gzip(&body) } else { body };
+        self.export_encoded(request.signal(), Bytes::from(body))
+            .await
+    }
+
+    /// Sends `body`, an export request of `signal` already encoded as OTLP protobuf, as
+    /// it is (what a sampler's export queue stores); otherwise as [`Self::export`].
+    pub async fn export_encoded(&self, signal: Signal, body: Bytes) -> Result<(), ExportError> {
+        let uri = match signal {
+            Signal::Traces => &self.traces_uri,
+            Signal::Logs => &self.logs_uri,
+            Signal::Metrics => &self.metrics_uri,
+        };
+        let body = if self.gzip {
+            Bytes::from(gzip(&body))
+        } else {
+            body
+        };
         let mut builder = http::Request::builder()
             .method(Method::POST)
             .uri(uri.clone())
@@ -173,7 +189,7 @@ impl HttpExporter {
             builder = builder.header(name, value);
         }
         let http_request = builder
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| ExportError::Permanent(format!("cannot build request: {e}")))?;
         let (status, headers, body) = tokio::time::timeout(self.timeout, self.send(http_request))
             .await
@@ -182,8 +198,8 @@ impl HttpExporter {
                 message: format!("no response from {uri} within {:?}", self.timeout),
             })??;
         if status.is_success() {
-            let (rejected, message) = partial_success(request.signal(), &body);
-            record_partial_rejection(NAME, request.signal(), rejected, &message);
+            let (rejected, message) = partial_success(signal, &body);
+            record_partial_rejection(NAME, signal, rejected, &message);
             return Ok(());
         }
         let retry_after = headers

@@ -179,7 +179,7 @@ impl Exporter {
     /// Whether this exporter sends requests as encoded protobuf bytes
     /// ([`Exporter::export_encoded`]), so a caller holding them need not decode them.
     pub fn takes_encoded(&self) -> bool {
-        matches!(self, Exporter::Grpc(_))
+        matches!(self, Exporter::Grpc(_) | Exporter::Http(_))
     }
 
     /// Sends `body`, an OTLP protobuf export request of `signal`, as it is; only for an
@@ -187,7 +187,8 @@ impl Exporter {
     pub async fn export_encoded(&self, signal: Signal, body: Bytes) -> Result<(), ExportError> {
         match self {
             Exporter::Grpc(e) => e.export_encoded(signal, body).await,
-            Exporter::Http(_) | Exporter::File(_) => Err(ExportError::Permanent(format!(
+            Exporter::Http(e) => e.export_encoded(signal, body).await,
+            Exporter::File(_) => Err(ExportError::Permanent(format!(
                 "the {} exporter does not send encoded requests",
                 self.name()
             ))),

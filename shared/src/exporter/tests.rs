@@ -239,6 +239,66 @@ async fn grpc_delivers_every_signal_with_headers_and_gzip() {
 }
 
 #[tokio::test]
+async fn encoded_requests_go_out_as_they_are_and_concatenated_ones_arrive_merged() {
+    let (grpc_addr, grpc) = start_grpc_server().await;
+    let (http_addr, http) = start_http_server().await;
+    let exporters = [
+        Exporter::Grpc(
+            GrpcExporter::new(&grpc_config(grpc_addr.to_string(), Compression::Gzip)).unwrap(),
+        ),
+        Exporter::Http(HttpExporter::new(&http_config(http_addr, Compression::Gzip)).unwrap()),
+    ];
+    // Two queued requests of one signal are sent as their bytes one after the other.
+    let twice = |bytes: Vec<u8>| Bytes::from([bytes.clone(), bytes].concat());
+    let sent = [
+        (Signal::Traces, twice(traces(2).encode_to_vec())),
+        (Signal::Logs, twice(logs().encode_to_vec())),
+        (Signal::Metrics, twice(metrics().encode_to_vec())),
+    ];
+    for exporter in &exporters {
+        assert!(exporter.takes_encoded());
+        for (signal, body) in &sent {
+            exporter
+                .export_encoded(*signal, body.clone())
+                .await
+                .unwrap();
+        }
+    }
+    let mut merged_traces = traces(2);
+    merged_traces
+        .resource_spans
+        .extend(traces(2).resource_spans);
+    let mut merged_logs = logs();
+    merged_logs.resource_logs.extend(logs().resource_logs);
+    let mut merged_metrics = metrics();
+    merged_metrics
+        .resource_metrics
+        .extend(metrics().resource_metrics);
+    assert_eq!(
+        *grpc.requests.lock().unwrap(),
+        [
+            ExportRequest::Traces(merged_traces.clone()),
+            ExportRequest::Logs(merged_logs),
+            ExportRequest::Metrics(merged_metrics),
+        ]
+    );
+    let seen = http.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].0, "/v1/traces");
+    assert_eq!(seen[0].2.as_deref(), Some("gzip"));
+    assert_eq!(
+        ExportTraceServiceRequest::decode(&seen[0].4[..]).unwrap(),
+        merged_traces
+    );
+    let file = tempfile::tempdir().unwrap();
+    let exporter = Exporter::File(FileExporter::open(&file.path().join("out.jsonl")).unwrap());
+    assert!(
+        !exporter.takes_encoded(),
+        "a file holds JSON: decoded first"
+    );
+}
+
+#[tokio::test]
 async fn grpc_without_compression_sends_identity() {
     let (addr, recorder) = start_grpc_server().await;
     let exporter =
