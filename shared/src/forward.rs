@@ -32,7 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-pub(crate) use codec::ClientCodec;
+use codec::ClientCodec;
 pub use codec::{BytesDecoder, ServerCodec};
 
 use crate::membership::NodeIdentity;
@@ -328,42 +328,7 @@ impl Forwarder {
             request.metadata_mut().insert(RING_HEADER, value);
         }
         self.sign(request.metadata_mut(), export_path(signal));
-        let path = PathAndQuery::from_static(export_path(signal));
-        let response = match signal {
-            Signal::Traces => grpc
-                .unary(
-                    request,
-                    path,
-                    ClientCodec::<ExportTraceServiceResponse>::default(),
-                )
-                .await
-                .map(|r| {
-                    let partial = r.into_inner().partial_success.unwrap_or_default();
-                    (partial.rejected_spans, partial.error_message)
-                }),
-            Signal::Logs => grpc
-                .unary(
-                    request,
-                    path,
-                    ClientCodec::<ExportLogsServiceResponse>::default(),
-                )
-                .await
-                .map(|r| {
-                    let partial = r.into_inner().partial_success.unwrap_or_default();
-                    (partial.rejected_log_records, partial.error_message)
-                }),
-            Signal::Metrics => grpc
-                .unary(
-                    request,
-                    path,
-                    ClientCodec::<ExportMetricsServiceResponse>::default(),
-                )
-                .await
-                .map(|r| {
-                    let partial = r.into_inner().partial_success.unwrap_or_default();
-                    (partial.rejected_data_points, partial.error_message)
-                }),
-        };
+        let response = export_unary(&mut grpc, signal, request).await;
         match response {
             Ok((rejected, message)) => Ok(Accepted { rejected, message }),
             Err(status) => Err(classify(target, &status)),
@@ -445,6 +410,37 @@ pub fn export_path(signal: Signal) -> &'static str {
         Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
         Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
         Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    }
+}
+
+/// Sends `request`, an encoded OTLP export request of `signal`, as one unary call on
+/// `grpc` (ready already); returns what the response's `partial_success` rejected and its
+/// message. Shared by the forwarder and the OTLP/gRPC exporter, which both send bytes.
+pub(crate) async fn export_unary(
+    grpc: &mut tonic::client::Grpc<Channel>,
+    signal: Signal,
+    request: tonic::Request<Bytes>,
+) -> Result<(i64, String), Status> {
+    let path = PathAndQuery::from_static(export_path(signal));
+    match signal {
+        Signal::Traces => {
+            let codec = ClientCodec::<ExportTraceServiceResponse>::default();
+            let partial = grpc.unary(request, path, codec).await?.into_inner();
+            let partial = partial.partial_success.unwrap_or_default();
+            Ok((partial.rejected_spans, partial.error_message))
+        }
+        Signal::Logs => {
+            let codec = ClientCodec::<ExportLogsServiceResponse>::default();
+            let partial = grpc.unary(request, path, codec).await?.into_inner();
+            let partial = partial.partial_success.unwrap_or_default();
+            Ok((partial.rejected_log_records, partial.error_message))
+        }
+        Signal::Metrics => {
+            let codec = ClientCodec::<ExportMetricsServiceResponse>::default();
+            let partial = grpc.unary(request, path, codec).await?.into_inner();
+            let partial = partial.partial_success.unwrap_or_default();
+            Ok((partial.rejected_data_points, partial.error_message))
+        }
     }
 }
 

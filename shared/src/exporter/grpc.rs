@@ -15,13 +15,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::{Channel, Endpoint};
@@ -30,7 +23,7 @@ use tonic_types::StatusExt;
 
 use super::{ExportError, ExportRequest, ExporterBuildError, record_partial_rejection};
 use crate::config::{Compression, OtlpGrpcExporterConfig};
-use crate::forward::{ClientCodec, export_path};
+use crate::forward::export_unary;
 use crate::otlp::Signal;
 
 const ENDPOINT_KEY: &str = "exporter.otlp.endpoint";
@@ -129,48 +122,8 @@ impl GrpcExporter {
 
     /// Sends one request; see the module docs for how failures are classified.
     pub async fn export(&self, request: &ExportRequest) -> Result<(), ExportError> {
-        let channel = self.channel.get_or_init(|| self.connect()).clone();
-        let signal = request.signal();
-        let (rejected, message) = match request {
-            ExportRequest::Traces(r) => {
-                let mut client = self.compressed(
-                    TraceServiceClient::new(channel),
-                    TraceServiceClient::send_compressed,
-                );
-                let response = client
-                    .export(self.request(r.clone()))
-                    .await
-                    .map_err(classify_status)?;
-                let partial = response.into_inner().partial_success.unwrap_or_default();
-                (partial.rejected_spans, partial.error_message)
-            }
-            ExportRequest::Logs(r) => {
-                let mut client = self.compressed(
-                    LogsServiceClient::new(channel),
-                    LogsServiceClient::send_compressed,
-                );
-                let response = client
-                    .export(self.request(r.clone()))
-                    .await
-                    .map_err(classify_status)?;
-                let partial = response.into_inner().partial_success.unwrap_or_default();
-                (partial.rejected_log_records, partial.error_message)
-            }
-            ExportRequest::Metrics(r) => {
-                let mut client = self.compressed(
-                    MetricsServiceClient::new(channel),
-                    MetricsServiceClient::send_compressed,
-                );
-                let response = client
-                    .export(self.request(r.clone()))
-                    .await
-                    .map_err(classify_status)?;
-                let partial = response.into_inner().partial_success.unwrap_or_default();
-                (partial.rejected_data_points, partial.error_message)
-            }
-        };
-        record_partial_rejection(NAME, signal, rejected, &message);
-        Ok(())
+        self.export_encoded(request.signal(), request.encode_to_bytes())
+            .await
     }
 
     /// Sends `body`, an export request of `signal` already encoded as OTLP protobuf, as
@@ -185,57 +138,14 @@ impl GrpcExporter {
         grpc.ready()
             .await
             .map_err(|e| classify_status(Status::unknown(format!("service was not ready: {e}"))))?;
-        let request = self.request(body);
-        let path = PathAndQuery::from_static(export_path(signal));
-        let (rejected, message) = match signal {
-            Signal::Traces => grpc
-                .unary(
-                    request,
-                    path,
-                    ClientCodec::<ExportTraceServiceResponse>::default(),
-                )
-                .await
-                .map(|r| {
-                    let partial = r.into_inner().partial_success.unwrap_or_default();
-                    (partial.rejected_spans, partial.error_message)
-                }),
-            Signal::Logs => grpc
-                .unary(
-                    request,
-                    path,
-                    ClientCodec::<ExportLogsServiceResponse>::default(),
-                )
-                .await
-                .map(|r| {
-                    let partial = r.into_inner().partial_success.unwrap_or_default();
-                    (partial.rejected_log_records, partial.error_message)
-                }),
-            Signal::Metrics => grpc
-                .unary(
-                    request,
-                    path,
-                    ClientCodec::<ExportMetricsServiceResponse>::default(),
-                )
-                .await
-                .map(|r| {
-                    let partial = r.into_inner().partial_success.unwrap_or_default();
-                    (partial.rejected_data_points, partial.error_message)
-                }),
-        }
-        .map_err(classify_status)?;
+        let (rejected, message) = export_unary(&mut grpc, signal, self.request(body))
+            .await
+            .map_err(classify_status)?;
         record_partial_rejection(NAME, signal, rejected, &message);
         Ok(())
     }
 
-    fn compressed<C>(&self, client: C, send_compressed: fn(C, CompressionEncoding) -> C) -> C {
-        if self.gzip {
-            send_compressed(client, CompressionEncoding::Gzip)
-        } else {
-            client
-        }
-    }
-
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    fn request(&self, message: Bytes) -> tonic::Request<Bytes> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
         let metadata = request.metadata_mut();

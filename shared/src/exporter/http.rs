@@ -156,12 +156,7 @@ impl HttpExporter {
 
     /// Sends one request; see the module docs for how failures are classified.
     pub async fn export(&self, request: &ExportRequest) -> Result<(), ExportError> {
-        let body = match request {
-            ExportRequest::Traces(r) => r.encode_to_vec(),
-            ExportRequest::Logs(r) => r.encode_to_vec(),
-            ExportRequest::Metrics(r) => r.encode_to_vec(),
-        };
-        self.export_encoded(request.signal(), Bytes::from(body))
+        self.export_encoded(request.signal(), request.encode_to_bytes())
             .await
     }
 

@@ -39,6 +39,16 @@ impl ExportRequest {
         }
     }
 
+    /// The request encoded as OTLP protobuf, what the OTLP exporters send.
+    pub fn encode_to_bytes(&self) -> Bytes {
+        use prost::Message;
+        Bytes::from(match self {
+            ExportRequest::Traces(r) => r.encode_to_vec(),
+            ExportRequest::Logs(r) => r.encode_to_vec(),
+            ExportRequest::Metrics(r) => r.encode_to_vec(),
+        })
+    }
+
     /// Whether the request holds no resource group (nothing worth sending).
     pub fn is_empty(&self) -> bool {
         match self {
