@@ -413,19 +413,20 @@ impl ExportQueues {
     async fn deliver(
         &self,
         lane: &Lane,
-        batch: Batch,
+        mut batch: Batch,
         drain: watch::Receiver<Option<Instant>>,
     ) -> Delivery {
         let exporter = lane.exporter.name();
+        let payload = Bytes::from(std::mem::take(&mut batch.payload));
         let request = match batch.signal {
             Some(signal) if lane.exporter.takes_encoded() => {
-                Outgoing::Encoded(signal, Bytes::copy_from_slice(&batch.payload))
+                Outgoing::Encoded(signal, payload.clone())
             }
-            Some(signal) => match decode_request(signal, &batch.payload) {
+            Some(signal) => match decode_request(signal, &payload) {
                 Ok(request) => Outgoing::Decoded(request),
                 Err(_) if batch.keys.len() > 1 => return Delivery::Undecodable,
                 Err(e) => {
-                    let reason = format!("{} bytes do not decode: {e}", batch.payload.len());
+                    let reason = format!("{} bytes do not decode: {e}", payload.len());
                     return self.refuse_unreadable(lane, &batch, &reason);
                 }
             },
@@ -456,7 +457,7 @@ impl ExportQueues {
                 // again one by one (a bad one must not take its neighbours with it), and
                 // a bad entry alone goes to quarantine.
                 Err(ExportError::Permanent(_))
-                    if request.is_encoded() && decode_request(signal, &batch.payload).is_err() =>
+                    if request.is_encoded() && decode_request(signal, &payload).is_err() =>
                 {
                     if batch.keys.len() > 1 {
                         return Delivery::Undecodable;
@@ -464,7 +465,7 @@ impl ExportQueues {
                     return self.refuse_unreadable(
                         lane,
                         &batch,
-                        &format!("{} bytes do not decode", batch.payload.len()),
+                        &format!("{} bytes do not decode", payload.len()),
                     );
                 }
                 Err(ExportError::Permanent(message)) => {
