@@ -133,6 +133,13 @@ impl TraceIdHashBuilder {
     pub fn with_seed(seed: u64) -> TraceIdHashBuilder {
         TraceIdHashBuilder { seed }
     }
+
+    /// Which of `parts` parts (shards, lock stripes) `trace` belongs to. The hash's upper
+    /// half picks it: tables inside a part use the same keyed hash, and their bucket and
+    /// tag bits are elsewhere.
+    pub fn part_of(&self, trace: &TraceId, parts: usize) -> usize {
+        ((self.hash_one(trace) >> 32) as usize) % parts
+    }
 }
 
 impl Default for TraceIdHashBuilder {

@@ -10,7 +10,6 @@
 //! Decisions of recently decided traces whose owner changed travel with
 //! `otel_tail.v1.Handoff/Decisions`, best effort (the decision cache is best effort too).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -218,17 +217,17 @@ impl Handoff {
             self.cluster.local(),
             old,
             &topology.ring,
-            cached.iter().map(|(trace, _)| *trace),
+            cached,
+            |(trace, _)| trace,
         );
-        let by_trace: HashMap<TraceId, Cached> = cached.into_iter().collect();
         let mut sent = 0;
-        for (node, traces) in plan {
+        for (node, planned) in plan {
             let Some(addr) = topology.forward.get(&node).copied() else {
                 continue;
             };
-            let decisions: Vec<TraceDecision> = traces
-                .iter()
-                .filter_map(|t| by_trace.get(t).map(|d| to_proto(t, d.clone())))
+            let decisions: Vec<TraceDecision> = planned
+                .into_iter()
+                .map(|(trace, decision)| to_proto(&trace, decision))
                 .collect();
             for chunk in decisions.chunks(DECISIONS_PER_CALL) {
                 if Instant::now() >= deadline {

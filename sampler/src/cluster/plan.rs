@@ -82,22 +82,25 @@ pub fn plan_traces(
     plan
 }
 
-/// Which recently decided traces' decisions `local` must send on a ring change from
-/// `old` to `new`: those whose owner changed to a node other than `local` (the new owner
-/// has not seen the decision; an unchanged owner already has it or never needed it).
-pub fn plan_decisions(
+/// Which decisions (`items`, each of the trace `trace_of` names) `local` must send on a
+/// ring change from `old` to `new`: those whose owner changed to a node other than
+/// `local` (the new owner has not seen the decision; an unchanged owner already has it or
+/// never needed it).
+pub fn plan_decisions<T>(
     local: &NodeId,
     old: &Ring,
     new: &Ring,
-    traces: impl IntoIterator<Item = TraceId>,
-) -> BTreeMap<NodeId, Vec<TraceId>> {
-    let mut plan: BTreeMap<NodeId, Vec<TraceId>> = BTreeMap::new();
-    for trace in traces {
-        let Some(owner) = new.owner_of_trace(&trace) else {
+    items: impl IntoIterator<Item = T>,
+    trace_of: impl Fn(&T) -> &TraceId,
+) -> BTreeMap<NodeId, Vec<T>> {
+    let mut plan: BTreeMap<NodeId, Vec<T>> = BTreeMap::new();
+    for item in items {
+        let trace = trace_of(&item);
+        let Some(owner) = new.owner_of_trace(trace) else {
             continue;
         };
-        if owner != local && old.owner_of_trace(&trace) != Some(owner) {
-            plan.entry(owner.clone()).or_default().push(trace);
+        if owner != local && old.owner_of_trace(trace) != Some(owner) {
+            plan.entry(owner.clone()).or_default().push(item);
         }
     }
     plan
@@ -214,7 +217,7 @@ mod tests {
         let old = ring(&["a", "b"]);
         let new = ring(&["a", "b", "c"]);
         let ids = traces(2000);
-        let plan = plan_decisions(&a, &old, &new, ids.clone());
+        let plan = plan_decisions(&a, &old, &new, ids.clone(), |t| t);
         for (owner, planned) in &plan {
             assert_ne!(owner, &a);
             for t in planned {
@@ -229,7 +232,7 @@ mod tests {
         assert_eq!(plan.values().map(Vec::len).sum::<usize>(), expected);
         assert!(expected > 0);
         assert!(
-            plan_decisions(&a, &new, &new, ids).is_empty(),
+            plan_decisions(&a, &new, &new, ids, |t| t).is_empty(),
             "no change, nothing to send"
         );
     }

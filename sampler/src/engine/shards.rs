@@ -6,7 +6,6 @@
 //! A trace always maps to the same shard (a keyed hash of its id), so everything the
 //! engine guarantees per trace under "the state lock" holds under that trace's shard lock.
 
-use std::hash::BuildHasher;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -111,10 +110,9 @@ impl Shards {
         self.shards.len()
     }
 
-    /// The shard `trace` belongs to. The hash's upper half picks it: the tables inside a
-    /// shard use the same keyed hash, and their bucket and tag bits are elsewhere.
+    /// The shard `trace` belongs to ([`TraceIdHashBuilder::part_of`]).
     pub fn of(&self, trace: &TraceId) -> usize {
-        ((self.hasher.hash_one(trace) >> 32) as usize) % self.shards.len()
+        self.hasher.part_of(trace, self.shards.len())
     }
 
     /// Locks shard `at`.

@@ -28,7 +28,6 @@
 
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
-use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 
 use otel_tail_shared::otlp::TraceId;
@@ -425,7 +424,7 @@ impl Default for Layout {
 impl Layout {
     /// The locked part of the location table that holds `trace`.
     fn traces(&self, trace: &TraceId) -> MutexGuard<'_, TraceLocations> {
-        let at = ((self.hasher.hash_one(trace) >> 32) as usize) % self.traces.len();
+        let at = self.hasher.part_of(trace, self.traces.len());
         self.traces[at].lock().unwrap_or_else(|e| e.into_inner())
     }
 
