@@ -4,12 +4,14 @@
 //! The spans themselves live in RocksDB (`storage`); a [`Slot`] here is 56 bytes: trace-level
 //! facts ([`TraceStats`]), the running policy state ([`PolicyState`]) and deadlines.
 //! Deadlines are kept as 4-byte [`Tick`]s, milliseconds after the index's epoch, which
-//! moves forward every ~24 days ([`TraceIndex`]); they sit in a min-heap with lazy
+//! moves forward every ~24 days ([`TraceIndex`]); they sit in a queue with lazy
 //! invalidation: an entry whose deadline moved later is pushed back when it surfaces
-//! instead of being searched for.
+//! instead of being searched for. Most deadlines are queued in the order they fall due (a
+//! new trace's is its arrival plus `decision_wait`), so that queue is a FIFO ring with a
+//! min-heap beside it for the others ([`Deadlines`]).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
 
@@ -213,7 +215,68 @@ pub struct TraceIndex {
     /// What tick 0 is on the caller's clock.
     epoch_ms: u64,
     traces: TraceMap<Slot>,
-    deadlines: BinaryHeap<Reverse<(Tick, TraceId)>>,
+    deadlines: Deadlines,
+}
+
+/// The queue of (deadline, trace) entries, earliest first. An entry no earlier than the
+/// last one queued joins the back of a ring (a new trace's deadline nearly always is), any
+/// other the heap; the earliest is the earlier of their fronts. Taking from the ring costs
+/// no sifting through a heap of every buffered trace.
+#[derive(Default)]
+struct Deadlines {
+    in_order: VecDeque<(Tick, TraceId)>,
+    others: BinaryHeap<Reverse<(Tick, TraceId)>>,
+}
+
+impl Deadlines {
+    fn push(&mut self, at: Tick, trace: TraceId) {
+        match self.in_order.back() {
+            Some(&(last, _)) if at < last => self.others.push(Reverse((at, trace))),
+            _ => self.in_order.push_back((at, trace)),
+        }
+    }
+
+    /// Whether the earliest entry is the ring's (else the heap's), if there is one.
+    fn earliest_in_order(&self) -> Option<bool> {
+        match (self.in_order.front(), self.others.peek()) {
+            (Some(ring), Some(Reverse(heap))) => Some(ring <= heap),
+            (Some(_), None) => Some(true),
+            (None, Some(_)) => Some(false),
+            (None, None) => None,
+        }
+    }
+
+    fn peek(&self) -> Option<(Tick, TraceId)> {
+        match self.earliest_in_order()? {
+            true => self.in_order.front().copied(),
+            false => self.others.peek().map(|Reverse(entry)| *entry),
+        }
+    }
+
+    fn pop(&mut self) -> Option<(Tick, TraceId)> {
+        match self.earliest_in_order()? {
+            true => self.in_order.pop_front(),
+            false => self.others.pop().map(|Reverse(entry)| entry),
+        }
+    }
+
+    /// Heap bytes held.
+    fn memory_bytes(&self) -> usize {
+        self.in_order.capacity() * std::mem::size_of::<(Tick, TraceId)>()
+            + self.others.capacity() * std::mem::size_of::<Reverse<(Tick, TraceId)>>()
+    }
+
+    /// Applies `back` to every entry's tick; `back` keeps their order.
+    fn shift(&mut self, back: impl Fn(&mut Tick)) {
+        for (at, _) in &mut self.in_order {
+            back(at);
+        }
+        let mut others = std::mem::take(&mut self.others).into_vec();
+        for Reverse((at, _)) in &mut others {
+            back(at);
+        }
+        self.others = BinaryHeap::from(others);
+    }
 }
 
 impl TraceIndex {
@@ -223,7 +286,7 @@ impl TraceIndex {
             settings,
             epoch_ms: 0,
             traces: TraceMap::default(),
-            deadlines: BinaryHeap::new(),
+            deadlines: Deadlines::default(),
         }
     }
 
@@ -238,11 +301,10 @@ impl TraceIndex {
     }
 
     /// Heap bytes the index holds: hash-table buckets (entry plus control byte, the table
-    /// keeps at most 7/8 of its buckets full) and the deadline heap. Exported as a gauge and
+    /// keeps at most 7/8 of its buckets full) and the deadline queue. Exported as a gauge and
     /// used by the benchmark to report memory per active trace.
     pub fn memory_bytes(&self) -> usize {
-        table_bytes(&self.traces)
-            + self.deadlines.capacity() * std::mem::size_of::<Reverse<(Tick, TraceId)>>()
+        table_bytes(&self.traces) + self.deadlines.memory_bytes()
     }
 
     /// The slot of `trace`, if held.
@@ -270,10 +332,7 @@ impl TraceIndex {
         if now < REBASE_AFTER_MS {
             return;
         }
-        let earliest = self
-            .deadlines
-            .peek()
-            .map_or(now, |Reverse((at, _))| u64::from(*at));
+        let earliest = self.deadlines.peek().map_or(now, |(at, _)| u64::from(at));
         let shift = earliest.min(now).max(now - REBASE_AFTER_MS / 2);
         let back = |tick: &mut Tick| {
             // The result is at most `tick`, so it fits.
@@ -284,11 +343,7 @@ impl TraceIndex {
             back(&mut slot.root_deadline);
             back(&mut slot.scheduled);
         }
-        let mut queued = std::mem::take(&mut self.deadlines).into_vec();
-        for Reverse((at, _)) in &mut queued {
-            back(at);
-        }
-        self.deadlines = BinaryHeap::from(queued);
+        self.deadlines.shift(back);
         self.epoch_ms += shift;
     }
 
@@ -343,7 +398,7 @@ impl TraceIndex {
         slot.deadline = waited.min(slot.root_deadline);
         if slot.deadline < slot.scheduled {
             slot.scheduled = slot.deadline;
-            self.deadlines.push(Reverse((slot.deadline, trace)));
+            self.deadlines.push(slot.deadline, trace);
         }
         evicted
     }
@@ -354,7 +409,7 @@ impl TraceIndex {
         let now = self.tick(now_ms);
         let mut due = Vec::new();
         while due.len() < limit {
-            let Some(&Reverse((at, trace))) = self.deadlines.peek() else {
+            let Some((at, trace)) = self.deadlines.peek() else {
                 break;
             };
             if at > now {
@@ -370,7 +425,7 @@ impl TraceIndex {
 
     /// The earliest time any trace may become due, if any is held.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.peek().map(|Reverse((at, _))| self.ms(*at))
+        self.deadlines.peek().map(|(at, _)| self.ms(at))
     }
 
     /// Removes `trace` (e.g. decided through another path).
@@ -389,7 +444,7 @@ impl TraceIndex {
     }
 
     fn pop_earliest(&mut self) -> Option<(TraceId, TraceEntry)> {
-        while let Some(Reverse((at, trace))) = self.deadlines.pop() {
+        while let Some((at, trace)) = self.deadlines.pop() {
             if let Some(found) = self.settle(at, trace, None) {
                 return Some(found);
             }
@@ -413,7 +468,7 @@ impl TraceIndex {
         }
         if slot.deadline > now.unwrap_or(at) {
             slot.scheduled = slot.deadline;
-            self.deadlines.push(Reverse((slot.deadline, trace)));
+            self.deadlines.push(slot.deadline, trace);
             return None;
         }
         let slot = self.traces.remove(&trace)?;
@@ -569,6 +624,49 @@ mod tests {
         // two flags.
         assert_eq!(std::mem::size_of::<(TraceId, Slot)>(), 72);
         assert_eq!(std::mem::size_of::<Reverse<(Tick, TraceId)>>(), 20);
+    }
+
+    #[test]
+    fn deadlines_come_out_earliest_first_whatever_order_they_went_in() {
+        let mut queue = Deadlines::default();
+        for (at, id) in [(10, 1), (20, 2), (15, 3), (20, 4), (5, 5), (30, 6), (25, 7)] {
+            queue.push(at, [id; 16]);
+        }
+        assert_eq!(queue.in_order.len(), 4, "10, 20, 20 and 30 joined the ring");
+        assert_eq!(queue.peek(), Some((5, [5; 16])));
+        let mut out = Vec::new();
+        while let Some((at, trace)) = queue.pop() {
+            out.push((at, trace[0]));
+        }
+        assert_eq!(
+            out,
+            vec![(5, 5), (10, 1), (15, 3), (20, 2), (20, 4), (25, 7), (30, 6)]
+        );
+        assert_eq!(queue.peek(), None);
+    }
+
+    #[test]
+    fn a_trace_due_before_later_queued_ones_is_decided_on_time() {
+        // Trace 1's root span brings its deadline before trace 2's, queued earlier.
+        let mut index = TraceIndex::new(settings());
+        index.observe([1; 16], &spans(1), 0);
+        index.observe([2; 16], &spans(1), 500);
+        index.observe(
+            [1; 16],
+            &Arrival {
+                root: true,
+                ..spans(1)
+            },
+            600,
+        );
+        let due: Vec<TraceId> = index.pop_due(700, 10).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(due, vec![[1; 16]]);
+        assert!(
+            index.pop_due(1499, 10).is_empty(),
+            "trace 1's first entry is stale"
+        );
+        assert_eq!(index.pop_due(1500, 10)[0].0, [2; 16]);
+        assert!(index.is_empty());
     }
 
     #[test]
