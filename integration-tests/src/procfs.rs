@@ -1,5 +1,6 @@
 //! CPU time and resident memory of a process from Linux `/proc`, for the benchmark.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -43,6 +44,35 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU seconds by thread kind of the process's live threads (`/proc/<pid>/task/*`): the
+/// thread name less trailing digits (`rocksdb:high0` counts as `rocksdb:high`). Threads that
+/// already ended are not listed; their time is in [`cpu_seconds`] only.
+pub fn cpu_seconds_by_thread(pid: u32) -> Result<BTreeMap<String, f64>, HarnessError> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| HarnessError::io(format!("listing /proc/{pid}/task"), e))?;
+    let mut by_kind = BTreeMap::new();
+    for task in tasks.flatten() {
+        // A thread may end between the listing and the read: it is simply left out.
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("stat")),
+        ) else {
+            continue;
+        };
+        if let Some(ticks) = parse_cpu_ticks(&stat) {
+            *by_kind.entry(thread_kind(&name)).or_insert(0.0) += ticks as f64 / clock_ticks();
+        }
+    }
+    Ok(by_kind)
+}
+
+/// A thread's name without its trailing number (and newline).
+pub fn thread_kind(name: &str) -> String {
+    name.trim_end()
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .to_string()
+}
+
 /// Resident set size in bytes (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_bytes(pid: u32) -> Result<u64, HarnessError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -81,5 +111,33 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_bytes(pid).expect("rss") > 0);
         assert!(cpu_seconds(pid).expect("cpu") >= 0.0);
+    }
+
+    #[test]
+    fn thread_kinds_drop_the_number_of_the_thread() {
+        assert_eq!(thread_kind("rocksdb:high0\n"), "rocksdb:high");
+        assert_eq!(thread_kind("tokio-rt-worker"), "tokio-rt-worker");
+    }
+
+    #[test]
+    fn threads_of_own_process_are_listed_with_their_time() {
+        let spinner = std::thread::Builder::new()
+            .name("spinner7".into())
+            .spawn(|| {
+                let started = std::time::Instant::now();
+                let mut x = 0u64;
+                while started.elapsed() < std::time::Duration::from_millis(300) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                x
+            })
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let by_kind = cpu_seconds_by_thread(std::process::id()).expect("threads");
+        spinner.join().expect("join");
+        assert!(
+            by_kind.get("spinner").is_some_and(|secs| *secs > 0.0),
+            "the spinning thread's time is listed under its kind: {by_kind:?}"
+        );
     }
 }

@@ -24,6 +24,7 @@
 //! cargo run --release -p otel-tail-integration-tests --bin otel-tail-bench -- [--pin] [--seconds N] [--traces N]
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -223,16 +224,42 @@ async fn latency(args: &Args, rate: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each thread kind's share of `total` CPU seconds between two readings of
+/// [`procfs::cpu_seconds_by_thread`], largest first; what threads that ended used is
+/// `other`.
+fn thread_shares(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    total: f64,
+) -> String {
+    let mut used: Vec<(&str, f64)> = after
+        .iter()
+        .map(|(kind, secs)| (kind.as_str(), secs - before.get(kind).unwrap_or(&0.0)))
+        .filter(|(_, secs)| *secs > 0.0)
+        .collect();
+    let listed: f64 = used.iter().map(|(_, secs)| secs).sum();
+    if total - listed > 0.0 {
+        used.push(("other", total - listed));
+    }
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used.iter()
+        .map(|(kind, secs)| format!("{kind} {:.0}%", 100.0 * secs / total.max(f64::EPSILON)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Maximum-rate phase; returns the sustained accepted spans/s.
 async fn throughput(args: &Args) -> anyhow::Result<f64> {
     let sink = OtlpSink::start(SinkMode::Count).await?;
     let (sampler, pid) = start_sampler(args, &sink, args.pin).await?;
     println!("\n== throughput: {}s at maximum rate ==", args.seconds);
     let cpu_before = procfs::cpu_seconds(pid)?;
+    let threads_before = procfs::cpu_seconds_by_thread(pid)?;
     let config = load_config(args, &sampler);
     let stats = Arc::new(LoadStats::default());
     let (load, elapsed) = run_load(&config, Arc::clone(&stats)).await?;
     let cpu_load = procfs::cpu_seconds(pid)? - cpu_before;
+    let threads_load = procfs::cpu_seconds_by_thread(pid)?;
     // Let every trace reach its decision and the exports drain.
     let drain_started = Instant::now();
     let drained = all_decided(&sampler).await;
@@ -273,6 +300,10 @@ async fn throughput(args: &Args) -> anyhow::Result<f64> {
     println!(
         "sampler CPU             {cpu_load:.1} s during load, {cpu_total:.1} s including {:.1} s of drain",
         drain_started.elapsed().as_secs_f64()
+    );
+    println!(
+        "sampler CPU by thread   {} (share of the load's CPU; RocksDB flushes on rocksdb:high, compacts on rocksdb:low)",
+        thread_shares(&threads_before, &threads_load, cpu_load)
     );
     println!(
         "spans_per_cpu_s         {:.0} (accepted spans / sampler user+sys CPU seconds, drain included{})",
