@@ -186,9 +186,12 @@ impl TraceLocations {
 
     /// Takes out the locations of `trace` that `gone` selects, in arrival order.
     fn take(&mut self, trace: &TraceId, mut gone: impl FnMut(&Location) -> bool) -> Locations {
-        let Some(&first) = self.first.get(trace) else {
+        // One lookup for the common case, a trace with one item: its entry is found and
+        // removed in the same probe.
+        let Entry::Occupied(entry) = self.first.entry(*trace) else {
             return Locations::new();
         };
+        let first = *entry.get();
         let rest = if self.more.is_empty() {
             Vec::new()
         } else {
@@ -198,7 +201,7 @@ impl TraceLocations {
             if !gone(&first) {
                 return Locations::new();
             }
-            self.first.remove(trace);
+            entry.remove();
             return smallvec::smallvec![first];
         }
         let mut taken = Locations::new();
