@@ -328,7 +328,8 @@ impl HoldStore {
             if !early && slot.due > now {
                 break;
             }
-            let Some(value) = db.get_cf(cf, key.to_bytes())? else {
+            // Pinned: the payload is copied once, into the item, not first into a value.
+            let Some(value) = db.get_pinned_cf(cf, key.to_bytes())? else {
                 if now >= slot.due.saturating_add(self.window) {
                     abandoned.push(key);
                 }
