@@ -528,8 +528,8 @@ impl Engine {
                         let group = &parsed.groups[i];
                         let rs = &parsed.slim.resource_spans[group.resource];
                         let spans = group.spans.iter().map(|&(scope, span)| {
-                            let ss = &rs.scope_spans[scope as usize];
-                            (ss.scope.as_ref(), &ss.spans[span as usize])
+                            let ss = &rs.scope_spans[scope];
+                            (ss.scope.as_ref(), &ss.spans[span])
                         });
                         arrival.merge(&arrival_from(
                             policies,

@@ -71,8 +71,7 @@ impl WireScope {
 /// counts, as in a full decode) and the byte ranges of all its spans.
 fn read_scope(bytes: Bytes) -> Result<WireScope, String> {
     let mut scope = None;
-    // Spans are rarely under 128 bytes: room for all of them without regrowing, mostly.
-    let mut spans = Vec::with_capacity(bytes.len() / 128);
+    let mut spans = Vec::new();
     let mut schema_url = Bytes::new();
     let mut fields = Fields::new(&bytes);
     while let Some((number, value)) = fields.next()? {
@@ -130,9 +129,9 @@ pub struct TraceGroup {
     /// Index of its resource in [`Parsed::slim`].
     pub resource: usize,
     /// Per span: scope index within the resource, span index within the scope (inline
-    /// for up to 12 spans: most groups are small, and growing a vector per group per
-    /// request was a visible share of the allocator's time).
-    pub spans: SmallVec<[(u32, u32); 12]>,
+    /// for a few spans: most groups are small, and growing a vector per group per request
+    /// was a visible share of the allocator's time).
+    pub spans: SmallVec<[(usize, usize); 6]>,
 }
 
 /// Per scope a group touches, its index and encoded `ScopeSpans` length.
@@ -186,8 +185,8 @@ impl Parsed {
             let wire = &scopes[scope];
             let container = &wire.container;
             put_field(1, container.head.as_deref(), buf);
-            while at < group.spans.len() && group.spans[at].0 as usize == scope {
-                put_field(2, Some(wire.span(group.spans[at].1 as usize)), buf);
+            while at < group.spans.len() && group.spans[at].0 == scope {
+                put_field(2, Some(wire.span(group.spans[at].1)), buf);
                 at += 1;
             }
             put_field(3, non_empty(&container.schema_url), buf);
@@ -201,7 +200,6 @@ impl Parsed {
         let scopes = &self.scopes[group.resource];
         let mut out = ScopeLens::new();
         for &(scope, span) in &group.spans {
-            let (scope, span) = (scope as usize, span as usize);
             let wire = &scopes[scope];
             if out.last().is_none_or(|(s, _)| *s != scope) {
                 out.push((
@@ -241,8 +239,7 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
     let request = WireRequest::decode(body).map_err(|e| format!("invalid protobuf: {e}"))?;
     let mut parsed = Parsed {
         slim: ExportTraceServiceRequest::default(),
-        // Room for the traces of a typical request (~100) without regrowing.
-        groups: Vec::with_capacity(128),
+        groups: Vec::new(),
         refused: Accepted::default(),
         resources: Vec::with_capacity(request.resource_spans.len()),
         scopes: Vec::with_capacity(request.resource_spans.len()),
@@ -274,12 +271,7 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
                 .map(|b| InstrumentationScope::decode(b.clone()))
                 .transpose()
                 .map_err(|e| format!("invalid protobuf: {e}"))?;
-            // Indexes in a group are 32-bit (twice as many inline); a request never holds
-            // anywhere near 2^32 scopes or spans, but one that did is refused, not mangled.
-            let scope_index = u32::try_from(slim_scopes.len())
-                .ok()
-                .filter(|_| u32::try_from(wire.spans.len()).is_ok())
-                .ok_or_else(|| "request holds too many scopes or spans".to_string())?;
+            let scope_index = slim_scopes.len();
             // Spans of an earlier request, refilled in place: their ids and names keep
             // their allocations (see [`recycle`]).
             let mut slim_spans = spare_spans();
@@ -308,8 +300,7 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
                     });
                     parsed.groups.len() - 1
                 });
-                // `used` is below this scope's span count, checked to fit above.
-                parsed.groups[group].spans.push((scope_index, used as u32));
+                parsed.groups[group].spans.push((scope_index, used));
                 used += 1;
                 kept.push((start, end));
             }
