@@ -397,10 +397,14 @@ impl Engine {
     }
 
     /// Refreshes the storage size and free disk figures used for admission, and the gauges;
-    /// trims the write-ahead log ([`Storage::trim_wal`]).
+    /// trims the write-ahead log ([`Storage::trim_wal`]) and sets blob GC's cutoff
+    /// ([`Storage::tune_blob_gc`]).
     pub fn refresh_storage_bytes(&self) {
         if let Err(error) = self.storage.trim_wal_to_limit() {
             tracing::warn!(%error, "flushing to trim the write-ahead log failed");
+        }
+        if let Err(error) = self.storage.tune_blob_gc() {
+            tracing::warn!(%error, "setting the buffer's blob GC cutoff failed");
         }
         let bytes = self.storage.approximate_bytes();
         self.storage_bytes.store(bytes, Ordering::Relaxed);

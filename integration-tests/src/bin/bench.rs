@@ -225,12 +225,14 @@ async fn latency(args: &Args, rate: f64) -> anyhow::Result<()> {
 }
 
 /// Each thread kind's share of `total` CPU seconds between two readings of
-/// [`procfs::cpu_seconds_by_thread`], largest first; what threads that ended used is
-/// `other`.
+/// [`procfs::cpu_seconds_by_thread`], and its CPU per span of the `spans` accepted
+/// meanwhile (comparable across runs when the machine's speed is not), largest first;
+/// what threads that ended used is `other`.
 fn thread_shares(
     before: &BTreeMap<String, f64>,
     after: &BTreeMap<String, f64>,
     total: f64,
+    spans: u64,
 ) -> String {
     let mut used: Vec<(&str, f64)> = after
         .iter()
@@ -243,7 +245,13 @@ fn thread_shares(
     }
     used.sort_by(|a, b| b.1.total_cmp(&a.1));
     used.iter()
-        .map(|(kind, secs)| format!("{kind} {:.0}%", 100.0 * secs / total.max(f64::EPSILON)))
+        .map(|(kind, secs)| {
+            format!(
+                "{kind} {:.0}% {:.3} us/span",
+                100.0 * secs / total.max(f64::EPSILON),
+                1e6 * secs / spans.max(1) as f64
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -302,8 +310,13 @@ async fn throughput(args: &Args) -> anyhow::Result<f64> {
         drain_started.elapsed().as_secs_f64()
     );
     println!(
-        "sampler CPU by thread   {} (share of the load's CPU; RocksDB flushes on rocksdb:high, compacts on rocksdb:low)",
-        thread_shares(&threads_before, &threads_load, cpu_load)
+        "sampler CPU by thread   {} (share of the load's CPU, CPU per accepted span; RocksDB flushes on rocksdb:high, compacts on rocksdb:low)",
+        thread_shares(
+            &threads_before,
+            &threads_load,
+            cpu_load,
+            load.accepted_spans
+        )
     );
     println!(
         "spans_per_cpu_s         {:.0} (accepted spans / sampler user+sys CPU seconds, drain included{})",

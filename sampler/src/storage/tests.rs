@@ -554,3 +554,84 @@ fn the_wal_limit_leaves_room_for_the_buffers_own_memtables() {
     let large = Storage::open_with(&dir.path().join("b"), false, 1 << 30).unwrap();
     assert_eq!(large.wal_trim_bytes, 2 << 30);
 }
+
+#[test]
+fn blob_gc_takes_the_larger_cutoff_above_half_garbage_and_gives_it_up_below_a_quarter() {
+    assert!(
+        !blob_gc_collecting(0, 0, false),
+        "no blob files, nothing to collect"
+    );
+    assert!(!blob_gc_collecting(0, 0, true));
+    assert!(!blob_gc_collecting(40, 100, false), "mostly live");
+    assert!(
+        !blob_gc_collecting(50, 100, false),
+        "half is not above half"
+    );
+    assert!(blob_gc_collecting(51, 100, false), "mostly garbage");
+    assert!(
+        blob_gc_collecting(40, 100, true),
+        "keeps collecting down to a quarter"
+    );
+    assert!(!blob_gc_collecting(25, 100, true), "stops at a quarter");
+}
+
+#[test]
+fn blob_files_pinned_by_long_lived_values_go_once_garbage_dominates() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let dead = vec![b'd'; 64 * 1024];
+    let live = vec![b'l'; 5 * 1024];
+    let files = 24u8;
+    // Each flush makes one blob file: a request forgotten soon, and one whose value lives on.
+    for i in 0..files {
+        buffer(&storage, &[([i; 16], BufferedKind::Spans, &dead)]);
+        buffer(&storage, &[([100 + i; 16], BufferedKind::Spans, &live)]);
+        storage.db().flush_cf(storage.cf(CF_BUFFER)).unwrap();
+    }
+    for i in 0..files {
+        forget(&storage, &[i; 16], u64::MAX);
+    }
+    storage.db().flush_cf(storage.cf(CF_BUFFER)).unwrap();
+    let mut full = rocksdb::CompactOptions::default();
+    full.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+    let compact = || {
+        storage.db().compact_range_cf_opt(
+            storage.cf(CF_BUFFER),
+            None::<&[u8]>,
+            None::<&[u8]>,
+            &full,
+        )
+    };
+    // Compaction drops the forgotten requests and counts their blobs as garbage; at the
+    // small cutoff it moves the live value of the oldest file only, into a new file.
+    compact();
+    let pinned = blob_files(dir.path());
+    assert_eq!(
+        pinned,
+        usize::from(files),
+        "each file is pinned by one live value"
+    );
+    compact();
+    assert_eq!(
+        blob_files(dir.path()),
+        pinned,
+        "while the cutoff is small, compacting again frees no file"
+    );
+    assert!(
+        storage.tune_blob_gc().unwrap(),
+        "the files are mostly garbage"
+    );
+    compact();
+    let after = blob_files(dir.path());
+    assert!(
+        after <= pinned - 5,
+        "the oldest quarter's live values moved and its files went: {pinned} -> {after}"
+    );
+    for i in 0..files {
+        assert_eq!(
+            storage.read_trace(&[100 + i; 16], u64::MAX).unwrap(),
+            vec![(BufferedKind::Spans, live.clone())],
+            "a moved value reads back"
+        );
+    }
+}
