@@ -214,25 +214,155 @@ pub struct TraceIndex {
     settings: BufferSettings,
     /// What tick 0 is on the caller's clock.
     epoch_ms: u64,
-    traces: TraceMap<Slot>,
+    traces: Slots,
     deadlines: Deadlines,
 }
 
-/// The queue of (deadline, trace) entries, earliest first. An entry no earlier than the
+/// Position of a held trace's slot in [`Slots`].
+type SlotIndex = u32;
+
+/// Slots per page of [`Slots`]: its memory grows ~72 KiB at a time, not by doubling.
+const SLOT_PAGE: usize = 1024;
+
+/// A page of [`Slots`]: each entry a held trace and its slot, or free.
+type SlotPage = Box<[Option<(TraceId, Slot)>]>;
+
+/// The slots of held traces, in pages of [`SLOT_PAGE`], found by trace id through a hash
+/// table of their 32-bit positions.
+///
+/// A hash map of (trace id, slot) pairs keeps, between its doublings, a quarter of its
+/// 73-byte buckets empty on average; here an empty bucket costs 5 bytes (position and
+/// control byte), the pages hold slots densely (a freed one is reused first), and the
+/// deadline queue names a slot in 4 bytes instead of a 16-byte trace id.
+#[derive(Default)]
+struct Slots {
+    hasher: TraceIdHashBuilder,
+    table: hashbrown::HashTable<SlotIndex>,
+    pages: Vec<SlotPage>,
+    /// Positions below this have been used; those freed since are in `free`.
+    used: SlotIndex,
+    free: Vec<SlotIndex>,
+}
+
+/// The entry at `at`, if it holds a trace.
+fn slot_in(pages: &[SlotPage], at: SlotIndex) -> Option<&(TraceId, Slot)> {
+    let at = at as usize;
+    pages.get(at / SLOT_PAGE)?[at % SLOT_PAGE].as_ref()
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Position of `trace`'s slot, if held; `hash` is its [`TraceIdHashBuilder`] hash.
+    fn find(&self, hash: u64, trace: &TraceId) -> Option<SlotIndex> {
+        let pages = &self.pages;
+        self.table
+            .find(hash, |&at| {
+                slot_in(pages, at).is_some_and(|(t, _)| t == trace)
+            })
+            .copied()
+    }
+
+    fn hash(&self, trace: &TraceId) -> u64 {
+        self.hasher.hash_one(trace)
+    }
+
+    fn get(&self, trace: &TraceId) -> Option<&Slot> {
+        let at = self.find(self.hash(trace), trace)?;
+        slot_in(&self.pages, at).map(|(_, slot)| slot)
+    }
+
+    fn at_mut(&mut self, at: SlotIndex) -> Option<&mut Slot> {
+        let at = at as usize;
+        self.pages.get_mut(at / SLOT_PAGE)?[at % SLOT_PAGE]
+            .as_mut()
+            .map(|(_, slot)| slot)
+    }
+
+    /// Holds `slot` for `trace` (not held yet; `hash` is its hash) and returns its position.
+    fn insert(&mut self, hash: u64, trace: TraceId, slot: Slot) -> SlotIndex {
+        let at = match self.free.pop() {
+            Some(at) => at,
+            None => {
+                let at = self.used;
+                self.used = at.checked_add(1).expect("fewer than 2^32 traces held");
+                if at as usize == self.pages.len() * SLOT_PAGE {
+                    self.pages.push((0..SLOT_PAGE).map(|_| None).collect());
+                }
+                at
+            }
+        };
+        let index = at as usize;
+        self.pages[index / SLOT_PAGE][index % SLOT_PAGE] = Some((trace, slot));
+        let (pages, hasher) = (&self.pages, &self.hasher);
+        self.table.insert_unique(hash, at, |&other| {
+            let (trace, _) = slot_in(pages, other).expect("the table names held slots only");
+            hasher.hash_one(trace)
+        });
+        at
+    }
+
+    /// Takes out the trace at `at`, if one is held there.
+    fn remove_at(&mut self, at: SlotIndex) -> Option<(TraceId, Slot)> {
+        let index = at as usize;
+        let (trace, slot) = self.pages.get_mut(index / SLOT_PAGE)?[index % SLOT_PAGE].take()?;
+        let hash = self.hash(&trace);
+        if let Ok(entry) = self.table.find_entry(hash, |&other| other == at) {
+            entry.remove();
+        }
+        self.free.push(at);
+        Some((trace, slot))
+    }
+
+    fn remove(&mut self, trace: &TraceId) -> Option<Slot> {
+        let at = self.find(self.hash(trace), trace)?;
+        self.remove_at(at).map(|(_, slot)| slot)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.pages
+            .iter_mut()
+            .flat_map(|page| page.iter_mut())
+            .flatten()
+            .map(|(_, slot)| slot)
+    }
+
+    /// Heap bytes held: the table's buckets (position and control byte, at most 7/8 of a
+    /// power-of-two count full), the pages and the free list.
+    fn memory_bytes(&self) -> usize {
+        let buckets = match self.table.capacity() {
+            0 => 0,
+            capacity => (capacity * 8 / 7).next_power_of_two(),
+        };
+        buckets * (std::mem::size_of::<SlotIndex>() + 1)
+            + self.pages.len() * SLOT_PAGE * std::mem::size_of::<Option<(TraceId, Slot)>>()
+            + self.free.capacity() * std::mem::size_of::<SlotIndex>()
+    }
+}
+
+/// The queue of (deadline, slot position) entries, earliest first. An entry is stale
+/// unless the slot at its position is held with `scheduled` equal to its deadline (a
+/// position freed and reused by another trace then names that trace, due at that time). An entry no earlier than the
 /// last one queued joins the back of a ring (a new trace's deadline nearly always is), any
 /// other the heap; the earliest is the earlier of their fronts. Taking from the ring costs
 /// no sifting through a heap of every buffered trace.
 #[derive(Default)]
 struct Deadlines {
-    in_order: VecDeque<(Tick, TraceId)>,
-    others: BinaryHeap<Reverse<(Tick, TraceId)>>,
+    in_order: VecDeque<(Tick, SlotIndex)>,
+    others: BinaryHeap<Reverse<(Tick, SlotIndex)>>,
 }
 
 impl Deadlines {
-    fn push(&mut self, at: Tick, trace: TraceId) {
+    fn push(&mut self, at: Tick, position: SlotIndex) {
         match self.in_order.back() {
-            Some(&(last, _)) if at < last => self.others.push(Reverse((at, trace))),
-            _ => self.in_order.push_back((at, trace)),
+            Some(&(last, _)) if at < last => self.others.push(Reverse((at, position))),
+            _ => self.in_order.push_back((at, position)),
         }
     }
 
@@ -246,14 +376,14 @@ impl Deadlines {
         }
     }
 
-    fn peek(&self) -> Option<(Tick, TraceId)> {
+    fn peek(&self) -> Option<(Tick, SlotIndex)> {
         match self.earliest_in_order()? {
             true => self.in_order.front().copied(),
             false => self.others.peek().map(|Reverse(entry)| *entry),
         }
     }
 
-    fn pop(&mut self) -> Option<(Tick, TraceId)> {
+    fn pop(&mut self) -> Option<(Tick, SlotIndex)> {
         match self.earliest_in_order()? {
             true => self.in_order.pop_front(),
             false => self.others.pop().map(|Reverse(entry)| entry),
@@ -262,8 +392,8 @@ impl Deadlines {
 
     /// Heap bytes held.
     fn memory_bytes(&self) -> usize {
-        self.in_order.capacity() * std::mem::size_of::<(Tick, TraceId)>()
-            + self.others.capacity() * std::mem::size_of::<Reverse<(Tick, TraceId)>>()
+        self.in_order.capacity() * std::mem::size_of::<(Tick, SlotIndex)>()
+            + self.others.capacity() * std::mem::size_of::<Reverse<(Tick, SlotIndex)>>()
     }
 
     /// Applies `back` to every entry's tick; `back` keeps their order.
@@ -285,7 +415,7 @@ impl TraceIndex {
         TraceIndex {
             settings,
             epoch_ms: 0,
-            traces: TraceMap::default(),
+            traces: Slots::default(),
             deadlines: Deadlines::default(),
         }
     }
@@ -300,11 +430,11 @@ impl TraceIndex {
         self.traces.is_empty()
     }
 
-    /// Heap bytes the index holds: hash-table buckets (entry plus control byte, the table
-    /// keeps at most 7/8 of its buckets full) and the deadline queue. Exported as a gauge and
-    /// used by the benchmark to report memory per active trace.
+    /// Heap bytes the index holds: the slots ([`Slots::memory_bytes`]) and the deadline
+    /// queue. Exported as a gauge and used by the benchmark to report memory per active
+    /// trace.
     pub fn memory_bytes(&self) -> usize {
-        table_bytes(&self.traces) + self.deadlines.memory_bytes()
+        self.traces.memory_bytes() + self.deadlines.memory_bytes()
     }
 
     /// The slot of `trace`, if held.
@@ -359,7 +489,9 @@ impl TraceIndex {
         self.rebase(now_ms);
         let mut evicted = None;
         // The length first: the lookup only matters once the index is full.
-        if self.traces.len() >= self.settings.capacity && !self.traces.contains_key(&trace) {
+        let hash = self.traces.hash(&trace);
+        let mut held = self.traces.find(hash, &trace);
+        if held.is_none() && self.traces.len() >= self.settings.capacity {
             evicted = self.pop_earliest();
         }
         let waited = self.tick(now_ms.saturating_add(self.settings.decision_wait_ms));
@@ -368,19 +500,23 @@ impl TraceIndex {
             .settings
             .after_root_ms
             .map(|after| self.tick(now_ms.saturating_add(after)));
-        let slot = self.traces.entry(trace).or_insert_with(|| Slot {
-            stats: TraceStats {
-                min_start_unix_nano: u64::MAX,
-                ..TraceStats::default()
-            },
-            policy: PolicyState::default(),
-            deadline: waited,
-            root_deadline: aged,
-            scheduled: Tick::MAX,
-            generation: arrival.generation,
-            has_logs: false,
-            age_capped: true,
+        let at = *held.get_or_insert_with(|| {
+            let slot = Slot {
+                stats: TraceStats {
+                    min_start_unix_nano: u64::MAX,
+                    ..TraceStats::default()
+                },
+                policy: PolicyState::default(),
+                deadline: waited,
+                root_deadline: aged,
+                scheduled: Tick::MAX,
+                generation: arrival.generation,
+                has_logs: false,
+                age_capped: true,
+            };
+            self.traces.insert(hash, trace, slot)
         });
+        let slot = self.traces.at_mut(at).expect("a slot just found or made");
         if arrival.stats.span_count > 0 {
             let same = slot.stats.span_count == 0 || slot.generation == arrival.generation;
             slot.generation = if same { arrival.generation } else { STALE };
@@ -398,7 +534,7 @@ impl TraceIndex {
         slot.deadline = waited.min(slot.root_deadline);
         if slot.deadline < slot.scheduled {
             slot.scheduled = slot.deadline;
-            self.deadlines.push(slot.deadline, trace);
+            self.deadlines.push(slot.deadline, at);
         }
         evicted
     }
@@ -409,14 +545,14 @@ impl TraceIndex {
         let now = self.tick(now_ms);
         let mut due = Vec::new();
         while due.len() < limit {
-            let Some((at, trace)) = self.deadlines.peek() else {
+            let Some((at, position)) = self.deadlines.peek() else {
                 break;
             };
             if at > now {
                 break;
             }
             self.deadlines.pop();
-            if let Some(found) = self.settle(at, trace, Some(now)) {
+            if let Some(found) = self.settle(at, position, Some(now)) {
                 due.push(found);
             }
         }
@@ -444,34 +580,34 @@ impl TraceIndex {
     }
 
     fn pop_earliest(&mut self) -> Option<(TraceId, TraceEntry)> {
-        while let Some((at, trace)) = self.deadlines.pop() {
-            if let Some(found) = self.settle(at, trace, None) {
+        while let Some((at, position)) = self.deadlines.pop() {
+            if let Some(found) = self.settle(at, position, None) {
                 return Some(found);
             }
         }
         None
     }
 
-    /// Handles a heap entry (`at`, `trace`) just popped: skips stale ones and re-queues a
+    /// Handles a queue entry (`at`, `position`) just popped: skips stale ones and re-queues a
     /// trace whose deadline moved later than `at`. A trace whose deadline is at or before
     /// `now` is removed and returned; with `now` `None` (eviction) a trace is returned once
     /// its heap entry matches its real deadline, i.e. the earliest deadline.
     fn settle(
         &mut self,
         at: Tick,
-        trace: TraceId,
+        position: SlotIndex,
         now: Option<Tick>,
     ) -> Option<(TraceId, TraceEntry)> {
-        let slot = self.traces.get_mut(&trace)?;
+        let slot = self.traces.at_mut(position)?;
         if slot.scheduled != at {
             return None;
         }
         if slot.deadline > now.unwrap_or(at) {
             slot.scheduled = slot.deadline;
-            self.deadlines.push(slot.deadline, trace);
+            self.deadlines.push(slot.deadline, position);
             return None;
         }
-        let slot = self.traces.remove(&trace)?;
+        let (trace, slot) = self.traces.remove_at(position)?;
         Some((trace, self.taken(slot)))
     }
 
@@ -602,41 +738,68 @@ mod tests {
     #[test]
     fn memory_estimate_grows_with_traces() {
         let mut index = TraceIndex::new(BufferSettings {
-            capacity: 10_000,
+            capacity: 100_000,
             ..settings()
         });
         assert_eq!(index.memory_bytes(), 0);
-        for i in 0..1000u32 {
-            let mut id = [0u8; 16];
-            id[..4].copy_from_slice(&i.to_le_bytes());
-            id[15] = 1;
-            index.observe(id, &spans(1), 0);
-        }
-        let bytes = index.memory_bytes();
-        assert!((1000 * 100..1000 * 300).contains(&bytes), "{bytes}");
+        let mut observe = |from: u32, to: u32| {
+            for i in from..to {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&i.to_le_bytes());
+                id[15] = 1;
+                index.observe(id, &spans(1), 0);
+            }
+            index.memory_bytes()
+        };
+        let small = observe(0, 1000);
+        assert!((1000 * 72..1000 * 128).contains(&small), "{small}");
+        let large = observe(1000, 10_000);
+        // A slot is 72 bytes; the table and the deadline queue add 5 and 8 a bucket.
+        assert!((10_000 * 80..10_000 * 128).contains(&large), "{large}");
+    }
+
+    #[test]
+    fn freed_slots_are_reused_and_stale_queue_entries_do_not_decide_their_new_trace_early() {
+        let mut index = TraceIndex::new(settings());
+        // Trace 1 is taken out by another path: its queue entry stays behind.
+        index.observe([1; 16], &spans(1), 0);
+        assert!(index.remove(&[1; 16]).is_some());
+        // Trace 2 reuses its slot, due later.
+        index.observe([2; 16], &spans(1), 300);
+        assert_eq!(index.traces.pages.len(), 1);
+        assert_eq!(index.traces.used, 1, "the freed position was reused");
+        assert!(
+            index.pop_due(1000, 10).is_empty(),
+            "trace 1's entry does not decide trace 2"
+        );
+        let due = index.pop_due(1300, 10);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0, [2; 16]);
+        assert!(index.is_empty());
+        assert!(index.get(&[2; 16]).is_none());
     }
 
     #[test]
     fn an_index_slot_stays_small() {
-        // The per-trace memory target (<= 256 bytes including hash-map slack and the
-        // deadline heap) depends on this: id 16, stats 24, policy state 16 (condition bits and
-        // the dynamic policies' key-value pointer), three deadline ticks 12, generation 2,
-        // two flags.
-        assert_eq!(std::mem::size_of::<(TraceId, Slot)>(), 72);
-        assert_eq!(std::mem::size_of::<Reverse<(Tick, TraceId)>>(), 20);
+        // The per-trace memory target (<= 256 bytes including table slack and the deadline
+        // queue) depends on this: id 16, stats 24, policy state 16 (condition bits and the
+        // dynamic policies' key-value pointer), three deadline ticks 12, generation 2, two
+        // flags; a free page entry takes no more room than a held one.
+        assert_eq!(std::mem::size_of::<Option<(TraceId, Slot)>>(), 72);
+        assert_eq!(std::mem::size_of::<Reverse<(Tick, SlotIndex)>>(), 8);
     }
 
     #[test]
     fn deadlines_come_out_earliest_first_whatever_order_they_went_in() {
         let mut queue = Deadlines::default();
-        for (at, id) in [(10, 1), (20, 2), (15, 3), (20, 4), (5, 5), (30, 6), (25, 7)] {
-            queue.push(at, [id; 16]);
+        for (at, position) in [(10, 1), (20, 2), (15, 3), (20, 4), (5, 5), (30, 6), (25, 7)] {
+            queue.push(at, position);
         }
         assert_eq!(queue.in_order.len(), 4, "10, 20, 20 and 30 joined the ring");
-        assert_eq!(queue.peek(), Some((5, [5; 16])));
+        assert_eq!(queue.peek(), Some((5, 5)));
         let mut out = Vec::new();
-        while let Some((at, trace)) = queue.pop() {
-            out.push((at, trace[0]));
+        while let Some(entry) = queue.pop() {
+            out.push(entry);
         }
         assert_eq!(
             out,
