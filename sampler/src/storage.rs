@@ -63,6 +63,8 @@ const BLOB_GC_GARBAGE_HIGH: f64 = 0.5;
 const BLOB_GC_GARBAGE_LOW: f64 = 0.25;
 /// The column families other than the buffer: little traffic, rarely a full memtable.
 const SMALL_CFS: [&str; 4] = [CF_QUEUE, CF_HOLD, CF_ROLLUP, CF_QUARANTINE];
+/// Every column family.
+const ALL_CFS: [&str; 5] = [CF_BUFFER, CF_QUEUE, CF_HOLD, CF_ROLLUP, CF_QUARANTINE];
 
 /// Column family of buffered traces.
 pub const CF_BUFFER: &str = "buffer";
@@ -357,25 +359,27 @@ impl Storage {
         Some(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
+    /// An integer property of column family `cf`; 0 when RocksDB does not report it.
+    fn int_property(&self, cf: &str, name: &str) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(cf), name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// An integer property summed over every column family.
+    fn int_property_all(&self, name: &str) -> u64 {
+        ALL_CFS.iter().map(|cf| self.int_property(cf, name)).sum()
+    }
+
     /// Approximate bytes held on disk and in memtables.
     pub fn approximate_bytes(&self) -> u64 {
-        let prop = |name: &str| {
-            [CF_BUFFER, CF_QUEUE, CF_HOLD, CF_ROLLUP, CF_QUARANTINE]
-                .iter()
-                .map(|cf| {
-                    self.db
-                        .property_int_value_cf(self.cf(cf), name)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                })
-                .sum::<u64>()
-        };
         // Live data of SST and blob files, plus what deleted values still occupy in blob
         // files not yet removed, plus memtables.
-        prop("rocksdb.estimate-live-data-size")
-            + prop("rocksdb.live-blob-file-garbage-size")
-            + prop("rocksdb.cur-size-all-mem-tables")
+        self.int_property_all("rocksdb.estimate-live-data-size")
+            + self.int_property_all("rocksdb.live-blob-file-garbage-size")
+            + self.int_property_all("rocksdb.cur-size-all-mem-tables")
     }
 }
 
@@ -430,15 +434,8 @@ impl Storage {
     /// garbage is most of the blob bytes, GC moves those values out of the oldest quarter
     /// of the files so the disk they pin comes back.
     pub fn tune_blob_gc(&self) -> Result<bool, StorageError> {
-        let prop = |name: &str| {
-            self.db
-                .property_int_value_cf(self.cf(CF_BUFFER), name)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        };
-        let garbage = prop("rocksdb.live-blob-file-garbage-size");
-        let total = prop("rocksdb.live-blob-file-size");
+        let garbage = self.int_property(CF_BUFFER, "rocksdb.live-blob-file-garbage-size");
+        let total = self.int_property(CF_BUFFER, "rocksdb.live-blob-file-size");
         let was = self.blob_gc_collecting.load(Ordering::Relaxed);
         let collecting = blob_gc_collecting(garbage, total, was);
         if collecting != was {
@@ -460,24 +457,9 @@ impl Storage {
     /// Bytes RocksDB holds in memory: memtables, block cache and table readers (index and
     /// filter blocks of the files on disk) of every column family.
     pub fn memory_bytes(&self) -> u64 {
-        [CF_BUFFER, CF_QUEUE, CF_HOLD, CF_ROLLUP, CF_QUARANTINE]
-            .iter()
-            .map(|cf| {
-                [
-                    "rocksdb.cur-size-all-mem-tables",
-                    "rocksdb.block-cache-usage",
-                    "rocksdb.estimate-table-readers-mem",
-                ]
-                .iter()
-                .filter_map(|p| {
-                    self.db
-                        .property_int_value_cf(self.cf(cf), *p)
-                        .ok()
-                        .flatten()
-                })
-                .sum::<u64>()
-            })
-            .sum()
+        self.int_property_all("rocksdb.cur-size-all-mem-tables")
+            + self.int_property_all("rocksdb.block-cache-usage")
+            + self.int_property_all("rocksdb.estimate-table-readers-mem")
     }
 }
 
