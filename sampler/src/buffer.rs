@@ -171,11 +171,16 @@ pub type TraceMap<V> = HashMap<TraceId, V, TraceIdHashBuilder>;
 /// Heap bytes of `map`'s buckets: entry plus control byte each, the table keeping at most
 /// 7/8 of its power-of-two bucket count full (what it holds on the heap, not counted).
 pub fn table_bytes<V>(map: &TraceMap<V>) -> usize {
-    let buckets = match map.capacity() {
+    table_buckets(map.capacity()) * (std::mem::size_of::<(TraceId, V)>() + 1)
+}
+
+/// Buckets of a hash table that can hold `capacity` entries: a power of two, at most 7/8 of
+/// them full.
+fn table_buckets(capacity: usize) -> usize {
+    match capacity {
         0 => 0,
         capacity => (capacity * 8 / 7).next_power_of_two(),
-    };
-    buckets * (std::mem::size_of::<(TraceId, V)>() + 1)
+    }
 }
 
 /// What arrived for a trace in one request.
@@ -336,11 +341,7 @@ impl Slots {
     /// Heap bytes held: the table's buckets (position and control byte, at most 7/8 of a
     /// power-of-two count full), the pages and the free list.
     fn memory_bytes(&self) -> usize {
-        let buckets = match self.table.capacity() {
-            0 => 0,
-            capacity => (capacity * 8 / 7).next_power_of_two(),
-        };
-        buckets * (std::mem::size_of::<SlotIndex>() + 1)
+        table_buckets(self.table.capacity()) * (std::mem::size_of::<SlotIndex>() + 1)
             + self.pages.len() * SLOT_PAGE * std::mem::size_of::<Option<(TraceId, Slot)>>()
             + self.free.capacity() * std::mem::size_of::<SlotIndex>()
     }
@@ -348,10 +349,10 @@ impl Slots {
 
 /// The queue of (deadline, slot position) entries, earliest first. An entry is stale
 /// unless the slot at its position is held with `scheduled` equal to its deadline (a
-/// position freed and reused by another trace then names that trace, due at that time). An entry no earlier than the
-/// last one queued joins the back of a ring (a new trace's deadline nearly always is), any
-/// other the heap; the earliest is the earlier of their fronts. Taking from the ring costs
-/// no sifting through a heap of every buffered trace.
+/// position freed and reused by another trace then names that trace, due at that time).
+/// An entry no earlier than the last one queued joins the back of a ring (a new trace's
+/// deadline nearly always is), any other the heap; the earliest is the earlier of their
+/// fronts. Taking from the ring costs no sifting through a heap of every buffered trace.
 #[derive(Default)]
 struct Deadlines {
     in_order: VecDeque<(Tick, SlotIndex)>,
@@ -591,7 +592,7 @@ impl TraceIndex {
     /// Handles a queue entry (`at`, `position`) just popped: skips stale ones and re-queues a
     /// trace whose deadline moved later than `at`. A trace whose deadline is at or before
     /// `now` is removed and returned; with `now` `None` (eviction) a trace is returned once
-    /// its heap entry matches its real deadline, i.e. the earliest deadline.
+    /// its queue entry matches its real deadline, i.e. the earliest deadline.
     fn settle(
         &mut self,
         at: Tick,
