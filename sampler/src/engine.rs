@@ -14,6 +14,7 @@
 //! the lock is released: by then their id is in the decision cache, so later spans take the
 //! late path instead of the buffer.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,8 +33,8 @@ use otel_tail_shared::otlp::{self, Signal, TraceId};
 use otel_tail_shared::receiver::{Accepted, IngestError, Reads};
 use otel_tail_shared::split::Spans;
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use rocksdb::WriteBatch;
+use smallvec::SmallVec;
 
 use crate::buffer::{Arrival, BufferSettings, Generation, STALE, TraceEntry};
 use crate::clock::{Clock, SystemClock};
@@ -48,7 +49,10 @@ use crate::policy::{
 };
 use crate::rollup::spans::SpanPoints;
 use crate::settle::{SettleConfig, SettleError, SettleLinks, Settler};
-use crate::storage::{BufferedKind, Forgetting, RequestValue, Storage, StorageError, Store};
+use crate::storage::{
+    BufferedKind, Forgetting, RequestValue, SHARED_GROUP_HEAD, SharedGroup, Storage, StorageError,
+    Store,
+};
 use shards::{ShardGuard, Shards, State};
 
 /// Span attribute naming the policy that kept a trace (as the Collector records it).
@@ -117,12 +121,12 @@ impl Late {
         cache: &mut DecisionCache,
         trace: TraceId,
         arrival: Arrival,
-        item: impl FnOnce() -> (BufferedKind, &'a [u8]),
+        item: impl FnOnce() -> (BufferedKind, Cow<'a, [u8]>),
     ) -> Option<Arrival> {
         match cache.get(&trace) {
             Some(Cached::Sampled(kept)) => {
                 let (kind, bytes) = item();
-                self.kept.push((trace, kind, bytes.to_vec(), kept));
+                self.kept.push((trace, kind, bytes.into_owned(), kept));
                 None
             }
             Some(Cached::NotSampled) => {
@@ -486,46 +490,48 @@ impl Engine {
         }
         let now_unix = self.unix_now();
         let span_points = self.settler.span_metrics(&parsed.slim, now_unix);
-        let sized: Vec<(wire::ScopeLens, usize)> = parsed
+        // Per group: its scopes' lengths, the length of its encoding after the resource,
+        // and of its whole encoding as a `ResourceSpans`.
+        let sized: Vec<(wire::ScopeLens, usize, usize)> = parsed
             .groups
             .iter()
             .map(|group| {
                 let lens = parsed.scope_lens(group);
-                let len = parsed.encoded_len(group, &lens);
-                (lens, len)
+                let rest = parsed.rest_len(group, &lens);
+                let whole = parsed.encoded_len(group, &lens);
+                (lens, rest, whole)
             })
             .collect();
-        // One item per trace: its groups (one per resource its spans came under) framed
-        // together when there are several.
-        let items: Vec<(&[usize], BufferedKind, usize)> = runs
+        // One item per trace: its groups (one per resource its spans came under), each
+        // naming its resource, stored once per chunk of the request's value.
+        let items: Vec<(&[usize], usize)> = runs
             .into_iter()
-            .map(|run| match run {
-                [one] => (run, BufferedKind::Spans, sized[*one].1),
-                _ => {
-                    let framed = run
-                        .iter()
-                        .map(|&i| key_len(1) + encoded_len_varint(sized[i].1 as u64) + sized[i].1)
-                        .sum();
-                    (run, BufferedKind::TraceSpans, framed)
-                }
+            .map(|run| {
+                (
+                    run,
+                    run.iter().map(|&i| SHARED_GROUP_HEAD + sized[i].1).sum(),
+                )
             })
             .collect();
-        let mut value = RequestValue::for_items(items.iter().map(|(_, _, len)| *len));
+        let mut value =
+            RequestValue::for_items(items.iter().map(|(_, len)| *len), parsed.resource_lens());
         let arrivals: Vec<(TraceId, Arrival)> = {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
             let policies = &*policies;
             items
                 .iter()
-                .map(|&(run, kind, len)| {
+                .map(|&(run, _)| {
                     let trace = parsed.groups[run[0]].trace;
-                    value.push_with(trace, kind, len, |buf| {
-                        for &i in run {
-                            if kind == BufferedKind::TraceSpans {
-                                encode_key(1, WireType::LengthDelimited, buf);
-                                encode_varint(sized[i].1 as u64, buf);
-                            }
-                            parsed.encode(&parsed.groups[i], &sized[i].0, buf);
-                        }
+                    let groups: SmallVec<[SharedGroup<'_>; 2]> = run
+                        .iter()
+                        .map(|&i| SharedGroup {
+                            resource: parsed.resource(&parsed.groups[i]),
+                            rest_len: sized[i].1,
+                        })
+                        .collect();
+                    value.push_shared(trace, &groups, |at, buf| {
+                        let i = run[at];
+                        parsed.encode_rest(&parsed.groups[i], &sized[i].0, buf);
                     });
                     let mut arrival = Arrival::default();
                     for &i in run {
@@ -539,7 +545,7 @@ impl Engine {
                             policies,
                             rs.resource.as_ref(),
                             spans,
-                            sized[i].1 + 1,
+                            sized[i].2 + 1,
                         ));
                     }
                     (trace, arrival)

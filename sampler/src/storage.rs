@@ -3,8 +3,9 @@
 //! Column families:
 //! - `buffer`: telemetry waiting for its trace's decision, one value per received request
 //!   under its sequence number, each item a [`BufferedKind`] ++ trace id ++ protobuf
-//!   (`ResourceSpans` or `ResourceLogs` holding only that trace's items); the trace → items
-//!   index is in memory (layout in [`requests`]).
+//!   (`ResourceSpans` or `ResourceLogs` holding only that trace's items; span items keep
+//!   their resources once per chunk, apart); the trace → items index is in memory (layout
+//!   in [`requests`]).
 //! - `queue`: the disk-backed export queues (layout owned by `export_queue`).
 //! - `hold`: trace-less logs and metric points held for `correlation.window` (layout owned
 //!   by `correlation::store`).
@@ -29,7 +30,9 @@ use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
-pub use requests::{Forgetting, ItemKey, RequestValue, StagedRequest};
+pub use requests::{
+    Forgetting, ItemKey, RequestValue, SHARED_GROUP_HEAD, SharedGroup, StagedRequest,
+};
 
 /// Memtables of the buffer column family (the active one, those waiting to be merged, and
 /// one being flushed).

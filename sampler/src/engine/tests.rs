@@ -1181,7 +1181,11 @@ async fn a_trace_under_several_resources_is_one_item_through_restart_and_handoff
             vec![BufferedKind::TraceSpans],
             "the trace's two groups are one item"
         );
-        assert_eq!(kinds(&first, 4), vec![BufferedKind::Spans]);
+        assert_eq!(
+            kinds(&first, 4),
+            vec![BufferedKind::TraceSpans],
+            "a trace under one resource is read back the same way"
+        );
         first.crash()
     };
     let second = rig_in(dir, config);

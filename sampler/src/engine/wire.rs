@@ -12,8 +12,8 @@
 //!   them — into a slim [`Span`]; every string in it (nested attribute values, events and
 //!   links included) is checked to be UTF-8 on the way, so a request a full decode would
 //!   refuse is refused here too;
-//! - each trace's spans are written into the buffer as a `ResourceSpans` made of the
-//!   original bytes of its resource, scopes and spans ([`TraceGroup::encode`]), never
+//! - each trace's spans are written into the buffer from the original bytes of its
+//!   resource, scopes and spans ([`Parsed::resource`], [`Parsed::encode_rest`]), never
 //!   re-encoded.
 //!
 //! Spans with an invalid trace or span id are left out and counted exactly as
@@ -161,22 +161,44 @@ impl Parsed {
             .sum()
     }
 
+    /// The `Resource` message bytes of `group`'s resource, if it has one.
+    pub fn resource(&self, group: &TraceGroup) -> Option<&[u8]> {
+        self.resources[group.resource].head.as_deref()
+    }
+
+    /// Lengths of the request's resources (`Resource` message bytes), each once.
+    pub fn resource_lens(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
+        self.resources
+            .iter()
+            .map(|r| r.head.as_ref().map_or(0, Bytes::len))
+    }
+
     /// Encoded length of `group` as a `ResourceSpans`, given its [`Parsed::scope_lens`].
     pub fn encoded_len(&self, group: &TraceGroup, scope_lens: &[(usize, usize)]) -> usize {
+        field_len(1, self.resource(group)) + self.rest_len(group, scope_lens)
+    }
+
+    /// Encoded length of `group`'s `ResourceSpans` fields after its resource (scopes and
+    /// schema URL), given its [`Parsed::scope_lens`].
+    pub fn rest_len(&self, group: &TraceGroup, scope_lens: &[(usize, usize)]) -> usize {
         let resource = &self.resources[group.resource];
-        field_len(1, resource.head.as_deref())
-            + scope_lens
-                .iter()
-                .map(|(_, len)| key_len(2) + encoded_len_varint(*len as u64) + len)
-                .sum::<usize>()
+        scope_lens
+            .iter()
+            .map(|(_, len)| key_len(2) + encoded_len_varint(*len as u64) + len)
+            .sum::<usize>()
             + field_len(3, non_empty(&resource.schema_url))
     }
 
-    /// Writes `group` as a `ResourceSpans` of the original bytes of its resource, scopes
-    /// and spans, given its [`Parsed::scope_lens`].
-    pub fn encode(&self, group: &TraceGroup, scope_lens: &[(usize, usize)], buf: &mut impl BufMut) {
+    /// Writes `group`'s `ResourceSpans` fields after its resource, of the original bytes of
+    /// its scopes and spans, given its [`Parsed::scope_lens`]: with the resource field in
+    /// front, the group as a `ResourceSpans`.
+    pub fn encode_rest(
+        &self,
+        group: &TraceGroup,
+        scope_lens: &[(usize, usize)],
+        buf: &mut impl BufMut,
+    ) {
         let resource = &self.resources[group.resource];
-        put_field(1, resource.head.as_deref(), buf);
         let scopes = &self.scopes[group.resource];
         let mut at = 0;
         for &(scope, len) in scope_lens {

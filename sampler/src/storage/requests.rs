@@ -9,7 +9,8 @@
 //!
 //! - keys `seq ++ 0x02 ++ chunk` (8-byte sequence and 2-byte chunk number, big endian):
 //!   the request's items, each framed as `kind (1) ++ trace id (16) ++ length (u32 LE) ++
-//!   payload`, cut into chunks of about [`CHUNK_BYTES`] at item boundaries. A kept trace
+//!   payload`, cut into chunks of about [`CHUNK_BYTES`] at item boundaries; span items
+//!   name their resources, framed once in each chunk that needs them ([`shared`]). A kept trace
 //!   is read back with the chunks holding its items, not the whole request: ~2 % of traces
 //!   are kept, so nearly every request is read for one or two of its ~100 traces, and
 //!   reading (and checksumming and copying) whole values of a few hundred KiB from blob
@@ -26,6 +27,7 @@
 //! values of the previous layouts (one value per request under `seq`; one value per
 //! trace group under `trace id ++ seq`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 use std::sync::{Mutex, MutexGuard};
@@ -36,6 +38,10 @@ use smallvec::SmallVec;
 
 use super::{BufferedKind, CF_BUFFER, Storage, StorageError, Store};
 use crate::buffer::{TraceIdHashBuilder, TraceMap, table_bytes};
+
+mod shared;
+
+pub use shared::{SHARED_GROUP_HEAD, SharedGroup};
 
 /// Bytes framing one item in a request value: kind, trace id, payload length.
 const FRAME: usize = 1 + 16 + 4;
@@ -127,13 +133,6 @@ impl Location {
     fn range(&self) -> std::ops::Range<usize> {
         let start = (self.offset & 0xffff) as usize;
         start..start + self.len()
-    }
-
-    /// The payload's byte range in the whole request, whose chunks start at `chunks`.
-    fn range_in(&self, chunks: &[usize]) -> std::ops::Range<usize> {
-        let range = self.range();
-        let base = chunks[usize::from(self.chunk())];
-        base + range.start..base + range.end
     }
 
     fn key(&self) -> ItemKey {
@@ -243,6 +242,8 @@ pub struct RequestValue {
     items: Vec<(TraceId, Location)>,
     /// Where each chunk starts in `bytes`.
     chunks: Vec<usize>,
+    /// Offsets of the resources framed in the current chunk ([`shared`]).
+    resources: Vec<u16>,
 }
 
 impl RequestValue {
@@ -254,16 +255,23 @@ impl RequestValue {
         }
     }
 
-    /// An empty value with room for exactly the items whose payload lengths are `lens`:
-    /// filled without growing (a growing value of a few hundred KiB was reallocated and
-    /// copied several times per request, each time onto fresh pages).
-    pub fn for_items(lens: impl ExactSizeIterator<Item = usize>) -> RequestValue {
+    /// An empty value with room for the items whose payload lengths are `lens` and for
+    /// `resources` bytes of the resources they share (each framed once per chunk), so it
+    /// is filled without growing in the common case (a growing value of a few hundred KiB
+    /// was reallocated and copied several times per request, each time onto fresh pages).
+    pub fn for_items(
+        lens: impl ExactSizeIterator<Item = usize>,
+        resources: impl Iterator<Item = usize>,
+    ) -> RequestValue {
         let items = lens.len();
-        let bytes = lens.map(|len| FRAME + len).sum();
+        let payload: usize = lens.map(|len| FRAME + len).sum();
+        let repeats = payload / CHUNK_BYTES + 1;
+        let resources: usize = resources.map(|len| FRAME + len).sum();
+        let resources = resources.saturating_mul(repeats).min(payload);
         RequestValue {
-            bytes: Vec::with_capacity(bytes),
+            bytes: Vec::with_capacity(payload + resources),
             items: Vec::with_capacity(items),
-            chunks: Vec::new(),
+            ..RequestValue::default()
         }
     }
 
@@ -300,12 +308,18 @@ impl RequestValue {
     }
 
     /// The kind and payload of the item pushed `index`-th.
-    pub fn item(&self, index: usize) -> (BufferedKind, &[u8]) {
+    pub fn item(&self, index: usize) -> (BufferedKind, Cow<'_, [u8]>) {
         let location = &self.items[index].1;
-        (
-            location.kind(),
-            &self.bytes[location.range_in(&self.chunks)],
-        )
+        let payload = shared::item_payload(self.chunk_bytes(location.chunk()), location)
+            .expect("a value reads back the items it framed");
+        (location.kind(), payload)
+    }
+
+    /// The bytes of chunk `chunk`.
+    fn chunk_bytes(&self, chunk: u16) -> &[u8] {
+        let chunk = usize::from(chunk);
+        let end = self.chunks.get(chunk + 1).copied();
+        &self.bytes[self.chunks[chunk]..end.unwrap_or(self.bytes.len())]
     }
 
     /// Appends an already encoded payload.
@@ -314,20 +328,32 @@ impl RequestValue {
         self.bytes.extend_from_slice(payload);
     }
 
+    /// Frames an item of `kind` whose payload follows, in a new chunk if the current one
+    /// is full.
     fn frame(&mut self, trace: TraceId, kind: BufferedKind, len: usize) {
         match self.chunks.last() {
             Some(start) if self.bytes.len() - start < CHUNK_BYTES => {}
-            _ => self.chunks.push(self.bytes.len()),
+            _ => self.start_chunk(),
         }
+        let location = self.frame_here(kind as u8, trace, kind, len);
+        self.items.push((trace, location));
+    }
+
+    fn start_chunk(&mut self) {
+        self.chunks.push(self.bytes.len());
+        self.resources.clear();
+    }
+
+    /// Writes a frame tagged `tag` in the current chunk; the location of its payload.
+    fn frame_here(&mut self, tag: u8, trace: TraceId, kind: BufferedKind, len: usize) -> Location {
         let chunk = self.chunks.len() - 1;
         self.bytes.reserve(FRAME + len);
-        self.bytes.push(kind as u8);
+        self.bytes.push(tag);
         self.bytes.extend_from_slice(&trace);
         self.bytes.extend_from_slice(&(len as u32).to_le_bytes());
         let chunk_no = u16::try_from(chunk).expect("a request value stays below 2 GiB");
         let offset = self.bytes.len() - self.chunks[chunk];
-        self.items
-            .push((trace, Location::new(0, chunk_no, offset, len, kind)));
+        Location::new(0, chunk_no, offset, len, kind)
     }
 
     /// A copy holding only the items whose flag in `keep` (one per item, in push order) is
@@ -335,11 +361,12 @@ impl RequestValue {
     pub fn filtered(&self, keep: &[bool]) -> RequestValue {
         let mut out = RequestValue::with_capacity(self.bytes.len());
         for ((trace, location), _) in self.items.iter().zip(keep).filter(|(_, k)| **k) {
-            out.push_encoded(
-                *trace,
-                location.kind(),
-                &self.bytes[location.range_in(&self.chunks)],
-            );
+            let chunk = self.chunk_bytes(location.chunk());
+            if shared::is_shared(chunk, location) {
+                self.copy_shared(&mut out, *trace, location);
+            } else {
+                out.push_encoded(*trace, location.kind(), &chunk[location.range()]);
+            }
         }
         out
     }
@@ -369,7 +396,7 @@ pub struct StagedRequest {
 
 impl StagedRequest {
     /// The kind and payload of the item staged `index`-th.
-    pub fn item(&self, index: usize) -> (BufferedKind, &[u8]) {
+    pub fn item(&self, index: usize) -> (BufferedKind, Cow<'_, [u8]>) {
         self.value.item(index)
     }
 
@@ -510,8 +537,14 @@ fn parse_frames(value: &[u8]) -> Result<Vec<Frame>, StorageError> {
         let frame = value
             .get(at..at + FRAME)
             .ok_or_else(|| StorageError::Corrupt(format!("truncated item frame at {at}")))?;
-        let kind = BufferedKind::from_byte(frame[0])
-            .ok_or_else(|| StorageError::Corrupt(format!("unknown buffer tag {}", frame[0])))?;
+        let kind = match frame[0] {
+            shared::RESOURCE_TAG => None,
+            shared::SHARED_SPANS_TAG => Some(BufferedKind::TraceSpans),
+            tag => Some(
+                BufferedKind::from_byte(tag)
+                    .ok_or_else(|| StorageError::Corrupt(format!("unknown buffer tag {tag}")))?,
+            ),
+        };
         let trace: TraceId = frame[1..17].try_into().expect("16 bytes");
         let len = u32::from_le_bytes(frame[17..21].try_into().expect("4 bytes"));
         let offset = at + FRAME;
@@ -521,7 +554,9 @@ fn parse_frames(value: &[u8]) -> Result<Vec<Frame>, StorageError> {
                 value.len()
             )));
         }
-        items.push((trace, kind, offset..offset + len as usize));
+        if let Some(kind) = kind {
+            items.push((trace, kind, offset..offset + len as usize));
+        }
         at = offset + len as usize;
     }
     Ok(items)
@@ -651,8 +686,8 @@ impl Storage {
                 current = Some((at, value));
             }
             let value = current.as_ref().and_then(|(_, v)| v.as_deref());
-            match value.and_then(|v| v.get(location.range())) {
-                Some(payload) => visit(index, location.key(), location.kind(), payload),
+            match value.and_then(|v| shared::item_payload(v, &location)) {
+                Some(payload) => visit(index, location.key(), location.kind(), &payload),
                 None => crate::events::corrupt_record(
                     Store::Buffer,
                     &format!(
@@ -845,12 +880,20 @@ impl Storage {
                 if request.dead.contains(&location.offset) {
                     continue;
                 }
-                if visit(
-                    trace,
-                    location.key(),
-                    location.kind(),
-                    &value[location.range()],
-                ) {
+                let Some(payload) = shared::item_payload(value, &location) else {
+                    crate::events::corrupt_record(
+                        Store::Buffer,
+                        &format!(
+                            "buffered request {seq} has an item at {} of chunk {} naming a \
+                             resource it does not hold",
+                            location.range().start,
+                            location.chunk()
+                        ),
+                    );
+                    refused.push(location);
+                    continue;
+                };
+                if visit(trace, location.key(), location.kind(), &payload) {
                     request.alive += 1;
                     self.layout.traces(&trace).push(trace, location);
                 } else {

@@ -635,3 +635,241 @@ fn blob_files_pinned_by_long_lived_values_go_once_garbage_dominates() {
         );
     }
 }
+
+/// A `ResourceSpans` of one span of trace `trace` under service `service` (no resource
+/// when empty), with a resource of a few hundred bytes as SDKs send.
+fn resource_spans(service: &str, trace: u8, span: u8) -> ResourceSpans {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
+    let attribute = |key: &str, value: String| KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value)),
+        }),
+        ..KeyValue::default()
+    };
+    ResourceSpans {
+        resource: (!service.is_empty()).then(|| Resource {
+            attributes: vec![
+                attribute("service.name", service.into()),
+                attribute("host.name", format!("{service}-host-0123456789abcdef")),
+                attribute("telemetry.sdk.version", "1.38.0".repeat(20)),
+            ],
+            ..Resource::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans: vec![Span {
+                trace_id: vec![trace; 16],
+                span_id: vec![span; 8],
+                name: format!("span {span} ").repeat(10),
+                ..Span::default()
+            }],
+            ..ScopeSpans::default()
+        }],
+        schema_url: String::new(),
+    }
+}
+
+/// Pushes `trace`'s groups into `value` with their resources shared.
+fn push_groups(value: &mut RequestValue, trace: TraceId, groups: &[ResourceSpans]) {
+    let resources: Vec<Option<Vec<u8>>> = groups
+        .iter()
+        .map(|rs| rs.resource.as_ref().map(prost::Message::encode_to_vec))
+        .collect();
+    let rests: Vec<Vec<u8>> = groups
+        .iter()
+        .map(|rs| {
+            ResourceSpans {
+                resource: None,
+                ..rs.clone()
+            }
+            .encode_to_vec()
+        })
+        .collect();
+    let shared: Vec<SharedGroup<'_>> = resources
+        .iter()
+        .zip(&rests)
+        .map(|(resource, rest)| SharedGroup {
+            resource: resource.as_deref(),
+            rest_len: rest.len(),
+        })
+        .collect();
+    value.push_shared(trace, &shared, |at, buf| buf.extend_from_slice(&rests[at]));
+}
+
+/// What a shared-resource item reads back as: its groups as a request body.
+fn whole(groups: &[ResourceSpans]) -> Vec<u8> {
+    ExportTraceServiceRequest {
+        resource_spans: groups.to_vec(),
+    }
+    .encode_to_vec()
+}
+
+/// How many times `needle` occurs in `haystack`.
+fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+#[test]
+fn span_items_store_each_resource_once_per_chunk_and_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // 600 traces: most under service "a", every third also under "b", every tenth
+    // under no resource: several chunks.
+    let traces: Vec<(TraceId, Vec<ResourceSpans>)> = (0..600u16)
+        .map(|n| {
+            let trace = [
+                (n % 251) as u8,
+                (n / 251) as u8,
+                7,
+                7,
+                7,
+                7,
+                7,
+                7,
+                7,
+                7,
+                7,
+                7,
+                7,
+                7,
+                7,
+                7,
+            ];
+            let mut groups = vec![resource_spans(if n % 10 == 0 { "" } else { "a" }, 1, 1)];
+            if n % 3 == 0 {
+                groups.push(resource_spans("b", 1, 2));
+            }
+            (trace, groups)
+        })
+        .collect();
+    let service_a = resource_spans("a", 1, 1).resource.unwrap().encode_to_vec();
+    let mut value = RequestValue::default();
+    for (trace, groups) in &traces {
+        push_groups(&mut value, *trace, groups);
+    }
+    // A copy keeping every other item reads back the same (the engine's filter for
+    // traces decided while their request arrived).
+    let keep: Vec<bool> = (0..traces.len()).map(|n| n % 2 == 0).collect();
+    let filtered = value.filtered(&keep);
+    for (n, (_, groups)) in traces.iter().enumerate() {
+        assert_eq!(
+            value.item(n),
+            (BufferedKind::TraceSpans, whole(groups).into())
+        );
+    }
+    for (n, (_, groups)) in traces.iter().step_by(2).enumerate() {
+        assert_eq!(filtered.item(n).1, whole(groups));
+    }
+    {
+        let storage = Storage::open(dir.path(), false).unwrap();
+        let mut batch = WriteBatch::default();
+        let staged = storage.stage_request(&mut batch, value);
+        storage.write(batch).unwrap();
+        storage.committed(staged);
+        let chunks: Vec<Box<[u8]>> = storage
+            .db()
+            .iterator_cf(storage.cf(CF_BUFFER), IteratorMode::Start)
+            .map(|item| item.unwrap().1)
+            .collect();
+        assert!(chunks.len() > 1, "several chunks: {}", chunks.len());
+        for chunk in &chunks {
+            assert_eq!(
+                occurrences(chunk, &service_a),
+                1,
+                "service a's resource is stored once in each chunk"
+            );
+        }
+        let stored: usize = chunks.iter().map(|c| c.len()).sum();
+        let repeated: usize = traces.iter().map(|(_, g)| whole(g).len() + 21).sum();
+        assert!(
+            stored * 2 < repeated,
+            "{stored} bytes stored against {repeated} with every resource repeated"
+        );
+        for (trace, groups) in &traces {
+            assert_eq!(
+                storage.read_trace(trace, u64::MAX).unwrap(),
+                vec![(BufferedKind::TraceSpans, whole(groups))]
+            );
+        }
+        forget(&storage, &traces[0].0, u64::MAX);
+    }
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let seen = scan_all(&storage);
+    let expected: Vec<(TraceId, BufferedKind, Vec<u8>)> = traces[1..]
+        .iter()
+        .map(|(trace, groups)| (*trace, BufferedKind::TraceSpans, whole(groups)))
+        .collect();
+    assert_eq!(
+        seen, expected,
+        "a restart finds every item not forgotten, and no resource as an item"
+    );
+    for (trace, _) in &traces[1..] {
+        forget(&storage, trace, u64::MAX);
+    }
+    assert!(
+        buffer_keys(&storage).is_empty(),
+        "the request goes with its last item, resources and all"
+    );
+}
+
+#[test]
+fn a_trace_whose_resources_outgrow_a_chunk_is_stored_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let (small, huge) = ([1u8; 16], [2u8; 16]);
+    let mut big = resource_spans("big", 2, 1);
+    big.resource.as_mut().unwrap().attributes[0].key = "k".repeat(CHUNK_BYTES + 1);
+    let mut value = RequestValue::default();
+    push_groups(&mut value, small, &[resource_spans("a", 1, 1)]);
+    push_groups(&mut value, huge, &[big.clone()]);
+    let mut batch = WriteBatch::default();
+    let staged = storage.stage_request(&mut batch, value);
+    storage.write(batch).unwrap();
+    storage.committed(staged);
+    assert_eq!(
+        storage.read_trace(&huge, u64::MAX).unwrap(),
+        vec![(BufferedKind::TraceSpans, whole(&[big]))]
+    );
+    assert_eq!(
+        storage.read_trace(&small, u64::MAX).unwrap(),
+        vec![(
+            BufferedKind::TraceSpans,
+            whole(&[resource_spans("a", 1, 1)])
+        )]
+    );
+}
+
+#[test]
+fn an_item_naming_a_resource_its_chunk_lacks_is_forgotten_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = ([1u8; 16], [2u8; 16]);
+    {
+        let storage = Storage::open(dir.path(), false).unwrap();
+        buffer(&storage, &[(b, BufferedKind::Spans, b"good")]);
+        // An item framed as naming the resource at offset 100 of a chunk with none.
+        let mut chunk = vec![0x11];
+        chunk.extend_from_slice(&a);
+        chunk.extend_from_slice(&9u32.to_le_bytes());
+        chunk.extend_from_slice(&100u16.to_le_bytes());
+        chunk.extend_from_slice(&3u32.to_le_bytes());
+        chunk.extend_from_slice(b"abc");
+        let mut key = 1u64.to_be_bytes().to_vec();
+        key.push(CHUNK_SUFFIX);
+        key.extend_from_slice(&0u16.to_be_bytes());
+        let mut batch = WriteBatch::default();
+        batch.put_cf(storage.cf(CF_BUFFER), key, chunk);
+        storage.write(batch).unwrap();
+    }
+    let storage = Storage::open(dir.path(), false).unwrap();
+    assert_eq!(
+        scan_all(&storage),
+        vec![(b, BufferedKind::Spans, b"good".to_vec())],
+        "the unreadable item is not visited"
+    );
+    assert_eq!(storage.buffered_traces(), vec![b]);
+    assert!(storage.read_trace(&a, u64::MAX).unwrap().is_empty());
+}

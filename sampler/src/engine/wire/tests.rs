@@ -111,7 +111,10 @@ fn each_trace_group_is_the_original_bytes_of_what_the_decoded_grouping_gives() {
         .map(|group| {
             let mut bytes = Vec::new();
             let lens = parsed.scope_lens(group);
-            parsed.encode(group, &lens, &mut bytes);
+            if let Some(resource) = parsed.resource(group) {
+                prost::encoding::bytes::encode(1, &resource.to_vec(), &mut bytes);
+            }
+            parsed.encode_rest(group, &lens, &mut bytes);
             assert_eq!(bytes.len(), parsed.encoded_len(group, &lens));
             (
                 group.trace,
