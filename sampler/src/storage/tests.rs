@@ -717,8 +717,8 @@ fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
 #[test]
 fn span_items_store_each_resource_once_per_chunk_and_read_back_whole() {
     let dir = tempfile::tempdir().unwrap();
-    // 600 traces: most under service "a", every third also under "b", every tenth
-    // under no resource: several chunks.
+    // 600 traces: most under service "a", every third also under "b", every seventh
+    // twice under "a", every tenth under no resource first: several chunks.
     let traces: Vec<(TraceId, Vec<ResourceSpans>)> = (0..600u16)
         .map(|n| {
             let trace = [
@@ -742,6 +742,10 @@ fn span_items_store_each_resource_once_per_chunk_and_read_back_whole() {
             let mut groups = vec![resource_spans(if n % 10 == 0 { "" } else { "a" }, 1, 1)];
             if n % 3 == 0 {
                 groups.push(resource_spans("b", 1, 2));
+            }
+            if n % 7 == 0 {
+                // Two entries of one request with equal resources: one resource frame.
+                groups.push(resource_spans("a", 1, 3));
             }
             (trace, groups)
         })

@@ -21,6 +21,7 @@ use std::borrow::Cow;
 
 use otel_tail_shared::otlp::TraceId;
 use prost::encoding::{encode_varint, encoded_len_varint};
+use smallvec::SmallVec;
 
 use super::{CHUNK_BYTES, FRAME, Location, RequestValue};
 use crate::storage::BufferedKind;
@@ -77,34 +78,47 @@ impl RequestValue {
         groups: &[SharedGroup<'_>],
         mut write_rest: impl FnMut(usize, &mut Vec<u8>),
     ) {
-        let mut missing = self.missing_resources(groups);
-        let open = self
-            .chunks
-            .last()
-            .is_some_and(|start| self.bytes.len() - start + missing < CHUNK_BYTES);
+        // Per group, where its resource is framed in the current chunk (one lookup each:
+        // comparing resources is most of the cost of writing a small item).
+        let mut at: Offsets = groups
+            .iter()
+            .map(|g| g.resource.and_then(|r| self.shared_resource(r)))
+            .collect();
+        let open = self.chunks.last().is_some_and(|start| {
+            self.bytes.len() - start + missing_bytes(groups, &at) < CHUNK_BYTES
+        });
         if !open {
             self.start_chunk();
-            missing = self.missing_resources(groups);
-            if missing >= CHUNK_BYTES {
+            at.iter_mut().for_each(|offset| *offset = None);
+            if missing_bytes(groups, &at) >= CHUNK_BYTES {
                 return self.push_whole(trace, groups, write_rest);
             }
         }
-        for resource in groups.iter().filter_map(|g| g.resource) {
-            if self.shared_resource(resource).is_none() {
-                self.frame_here(RESOURCE_TAG, [0; 16], BufferedKind::Spans, resource.len());
-                let at = self.bytes.len() - self.chunk_start();
-                self.bytes.extend_from_slice(resource);
-                self.resources
-                    .push(u16::try_from(at).expect("a resource starts within its chunk's 64 KiB"));
+        for index in 0..groups.len() {
+            let Some(resource) = groups[index].resource else {
+                continue;
+            };
+            if at[index].is_some() {
+                continue;
             }
+            at[index] = match first_alike(groups, index) {
+                Some(earlier) => at[earlier],
+                None => {
+                    self.frame_here(RESOURCE_TAG, [0; 16], BufferedKind::Spans, resource.len());
+                    let offset = self.bytes.len() - self.chunk_start();
+                    let offset =
+                        u16::try_from(offset).expect("a resource starts within its chunk's 64 KiB");
+                    self.bytes.extend_from_slice(resource);
+                    self.resources.push(offset);
+                    Some(offset)
+                }
+            };
         }
         let len = groups.iter().map(|g| SHARED_GROUP_HEAD + g.rest_len).sum();
         let location = self.frame_here(SHARED_SPANS_TAG, trace, BufferedKind::TraceSpans, len);
         self.items.push((trace, location));
         for (index, group) in groups.iter().enumerate() {
-            let resource = group.resource.map_or(NO_RESOURCE, |r| {
-                self.shared_resource(r).expect("framed above")
-            });
+            let resource = at[index].unwrap_or(NO_RESOURCE);
             self.bytes.extend_from_slice(&resource.to_le_bytes());
             self.bytes
                 .extend_from_slice(&(group.rest_len as u32).to_le_bytes());
@@ -138,21 +152,6 @@ impl RequestValue {
         });
     }
 
-    /// Bytes the current chunk still needs for the resources of `groups` (framed).
-    fn missing_resources(&self, groups: &[SharedGroup<'_>]) -> usize {
-        let mut seen: Vec<&[u8]> = Vec::new();
-        groups
-            .iter()
-            .filter_map(|g| g.resource)
-            .filter(|r| {
-                let new = self.shared_resource(r).is_none() && !seen.contains(r);
-                seen.push(r);
-                new
-            })
-            .map(|r| FRAME + r.len())
-            .sum()
-    }
-
     /// Offset in the current chunk of a resource with these bytes, if one is framed there.
     fn shared_resource(&self, resource: &[u8]) -> Option<u16> {
         let chunk = &self.bytes[self.chunk_start()..];
@@ -183,6 +182,25 @@ impl RequestValue {
             buf.extend_from_slice(parts[index].1)
         });
     }
+}
+
+/// Per group of an item, the offset of its resource in the chunk, once framed there.
+type Offsets = SmallVec<[Option<u16>; 4]>;
+
+/// The earlier group of `groups` with the same resource as group `index`, if any.
+fn first_alike(groups: &[SharedGroup<'_>], index: usize) -> Option<usize> {
+    let resource = groups[index].resource?;
+    (0..index).find(|&earlier| groups[earlier].resource == Some(resource))
+}
+
+/// Bytes the current chunk still needs for the resources of `groups` (framed), given
+/// where those already framed in it are (`at`).
+fn missing_bytes(groups: &[SharedGroup<'_>], at: &[Option<u16>]) -> usize {
+    (0..groups.len())
+        .filter(|&index| at[index].is_none() && first_alike(groups, index).is_none())
+        .filter_map(|index| groups[index].resource)
+        .map(|resource| FRAME + resource.len())
+        .sum()
 }
 
 /// Encoded length of a length-delimited field 1 of `len` bytes.
