@@ -286,3 +286,50 @@ fn resource_at(chunk: &[u8], at: usize) -> Option<&[u8]> {
     let len = u32::from_le_bytes(frame[17..21].try_into().expect("4 bytes")) as usize;
     chunk.get(at..at.checked_add(len)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse_chunk;
+    use super::*;
+
+    #[test]
+    fn a_damaged_chunk_reads_as_errors_never_as_a_panic() {
+        let mut value = RequestValue::default();
+        let resources: [&[u8]; 2] = [b"resource one", b"the second resource"];
+        for (n, trace) in [[1u8; 16], [2; 16], [3; 16]].into_iter().enumerate() {
+            let groups = [
+                SharedGroup {
+                    resource: Some(resources[n % 2]),
+                    rest_len: 5,
+                },
+                SharedGroup {
+                    resource: (n > 0).then_some(resources[0]),
+                    rest_len: 3,
+                },
+            ];
+            value.push_shared(trace, &groups, |at, buf| {
+                buf.extend(std::iter::repeat_n(b'a' + at as u8, groups[at].rest_len))
+            });
+        }
+        let chunk = value.chunk_bytes(0).to_vec();
+        let intact = parse_chunk(&chunk, 0).unwrap();
+        assert_eq!(intact.len(), 3, "resources are not items");
+        for (_, location) in &intact {
+            assert!(item_payload(&chunk, location).is_some());
+        }
+        // Every byte changed in turn, every way a bit flip or a boundary value would: the
+        // chunk is refused, or each item reads back or is reported unreadable.
+        for at in 0..chunk.len() {
+            for byte in [0x00, 0xff, 0x10, 0x11, chunk[at] ^ 0x01, chunk[at] ^ 0x80] {
+                let mut damaged = chunk.clone();
+                damaged[at] = byte;
+                if let Ok(items) = parse_chunk(&damaged, 0) {
+                    for (_, location) in items {
+                        let _ = item_payload(&damaged, &location);
+                    }
+                }
+                let _ = parse_chunk(&damaged[..at], 0);
+            }
+        }
+    }
+}
