@@ -553,7 +553,7 @@ impl Engine {
                 .collect()
         };
         self.buffer_spans(value, arrivals, span_points, now_unix)?;
-        wire::recycle(parsed.slim);
+        wire::recycle(parsed);
         Ok(took)
     }
 

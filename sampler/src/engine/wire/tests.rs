@@ -173,7 +173,8 @@ fn spans_refilled_from_an_earlier_request_keep_nothing_of_it() {
         SpanNeeds::Fixed,
     ] {
         let first = parse(Bytes::from(request().encode_to_vec()), needs).unwrap();
-        recycle(first.slim);
+        assert!(first.groups.len() > 1);
+        recycle(first);
         let bare = Span {
             trace_id: vec![7; 16],
             span_id: vec![7; 8],
@@ -193,6 +194,15 @@ fn spans_refilled_from_an_earlier_request_keep_nothing_of_it() {
             parsed.slim.resource_spans[0].scope_spans[0].spans,
             vec![bare],
             "after {needs:?}"
+        );
+        assert_eq!(
+            parsed
+                .groups
+                .iter()
+                .map(|g| (g.trace, g.spans.to_vec()))
+                .collect::<Vec<_>>(),
+            vec![([7; 16], vec![(0, 0)])],
+            "the groups are the second request's alone"
         );
     }
 }
