@@ -281,6 +281,9 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
             .map_err(|e| format!("invalid protobuf: {e}"))?;
         let resource_index = parsed.slim.resource_spans.len();
         by_trace.clear();
+        // The group of the span read last: SDKs write a trace's spans under a resource
+        // next to each other, so most spans find their group without a lookup.
+        let mut last: Option<(TraceId, usize)> = None;
         let mut slim_scopes = Vec::with_capacity(rs.scope_spans.len());
         let mut wire_scopes = Vec::with_capacity(rs.scope_spans.len());
         for ss_bytes in rs.scope_spans {
@@ -314,14 +317,18 @@ pub fn parse(body: Bytes, needs: SpanNeeds) -> Result<Parsed, String> {
                     bad_span += 1;
                     continue;
                 }
-                let group = *by_trace.entry(trace).or_insert_with(|| {
-                    parsed.groups.push(TraceGroup {
-                        trace,
-                        resource: resource_index,
-                        spans: SmallVec::new(),
-                    });
-                    parsed.groups.len() - 1
-                });
+                let group = match last {
+                    Some((previous, group)) if previous == trace => group,
+                    _ => *by_trace.entry(trace).or_insert_with(|| {
+                        parsed.groups.push(TraceGroup {
+                            trace,
+                            resource: resource_index,
+                            spans: SmallVec::new(),
+                        });
+                        parsed.groups.len() - 1
+                    }),
+                };
+                last = Some((trace, group));
                 parsed.groups[group].spans.push((scope_index, used));
                 used += 1;
                 kept.push((start, end));

@@ -52,8 +52,8 @@ fn span(trace: u8, id: u8) -> Span {
     }
 }
 
-/// Two resources, two scopes in the first, three traces interleaved, and spans with
-/// invalid ids.
+/// Two resources, two scopes in the first, three traces interleaved (and two spans of one
+/// trace next to each other), and spans with invalid ids.
 fn request() -> ExportTraceServiceRequest {
     let scope = |name: &str, spans: Vec<Span>| ScopeSpans {
         scope: Some(InstrumentationScope {
@@ -76,7 +76,10 @@ fn request() -> ExportTraceServiceRequest {
                 }),
                 scope_spans: vec![
                     scope("a", vec![span(1, 1), span(2, 1), zero_trace, span(1, 2)]),
-                    scope("b", vec![span(2, 2), short_span, span(3, 1), span(1, 3)]),
+                    scope(
+                        "b",
+                        vec![span(2, 2), short_span, span(3, 1), span(3, 2), span(1, 3)],
+                    ),
                 ],
                 schema_url: "https://schema/r1".into(),
             },
@@ -104,7 +107,7 @@ fn each_trace_group_is_the_original_bytes_of_what_the_decoded_grouping_gives() {
         parsed.refused, expected_refused,
         "the same spans are refused"
     );
-    assert_eq!(parsed.span_count(), 7);
+    assert_eq!(parsed.span_count(), 8);
     let groups: Vec<(TraceId, ResourceSpans)> = parsed
         .groups
         .iter()
