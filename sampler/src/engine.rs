@@ -498,7 +498,7 @@ impl Engine {
             .map(|group| {
                 let lens = parsed.scope_lens(group);
                 let rest = parsed.rest_len(group, &lens);
-                let whole = parsed.encoded_len(group, &lens);
+                let whole = parsed.encoded_len(group, rest);
                 (lens, rest, whole)
             })
             .collect();

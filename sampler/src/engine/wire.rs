@@ -173,9 +173,9 @@ impl Parsed {
             .map(|r| r.head.as_ref().map_or(0, Bytes::len))
     }
 
-    /// Encoded length of `group` as a `ResourceSpans`, given its [`Parsed::scope_lens`].
-    pub fn encoded_len(&self, group: &TraceGroup, scope_lens: &[(usize, usize)]) -> usize {
-        field_len(1, self.resource(group)) + self.rest_len(group, scope_lens)
+    /// Encoded length of `group` as a `ResourceSpans`, given its [`Parsed::rest_len`].
+    pub fn encoded_len(&self, group: &TraceGroup, rest_len: usize) -> usize {
+        field_len(1, self.resource(group)) + rest_len
     }
 
     /// Encoded length of `group`'s `ResourceSpans` fields after its resource (scopes and
@@ -655,9 +655,6 @@ thread_local! {
     /// thread that handles them): refilling them spares four allocations and frees per span
     /// (ids and name), which were a tenth of the wire read's time.
     static SPARE: std::cell::RefCell<Vec<Vec<Span>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-thread_local! {
     /// The group vector of the request handled last on this thread, emptied: a request
     /// has hundreds of groups of ~128 bytes, and growing the vector by doubling for each
     /// request reallocated and copied it eight or nine times.

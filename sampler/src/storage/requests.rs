@@ -335,8 +335,7 @@ impl RequestValue {
             Some(start) if self.bytes.len() - start < CHUNK_BYTES => {}
             _ => self.start_chunk(),
         }
-        let location = self.frame_here(kind as u8, trace, kind, len);
-        self.items.push((trace, location));
+        self.frame_item(kind as u8, trace, kind, len);
     }
 
     fn start_chunk(&mut self) {
@@ -344,16 +343,29 @@ impl RequestValue {
         self.resources.clear();
     }
 
-    /// Writes a frame tagged `tag` in the current chunk; the location of its payload.
-    fn frame_here(&mut self, tag: u8, trace: TraceId, kind: BufferedKind, len: usize) -> Location {
-        let chunk = self.chunks.len() - 1;
+    /// Where the current chunk starts (0 before the first).
+    fn chunk_start(&self) -> usize {
+        self.chunks.last().copied().unwrap_or(0)
+    }
+
+    /// Frames an item tagged `tag` in the current chunk, its payload to follow, and lists
+    /// it as read back as `kind`.
+    fn frame_item(&mut self, tag: u8, trace: TraceId, kind: BufferedKind, len: usize) {
+        let offset = self.frame_here(tag, trace, len);
+        let chunk =
+            u16::try_from(self.chunks.len() - 1).expect("a request value stays below 2 GiB");
+        self.items
+            .push((trace, Location::new(0, chunk, offset, len, kind)));
+    }
+
+    /// Writes a frame tagged `tag` in the current chunk; where its payload starts in the
+    /// chunk.
+    fn frame_here(&mut self, tag: u8, trace: TraceId, len: usize) -> usize {
         self.bytes.reserve(FRAME + len);
         self.bytes.push(tag);
         self.bytes.extend_from_slice(&trace);
         self.bytes.extend_from_slice(&(len as u32).to_le_bytes());
-        let chunk_no = u16::try_from(chunk).expect("a request value stays below 2 GiB");
-        let offset = self.bytes.len() - self.chunks[chunk];
-        Location::new(0, chunk_no, offset, len, kind)
+        self.bytes.len() - self.chunk_start()
     }
 
     /// A copy holding only the items whose flag in `keep` (one per item, in push order) is

@@ -18,6 +18,11 @@ fn buffer(storage: &Storage, items: &[(TraceId, BufferedKind, &[u8])]) {
     for (trace, kind, payload) in items {
         value.push_encoded(*trace, *kind, payload);
     }
+    write_value(storage, value);
+}
+
+/// Writes `value` as one request and indexes its items, as the engine does.
+fn write_value(storage: &Storage, value: RequestValue) {
     let mut batch = WriteBatch::default();
     let staged = storage.stage_request(&mut batch, value);
     storage.write(batch).unwrap();
@@ -770,10 +775,7 @@ fn span_items_store_each_resource_once_per_chunk_and_read_back_whole() {
     }
     {
         let storage = Storage::open(dir.path(), false).unwrap();
-        let mut batch = WriteBatch::default();
-        let staged = storage.stage_request(&mut batch, value);
-        storage.write(batch).unwrap();
-        storage.committed(staged);
+        write_value(&storage, value);
         let chunks: Vec<Box<[u8]>> = storage
             .db()
             .iterator_cf(storage.cf(CF_BUFFER), IteratorMode::Start)
@@ -830,10 +832,7 @@ fn a_trace_whose_resources_outgrow_a_chunk_is_stored_whole() {
     let mut value = RequestValue::default();
     push_groups(&mut value, small, &[resource_spans("a", 1, 1)]);
     push_groups(&mut value, huge, &[big.clone()]);
-    let mut batch = WriteBatch::default();
-    let staged = storage.stage_request(&mut batch, value);
-    storage.write(batch).unwrap();
-    storage.committed(staged);
+    write_value(&storage, value);
     assert_eq!(
         storage.read_trace(&huge, u64::MAX).unwrap(),
         vec![(BufferedKind::TraceSpans, whole(&[big]))]

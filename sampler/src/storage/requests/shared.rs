@@ -52,19 +52,28 @@ pub struct SharedGroup<'a> {
 impl SharedGroup<'_> {
     /// Length of the group encoded as a whole `ResourceSpans`.
     fn whole_len(&self) -> usize {
-        self.resource.map_or(0, field_len) + self.rest_len
+        self.resource.map_or(0, |r| field_len(r.len())) + self.rest_len
     }
 }
 
-/// Encoded length of a length-delimited field 1 holding `bytes`.
-fn field_len(bytes: &[u8]) -> usize {
-    1 + encoded_len_varint(bytes.len() as u64) + bytes.len()
+/// Encoded length of a length-delimited field 1 of `len` bytes.
+fn field_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
 }
 
-fn put_field(bytes: &[u8], out: &mut Vec<u8>) {
+/// Writes the start of one group as a `ResourceSpans` field of a request body: the field's
+/// key and length, then the resource field; the group's rest (`rest_len` bytes) follows.
+fn put_group_head(resource: Option<&[u8]>, rest_len: usize, out: &mut Vec<u8>) {
     out.push(FIELD_1);
-    encode_varint(bytes.len() as u64, out);
-    out.extend_from_slice(bytes);
+    encode_varint(
+        (resource.map_or(0, |r| field_len(r.len())) + rest_len) as u64,
+        out,
+    );
+    if let Some(resource) = resource {
+        out.push(FIELD_1);
+        encode_varint(resource.len() as u64, out);
+        out.extend_from_slice(resource);
+    }
 }
 
 impl RequestValue {
@@ -104,8 +113,7 @@ impl RequestValue {
             at[index] = match first_alike(groups, index) {
                 Some(earlier) => at[earlier],
                 None => {
-                    self.frame_here(RESOURCE_TAG, [0; 16], BufferedKind::Spans, resource.len());
-                    let offset = self.bytes.len() - self.chunk_start();
+                    let offset = self.frame_here(RESOURCE_TAG, [0; 16], resource.len());
                     let offset =
                         u16::try_from(offset).expect("a resource starts within its chunk's 64 KiB");
                     self.bytes.extend_from_slice(resource);
@@ -115,8 +123,7 @@ impl RequestValue {
             };
         }
         let len = groups.iter().map(|g| SHARED_GROUP_HEAD + g.rest_len).sum();
-        let location = self.frame_here(SHARED_SPANS_TAG, trace, BufferedKind::TraceSpans, len);
-        self.items.push((trace, location));
+        self.frame_item(SHARED_SPANS_TAG, trace, BufferedKind::TraceSpans, len);
         for (index, group) in groups.iter().enumerate() {
             let resource = at[index].unwrap_or(NO_RESOURCE);
             self.bytes.extend_from_slice(&resource.to_le_bytes());
@@ -139,14 +146,10 @@ impl RequestValue {
         groups: &[SharedGroup<'_>],
         mut write_rest: impl FnMut(usize, &mut Vec<u8>),
     ) {
-        let len = groups.iter().map(|g| field_len_of(g.whole_len())).sum();
+        let len = groups.iter().map(|g| field_len(g.whole_len())).sum();
         self.push_with(trace, BufferedKind::TraceSpans, len, |buf| {
             for (index, group) in groups.iter().enumerate() {
-                buf.push(FIELD_1);
-                encode_varint(group.whole_len() as u64, buf);
-                if let Some(resource) = group.resource {
-                    put_field(resource, buf);
-                }
+                put_group_head(group.resource, group.rest_len, buf);
                 write_rest(index, buf);
             }
         });
@@ -159,11 +162,6 @@ impl RequestValue {
             .iter()
             .copied()
             .find(|&at| resource_at(chunk, usize::from(at)) == Some(resource))
-    }
-
-    /// Where the current chunk starts (0 before the first).
-    fn chunk_start(&self) -> usize {
-        self.chunks.last().copied().unwrap_or(0)
     }
 
     /// A copy of the shared-resource item `location` of `trace` from `self` into `out`.
@@ -203,19 +201,14 @@ fn missing_bytes(groups: &[SharedGroup<'_>], at: &[Option<u16>]) -> usize {
         .sum()
 }
 
-/// Encoded length of a length-delimited field 1 of `len` bytes.
-fn field_len_of(len: usize) -> usize {
-    1 + encoded_len_varint(len as u64) + len
-}
-
 /// The payload of the item at `location` in `chunk`, as its kind reads it: a spans item
 /// stored with shared resources is expanded. `None` when the chunk does not hold it.
 pub(super) fn item_payload<'c>(chunk: &'c [u8], location: &Location) -> Option<Cow<'c, [u8]>> {
-    let range = location.range();
-    let payload = chunk.get(range.clone())?;
-    match chunk.get(range.start.checked_sub(FRAME)?) {
-        Some(&SHARED_SPANS_TAG) => expand(chunk, payload).map(Cow::Owned),
-        _ => Some(Cow::Borrowed(payload)),
+    let payload = chunk.get(location.range())?;
+    if is_shared(chunk, location) {
+        expand(chunk, payload).map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(payload))
     }
 }
 
@@ -260,18 +253,11 @@ fn expand(chunk: &[u8], payload: &[u8]) -> Option<Vec<u8>> {
         payload.len()
             + groups
                 .iter()
-                .map(|(r, _)| r.map_or(16, field_len) + 8)
+                .map(|(r, _)| r.map_or(16, |r| field_len(r.len())) + 8)
                 .sum::<usize>(),
     );
     for (resource, rest) in groups {
-        out.push(FIELD_1);
-        encode_varint(
-            (resource.map_or(0, field_len) + rest.len()) as u64,
-            &mut out,
-        );
-        if let Some(resource) = resource {
-            put_field(resource, &mut out);
-        }
+        put_group_head(resource, rest.len(), &mut out);
         out.extend_from_slice(rest);
     }
     Some(out)
