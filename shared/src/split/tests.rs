@@ -840,6 +840,44 @@ fn malformed_input_names_the_message_and_the_problem() {
 }
 
 #[test]
+fn consecutive_spans_of_a_trace_ask_the_owner_once() {
+    let request = one_container(vec![
+        span_with_id(1),
+        span_with_id(1),
+        span_with_id(2),
+        span_with_id(1),
+        span_with_id(1),
+    ])
+    .encode_to_vec();
+    let mut asked = Vec::new();
+    let split = wire_traces_by_owner(&request, 2, |key| {
+        let RouteKey::Trace(id) = key else {
+            panic!("spans route by trace id")
+        };
+        asked.push(id[0]);
+        usize::from(id[0] == 2)
+    })
+    .unwrap();
+    assert_eq!(asked, vec![1, 2, 1], "once per run of one trace's spans");
+    assert_eq!(split.counts, vec![4, 1]);
+    let parts: Vec<Vec<u8>> = split
+        .parts
+        .iter()
+        .map(|part| {
+            ExportTraceServiceRequest::decode(part.as_ref())
+                .unwrap()
+                .resource_spans[0]
+                .scope_spans[0]
+                .spans
+                .iter()
+                .map(|span| span.trace_id[0])
+                .collect()
+        })
+        .collect();
+    assert_eq!(parts, vec![vec![1, 1, 1, 1], vec![2]]);
+}
+
+#[test]
 fn owner_function_misuse_is_an_error() {
     let request = one_container(vec![span_with_id(1)]).encode_to_vec();
     assert_eq!(
