@@ -47,6 +47,11 @@ pub enum HeldKind {
     /// ([`crate::rollup::spans`]): held for the window so that the decisions of the traces
     /// its exemplars point at are known, then always rolled up, never kept raw.
     SpanMetrics = 5,
+    /// The span-metric points of one request, every input resource's `ResourceMetrics`
+    /// in one value (an encoded `ExportMetricsServiceRequest`): one held item per request
+    /// instead of one per resource, settled as [`HeldKind::SpanMetrics`] items are. Values
+    /// of that kind written before still read as they are.
+    SpanMetricsRequest = 6,
 }
 
 impl HeldKind {
@@ -62,6 +67,7 @@ impl HeldKind {
             3 => Some(HeldKind::SummaryLogs),
             4 => Some(HeldKind::SummaryMetrics),
             5 => Some(HeldKind::SpanMetrics),
+            6 => Some(HeldKind::SpanMetricsRequest),
             _ => None,
         }
     }

@@ -299,11 +299,18 @@ impl Settler {
 
     /// Stages holding span-metric points (arrived at `now`) in `batch`: the batch that
     /// buffers the spans they count, so each span is counted exactly when it is stored.
+    /// All of a request's resources are one held item: settling reads, decodes and forgets
+    /// per item, and a request's spans come under several resources.
     pub fn hold_span_metrics(&self, batch: &mut WriteBatch, points: &SpanPoints, now: u64) {
-        for rm in &points.resources {
-            self.store
-                .hold(batch, HeldKind::SpanMetrics, &rm.encode_to_vec(), now);
+        if points.resources.is_empty() {
+            return;
         }
+        let mut value = Vec::new();
+        for rm in &points.resources {
+            prost::encoding::message::encode(1, rm, &mut value);
+        }
+        self.store
+            .hold(batch, HeldKind::SpanMetricsRequest, &value, now);
     }
 
     /// Holds logs another sampler settled to the summary path and forwarded here, their
@@ -526,6 +533,13 @@ impl Classified {
                 let mut rm = ResourceMetrics::decode(bytes)?;
                 retain_kept_exemplars(&mut rm, kept);
                 self.movable_spans.push(classify::all_summary_metrics(rm));
+            }
+            HeldKind::SpanMetricsRequest => {
+                let request = ExportMetricsServiceRequest::decode(bytes)?;
+                for mut rm in request.resource_metrics {
+                    retain_kept_exemplars(&mut rm, kept);
+                    self.movable_spans.push(classify::all_summary_metrics(rm));
+                }
             }
         }
         Ok(())

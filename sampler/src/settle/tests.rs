@@ -576,3 +576,43 @@ async fn span_metrics_count_every_span_once_across_a_crash_with_exemplars_of_kep
         "nothing left twice"
     );
 }
+
+#[tokio::test]
+async fn a_requests_span_metrics_are_one_held_item_and_per_resource_items_still_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "correlation: {window: 10s}\nrollup: {traces: {interval: 1h}}\n";
+    let node = open(dir.path(), yaml);
+    // One request whose spans come under three resources.
+    let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: span_requests(3, 6)
+            .into_iter()
+            .flat_map(|r| r.resource_spans)
+            .collect(),
+    };
+    let points = node.settler.span_metrics(&request, T0).unwrap();
+    assert!(points.resources.len() > 1, "points under several resources");
+    let mut batch = WriteBatch::default();
+    node.settler.hold_span_metrics(&mut batch, &points, T0);
+    // A value of the earlier layout: one resource's points per held item.
+    let earlier = node
+        .settler
+        .span_metrics(&span_requests(1, 4)[0], T0)
+        .unwrap();
+    for rm in &earlier.resources {
+        node.settler
+            .store
+            .hold(&mut batch, HeldKind::SpanMetrics, &rm.encode_to_vec(), T0);
+    }
+    node.settler.storage.write(batch).unwrap();
+    assert_eq!(
+        node.settler.held().held_items,
+        1 + earlier.resources.len(),
+        "the three resources' points are one item"
+    );
+    let settled = node.settler.settle_all(T0 + 11 * SEC).unwrap();
+    assert_eq!(settled.groups, 1 + earlier.resources.len());
+    node.drain().await;
+    let (calls, count, _) = exported_span_metrics(dir.path());
+    assert_eq!(count, 3 * 6 + 4, "every span of both layouts counted once");
+    assert_eq!(calls.values().sum::<i64>(), 3 * 6 + 4);
+}
