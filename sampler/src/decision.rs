@@ -36,6 +36,8 @@ type IdLru<V> = LruCache<TraceId, V, TraceIdHashBuilder>;
 pub struct DecisionCache {
     sampled: Option<IdLru<Kept>>,
     not_sampled: Option<IdLru<()>>,
+    /// Decisions inserted so far.
+    version: u64,
 }
 
 impl DecisionCache {
@@ -44,11 +46,20 @@ impl DecisionCache {
         DecisionCache {
             sampled: bounded_lru(sampled),
             not_sampled: bounded_lru(not_sampled),
+            version: 0,
         }
+    }
+
+    /// Moves with every [`DecisionCache::insert`], the only way a decision gets in: a trace
+    /// not found while the version stays the same is not found again, so a caller that
+    /// looked it up already can skip the second lookup.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Remembers a decision.
     pub fn insert(&mut self, trace: TraceId, decision: Cached) {
+        self.version += 1;
         match decision {
             Cached::Sampled(kept) => {
                 if let Some(c) = &mut self.not_sampled {
@@ -129,6 +140,17 @@ mod tests {
         );
         cache.insert([5; 16], Cached::NotSampled);
         assert_eq!(cache.get(&[2; 16]), None);
+    }
+
+    #[test]
+    fn the_version_moves_with_every_insert_and_only_then() {
+        let mut cache = DecisionCache::new(1, 1);
+        let start = cache.version();
+        assert_eq!(cache.get(&[1; 16]), None);
+        assert_eq!(cache.version(), start, "a lookup changes nothing");
+        cache.insert([1; 16], Cached::NotSampled);
+        cache.insert([2; 16], kept("a"));
+        assert_eq!(cache.version(), start + 2);
     }
 
     #[test]

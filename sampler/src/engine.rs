@@ -603,6 +603,8 @@ impl Engine {
         // each shard is locked once, for its own traces.
         let mut keep = vec![true; arrivals.len()];
         let mut buffered = Vec::with_capacity(arrivals.len());
+        // Per shard, its decision cache's version when these traces were looked up.
+        let mut looked_up: SmallVec<[(usize, u64); 4]> = SmallVec::new();
         for (at, part) in self
             .shards
             .partition(arrivals.into_iter().enumerate(), |(_, (t, _))| t)
@@ -614,6 +616,7 @@ impl Engine {
                     None => keep[i] = false,
                 }
             }
+            looked_up.push((at, shard.cache.version()));
         }
         if buffered.len() < keep.len() {
             value = value.filtered(&keep);
@@ -632,10 +635,19 @@ impl Engine {
                 .map(|(item, (_, at, trace, arrival))| (at, (item, trace, arrival)));
             for (at, part) in self.shards.group(items) {
                 let mut shard = self.shards.lock(at);
+                // Nothing decided in this shard since the lookup: its traces are still
+                // undecided, no need to look again.
+                let unchanged = looked_up
+                    .iter()
+                    .any(|&(shard_at, version)| shard_at == at && version == shard.cache.version());
                 let mut indexed = Vec::with_capacity(part.len());
                 let mut commit = Vec::with_capacity(part.len());
                 for (item, trace, arrival) in part {
-                    let routed = late.route(&mut shard.cache, trace, arrival, || staged.item(item));
+                    let routed = if unchanged {
+                        Some(arrival)
+                    } else {
+                        late.route(&mut shard.cache, trace, arrival, || staged.item(item))
+                    };
                     commit.push((item, routed.is_some()));
                     indexed.extend(routed.map(|arrival| (trace, arrival)));
                 }
