@@ -54,6 +54,30 @@ impl SpanDedup {
         removed
     }
 
+    /// Remembers `ids` (span ids of `trace`, in export order) as [`SpanDedup::keep_first`]
+    /// would when none of them is a repeat, and says so; when one is, remembers nothing
+    /// and returns `false` (the caller then removes the repeats with `keep_first`).
+    pub fn first_time<'a>(
+        &mut self,
+        trace: &TraceId,
+        ids: impl IntoIterator<Item = &'a [u8]>,
+    ) -> bool {
+        let limit = self.spans_per_trace;
+        let seen = self.recent.get_or_insert_mut(*trace, Vec::new);
+        let before = seen.len();
+        for id in ids {
+            let id = span_key(id);
+            if seen.contains(&id) {
+                seen.truncate(before);
+                return false;
+            }
+            if seen.len() < limit {
+                seen.push(id);
+            }
+        }
+        true
+    }
+
     /// Forgets everything remembered for `trace` (its first export did not happen).
     pub fn forget_trace(&mut self, trace: &TraceId) {
         self.recent.pop(trace);
@@ -157,5 +181,28 @@ mod tests {
         dedup.forget(&[1; 16], &g);
         let mut retry = group(&[1, 2]);
         assert_eq!(dedup.keep_first(&[1; 16], &mut retry), 0);
+    }
+
+    #[test]
+    fn first_time_remembers_new_ids_as_keep_first_does_and_nothing_on_a_repeat() {
+        let mut dedup = SpanDedup::new(10, 3);
+        let trace = [1; 16];
+        let id = |n: u8| vec![n; 8];
+        let (one, two, three, four) = (id(1), id(2), id(3), id(4));
+        assert!(dedup.first_time(&trace, [&one[..], &two[..]]));
+        assert!(
+            !dedup.first_time(&trace, [&three[..], &three[..]]),
+            "a repeat within the ids"
+        );
+        assert!(
+            !dedup.first_time(&trace, [&four[..], &one[..]]),
+            "a repeat of an exported id"
+        );
+        // Nothing of the refused calls was remembered: 3 and 4 are still new, and only
+        // three ids are remembered per trace, as with keep_first.
+        assert!(dedup.first_time(&trace, [&three[..], &four[..]]));
+        let mut again = group(&[1, 2, 3, 4]);
+        assert_eq!(dedup.keep_first(&trace, &mut again), 3);
+        assert_eq!(ids(&again), vec![4]);
     }
 }

@@ -50,10 +50,11 @@ use crate::policy::{
 use crate::rollup::spans::SpanPoints;
 use crate::settle::{SettleConfig, SettleError, SettleLinks, Settler};
 use crate::storage::{
-    BufferedKind, Forgetting, RequestValue, SHARED_GROUP_HEAD, SharedGroup, Storage, StorageError,
-    Store,
+    BufferedKind, Forgetting, ItemKey, RequestValue, SHARED_GROUP_HEAD, SharedGroup, Storage,
+    StorageError, Store,
 };
 use shards::{ShardGuard, Shards, State};
+use wire::kept::{KeptSpans, SplicedRequest};
 
 /// Span attribute naming the policy that kept a trace (as the Collector records it).
 pub const POLICY_ATTRIBUTE: &str = "tailsampling.policy";
@@ -1037,42 +1038,75 @@ impl Engine {
         let mut clamped = 0u64;
         let mut forgetting = Forgetting::default();
         let now_unix = self.unix_now();
-        // The kept traces' items, decoded, read once per request for the whole chunk.
+        // The kept traces' items, read once per request chunk for the whole chunk and
+        // copied out as they are.
         let kept_traces: Vec<(TraceId, u64)> = decided
             .iter()
             .filter(|d| d.kept.is_some())
             .map(|d| (d.trace, d.watermark))
             .collect();
-        let mut read: Vec<(Vec<ResourceSpans>, Vec<ResourceLogs>)> =
-            vec![Default::default(); kept_traces.len()];
+        let mut stored = Vec::new();
+        let mut items: Vec<Vec<(ItemKey, BufferedKind, std::ops::Range<usize>)>> =
+            vec![Vec::new(); kept_traces.len()];
         self.storage
             .visit_traces(&kept_traces, |index, key, kind, payload| {
-                let (spans, logs) = &mut read[index];
-                let decoded = match kind {
-                    BufferedKind::Logs => ResourceLogs::decode(payload).map(|rl| logs.push(rl)),
-                    _ => kind.decode_spans(payload).map(|all| spans.extend(all)),
-                };
-                if let Err(error) = decoded {
-                    let trace = kept_traces[index].0;
-                    corrupt.push((trace, key, kind, payload.to_vec(), error));
-                }
+                let start = stored.len();
+                stored.extend_from_slice(payload);
+                items[index].push((key, kind, start..stored.len()));
             })?;
-        let mut read = read.into_iter();
+        let stored = &stored[..];
+        let mut items = items.into_iter();
+        let mut spliced = SplicedRequest::default();
+        let mut identities: HashMap<&[u8], ResourceIdentity> = HashMap::new();
         let mut dedup = self.dedup.lock().unwrap_or_else(|e| e.into_inner());
         for d in decided {
             match &d.kept {
                 Some(kept) => {
-                    let (spans, logs) = read.next().expect("one read per kept trace");
+                    let items = items.next().expect("one read per kept trace");
                     let mut notice = NoticeBuilder::new(d.trace, kept);
-                    for mut rs in spans {
-                        repeats += dedup.keep_first(&d.trace, &mut rs);
-                        clamped += notice.add(&rs);
-                        kept_spans += annotate_kept(&mut rs, kept);
-                        resource_spans.push(rs);
+                    let spans = KeptSpans::read(
+                        items
+                            .iter()
+                            .map(|(_, kind, range)| (*kind, &stored[range.clone()])),
+                    )
+                    .filter(|spans| spans.fits(kept))
+                    .and_then(|spans| {
+                        let identities = spans
+                            .groups()
+                            .iter()
+                            .map(|g| resource_identity(&mut identities, g.resource()))
+                            .collect::<Option<Vec<_>>>()?;
+                        dedup
+                            .first_time(&d.trace, spans.span_ids())
+                            .then_some((spans, identities))
+                    });
+                    let decode_spans = spans.is_none();
+                    if let Some((spans, identities)) = spans {
+                        for (group, identity) in spans.groups().iter().zip(identities) {
+                            clamped += notice.add_times(identity, group.span_times());
+                        }
+                        kept_spans += spliced.add(spans, kept);
                     }
-                    for mut rl in logs {
-                        mark_trace_logs(&mut rl);
-                        resource_logs.push(rl);
+                    for (key, kind, range) in items {
+                        let payload = &stored[range];
+                        let decoded = match kind {
+                            BufferedKind::Logs => ResourceLogs::decode(payload).map(|mut rl| {
+                                mark_trace_logs(&mut rl);
+                                resource_logs.push(rl);
+                            }),
+                            _ if !decode_spans => Ok(()),
+                            _ => kind.decode_spans(payload).map(|all| {
+                                for mut rs in all {
+                                    repeats += dedup.keep_first(&d.trace, &mut rs);
+                                    clamped += notice.add(&rs);
+                                    kept_spans += annotate_kept(&mut rs, kept);
+                                    resource_spans.push(rs);
+                                }
+                            }),
+                        };
+                        if let Err(error) = decoded {
+                            corrupt.push((d.trace, key, kind, payload.to_vec(), error));
+                        }
                     }
                     notices.extend(notice.build());
                 }
@@ -1093,11 +1127,21 @@ impl Engine {
                 .forget_trace(&mut forgetting, &d.trace, d.watermark);
         }
         let mut staged = Vec::new();
-        if !resource_spans.is_empty() {
-            let request = ExportRequest::Traces(ExportTraceServiceRequest {
+        if spliced.span_count() > 0 || !resource_spans.is_empty() {
+            // The spliced traces' groups, then those of traces that took the decoded path:
+            // one request (a decoder appends the entries of a repeated field across both).
+            let mut payload = Vec::new();
+            spliced.encode(&mut payload);
+            ExportTraceServiceRequest {
                 resource_spans: otlp::merge_spans(resource_spans),
-            });
-            staged.push(self.queues.stage(&mut batch, &request));
+            }
+            .encode_raw(&mut payload);
+            staged.push(self.queues.stage_encoded(
+                &mut batch,
+                Signal::Traces,
+                kept_spans,
+                &payload,
+            ));
         }
         if !resource_logs.is_empty() {
             let request = ExportRequest::Logs(ExportLogsServiceRequest {
@@ -1154,6 +1198,22 @@ fn drop_locked(
     decided
 }
 
+/// The identity of a stored resource (`None`: the group has none), decoded once per
+/// finishing chunk; `None` when its bytes do not decode.
+fn resource_identity<'a>(
+    known: &mut HashMap<&'a [u8], ResourceIdentity>,
+    resource: Option<&'a [u8]>,
+) -> Option<ResourceIdentity> {
+    let bytes = resource.unwrap_or_default();
+    if let Some(identity) = known.get(bytes) {
+        return Some(identity.clone());
+    }
+    let decoded = resource.map(Resource::decode).transpose().ok()?;
+    let identity = ResourceIdentity::from_resource(decoded.as_ref());
+    known.insert(bytes, identity.clone());
+    Some(identity)
+}
+
 /// Collects what other samplers need to match a kept trace: its resources and time window.
 struct NoticeBuilder {
     notice: DecisionNotice,
@@ -1178,15 +1238,29 @@ impl NoticeBuilder {
     /// taken to last at most [`MAX_SPAN_TIME_SKEW`], and the whole window to span at most
     /// [`MAX_WINDOW`] (its latest part is kept). Returns how many times were clamped.
     fn add(&mut self, rs: &ResourceSpans) -> u64 {
-        let identity = ResourceIdentity::from_resource(rs.resource.as_ref());
+        self.add_times(
+            ResourceIdentity::from_resource(rs.resource.as_ref()),
+            rs.scope_spans
+                .iter()
+                .flat_map(|ss| &ss.spans)
+                .map(|span| (span.start_time_unix_nano, span.end_time_unix_nano)),
+        )
+    }
+
+    /// [`NoticeBuilder::add`] for a group given as its resource's identity and its spans'
+    /// start and end times.
+    fn add_times(
+        &mut self,
+        identity: ResourceIdentity,
+        times: impl Iterator<Item = (u64, u64)>,
+    ) -> u64 {
         if !self.notice.resources.contains(&identity) {
             self.notice.resources.push(identity);
         }
         let longest = u64::try_from(MAX_SPAN_TIME_SKEW.as_nanos()).unwrap_or(u64::MAX);
         let widest = u64::try_from(MAX_WINDOW.as_nanos()).unwrap_or(u64::MAX);
         let mut clamped = 0;
-        for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-            let (mut start, mut end) = (span.start_time_unix_nano, span.end_time_unix_nano);
+        for (mut start, mut end) in times {
             if start == 0 {
                 start = end;
             }

@@ -246,7 +246,26 @@ impl ExportQueues {
     /// (e.g. together with deleting the trace from the buffer) and then calls
     /// [`ExportQueues::committed`]. Never refuses: see the module docs on the bound.
     pub fn stage(&self, batch: &mut WriteBatch, request: &ExportRequest) -> Staged {
-        let value = encode_value(request);
+        self.stage_value(batch, encode_value(request))
+    }
+
+    /// [`ExportQueues::stage`] for a request already encoded: `payload`, an encoded
+    /// request of `signal` holding `items` items.
+    pub fn stage_encoded(
+        &self,
+        batch: &mut WriteBatch,
+        signal: Signal,
+        items: u64,
+        payload: &[u8],
+    ) -> Staged {
+        let mut value = Vec::with_capacity(VALUE_HEADER_LEN + payload.len());
+        value.push(signal_tag(signal));
+        value.extend_from_slice(&u32::try_from(items).unwrap_or(u32::MAX).to_be_bytes());
+        value.extend_from_slice(payload);
+        self.stage_value(batch, value)
+    }
+
+    fn stage_value(&self, batch: &mut WriteBatch, value: Vec<u8>) -> Staged {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let seq = self.storage.next_seq();
         pending.insert(seq);

@@ -32,6 +32,8 @@ use smallvec::SmallVec;
 
 use crate::buffer::TraceMap;
 
+pub mod kept;
+
 /// `ExportTraceServiceRequest` with its resource containers as bytes.
 #[derive(Clone, PartialEq, prost::Message)]
 struct WireRequest {

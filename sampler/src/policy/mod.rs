@@ -61,7 +61,7 @@ use otel_tail_shared::config::policy::{PolicyType, StatusCodeName};
 use otel_tail_shared::otlp::TraceId;
 use regex::Regex;
 
-pub use tracestate::{apply_sample_rate, apply_sampling_probability};
+pub use tracestate::{SAMPLE_RATE_ATTRIBUTE, apply_sample_rate, apply_sampling_probability};
 
 use limiter::{SecondWindow, TokenBucket};
 use ottl::{OttlCondition, SpanOutcome};
