@@ -429,44 +429,51 @@ impl<'a> Fields<'a> {
         Fields { buf, at: 0 }
     }
 
-    #[inline]
-    fn varint(&mut self) -> Result<u64, String> {
-        // Most varints here (keys, short lengths) are one byte.
+    /// A varint: most here (keys, kinds, short lengths) are one byte, read inline.
+    #[inline(always)]
+    fn varint(&mut self) -> Result<u64, &'static str> {
         if let Some(&byte) = self.buf.get(self.at)
             && byte < 0x80
         {
             self.at += 1;
             return Ok(u64::from(byte));
         }
+        self.long_varint()
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self) -> Result<u64, &'static str> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = *self
                 .buf
                 .get(self.at)
-                .ok_or_else(|| "invalid protobuf: truncated varint".to_string())?;
+                .ok_or("invalid protobuf: truncated varint")?;
             self.at += 1;
             value |= u64::from(byte & 0x7f) << shift;
             if byte < 0x80 {
                 return Ok(value);
             }
         }
-        Err("invalid protobuf: varint longer than 10 bytes".into())
+        Err("invalid protobuf: varint longer than 10 bytes")
     }
 
     #[inline(always)]
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
         let end = self
             .at
             .checked_add(n)
             .filter(|end| *end <= self.buf.len())
-            .ok_or_else(|| "invalid protobuf: field runs past its message".to_string())?;
+            .ok_or("invalid protobuf: field runs past its message")?;
         let bytes = &self.buf[self.at..end];
         self.at = end;
         Ok(bytes)
     }
 
+    /// The next field, `None` at the end. Errors are static text: a `Result` of a few
+    /// words comes back in registers, and this runs for every field of every span.
     #[inline(always)]
-    fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, String> {
+    fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, &'static str> {
         if self.at >= self.buf.len() {
             return Ok(None);
         }
@@ -474,19 +481,19 @@ impl<'a> Fields<'a> {
         let number = u32::try_from(key >> 3)
             .ok()
             .filter(|n| *n > 0)
-            .ok_or_else(|| format!("invalid protobuf: bad field number in key {key}"))?;
+            .ok_or("invalid protobuf: bad field number in a key")?;
         let value = match key & 7 {
             0 => Value::Number(self.varint()?),
             1 => Value::Number(u64::from_le_bytes(self.take(8)?.try_into().expect("8"))),
             2 => {
                 let len = usize::try_from(self.varint()?)
-                    .map_err(|_| "invalid protobuf: length too large".to_string())?;
+                    .map_err(|_| "invalid protobuf: length too large")?;
                 Value::Bytes(self.take(len)?)
             }
             5 => Value::Number(u64::from(u32::from_le_bytes(
                 self.take(4)?.try_into().expect("4"),
             ))),
-            wire => return Err(format!("invalid protobuf: wire type {wire} not supported")),
+            _ => return Err("invalid protobuf: unsupported wire type"),
         };
         Ok(Some((number, value)))
     }
