@@ -66,6 +66,8 @@ const FINISH_CHUNK: usize = 256;
 /// Room in a request's write batch beyond its value, for the held span-metric points that
 /// go with it (a few KiB).
 const BATCH_SLACK_BYTES: usize = 16 * 1024;
+/// Most resources whose identity a finishing chunk remembers (see [`resource_identity`]).
+const KNOWN_RESOURCES: usize = 64;
 /// Span ids remembered per kept trace to drop repeats that arrive late.
 const DEDUP_SPANS_PER_TRACE: usize = 256;
 /// Longest a span is taken to last when it sets a correlation window; a longer one (an end
@@ -1065,7 +1067,7 @@ impl Engine {
         let stored = &stored[..];
         let mut items = items.into_iter();
         let mut spliced = SplicedRequest::default();
-        let mut identities: HashMap<&[u8], ResourceIdentity> = HashMap::new();
+        let mut identities: Vec<(&[u8], ResourceIdentity)> = Vec::new();
         let mut dedup = self.dedup.lock().unwrap_or_else(|e| e.into_inner());
         for d in decided {
             match &d.kept {
@@ -1207,18 +1209,22 @@ fn drop_locked(
 }
 
 /// The identity of a stored resource (`None`: the group has none), decoded once per
-/// finishing chunk; `None` when its bytes do not decode.
+/// finishing chunk; `None` when its bytes do not decode. A chunk's kept traces come from
+/// a few resources: they are looked up by comparing bytes, which costs less than hashing
+/// them.
 fn resource_identity<'a>(
-    known: &mut HashMap<&'a [u8], ResourceIdentity>,
+    known: &mut Vec<(&'a [u8], ResourceIdentity)>,
     resource: Option<&'a [u8]>,
 ) -> Option<ResourceIdentity> {
     let bytes = resource.unwrap_or_default();
-    if let Some(identity) = known.get(bytes) {
+    if let Some((_, identity)) = known.iter().find(|(b, _)| *b == bytes) {
         return Some(identity.clone());
     }
     let decoded = resource.map(Resource::decode).transpose().ok()?;
     let identity = ResourceIdentity::from_resource(decoded.as_ref());
-    known.insert(bytes, identity.clone());
+    if known.len() < KNOWN_RESOURCES {
+        known.push((bytes, identity.clone()));
+    }
     Some(identity)
 }
 
