@@ -258,9 +258,7 @@ impl ExportQueues {
         items: u64,
         payload: &[u8],
     ) -> Staged {
-        let mut value = Vec::with_capacity(VALUE_HEADER_LEN + payload.len());
-        value.push(signal_tag(signal));
-        value.extend_from_slice(&u32::try_from(items).unwrap_or(u32::MAX).to_be_bytes());
+        let mut value = value_header(signal, items, payload.len());
         value.extend_from_slice(payload);
         self.stage_value(batch, value)
     }
@@ -759,16 +757,21 @@ fn encode_value(request: &ExportRequest) -> Vec<u8> {
         ExportRequest::Logs(r) => (r.encoded_len(), Signal::Logs),
         ExportRequest::Metrics(r) => (r.encoded_len(), Signal::Metrics),
     };
-    let mut value = Vec::with_capacity(VALUE_HEADER_LEN + len);
-    value.push(signal_tag(signal));
-    let items = u32::try_from(request.item_count()).unwrap_or(u32::MAX);
-    value.extend_from_slice(&items.to_be_bytes());
+    let mut value = value_header(signal, request.item_count() as u64, len);
     let encoded = match request {
         ExportRequest::Traces(r) => r.encode(&mut value),
         ExportRequest::Logs(r) => r.encode(&mut value),
         ExportRequest::Metrics(r) => r.encode(&mut value),
     };
     encoded.expect("a Vec grows as needed");
+    value
+}
+
+/// A stored value's header (signal, item count) with room for a payload of `len` bytes.
+fn value_header(signal: Signal, items: u64, len: usize) -> Vec<u8> {
+    let mut value = Vec::with_capacity(VALUE_HEADER_LEN + len);
+    value.push(signal_tag(signal));
+    value.extend_from_slice(&u32::try_from(items).unwrap_or(u32::MAX).to_be_bytes());
     value
 }
 

@@ -240,7 +240,7 @@ impl Parsed {
     }
 }
 
-fn non_empty(bytes: &Bytes) -> Option<&[u8]> {
+fn non_empty(bytes: &[u8]) -> Option<&[u8]> {
     (!bytes.is_empty()).then_some(bytes)
 }
 

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len};
 
-use super::{Fields, Value, field_len, put_field};
+use super::{Fields, Value, field_len, non_empty, put_field};
 use crate::decision::Kept;
 use crate::policy::{SAMPLE_RATE_ATTRIBUTE, apply_sampling_probability};
 use crate::storage::BufferedKind;
@@ -128,50 +128,28 @@ impl<'a> KeptSpans<'a> {
     }
 
     fn read_group(&mut self, bytes: &'a [u8]) -> Option<()> {
-        let mut group = GroupBytes {
-            resource: None,
-            schema_url: &[],
-            scopes: Vec::new(),
-        };
-        let mut fields = Fields::new(bytes);
-        while let Some((number, value)) = fields.next().ok()? {
-            match (number, value) {
-                // A second resource would be merged into the first by a decoder.
-                (1, Value::Bytes(_)) if group.resource.is_some() => return None,
-                (1, Value::Bytes(resource)) => group.resource = Some(resource),
-                (2, Value::Bytes(scope)) => {
-                    let scope = self.read_scope(scope)?;
-                    if !scope.spans.is_empty() {
-                        group.scopes.push(scope);
-                    }
-                }
-                (3, Value::Bytes(url)) => group.schema_url = url,
-                (1..=3, Value::Number(_)) => return None,
-                _ => {}
+        let mut scopes = Vec::new();
+        let (resource, schema_url) = read_container(bytes, |scope| {
+            let mut spans = Vec::new();
+            let (head, schema_url) = read_container(scope, |span| {
+                spans.push(self.read_span(span)?);
+                Some(())
+            })?;
+            if !spans.is_empty() {
+                scopes.push(ScopeBytes {
+                    scope: head,
+                    schema_url,
+                    spans,
+                });
             }
-        }
-        self.groups.push(group);
+            Some(())
+        })?;
+        self.groups.push(GroupBytes {
+            resource,
+            schema_url,
+            scopes,
+        });
         Some(())
-    }
-
-    fn read_scope(&mut self, bytes: &'a [u8]) -> Option<ScopeBytes<'a>> {
-        let mut scope = ScopeBytes {
-            scope: None,
-            schema_url: &[],
-            spans: Vec::new(),
-        };
-        let mut fields = Fields::new(bytes);
-        while let Some((number, value)) = fields.next().ok()? {
-            match (number, value) {
-                (1, Value::Bytes(_)) if scope.scope.is_some() => return None,
-                (1, Value::Bytes(head)) => scope.scope = Some(head),
-                (2, Value::Bytes(span)) => scope.spans.push(self.read_span(span)?),
-                (3, Value::Bytes(url)) => scope.schema_url = url,
-                (1..=3, Value::Number(_)) => return None,
-                _ => {}
-            }
-        }
-        Some(scope)
     }
 
     fn read_span(&mut self, bytes: &'a [u8]) -> Option<SpanBytes<'a>> {
@@ -200,6 +178,29 @@ impl<'a> KeptSpans<'a> {
         }
         Some(span)
     }
+}
+
+/// Reads a `ResourceSpans` or a `ScopeSpans` (the same shape: field 1 its resource or
+/// scope, 2 its entries, 3 its schema URL), handing each entry to `entry`; the head and
+/// the schema URL (the last one given). `None` for a head given twice (a decoder would
+/// merge the two) or a field of the wrong wire type.
+fn read_container<'a>(
+    bytes: &'a [u8],
+    mut entry: impl FnMut(&'a [u8]) -> Option<()>,
+) -> Option<(Option<&'a [u8]>, &'a [u8])> {
+    let (mut head, mut schema_url): (Option<&[u8]>, &[u8]) = (None, &[]);
+    let mut fields = Fields::new(bytes);
+    while let Some((number, value)) = fields.next().ok()? {
+        match (number, value) {
+            (1, Value::Bytes(_)) if head.is_some() => return None,
+            (1, Value::Bytes(bytes)) => head = Some(bytes),
+            (2, Value::Bytes(bytes)) => entry(bytes)?,
+            (3, Value::Bytes(url)) => schema_url = url,
+            (1..=3, Value::Number(_)) => return None,
+            _ => {}
+        }
+    }
+    Some((head, schema_url))
 }
 
 /// The key of an encoded `KeyValue` (the last one given).
@@ -334,7 +335,7 @@ impl<'a> SplicedRequest<'a> {
                     .iter()
                     .map(|len| key_len(2) + encoded_len_varint(*len as u64) + len)
                     .sum::<usize>()
-                + field_len(3, non_empty_slice(group.schema_url));
+                + field_len(3, non_empty(group.schema_url));
             out.reserve(key_len(1) + encoded_len_varint(len as u64) + len);
             encode_key(1, prost::encoding::WireType::LengthDelimited, out);
             encode_varint(len as u64, out);
@@ -349,9 +350,9 @@ impl<'a> SplicedRequest<'a> {
                     out.extend_from_slice(span.bytes);
                     out.extend_from_slice(&self.suffixes[span.suffix.0..span.suffix.1]);
                 }
-                put_field(3, non_empty_slice(scope.schema_url), out);
+                put_field(3, non_empty(scope.schema_url), out);
             }
-            put_field(3, non_empty_slice(group.schema_url), out);
+            put_field(3, non_empty(group.schema_url), out);
         }
     }
 }
@@ -384,11 +385,7 @@ fn scope_len(scope: &SplicedScope<'_>) -> usize {
             .iter()
             .map(|span| key_len(2) + encoded_len_varint(span.len() as u64) + span.len())
             .sum::<usize>()
-        + field_len(3, non_empty_slice(scope.schema_url))
-}
-
-fn non_empty_slice(bytes: &[u8]) -> Option<&[u8]> {
-    (!bytes.is_empty()).then_some(bytes)
+        + field_len(3, non_empty(scope.schema_url))
 }
 
 /// Appends span field 9 holding `KeyValue { key, value: AnyValue { string_value } }`.
