@@ -1,8 +1,10 @@
 //! The in-memory index of buffered traces: what each trace's decision needs, and when it
 //! is due. Pure logic: time is passed in as milliseconds on the caller's monotonic clock.
 //!
-//! The spans themselves live in RocksDB (`storage`); a [`Slot`] here is 56 bytes: trace-level
-//! facts ([`TraceStats`]), the running policy state ([`PolicyState`]) and deadlines.
+//! The spans themselves live in RocksDB (`storage`); a [`Slot`] here is 72 bytes: trace-level
+//! facts ([`TraceStats`]), the running policy state ([`PolicyState`]), deadlines and where
+//! the trace's first buffered item lies (most traces have one; the others' further items
+//! are in a second, small table), so indexing and finishing a trace is one lookup.
 //! Deadlines are kept as 4-byte [`Tick`]s, milliseconds after the index's epoch, which
 //! moves forward every ~24 days ([`TraceIndex`]); they sit in a queue with lazy
 //! invalidation: an entry whose deadline moved later is pushed back when it surfaces
@@ -18,6 +20,7 @@ use std::sync::OnceLock;
 use otel_tail_shared::otlp::TraceId;
 
 use crate::policy::{PolicyState, TraceStats};
+use crate::storage::{Location, Locations};
 
 /// Timing rules, in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +76,9 @@ pub struct Slot {
     pub has_logs: bool,
     /// Whether the latest deadline is the maximum trace age (not the root span's).
     age_capped: bool,
+    /// Where the trace's first buffered item lies (its others are in
+    /// [`TraceIndex::more`]).
+    first: Option<Location>,
 }
 
 /// A trace taken out of the index, with its deadline on the caller's clock.
@@ -90,6 +96,8 @@ pub struct TraceEntry {
     pub has_logs: bool,
     /// Whether it became due at the maximum trace age while still receiving spans.
     reached_max_age: bool,
+    /// Where its buffered items lie, in arrival order.
+    pub items: Locations,
 }
 
 impl TraceEntry {
@@ -221,12 +229,14 @@ pub struct TraceIndex {
     epoch_ms: u64,
     traces: Slots,
     deadlines: Deadlines,
+    /// The item locations of traces with more than one, after their first.
+    more: TraceMap<Vec<Location>>,
 }
 
 /// Position of a held trace's slot in [`Slots`].
 type SlotIndex = u32;
 
-/// Slots per page of [`Slots`]: its memory grows ~72 KiB at a time, not by doubling.
+/// Slots per page of [`Slots`]: its memory grows ~88 KiB at a time, not by doubling.
 const SLOT_PAGE: usize = 1024;
 
 /// A page of [`Slots`]: each entry a held trace and its slot, or free.
@@ -236,7 +246,7 @@ type SlotPage = Box<[Option<(TraceId, Slot)>]>;
 /// table of their 32-bit positions.
 ///
 /// A hash map of (trace id, slot) pairs keeps, between its doublings, a quarter of its
-/// 73-byte buckets empty on average; here an empty bucket costs 5 bytes (position and
+/// 89-byte buckets empty on average; here an empty bucket costs 5 bytes (position and
 /// control byte), the pages hold slots densely (a freed one is reused first), and the
 /// deadline queue names a slot in 4 bytes instead of a 16-byte trace id.
 #[derive(Default)]
@@ -330,6 +340,14 @@ impl Slots {
         self.remove_at(at).map(|(_, slot)| slot)
     }
 
+    fn ids(&self) -> impl Iterator<Item = &TraceId> {
+        self.pages
+            .iter()
+            .flat_map(|page| page.iter())
+            .flatten()
+            .map(|(trace, _)| trace)
+    }
+
     fn values_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
         self.pages
             .iter_mut()
@@ -418,6 +436,7 @@ impl TraceIndex {
             epoch_ms: 0,
             traces: Slots::default(),
             deadlines: Deadlines::default(),
+            more: TraceMap::default(),
         }
     }
 
@@ -431,11 +450,31 @@ impl TraceIndex {
         self.traces.is_empty()
     }
 
-    /// Heap bytes the index holds: the slots ([`Slots::memory_bytes`]) and the deadline
-    /// queue. Exported as a gauge and used by the benchmark to report memory per active
-    /// trace.
+    /// Heap bytes the index holds: the slots ([`Slots::memory_bytes`]), the deadline
+    /// queue and the further item locations. Exported as a gauge and used by the benchmark
+    /// to report memory per active trace.
     pub fn memory_bytes(&self) -> usize {
-        self.traces.memory_bytes() + self.deadlines.memory_bytes()
+        self.traces.memory_bytes()
+            + self.deadlines.memory_bytes()
+            + table_bytes(&self.more)
+            + self
+                .more
+                .values()
+                .map(|v| v.capacity() * std::mem::size_of::<Location>())
+                .sum::<usize>()
+    }
+
+    /// Where `trace`'s buffered items lie, in arrival order (none if it is not held).
+    #[cfg(test)]
+    pub fn items(&self, trace: &TraceId) -> Vec<Location> {
+        let first = self.traces.get(trace).and_then(|slot| slot.first);
+        let more = self.more.get(trace).map_or(&[][..], Vec::as_slice);
+        first.into_iter().chain(more.iter().copied()).collect()
+    }
+
+    /// Ids of the traces held.
+    pub fn trace_ids(&self) -> impl Iterator<Item = &TraceId> {
+        self.traces.ids()
     }
 
     /// The slot of `trace`, if held.
@@ -478,13 +517,15 @@ impl TraceIndex {
         self.epoch_ms += shift;
     }
 
-    /// Folds an arrival into `trace` at `now_ms`, creating the entry if needed. When a new
-    /// trace would exceed the capacity, the trace nearest its deadline is removed and
-    /// returned so the caller decides it early.
+    /// Folds an arrival into `trace` at `now_ms`, creating the entry if needed, with where
+    /// its buffered items lie (`items`, appended to the trace's). When a new trace would
+    /// exceed the capacity, the trace nearest its deadline is removed and returned so the
+    /// caller decides it early.
     pub fn observe(
         &mut self,
         trace: TraceId,
         arrival: &Arrival,
+        items: &[Location],
         now_ms: u64,
     ) -> Option<(TraceId, TraceEntry)> {
         self.rebase(now_ms);
@@ -514,10 +555,21 @@ impl TraceIndex {
                 generation: arrival.generation,
                 has_logs: false,
                 age_capped: true,
+                first: None,
             };
             self.traces.insert(hash, trace, slot)
         });
         let slot = self.traces.at_mut(at).expect("a slot just found or made");
+        let rest = match (slot.first, items) {
+            (None, [first, rest @ ..]) => {
+                slot.first = Some(*first);
+                rest
+            }
+            _ => items,
+        };
+        if !rest.is_empty() {
+            self.more.entry(trace).or_default().extend_from_slice(rest);
+        }
         if arrival.stats.span_count > 0 {
             let same = slot.stats.span_count == 0 || slot.generation == arrival.generation;
             slot.generation = if same { arrival.generation } else { STALE };
@@ -568,7 +620,7 @@ impl TraceIndex {
     /// Removes `trace` (e.g. decided through another path).
     pub fn remove(&mut self, trace: &TraceId) -> Option<TraceEntry> {
         let slot = self.traces.remove(trace)?;
-        Some(self.taken(slot))
+        Some(self.taken(trace, slot))
     }
 
     /// Removes every trace, earliest deadline first (used at shutdown and in tests).
@@ -609,12 +661,20 @@ impl TraceIndex {
             return None;
         }
         let (trace, slot) = self.traces.remove_at(position)?;
-        Some((trace, self.taken(slot)))
+        Some((trace, self.taken(&trace, slot)))
     }
 
-    /// A slot just removed, with its deadline on the caller's clock.
-    fn taken(&self, slot: Slot) -> TraceEntry {
+    /// The slot of `trace`, just removed, with its deadline on the caller's clock and all
+    /// its item locations.
+    fn taken(&mut self, trace: &TraceId, slot: Slot) -> TraceEntry {
+        let mut items: Locations = slot.first.into_iter().collect();
+        if !self.more.is_empty()
+            && let Some(more) = self.more.remove(trace)
+        {
+            items.extend(more);
+        }
         TraceEntry {
+            items,
             deadline_ms: self.ms(slot.deadline),
             reached_max_age: slot.age_capped && slot.deadline == slot.root_deadline,
             stats: slot.stats,
@@ -671,22 +731,22 @@ mod tests {
             generation: 7,
             ..Arrival::default()
         };
-        index.observe(t, &logs_only, 0);
+        index.observe(t, &logs_only, &[], 0);
         let mut first = spans(1);
         first.generation = 2;
-        index.observe(t, &first, 0);
+        index.observe(t, &first, &[], 0);
         assert_eq!(
             index.get(&t).unwrap().generation,
             2,
             "logs carry no policy state"
         );
-        index.observe(t, &first, 1);
+        index.observe(t, &first, &[], 1);
         assert_eq!(index.get(&t).unwrap().generation, 2);
         let mut later = spans(1);
         later.generation = 3;
-        index.observe(t, &later, 2);
+        index.observe(t, &later, &[], 2);
         assert_eq!(index.get(&t).unwrap().generation, STALE);
-        index.observe(t, &later, 3);
+        index.observe(t, &later, &[], 3);
         assert_eq!(
             index.get(&t).unwrap().generation,
             STALE,
@@ -704,11 +764,33 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_leaves_with_its_item_locations_in_arrival_order() {
+        let mut index = TraceIndex::new(settings());
+        let at = |seq| Location::for_tests(seq);
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        index.observe(a, &spans(1), &[at(5)], 0);
+        index.observe(b, &spans(1), &[at(5)], 0);
+        index.observe(a, &spans(1), &[at(6), at(7)], 1);
+        index.observe(a, &spans(1), &[at(8)], 2);
+        assert_eq!(index.more.len(), 1, "only the trace with several items");
+        let seqs = |entry: TraceEntry| entry.items.iter().map(|l| l.key().seq).collect::<Vec<_>>();
+        assert_eq!(seqs(index.remove(&a).unwrap()), [5, 6, 7, 8]);
+        assert!(index.more.is_empty(), "its further items left with it");
+        let due = index.pop_due(10_000, 10);
+        assert_eq!(due.len(), 1);
+        assert_eq!(seqs(due[0].1.clone()), [5]);
+        // A trace made again after it left starts from its new items only.
+        index.observe(a, &spans(1), &[at(9)], 20_000);
+        assert_eq!(seqs(index.remove(&a).unwrap()), [9]);
+        assert!(index.memory_bytes() > 0);
+    }
+
+    #[test]
     fn a_trace_that_keeps_receiving_spans_is_due_at_its_maximum_age() {
         let mut index = TraceIndex::new(settings());
         let trace = [9; 16];
         for at in (0..=6000).step_by(500) {
-            index.observe(trace, &spans(1), at);
+            index.observe(trace, &spans(1), &[], at);
             if at < 5000 {
                 assert!(index.pop_due(at, 10).is_empty(), "still young at {at}");
             }
@@ -718,7 +800,7 @@ mod tests {
         assert_eq!(due[0].1.deadline_ms, 5000);
         assert!(due[0].1.reached_max_age());
         // A quiet trace is due decision_wait after its last span, not by age.
-        index.observe([8; 16], &spans(1), 10_000);
+        index.observe([8; 16], &spans(1), &[], 10_000);
         let quiet = index.pop_due(11_000, 10);
         assert_eq!(quiet.len(), 1);
         assert!(!quiet[0].1.reached_max_age());
@@ -748,25 +830,26 @@ mod tests {
                 let mut id = [0u8; 16];
                 id[..4].copy_from_slice(&i.to_le_bytes());
                 id[15] = 1;
-                index.observe(id, &spans(1), 0);
+                index.observe(id, &spans(1), &[], 0);
             }
             index.memory_bytes()
         };
         let small = observe(0, 1000);
-        assert!((1000 * 72..1000 * 128).contains(&small), "{small}");
+        assert!((1000 * 88..1000 * 144).contains(&small), "{small}");
         let large = observe(1000, 10_000);
-        // A slot is 72 bytes; the table and the deadline queue add 5 and 8 a bucket.
-        assert!((10_000 * 80..10_000 * 128).contains(&large), "{large}");
+        // A held slot is 88 bytes with its trace id; the table and the deadline queue add 5
+        // and 8 a bucket.
+        assert!((10_000 * 96..10_000 * 144).contains(&large), "{large}");
     }
 
     #[test]
     fn freed_slots_are_reused_and_stale_queue_entries_do_not_decide_their_new_trace_early() {
         let mut index = TraceIndex::new(settings());
         // Trace 1 is taken out by another path: its queue entry stays behind.
-        index.observe([1; 16], &spans(1), 0);
+        index.observe([1; 16], &spans(1), &[], 0);
         assert!(index.remove(&[1; 16]).is_some());
         // Trace 2 reuses its slot, due later.
-        index.observe([2; 16], &spans(1), 300);
+        index.observe([2; 16], &spans(1), &[], 300);
         assert_eq!(index.traces.pages.len(), 1);
         assert_eq!(index.traces.used, 1, "the freed position was reused");
         assert!(
@@ -785,8 +868,10 @@ mod tests {
         // The per-trace memory target (<= 256 bytes including table slack and the deadline
         // queue) depends on this: id 16, stats 24, policy state 16 (condition bits and the
         // dynamic policies' key-value pointer), three deadline ticks 12, generation 2, two
-        // flags; a free page entry takes no more room than a held one.
-        assert_eq!(std::mem::size_of::<Option<(TraceId, Slot)>>(), 72);
+        // flags, the first item's location 16 (no room for the `Option`: a location's
+        // length-and-kind is never 0); a free page entry takes no more room than a held one.
+        assert_eq!(std::mem::size_of::<Option<(TraceId, Slot)>>(), 88);
+        assert_eq!(std::mem::size_of::<Option<Location>>(), 16);
         assert_eq!(std::mem::size_of::<Reverse<(Tick, SlotIndex)>>(), 8);
     }
 
@@ -813,14 +898,15 @@ mod tests {
     fn a_trace_due_before_later_queued_ones_is_decided_on_time() {
         // Trace 1's root span brings its deadline before trace 2's, queued earlier.
         let mut index = TraceIndex::new(settings());
-        index.observe([1; 16], &spans(1), 0);
-        index.observe([2; 16], &spans(1), 500);
+        index.observe([1; 16], &spans(1), &[], 0);
+        index.observe([2; 16], &spans(1), &[], 500);
         index.observe(
             [1; 16],
             &Arrival {
                 root: true,
                 ..spans(1)
             },
+            &[],
             600,
         );
         let due: Vec<TraceId> = index.pop_due(700, 10).into_iter().map(|(t, _)| t).collect();
@@ -837,9 +923,9 @@ mod tests {
     fn deadlines_keep_their_time_when_the_epoch_moves_forward() {
         let mut index = TraceIndex::new(settings());
         let before = REBASE_AFTER_MS - 10;
-        index.observe([1; 16], &spans(1), before);
+        index.observe([1; 16], &spans(1), &[], before);
         let after = REBASE_AFTER_MS + 500;
-        index.observe([2; 16], &spans(1), after);
+        index.observe([2; 16], &spans(1), &[], after);
         assert!(index.epoch_ms > 0, "the second arrival moved the epoch");
         assert_eq!(index.next_deadline(), Some(before + 1000));
         assert!(index.pop_due(before + 999, 10).is_empty());
@@ -856,13 +942,14 @@ mod tests {
         );
         // A clock far from zero (a test clock, a long uptime) works from its first reading.
         let far = 40 * REBASE_AFTER_MS + 7;
-        index.observe([3; 16], &spans(1), far);
+        index.observe([3; 16], &spans(1), &[], far);
         index.observe(
             [3; 16],
             &Arrival {
                 root: true,
                 ..spans(1)
             },
+            &[],
             far + 20,
         );
         assert_eq!(index.next_deadline(), Some(far + 120));
@@ -874,11 +961,11 @@ mod tests {
     #[test]
     fn an_overdue_trace_is_still_due_first_after_the_epoch_moves() {
         let mut index = TraceIndex::new(settings());
-        index.observe([1; 16], &spans(1), 5);
+        index.observe([1; 16], &spans(1), &[], 5);
         // Nobody decided for ~37 days: the overdue trace is kept at the new epoch, ahead of
         // one that arrives now.
         let late = REBASE_AFTER_MS + REBASE_AFTER_MS / 2;
-        index.observe([2; 16], &spans(1), late);
+        index.observe([2; 16], &spans(1), &[], late);
         let due = index.pop_due(late + 1000, 10);
         assert_eq!(
             due.iter().map(|d| d.0).collect::<Vec<_>>(),
@@ -893,7 +980,7 @@ mod tests {
             max_age_ms: 60 * 24 * 3600 * 1000,
             ..settings()
         });
-        index.observe([1; 16], &spans(1), 0);
+        index.observe([1; 16], &spans(1), &[], 0);
         let at = index.next_deadline().expect("queued");
         assert!(
             (REBASE_AFTER_MS..60 * 24 * 3600 * 1000).contains(&at),
@@ -906,8 +993,8 @@ mod tests {
     #[test]
     fn trace_is_due_decision_wait_after_its_last_span() {
         let mut index = TraceIndex::new(settings());
-        index.observe([1; 16], &spans(1), 0);
-        index.observe([1; 16], &spans(2), 500);
+        index.observe([1; 16], &spans(1), &[], 0);
+        index.observe([1; 16], &spans(2), &[], 500);
         assert!(index.pop_due(1000, 10).is_empty(), "deadline moved to 1500");
         let due = index.pop_due(1500, 10);
         assert_eq!(due.len(), 1);
@@ -918,12 +1005,12 @@ mod tests {
     #[test]
     fn root_span_shortens_the_wait() {
         let mut index = TraceIndex::new(settings());
-        index.observe([1; 16], &spans(1), 0);
+        index.observe([1; 16], &spans(1), &[], 0);
         let root = Arrival {
             root: true,
             ..spans(1)
         };
-        index.observe([1; 16], &root, 50);
+        index.observe([1; 16], &root, &[], 50);
         assert_eq!(index.next_deadline(), Some(150));
         assert_eq!(index.pop_due(150, 10).len(), 1);
     }
@@ -937,21 +1024,22 @@ mod tests {
                 root: true,
                 ..spans(1)
             },
+            &[],
             0,
         );
-        index.observe([1; 16], &spans(1), 90);
+        index.observe([1; 16], &spans(1), &[], 90);
         assert_eq!(index.pop_due(100, 10).len(), 1);
     }
 
     #[test]
     fn full_index_evicts_the_trace_nearest_its_deadline() {
         let mut index = TraceIndex::new(settings());
-        assert!(index.observe([1; 16], &spans(1), 0).is_none());
-        assert!(index.observe([2; 16], &spans(1), 10).is_none());
-        assert!(index.observe([3; 16], &spans(1), 20).is_none());
-        index.observe([1; 16], &spans(1), 30);
+        assert!(index.observe([1; 16], &spans(1), &[], 0).is_none());
+        assert!(index.observe([2; 16], &spans(1), &[], 10).is_none());
+        assert!(index.observe([3; 16], &spans(1), &[], 20).is_none());
+        index.observe([1; 16], &spans(1), &[], 30);
         let evicted = index
-            .observe([4; 16], &spans(1), 40)
+            .observe([4; 16], &spans(1), &[], 40)
             .expect("capacity reached");
         assert_eq!(evicted.0, [2; 16]);
         assert_eq!(index.len(), 3);
@@ -974,14 +1062,15 @@ mod tests {
         let mut late_start = spans(1);
         late_start.stats.min_start_unix_nano = 5;
         late_start.stats.max_end_unix_nano = 50;
-        index.observe([9; 16], &spans(2), 0);
-        index.observe([9; 16], &late_start, 1);
+        index.observe([9; 16], &spans(2), &[], 0);
+        index.observe([9; 16], &late_start, &[], 1);
         index.observe(
             [9; 16],
             &Arrival {
                 logs: true,
                 ..Arrival::default()
             },
+            &[],
             2,
         );
         let e = index.get(&[9; 16]).unwrap();
@@ -998,7 +1087,7 @@ mod tests {
             ..settings()
         });
         for i in 0..10u8 {
-            index.observe([i + 1; 16], &spans(1), i as u64);
+            index.observe([i + 1; 16], &spans(1), &[], i as u64);
         }
         assert_eq!(index.pop_due(5000, 4).len(), 4);
         assert_eq!(index.drain().len(), 6);

@@ -50,8 +50,8 @@ use crate::policy::{
 use crate::rollup::spans::SpanPoints;
 use crate::settle::{SettleConfig, SettleError, SettleLinks, Settler};
 use crate::storage::{
-    BufferedKind, Forgetting, ItemKey, RequestValue, SHARED_GROUP_HEAD, SharedGroup, Storage,
-    StorageError, Store,
+    BufferedKind, Forgetting, ItemKey, Location, Locations, RequestValue, SHARED_GROUP_HEAD,
+    SharedGroup, Storage, StorageError, Store,
 };
 use shards::{ShardGuard, Shards, State};
 use wire::kept::{KeptSpans, SplicedRequest};
@@ -155,8 +155,8 @@ pub struct TookSpans {
 /// A decided trace whose buffered data still has to be queued or forgotten.
 struct Decided {
     trace: TraceId,
-    /// Buffer sequence at decision time: only items staged before it belong to this decision.
-    watermark: u64,
+    /// Where its buffered items lie (taken out of the index with it).
+    items: Locations,
     kept: Option<Kept>,
     spans: u32,
     /// Log records were buffered with the trace.
@@ -289,6 +289,7 @@ impl Engine {
     }
 
     /// Locks the shard holding `trace`'s index entry and cached decision.
+    #[cfg(test)]
     fn shard(&self, trace: &TraceId) -> ShardGuard<'_> {
         self.shards.lock_trace(trace)
     }
@@ -317,7 +318,7 @@ impl Engine {
         {
             let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
             let policies = &*policies;
-            self.storage.scan_buffer(|trace, key, kind, payload| {
+            self.storage.scan_buffer(|trace, location, kind, payload| {
                 let arrival = match kind {
                     BufferedKind::Logs => Arrival {
                         logs: true,
@@ -333,20 +334,20 @@ impl Engine {
                             arrival
                         }
                         Err(error) => {
-                            corrupt.push((trace, key, kind, payload.to_vec(), error));
+                            corrupt.push((trace, location.key(), kind, payload.to_vec(), error));
                             return false;
                         }
                     },
                 };
-                arrivals.push((trace, arrival));
+                arrivals.push((trace, arrival, location));
                 true
             })?;
         }
         // Indexed once the scan is over: a shard lock is never taken inside it.
-        for (at, part) in self.shards.partition(arrivals, |(t, _)| t) {
+        for (at, part) in self.shards.partition(arrivals, |(t, _, _)| t) {
             let mut shard = self.shards.lock(at);
-            for (trace, arrival) in part {
-                full.extend(shard.index.observe(trace, &arrival, now));
+            for (trace, arrival, location) in part {
+                full.extend(shard.index.observe(trace, &arrival, &[location], now));
             }
         }
         if !corrupt.is_empty() {
@@ -652,17 +653,18 @@ impl Engine {
                     .iter()
                     .any(|&(shard_at, version)| shard_at == at && version == shard.cache.version());
                 let mut indexed = Vec::with_capacity(part.len());
-                let mut commit = Vec::with_capacity(part.len());
                 for (item, trace, arrival) in part {
                     let routed = if unchanged {
                         Some(arrival)
                     } else {
                         late.route(&mut shard.cache, trace, arrival, || staged.item(item))
                     };
-                    commit.push((item, routed.is_some()));
-                    indexed.extend(routed.map(|arrival| (trace, arrival)));
+                    let (_, location) = staged.location(item);
+                    match routed {
+                        Some(arrival) => indexed.push((trace, arrival, location)),
+                        None => forgetting.forget([location]),
+                    }
                 }
-                self.storage.commit_items(&staged, &commit, &mut forgetting);
                 evicted.extend(self.index_buffered(&mut shard, &indexed, now));
             }
         }
@@ -770,9 +772,23 @@ impl Engine {
                 }
             }
             let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
-            if let Some(staged) = self.storage.write_staged(batch, staged)? {
-                self.storage.committed(staged);
-            }
+            // The items were staged part after part, in the order `buffered` lists them.
+            let mut locations = self
+                .storage
+                .write_staged(batch, staged)?
+                .into_iter()
+                .flat_map(|staged| staged.locations().map(|(_, l)| l).collect::<Vec<_>>());
+            let buffered: Vec<Vec<(TraceId, Arrival, Location)>> = buffered
+                .into_iter()
+                .map(|part| {
+                    part.into_iter()
+                        .map(|(trace, arrival)| {
+                            let location = locations.next().expect("one item per arrival");
+                            (trace, arrival, location)
+                        })
+                        .collect()
+                })
+                .collect();
             evicted = locked
                 .iter_mut()
                 .zip(&buffered)
@@ -789,20 +805,21 @@ impl Engine {
         Ok(Accepted::default())
     }
 
-    /// Indexes written items (under the lock of their shard, which the caller holds),
-    /// deciding traces the per-trace limits end and those a full index decides early to
-    /// make room.
+    /// Indexes written items with their locations (under the lock of their shard, which the
+    /// caller holds), deciding traces the per-trace limits end and those a full index
+    /// decides early to make room.
     fn index_buffered(
         &self,
         state: &mut State,
-        buffered: &[(TraceId, Arrival)],
+        buffered: &[(TraceId, Arrival, Location)],
         now: u64,
     ) -> Vec<Decided> {
         let mut full = Vec::new();
         let mut too_large = Vec::new();
         let mut too_many = Vec::new();
-        for (trace, arrival) in buffered {
-            full.extend(state.index.observe(*trace, arrival, now));
+        for (trace, arrival, location) in buffered {
+            let items = std::slice::from_ref(location);
+            full.extend(state.index.observe(*trace, arrival, items, now));
             if self.max_trace_spans > 0
                 && state
                     .index
@@ -833,7 +850,7 @@ impl Engine {
                 limit = self.max_trace_bytes,
                 "dropping traces over maximum_trace_size_bytes"
             );
-            decided.extend(drop_locked(&self.storage, state, too_large));
+            decided.extend(drop_locked(state, too_large));
         }
         decided
     }
@@ -846,7 +863,7 @@ impl Engine {
             .flat_map(|at| {
                 let mut shard = self.shards.lock(at);
                 let pending = shard.index.drain();
-                drop_locked(&self.storage, &mut shard, pending)
+                drop_locked(&mut shard, pending)
             })
             .collect();
         self.finish_all(&dropped)?;
@@ -944,7 +961,7 @@ impl Engine {
         let mut decided = Vec::with_capacity(traces.len());
         for (trace, mut entry) in traces {
             if entry.generation != policies.generation && entry.stats.span_count > 0 {
-                entry.policy = self.observe_again(&policies.engine, &trace);
+                entry.policy = self.observe_again(&policies.engine, &entry.items);
             }
             let decision = policies
                 .engine
@@ -963,7 +980,7 @@ impl Engine {
             );
             decided.push(Decided {
                 trace,
-                watermark: self.storage.next_seq(),
+                items: entry.items,
                 kept,
                 spans: entry.stats.span_count,
                 has_logs: entry.has_logs,
@@ -983,21 +1000,19 @@ impl Engine {
         decided
     }
 
-    /// The policy state of `trace` under `policies`, from its buffered spans: for a trace
-    /// whose spans were observed (partly) under a policy set replaced since. Runs under the
-    /// trace's shard lock, so the buffer holds exactly what the index counted. Records that
-    /// do not decode are left to [`Engine::finish`], which quarantines them.
-    fn observe_again(&self, policies: &PolicyEngine, trace: &TraceId) -> PolicyState {
+    /// The policy state under `policies` of a trace whose buffered items lie at `items`,
+    /// from its spans: for a trace whose spans were observed (partly) under a policy set
+    /// replaced since. Records that do not decode are left to [`Engine::finish`], which
+    /// quarantines them.
+    fn observe_again(&self, policies: &PolicyEngine, items: &[Location]) -> PolicyState {
         let mut state = PolicyState::default();
-        let read = self
-            .storage
-            .visit_trace(trace, u64::MAX, |_, kind, payload| {
-                for rs in kind.decode_spans(payload).unwrap_or_default() {
-                    for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                        policies.observe_span(&mut state, rs.resource.as_ref(), span);
-                    }
+        let read = self.storage.visit_trace(items, |_, kind, payload| {
+            for rs in kind.decode_spans(payload).unwrap_or_default() {
+                for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                    policies.observe_span(&mut state, rs.resource.as_ref(), span);
                 }
-            });
+            }
+        });
         if let Err(error) = read {
             tracing::warn!(%error, "cannot read a trace again after a policy reload; deciding on what was observed");
         }
@@ -1050,16 +1065,18 @@ impl Engine {
         let now_unix = self.unix_now();
         // The kept traces' items, read once per request chunk for the whole chunk and
         // copied out as they are.
-        let kept_traces: Vec<(TraceId, u64)> = decided
+        let kept_items: Vec<(usize, Location)> = decided
             .iter()
             .filter(|d| d.kept.is_some())
-            .map(|d| (d.trace, d.watermark))
+            .enumerate()
+            .flat_map(|(index, d)| d.items.iter().map(move |l| (index, *l)))
             .collect();
+        let kept_traces = decided.iter().filter(|d| d.kept.is_some()).count();
         let mut stored = Vec::new();
         let mut items: Vec<Vec<(ItemKey, BufferedKind, std::ops::Range<usize>)>> =
-            vec![Vec::new(); kept_traces.len()];
+            vec![Vec::new(); kept_traces];
         self.storage
-            .visit_traces(&kept_traces, |index, key, kind, payload| {
+            .visit_items(kept_items, |index, key, kind, payload| {
                 let start = stored.len();
                 stored.extend_from_slice(payload);
                 items[index].push((key, kind, start..stored.len()));
@@ -1123,18 +1140,18 @@ impl Engine {
                 None => {
                     dropped_spans += u64::from(d.spans);
                     if d.has_logs {
-                        self.storage
-                            .visit_trace(&d.trace, d.watermark, |_, kind, payload| {
-                                if kind == BufferedKind::Logs {
-                                    self.settler
-                                        .hold_encoded_logs(&mut batch, payload, now_unix);
-                                }
-                            })?;
+                        // Only the log items are read: the spans go unread.
+                        let logs: Vec<Location> = (d.items.iter().copied())
+                            .filter(|l| l.kind() == BufferedKind::Logs)
+                            .collect();
+                        self.storage.visit_trace(&logs, |_, _, payload| {
+                            self.settler
+                                .hold_encoded_logs(&mut batch, payload, now_unix);
+                        })?;
                     }
                 }
             }
-            self.storage
-                .forget_trace(&mut forgetting, &d.trace, d.watermark);
+            forgetting.forget(d.items.iter().copied());
         }
         let mut staged = Vec::new();
         if spliced.span_count() > 0 || !resource_spans.is_empty() {
@@ -1188,17 +1205,13 @@ impl Engine {
 /// Decides traces just removed from the index as not sampled without evaluating policies
 /// (too large, or pending at a shutdown that drops them), caching the decision so their late
 /// spans are dropped too.
-fn drop_locked(
-    storage: &Storage,
-    state: &mut State,
-    traces: Vec<(TraceId, TraceEntry)>,
-) -> Vec<Decided> {
+fn drop_locked(state: &mut State, traces: Vec<(TraceId, TraceEntry)>) -> Vec<Decided> {
     let mut decided = Vec::with_capacity(traces.len());
     for (trace, entry) in traces {
         state.cache.insert(trace, Cached::NotSampled);
         decided.push(Decided {
             trace,
-            watermark: storage.next_seq(),
+            items: entry.items,
             kept: None,
             spans: entry.stats.span_count,
             has_logs: entry.has_logs,

@@ -31,7 +31,8 @@ use rocksdb::{
 };
 
 pub use requests::{
-    Forgetting, ItemKey, RequestValue, SHARED_GROUP_HEAD, SharedGroup, StagedRequest,
+    Forgetting, ItemKey, Location, Locations, RequestValue, SHARED_GROUP_HEAD, SharedGroup,
+    StagedRequest,
 };
 
 /// Memtables of the buffer column family (the active one, those waiting to be merged, and

@@ -125,6 +125,7 @@ impl Shards {
     }
 
     /// Locks the shard of `trace`.
+    #[cfg(test)]
     pub fn lock_trace(&self, trace: &TraceId) -> ShardGuard<'_> {
         self.lock(self.of(trace))
     }
@@ -234,7 +235,7 @@ mod tests {
             let mut shard = shards.lock(*at);
             for trace in part {
                 assert_eq!(shards.of(trace), *at);
-                assert!(shard.index.observe(*trace, &arrival, 0).is_none());
+                assert!(shard.index.observe(*trace, &arrival, &[], 0).is_none());
             }
         }
         assert_eq!(shards.traces(), traces.len());
@@ -258,7 +259,7 @@ mod tests {
                 shards
                     .lock_trace(&id)
                     .index
-                    .observe(id, &arrival, u64::from(i))
+                    .observe(id, &arrival, &[], u64::from(i))
                     .is_some(),
             );
         }

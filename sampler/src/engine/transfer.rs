@@ -3,18 +3,19 @@
 //! decisions handed over by another node.
 //!
 //! A handoff is atomic the same way [`Engine::finish`] is: a trace leaves the index
-//! under its shard's lock, a sequence watermark is taken under that same lock, and only the
-//! buffered items below it are read, sent and — once the new owner acknowledged them —
-//! deleted, key by key. Items that arrive for such a trace meanwhile sit above the
-//! watermark and start a fresh index entry; nothing is deleted that was not sent.
+//! under its shard's lock with the locations of its buffered items, and only those items
+//! are read, sent and — once the new owner acknowledged them — deleted, item by item.
+//! Items that arrive for such a trace meanwhile start a fresh index entry; nothing is
+//! deleted that was not sent.
 
 use super::*;
-use crate::storage::ItemKey;
 
 /// One buffered item taken for handoff.
 #[derive(Debug, Clone)]
 pub struct TakenItem {
-    key: ItemKey,
+    /// Where it is buffered (a stored group of several resources is sent as one item per
+    /// resource, each naming the same location).
+    location: Location,
     /// The encoded `ResourceSpans` or `ResourceLogs` of this trace's items.
     pub payload: Vec<u8>,
 }
@@ -32,6 +33,22 @@ pub struct TakenTrace {
 }
 
 impl TakenTrace {
+    /// The locations of what was sent of it of the parts `acked` names, each once.
+    fn sent(&self, acked: Acknowledged) -> Vec<Location> {
+        let mut sent: Vec<Location> = Vec::new();
+        let parts = [(acked.spans, &self.spans), (acked.logs, &self.logs)];
+        for item in parts
+            .iter()
+            .filter(|(acked, _)| *acked)
+            .flat_map(|(_, items)| *items)
+        {
+            if !sent.contains(&item.location) {
+                sent.push(item.location);
+            }
+        }
+        sent
+    }
+
     /// Encoded bytes of everything taken.
     pub fn bytes(&self) -> usize {
         self.spans
@@ -54,29 +71,32 @@ pub struct Acknowledged {
 impl Engine {
     /// Trace ids with buffered data that are in the index (undecided), in id order.
     pub fn held_trace_ids(&self) -> Result<Vec<TraceId>, StorageError> {
-        let mut ids = self.storage.buffered_traces();
+        let mut ids: Vec<TraceId> = (0..self.shards.count())
+            .flat_map(|at| {
+                let shard = self.shards.lock(at);
+                shard.index.trace_ids().copied().collect::<Vec<_>>()
+            })
+            .collect();
         ids.sort_unstable();
-        ids.retain(|id| self.shard(id).index.get(id).is_some());
         Ok(ids)
     }
 
-    /// Removes `traces` from the index (those still there) and reads their buffered items
-    /// up to a watermark taken at that moment. The caller sends them and then calls
-    /// [`Engine::release_handed_off`] or [`Engine::restore_handoff`] for each.
+    /// Removes `traces` from the index (those still there) and reads their buffered items.
+    /// The caller sends them and then calls [`Engine::release_handed_off`] or
+    /// [`Engine::restore_handoff`] for each.
     pub fn take_for_handoff(&self, traces: &[TraceId]) -> Result<Vec<TakenTrace>, StorageError> {
-        let mut taken: Vec<(TraceId, TraceEntry, u64)> = Vec::with_capacity(traces.len());
+        let mut taken: Vec<(TraceId, TraceEntry)> = Vec::with_capacity(traces.len());
         for (at, part) in self.shards.partition(traces, |t| *t) {
             let mut shard = self.shards.lock(at);
-            let watermark = self.storage.next_seq();
             taken.extend(
                 part.into_iter()
-                    .filter_map(|t| shard.index.remove(t).map(|e| (*t, e, watermark))),
+                    .filter_map(|t| shard.index.remove(t).map(|e| (*t, e))),
             );
         }
         events::active_traces(self.active_traces());
         let mut out = Vec::with_capacity(taken.len());
         let mut failure = None;
-        for (trace, entry, watermark) in taken {
+        for (trace, entry) in taken {
             if failure.is_some() {
                 out.push(TakenTrace {
                     trace,
@@ -86,7 +106,7 @@ impl Engine {
                 });
                 continue;
             }
-            match self.read_items(&trace, watermark) {
+            match self.read_items(&entry.items) {
                 Ok((spans, logs)) => out.push(TakenTrace {
                     trace,
                     entry,
@@ -127,14 +147,7 @@ impl Engine {
     ) -> Result<usize, StorageError> {
         let mut forgetting = Forgetting::default();
         for t in &taken {
-            let mut keys = Vec::new();
-            if acked.spans {
-                keys.extend(t.spans.iter().map(|i| i.key));
-            }
-            if acked.logs {
-                keys.extend(t.logs.iter().map(|i| i.key));
-            }
-            self.storage.forget_items(&mut forgetting, &t.trace, &keys);
+            forgetting.forget(t.sent(acked));
         }
         self.storage
             .write_forgetting(WriteBatch::default(), forgetting)?;
@@ -160,9 +173,14 @@ impl Engine {
             let mut state = self.shards.lock(at);
             let mut full = Vec::new();
             for t in part {
-                let spans_left = !acked.spans && !t.spans.is_empty();
-                let logs_left = !acked.logs && !t.logs.is_empty();
-                if !spans_left && !logs_left {
+                let sent = t.sent(acked);
+                let left: Vec<Location> = (t.entry.items.iter().copied())
+                    .filter(|l| !sent.contains(l))
+                    .collect();
+                let spans_left =
+                    !acked.spans && left.iter().any(|l| l.kind() != BufferedKind::Logs);
+                let logs_left = left.iter().any(|l| l.kind() == BufferedKind::Logs);
+                if left.is_empty() {
                     continue;
                 }
                 let arrival = Arrival {
@@ -180,7 +198,7 @@ impl Engine {
                     logs: logs_left,
                     generation: t.entry.generation,
                 };
-                full.extend(state.index.observe(t.trace, &arrival, now));
+                full.extend(state.index.observe(t.trace, &arrival, &left, now));
             }
             evicted.extend(self.decide_locked(&mut state, full));
         }
@@ -227,7 +245,7 @@ impl Engine {
                 if let Some(entry) = state.index.remove(&trace) {
                     decided.push(Decided {
                         trace,
-                        watermark: self.storage.next_seq(),
+                        items: entry.items,
                         kept: match &cached {
                             Cached::Sampled(kept) => Some(kept.clone()),
                             Cached::NotSampled => None,
@@ -244,28 +262,30 @@ impl Engine {
         Ok(decided.len())
     }
 
-    /// Reads `trace`'s buffered items below `upto`, with their keys, split by kind.
+    /// Reads the buffered items at `locations`, split by kind.
     fn read_items(
         &self,
-        trace: &TraceId,
-        upto: u64,
+        locations: &[Location],
     ) -> Result<(Vec<TakenItem>, Vec<TakenItem>), StorageError> {
         let mut spans = Vec::new();
         let mut logs = Vec::new();
-        self.storage
-            .visit_trace(trace, upto, |key, kind, payload| {
-                let item = |payload: Vec<u8>| TakenItem { key, payload };
-                match kind {
-                    BufferedKind::Spans => spans.push(item(payload.to_vec())),
-                    BufferedKind::Logs => logs.push(item(payload.to_vec())),
-                    // Sent as one item per group (the peer takes `ResourceSpans`); a
-                    // group that does not decode goes as it is, for the peer to refuse.
-                    BufferedKind::TraceSpans => match kind.decode_spans(payload) {
-                        Ok(all) => spans.extend(all.iter().map(|rs| item(rs.encode_to_vec()))),
-                        Err(_) => spans.push(item(payload.to_vec())),
-                    },
-                }
-            })?;
+        self.storage.visit_trace(locations, |key, kind, payload| {
+            let location = *locations
+                .iter()
+                .find(|l| l.key() == key)
+                .expect("a visited item is one of the locations asked for");
+            let item = |payload: Vec<u8>| TakenItem { location, payload };
+            match kind {
+                BufferedKind::Spans => spans.push(item(payload.to_vec())),
+                BufferedKind::Logs => logs.push(item(payload.to_vec())),
+                // Sent as one item per group (the peer takes `ResourceSpans`); a
+                // group that does not decode goes as it is, for the peer to refuse.
+                BufferedKind::TraceSpans => match kind.decode_spans(payload) {
+                    Ok(all) => spans.extend(all.iter().map(|rs| item(rs.encode_to_vec()))),
+                    Err(_) => spans.push(item(payload.to_vec())),
+                },
+            }
+        })?;
         Ok((spans, logs))
     }
 }
@@ -276,6 +296,7 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
+    use crate::engine::tests::buffered;
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -368,7 +389,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(done, 1);
-        let left = f.engine.storage.read_trace(&[1; 16], u64::MAX).unwrap();
+        let left = buffered(&f.engine, &[1; 16]);
         assert_eq!(left.len(), 1, "only the late span stays buffered");
         assert_eq!(f.engine.active_traces(), 1);
     }
@@ -391,7 +412,7 @@ mod tests {
             .unwrap();
         assert_eq!(done, 0);
         assert_eq!(f.engine.active_traces(), 1);
-        let left = f.engine.storage.read_trace(&[4; 16], u64::MAX).unwrap();
+        let left = buffered(&f.engine, &[4; 16]);
         assert_eq!(
             left.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
             vec![BufferedKind::Spans]
@@ -427,11 +448,7 @@ mod tests {
         assert_eq!(settled, 1);
         assert_eq!(f.engine.active_traces(), 0);
         assert!(
-            f.engine
-                .storage
-                .read_trace(&[5; 16], u64::MAX)
-                .unwrap()
-                .is_empty(),
+            buffered(&f.engine, &[5; 16]).is_empty(),
             "dropped trace forgotten"
         );
         f.engine.ingest_traces(spans(6, 1)).unwrap();

@@ -21,15 +21,16 @@
 //! - all go (point deletes, or one range delete for a run of requests that die in the
 //!   same batch) once every item of the request is forgotten.
 //!
-//! In memory: per trace the items' locations (sequence, chunk and offset, length, kind),
-//! per live request the count of items still buffered and the offsets forgotten. A
+//! In memory: per live request the count of items still buffered and the offsets
+//! forgotten; each item's [`Location`] (sequence, chunk and offset, length, kind) is kept
+//! by the engine in its trace's index entry, so a trace is found with one lookup. A
 //! restart rebuilds both with one scan ([`Storage::scan_buffer`]), which also rewrites
 //! values of the previous layouts (one value per request under `seq`; one value per
 //! trace group under `trace id ++ seq`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::collections::hash_map::Entry;
+use std::num::NonZeroU32;
 use std::sync::{Mutex, MutexGuard};
 
 use otel_tail_shared::otlp::TraceId;
@@ -37,7 +38,6 @@ use rocksdb::{DBPinnableSlice, IteratorMode, WriteBatch};
 use smallvec::SmallVec;
 
 use super::{BufferedKind, CF_BUFFER, Storage, StorageError, Store};
-use crate::buffer::{TraceIdHashBuilder, TraceMap, table_bytes};
 
 mod shared;
 
@@ -87,14 +87,14 @@ impl ItemKey {
     }
 }
 
-/// Where one item of a trace lies: 16 bytes, the chunk in the offset's upper 16 bits and
-/// the kind in the length's top two bits (items are far below 1 GiB), so a trace's first
-/// location sits inline in its index entry.
+/// Where one buffered item lies: 16 bytes, the chunk in the offset's upper 16 bits and
+/// the kind (never 0) in the length's top two bits (items are far below 1 GiB). The engine
+/// keeps a trace's locations in its index entry, so an `Option<Location>` is 16 bytes too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Location {
+pub struct Location {
     seq: u64,
     offset: u32,
-    len_kind: u32,
+    len_kind: NonZeroU32,
 }
 
 /// Position of the kind in [`Location::len_kind`].
@@ -112,8 +112,15 @@ impl Location {
         Location {
             seq,
             offset: u32::from(chunk) << 16 | u32::from(offset),
-            len_kind: len | u32::from(kind as u8) << KIND_SHIFT,
+            len_kind: NonZeroU32::new(len | u32::from(kind as u8) << KIND_SHIFT)
+                .expect("a kind is never 0"),
         }
+    }
+
+    /// A location of a one-chunk request's item (tests of the index outside storage).
+    #[cfg(test)]
+    pub fn for_tests(seq: u64) -> Location {
+        Location::new(seq, 0, FRAME, 10, BufferedKind::Spans)
     }
 
     fn chunk(&self) -> u16 {
@@ -121,11 +128,12 @@ impl Location {
     }
 
     fn len(&self) -> usize {
-        (self.len_kind & MAX_ITEM_LEN) as usize
+        (self.len_kind.get() & MAX_ITEM_LEN) as usize
     }
 
-    fn kind(&self) -> BufferedKind {
-        BufferedKind::from_byte((self.len_kind >> KIND_SHIFT) as u8)
+    /// What the item holds.
+    pub fn kind(&self) -> BufferedKind {
+        BufferedKind::from_byte((self.len_kind.get() >> KIND_SHIFT) as u8)
             .expect("a location holds the kind it was made with")
     }
 
@@ -135,7 +143,8 @@ impl Location {
         start..start + self.len()
     }
 
-    fn key(&self) -> ItemKey {
+    /// The item's identity (quarantine keys, handoff).
+    pub fn key(&self) -> ItemKey {
         ItemKey {
             seq: self.seq,
             offset: self.offset,
@@ -143,97 +152,8 @@ impl Location {
     }
 }
 
-/// Locations taken out of [`TraceLocations`]: usually one.
-type Locations = SmallVec<[Location; 1]>;
-
-/// Item locations by trace, in arrival order: the first in a table every buffered trace is
-/// in (32 bytes an entry), the others in a second table (most traces arrive in one request,
-/// so it stays small; a table of `SmallVec`s took 40 bytes an entry for every trace).
-#[derive(Default)]
-struct TraceLocations {
-    first: TraceMap<Location>,
-    more: TraceMap<Vec<Location>>,
-}
-
-const _: () = assert!(std::mem::size_of::<(TraceId, Location)>() == 32);
-
-impl TraceLocations {
-    fn push(&mut self, trace: TraceId, location: Location) {
-        match self.first.entry(trace) {
-            Entry::Vacant(first) => {
-                first.insert(location);
-            }
-            Entry::Occupied(_) => self.more.entry(trace).or_default().push(location),
-        }
-    }
-
-    /// The locations of `trace` after its first, if it has any.
-    fn more_of(&self, trace: &TraceId) -> &[Location] {
-        if self.more.is_empty() {
-            return &[];
-        }
-        self.more.get(trace).map_or(&[][..], Vec::as_slice)
-    }
-
-    /// Every location of `trace`, in arrival order.
-    fn of(&self, trace: &TraceId) -> impl Iterator<Item = &Location> {
-        self.first
-            .get(trace)
-            .into_iter()
-            .chain(self.more_of(trace).iter())
-    }
-
-    /// Takes out the locations of `trace` that `gone` selects, in arrival order.
-    fn take(&mut self, trace: &TraceId, mut gone: impl FnMut(&Location) -> bool) -> Locations {
-        // One lookup for the common case, a trace with one item: its entry is found and
-        // removed in the same probe.
-        let Entry::Occupied(entry) = self.first.entry(*trace) else {
-            return Locations::new();
-        };
-        let first = *entry.get();
-        let rest = if self.more.is_empty() {
-            Vec::new()
-        } else {
-            self.more.remove(trace).unwrap_or_default()
-        };
-        if rest.is_empty() {
-            if !gone(&first) {
-                return Locations::new();
-            }
-            entry.remove();
-            return smallvec::smallvec![first];
-        }
-        let mut taken = Locations::new();
-        let mut kept = Vec::with_capacity(rest.len() + 1);
-        for location in std::iter::once(first).chain(rest) {
-            if gone(&location) {
-                taken.push(location);
-            } else {
-                kept.push(location);
-            }
-        }
-        if kept.is_empty() {
-            self.first.remove(trace);
-        } else {
-            self.first.insert(*trace, kept.remove(0));
-            if !kept.is_empty() {
-                self.more.insert(*trace, kept);
-            }
-        }
-        taken
-    }
-
-    /// Bytes of memory held, roughly: both tables' buckets and the second table's vectors.
-    fn memory_bytes(&self) -> usize {
-        table_bytes(&self.first)
-            + table_bytes(&self.more)
-            + self
-                .more
-                .values()
-                .map(|v| v.capacity() * std::mem::size_of::<Location>())
-                .sum::<usize>()
-    }
-}
+/// A trace's item locations, in arrival order: usually one.
+pub type Locations = SmallVec<[Location; 1]>;
 
 /// The buffered items of one received request, framed into the value stored for it.
 #[derive(Debug, Default)]
@@ -396,9 +316,9 @@ impl RequestValue {
     }
 }
 
-/// A request value staged in a batch; registered in memory with
-/// [`Storage::committed`] once the batch is written.
-#[must_use = "register it with Storage::committed once the batch is written"]
+/// A request value staged in a batch: once the batch is written, the engine indexes its
+/// items' locations ([`StagedRequest::location`]) or forgets them.
+#[must_use = "index or forget its items once the batch is written"]
 #[derive(Debug)]
 pub struct StagedRequest {
     /// The value with its sequence in every location, for reading items back before they
@@ -415,6 +335,16 @@ impl StagedRequest {
     fn items(&self) -> &[(TraceId, Location)] {
         &self.value.items
     }
+
+    /// The trace and location of the item staged `index`-th.
+    pub fn location(&self, index: usize) -> (TraceId, Location) {
+        self.value.items[index]
+    }
+
+    /// The trace and location of every item, in staging order.
+    pub fn locations(&self) -> impl Iterator<Item = (TraceId, Location)> + '_ {
+        self.value.items.iter().copied()
+    }
 }
 
 /// Requests touched by forgetting items, whose on-disk record is brought up to date by
@@ -429,6 +359,11 @@ impl Forgetting {
     pub fn is_empty(&self) -> bool {
         self.forgotten.is_empty()
     }
+
+    /// Forgets the items at `locations` (taken out of the index).
+    pub fn forget(&mut self, locations: impl IntoIterator<Item = Location>) {
+        self.forgotten.extend(locations);
+    }
 }
 
 /// A live request: items still buffered, the offsets of those forgotten, and how many
@@ -440,53 +375,22 @@ struct Request {
     chunks: u32,
 }
 
-/// Parts the item-location table is split into by a keyed hash of the trace id, each
-/// behind its own lock (as many as the engine has shards at most).
-const STRIPES: usize = 16;
-
-/// The in-memory side of the layout: item locations split by trace id (ingest and
-/// decisions for different traces do not wait for each other), and the live requests,
-/// whose lock is taken once per request written and once per finishing batch.
+/// The in-memory side of the layout: the live requests, whose lock is taken once per
+/// request written and once per finishing batch. Item locations live in the engine's index.
+#[derive(Default)]
 pub(super) struct Layout {
-    traces: Box<[Mutex<TraceLocations>]>,
-    hasher: TraceIdHashBuilder,
     requests: Mutex<BTreeMap<u64, Request>>,
 }
 
-impl Default for Layout {
-    fn default() -> Self {
-        Layout {
-            traces: (0..STRIPES).map(|_| Mutex::default()).collect(),
-            hasher: TraceIdHashBuilder::default(),
-            requests: Mutex::default(),
-        }
-    }
-}
-
 impl Layout {
-    /// The locked part of the location table that holds `trace`.
-    fn traces(&self, trace: &TraceId) -> MutexGuard<'_, TraceLocations> {
-        let at = self.hasher.part_of(trace, self.traces.len());
-        self.traces[at].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The locked table of live requests.
     fn requests(&self) -> MutexGuard<'_, BTreeMap<u64, Request>> {
         self.requests.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes of memory held per entry, roughly: for the index gauge.
+    /// Bytes of memory held, roughly: for the index gauge.
     fn memory_bytes(&self) -> usize {
-        let traces: usize = self
-            .traces
-            .iter()
-            .map(|part| {
-                part.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .memory_bytes()
-            })
-            .sum();
-        traces + self.requests().len() * (8 + std::mem::size_of::<Request>() + 16)
+        self.requests().len() * (8 + std::mem::size_of::<Request>() + 16)
     }
 }
 
@@ -612,15 +516,8 @@ impl Storage {
         }
     }
 
-    /// Indexes a staged request's items once its batch is written.
-    pub fn committed(&self, staged: StagedRequest) {
-        let all: Vec<(usize, bool)> = (0..staged.items().len()).map(|i| (i, true)).collect();
-        self.commit_items(&staged, &all, &mut Forgetting::default());
-    }
-
-    /// Writes `batch` holding `staged` (if any) and hands the staged request back for
-    /// indexing ([`Storage::committed`], [`Storage::commit_items`]), or forgets it when the
-    /// write fails.
+    /// Writes `batch` holding `staged` (if any) and hands the staged request back for its
+    /// items to be indexed ([`StagedRequest::location`]), or forgets it when the write fails.
     pub fn write_staged(
         &self,
         batch: WriteBatch,
@@ -635,63 +532,33 @@ impl Storage {
         Ok(staged)
     }
 
-    /// Indexes items of a written request: each `(item, keep)` indexes item `item` of
-    /// `staged` when `keep` is set and forgets it at once otherwise (its trace was decided
-    /// while the request was being written); the disk follows in
-    /// [`Storage::write_forgetting`]. Every item is passed exactly once, in one call or
-    /// spread over several (one per engine shard).
-    pub fn commit_items(
-        &self,
-        staged: &StagedRequest,
-        items: &[(usize, bool)],
-        forgetting: &mut Forgetting,
-    ) {
-        for &(item, keep) in items {
-            let (trace, location) = staged.items()[item];
-            if keep {
-                self.layout.traces(&trace).push(trace, location);
-            } else {
-                forgetting.forgotten.push(location);
-            }
-        }
-    }
-
-    /// Visits what is buffered for `trace` with a sequence below `upto`, in arrival order,
-    /// with each item's key. One point read per request holding any of them.
+    /// Visits the items at `locations` (one trace's, in arrival order) with each item's
+    /// key. One point read per request chunk holding any of them.
     pub fn visit_trace(
         &self,
-        trace: &TraceId,
-        upto: u64,
+        locations: &[Location],
         mut visit: impl FnMut(ItemKey, BufferedKind, &[u8]),
     ) -> Result<(), StorageError> {
-        self.visit_traces(&[(*trace, upto)], |_, key, kind, payload| {
-            visit(key, kind, payload)
-        })
+        self.visit_items(
+            locations.iter().map(|l| (0, *l)).collect(),
+            |_, key, kind, payload| visit(key, kind, payload),
+        )
     }
 
-    /// Visits what is buffered for each of `traces` (trace, sequence bound) as
-    /// [`Storage::visit_trace`] does, with the trace's index in `traces`: one point read
-    /// per request chunk for all of them (traces decided together mostly arrived in the
-    /// same requests). Each trace's items come in arrival order; items of different traces
-    /// interleave.
-    pub fn visit_traces(
+    /// Visits the items at `items` (each location with the index of the trace it belongs
+    /// to): one point read per request chunk for all of them (traces decided together
+    /// mostly arrived in the same requests). Each trace's items come in the order given;
+    /// items of different traces interleave.
+    pub fn visit_items(
         &self,
-        traces: &[(TraceId, u64)],
+        mut items: Vec<(usize, Location)>,
         mut visit: impl FnMut(usize, ItemKey, BufferedKind, &[u8]),
     ) -> Result<(), StorageError> {
-        let mut locations: Vec<(Location, usize)> = Vec::new();
-        for (index, (trace, upto)) in traces.iter().enumerate() {
-            let part = self.layout.traces(trace);
-            locations.extend(
-                part.of(trace)
-                    .filter(|l| l.seq < *upto)
-                    .map(|l| (*l, index)),
-            );
-        }
-        locations.sort_by_key(|(l, index)| (l.seq, *index, l.offset));
+        // Stable: a trace's items at the same place keep their order.
+        items.sort_by_key(|(index, l)| (l.seq, *index, l.offset));
         let cf = self.cf(CF_BUFFER);
         let mut current: Option<((u64, u16), Option<DBPinnableSlice<'_>>)> = None;
-        for (location, index) in locations {
+        for (index, location) in items {
             let at = (location.seq, location.chunk());
             if current.as_ref().is_none_or(|(read, _)| *read != at) {
                 let value = self.db.get_pinned_cf(cf, chunk_key(at.0, at.1))?;
@@ -715,34 +582,16 @@ impl Storage {
         Ok(())
     }
 
-    /// Reads what is buffered for `trace` with a sequence below `upto`, in arrival order.
-    pub fn read_trace(
+    /// Reads the items at `locations`, in order.
+    pub fn read_items(
         &self,
-        trace: &TraceId,
-        upto: u64,
+        locations: &[Location],
     ) -> Result<Vec<(BufferedKind, Vec<u8>)>, StorageError> {
         let mut out = Vec::new();
-        self.visit_trace(trace, upto, |_, kind, payload| {
+        self.visit_trace(locations, |_, kind, payload| {
             out.push((kind, payload.to_vec()))
         })?;
         Ok(out)
-    }
-
-    /// Forgets `trace`'s items with a sequence below `upto` (items staged later belong to
-    /// a later arrival and stay); the disk follows in [`Storage::write_forgetting`].
-    pub fn forget_trace(&self, forgetting: &mut Forgetting, trace: &TraceId, upto: u64) {
-        let removed = self.layout.traces(trace).take(trace, |l| l.seq < upto);
-        forgetting.forgotten.extend(removed);
-    }
-
-    /// Forgets exactly the items `keys` of `trace` (what a handoff sent and had
-    /// acknowledged).
-    pub fn forget_items(&self, forgetting: &mut Forgetting, trace: &TraceId, keys: &[ItemKey]) {
-        let removed = self
-            .layout
-            .traces(trace)
-            .take(trace, |l| keys.contains(&l.key()));
-        forgetting.forgotten.extend(removed);
     }
 
     /// Removes what `forgetting` forgot from its requests, then writes `batch` together
@@ -801,30 +650,19 @@ impl Storage {
         self.write(batch)
     }
 
-    /// Trace ids with items buffered.
-    pub fn buffered_traces(&self) -> Vec<TraceId> {
-        self.layout
-            .traces
-            .iter()
-            .flat_map(|part| {
-                let part = part.lock().unwrap_or_else(|e| e.into_inner());
-                part.first.keys().copied().collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    /// Approximate bytes of the in-memory item index.
+    /// Approximate bytes of the in-memory table of live requests.
     pub fn layout_memory_bytes(&self) -> usize {
         self.layout.memory_bytes()
     }
 
-    /// Rebuilds the in-memory layout from disk after a restart, visiting every item still
-    /// buffered in arrival order. An item the visitor refuses (returns `false`: it does
-    /// not decode) is forgotten; a chunk whose framing is unreadable is quarantined whole.
+    /// Rebuilds the table of live requests from disk after a restart, visiting every item
+    /// still buffered in arrival order with its location, for the engine to index. An item
+    /// the visitor refuses (returns `false`: it does not decode) is forgotten; a chunk
+    /// whose framing is unreadable is quarantined whole.
     /// Values of the previous layouts are rewritten as chunked requests, visited the same.
     pub fn scan_buffer(
         &self,
-        mut visit: impl FnMut(TraceId, ItemKey, BufferedKind, &[u8]) -> bool,
+        mut visit: impl FnMut(TraceId, Location, BufferedKind, &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         let cf = self.cf(CF_BUFFER);
         let mut chunks: BTreeMap<u64, Vec<Chunk>> = BTreeMap::new();
@@ -905,9 +743,8 @@ impl Storage {
                     refused.push(location);
                     continue;
                 };
-                if visit(trace, location.key(), location.kind(), &payload) {
+                if visit(trace, location, location.kind(), &payload) {
                     request.alive += 1;
-                    self.layout.traces(&trace).push(trace, location);
                 } else {
                     refused.push(location);
                 }
@@ -952,7 +789,7 @@ impl Storage {
     fn migrate(
         &self,
         migrating: Vec<Migrating>,
-        mut visit: impl FnMut(TraceId, ItemKey, BufferedKind, &[u8]) -> bool,
+        mut visit: impl FnMut(TraceId, Location, BufferedKind, &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         if migrating.is_empty() {
             return Ok(());
@@ -987,23 +824,19 @@ impl Storage {
             }
             let staged = self.stage_request(&mut batch, value);
             let payloads = group.iter().flat_map(|unit| &unit.items);
-            let refused: Vec<(TraceId, Location)> = staged
+            let refused: Vec<Location> = staged
                 .items()
                 .iter()
                 .zip(payloads)
                 .filter(|((trace, location), (_, _, payload))| {
-                    !visit(*trace, location.key(), location.kind(), payload)
+                    !visit(*trace, *location, location.kind(), payload)
                 })
-                .map(|(item, _)| *item)
+                .map(|((_, location), _)| *location)
                 .collect();
             moved += staged.items().len();
             self.write(batch)?;
-            self.committed(staged);
             let mut forgetting = Forgetting::default();
-            for (trace, location) in refused {
-                self.layout.traces(&trace).take(&trace, |l| *l == location);
-                forgetting.forgotten.push(location);
-            }
+            forgetting.forget(refused);
             self.write_forgetting(WriteBatch::default(), forgetting)?;
         }
         tracing::info!(
@@ -1055,47 +888,4 @@ fn delete_request(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, seq: u64, 
         batch.delete_cf(cf, chunk_key(seq, chunk as u16));
     }
     batch.delete_cf(cf, dead_key(seq));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(seq: u64) -> Location {
-        Location::new(seq, 0, 21, 10, BufferedKind::Spans)
-    }
-
-    #[test]
-    fn a_trace_keeps_its_locations_in_arrival_order_across_both_tables() {
-        let mut traces = TraceLocations::default();
-        let (a, b) = ([1u8; 16], [2u8; 16]);
-        for seq in [5, 6, 7, 8] {
-            traces.push(a, at(seq));
-        }
-        traces.push(b, at(6));
-        let seqs = |t: &TraceLocations, trace| t.of(&trace).map(|l| l.seq).collect::<Vec<_>>();
-        assert_eq!(seqs(&traces, a), [5, 6, 7, 8]);
-        assert_eq!(seqs(&traces, b), [6]);
-        assert_eq!(
-            traces.more.len(),
-            1,
-            "only the trace with several locations"
-        );
-
-        // Taking from the middle and the front keeps the rest in order, the earliest first.
-        let taken = traces.take(&a, |l| l.seq == 6 || l.seq == 5);
-        assert_eq!(taken.iter().map(|l| l.seq).collect::<Vec<_>>(), [5, 6]);
-        assert_eq!(seqs(&traces, a), [7, 8]);
-        // Down to one location: the second table lets go of the trace.
-        assert_eq!(traces.take(&a, |l| l.seq == 8).len(), 1);
-        assert_eq!(seqs(&traces, a), [7]);
-        assert!(traces.more.is_empty());
-        // Nothing selected, nothing changes; the last one taken removes the trace.
-        assert!(traces.take(&a, |l| l.seq > 100).is_empty());
-        assert_eq!(traces.take(&a, |_| true).len(), 1);
-        assert_eq!(traces.of(&a).count(), 0);
-        assert!(traces.take(&a, |_| true).is_empty());
-        assert_eq!(seqs(&traces, b), [6], "other traces untouched");
-        assert!(traces.memory_bytes() >= 33);
-    }
 }

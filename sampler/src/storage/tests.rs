@@ -1,7 +1,147 @@
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
 use otel_tail_shared::otlp::TraceId;
 
 use super::requests::{CHUNK_BYTES, CHUNK_KEY_LEN, CHUNK_SUFFIX, dead_key, encode_offsets};
 use super::*;
+
+thread_local! {
+    /// Item locations by trace, in arrival order, kept as the engine's index keeps them:
+    /// these tests drive the storage without an engine on top (each test on its thread).
+    static INDEX: RefCell<BTreeMap<TraceId, Vec<Location>>> = RefCell::default();
+}
+
+/// The engine's side of the buffer for these tests: indexing, reading and forgetting by
+/// trace id through [`INDEX`].
+trait Indexed {
+    /// Indexes what a written request staged.
+    fn committed(&self, staged: StagedRequest);
+    /// Restart: forgets the index and rebuilds it from the scan (items `visit` accepts).
+    fn scan_indexed(
+        &self,
+        visit: impl FnMut(TraceId, Location, BufferedKind, &[u8]) -> bool,
+    ) -> Result<(), StorageError>;
+    /// Visits `trace`'s items with a sequence below `upto`.
+    fn visit_indexed(
+        &self,
+        trace: &TraceId,
+        upto: u64,
+        visit: impl FnMut(ItemKey, BufferedKind, &[u8]),
+    );
+    /// Visits each of `traces`' items below its bound, with the trace's index.
+    fn visit_traces(
+        &self,
+        traces: &[(TraceId, u64)],
+        visit: impl FnMut(usize, ItemKey, BufferedKind, &[u8]),
+    );
+    /// Reads `trace`'s items with a sequence below `upto`.
+    fn read_trace(
+        &self,
+        trace: &TraceId,
+        upto: u64,
+    ) -> Result<Vec<(BufferedKind, Vec<u8>)>, StorageError>;
+    /// Takes `trace`'s items below `upto` out of the index into `forgetting`.
+    fn forget_trace(&self, forgetting: &mut Forgetting, trace: &TraceId, upto: u64);
+    /// Takes exactly the items `keys` of `trace` out of the index into `forgetting`.
+    fn forget_items(&self, forgetting: &mut Forgetting, trace: &TraceId, keys: &[ItemKey]);
+    /// Traces with items indexed.
+    fn buffered_traces(&self) -> Vec<TraceId>;
+}
+
+/// `trace`'s indexed locations below `upto`.
+fn indexed(trace: &TraceId, upto: u64) -> Vec<Location> {
+    INDEX.with_borrow(|index| {
+        index
+            .get(trace)
+            .into_iter()
+            .flatten()
+            .filter(|l| l.key().seq < upto)
+            .copied()
+            .collect()
+    })
+}
+
+/// Takes `trace`'s locations that `gone` selects out of the index.
+fn take(trace: &TraceId, gone: impl Fn(&Location) -> bool) -> Vec<Location> {
+    INDEX.with_borrow_mut(|index| {
+        let Some(all) = index.get_mut(trace) else {
+            return Vec::new();
+        };
+        let (taken, kept) = all.drain(..).partition(|l| gone(l));
+        *all = kept;
+        if all.is_empty() {
+            index.remove(trace);
+        }
+        taken
+    })
+}
+
+impl Indexed for Storage {
+    fn committed(&self, staged: StagedRequest) {
+        INDEX.with_borrow_mut(|index| {
+            for (trace, location) in staged.locations() {
+                index.entry(trace).or_default().push(location);
+            }
+        });
+    }
+
+    fn scan_indexed(
+        &self,
+        mut visit: impl FnMut(TraceId, Location, BufferedKind, &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        INDEX.with_borrow_mut(BTreeMap::clear);
+        self.scan_buffer(|trace, location, kind, payload| {
+            let accepted = visit(trace, location, kind, payload);
+            if accepted {
+                INDEX.with_borrow_mut(|index| index.entry(trace).or_default().push(location));
+            }
+            accepted
+        })
+    }
+
+    fn visit_indexed(
+        &self,
+        trace: &TraceId,
+        upto: u64,
+        visit: impl FnMut(ItemKey, BufferedKind, &[u8]),
+    ) {
+        self.visit_trace(&indexed(trace, upto), visit).unwrap();
+    }
+
+    fn visit_traces(
+        &self,
+        traces: &[(TraceId, u64)],
+        visit: impl FnMut(usize, ItemKey, BufferedKind, &[u8]),
+    ) {
+        let items = traces
+            .iter()
+            .enumerate()
+            .flat_map(|(at, (trace, upto))| indexed(trace, *upto).into_iter().map(move |l| (at, l)))
+            .collect();
+        self.visit_items(items, visit).unwrap();
+    }
+
+    fn read_trace(
+        &self,
+        trace: &TraceId,
+        upto: u64,
+    ) -> Result<Vec<(BufferedKind, Vec<u8>)>, StorageError> {
+        self.read_items(&indexed(trace, upto))
+    }
+
+    fn forget_trace(&self, forgetting: &mut Forgetting, trace: &TraceId, upto: u64) {
+        forgetting.forget(take(trace, |l| l.key().seq < upto));
+    }
+
+    fn forget_items(&self, forgetting: &mut Forgetting, trace: &TraceId, keys: &[ItemKey]) {
+        forgetting.forget(take(trace, |l| keys.contains(&l.key())));
+    }
+
+    fn buffered_traces(&self) -> Vec<TraceId> {
+        INDEX.with_borrow(|index| index.keys().copied().collect())
+    }
+}
 
 /// Keys of the buffer column family, in order.
 fn buffer_keys(storage: &Storage) -> Vec<Box<[u8]>> {
@@ -33,7 +173,7 @@ fn write_value(storage: &Storage, value: RequestValue) {
 fn scan_all(storage: &Storage) -> Vec<(TraceId, BufferedKind, Vec<u8>)> {
     let mut seen = Vec::new();
     storage
-        .scan_buffer(|t, _, k, p| {
+        .scan_indexed(|t, _, k, p| {
             seen.push((t, k, p.to_vec()));
             true
         })
@@ -166,7 +306,7 @@ fn items_the_scan_refuses_are_forgotten_and_unreadable_values_quarantined() {
         let storage = Storage::open(dir.path(), true).unwrap();
         let mut seen = Vec::new();
         storage
-            .scan_buffer(|t, _, _, p| {
+            .scan_indexed(|t, _, _, p| {
                 seen.push(t);
                 p != b"bad"
             })
@@ -193,13 +333,11 @@ fn handed_off_items_are_forgotten_one_by_one() {
         ],
     );
     let mut spans = Vec::new();
-    storage
-        .visit_trace(&a, u64::MAX, |key, kind, _| {
-            if kind == BufferedKind::Spans {
-                spans.push(key);
-            }
-        })
-        .unwrap();
+    storage.visit_indexed(&a, u64::MAX, |key, kind, _| {
+        if kind == BufferedKind::Spans {
+            spans.push(key);
+        }
+    });
     let mut forgetting = Forgetting::default();
     storage.forget_items(&mut forgetting, &a, &spans);
     storage
@@ -257,7 +395,7 @@ fn items_of_the_previous_layout_move_into_request_values_at_start() {
         let storage = Storage::open(dir.path(), true).unwrap();
         let mut seen = Vec::new();
         storage
-            .scan_buffer(|t, _, k, p| {
+            .scan_indexed(|t, _, k, p| {
                 seen.push((t, k, p.to_vec()));
                 p != b"bad"
             })
@@ -319,7 +457,7 @@ fn flushed_request_values_live_in_blob_files_that_go_once_their_requests_are_for
     let storage = Storage::open(dir.path(), false).unwrap();
     let mut seen = Vec::new();
     storage
-        .scan_buffer(|t, _, _, p| {
+        .scan_indexed(|t, _, _, p| {
             seen.push((t, p.len()));
             true
         })
@@ -464,11 +602,9 @@ fn traces_read_together_get_their_own_items_in_arrival_order() {
         ],
     );
     let mut seen: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 2];
-    storage
-        .visit_traces(&[(b, u64::MAX), (a, watermark)], |index, _, _, payload| {
-            seen[index].push(payload.to_vec())
-        })
-        .unwrap();
+    storage.visit_traces(&[(b, u64::MAX), (a, watermark)], |index, _, _, payload| {
+        seen[index].push(payload.to_vec())
+    });
     assert_eq!(
         seen,
         vec![vec![b"b1".to_vec(), b"b2".to_vec()], vec![b"a1".to_vec()],],
