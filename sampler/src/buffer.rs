@@ -222,6 +222,20 @@ impl Arrival {
     }
 }
 
+/// What [`TraceIndex::observe`] left: the trace's totals after the arrival (for the
+/// per-trace limits, without a second lookup) and the trace a full index removed to make
+/// room, for the caller to decide early.
+#[derive(Debug)]
+pub struct Observed {
+    /// Spans the trace holds now.
+    pub span_count: u32,
+    /// Encoded bytes of its spans now.
+    pub bytes: u32,
+    /// The trace nearest its deadline, removed because a new trace would exceed the
+    /// capacity.
+    pub evicted: Option<(TraceId, TraceEntry)>,
+}
+
 /// The index of active traces.
 pub struct TraceIndex {
     settings: BufferSettings,
@@ -527,7 +541,7 @@ impl TraceIndex {
         arrival: &Arrival,
         items: &[Location],
         now_ms: u64,
-    ) -> Option<(TraceId, TraceEntry)> {
+    ) -> Observed {
         self.rebase(now_ms);
         let mut evicted = None;
         // The length first: the lookup only matters once the index is full.
@@ -585,11 +599,16 @@ impl TraceIndex {
             slot.age_capped = false;
         }
         slot.deadline = waited.min(slot.root_deadline);
+        let observed = Observed {
+            span_count: slot.stats.span_count,
+            bytes: slot.stats.bytes,
+            evicted,
+        };
         if slot.deadline < slot.scheduled {
             slot.scheduled = slot.deadline;
             self.deadlines.push(slot.deadline, at);
         }
-        evicted
+        observed
     }
 
     /// Removes and returns every trace whose deadline is at or before `now_ms`.
@@ -1034,12 +1053,18 @@ mod tests {
     #[test]
     fn full_index_evicts_the_trace_nearest_its_deadline() {
         let mut index = TraceIndex::new(settings());
-        assert!(index.observe([1; 16], &spans(1), &[], 0).is_none());
-        assert!(index.observe([2; 16], &spans(1), &[], 10).is_none());
-        assert!(index.observe([3; 16], &spans(1), &[], 20).is_none());
-        index.observe([1; 16], &spans(1), &[], 30);
+        assert!(index.observe([1; 16], &spans(1), &[], 0).evicted.is_none());
+        assert!(index.observe([2; 16], &spans(1), &[], 10).evicted.is_none());
+        assert!(index.observe([3; 16], &spans(1), &[], 20).evicted.is_none());
+        let again = index.observe([1; 16], &spans(1), &[], 30);
+        assert_eq!(
+            (again.span_count, again.bytes),
+            (2, 200),
+            "the trace's totals"
+        );
         let evicted = index
             .observe([4; 16], &spans(1), &[], 40)
+            .evicted
             .expect("capacity reached");
         assert_eq!(evicted.0, [2; 16]);
         assert_eq!(index.len(), 3);

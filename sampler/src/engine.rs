@@ -347,7 +347,12 @@ impl Engine {
         for (at, part) in self.shards.partition(arrivals, |(t, _, _)| t) {
             let mut shard = self.shards.lock(at);
             for (trace, arrival, location) in part {
-                full.extend(shard.index.observe(trace, &arrival, &[location], now));
+                full.extend(
+                    shard
+                        .index
+                        .observe(trace, &arrival, &[location], now)
+                        .evicted,
+                );
             }
         }
         if !corrupt.is_empty() {
@@ -819,22 +824,17 @@ impl Engine {
         let mut too_many = Vec::new();
         for (trace, arrival, location) in buffered {
             let items = std::slice::from_ref(location);
-            full.extend(state.index.observe(*trace, arrival, items, now));
+            let observed = state.index.observe(*trace, arrival, items, now);
+            full.extend(observed.evicted);
             if self.max_trace_spans > 0
-                && state
-                    .index
-                    .get(trace)
-                    .is_some_and(|e| e.stats.span_count >= self.max_trace_spans)
+                && observed.span_count >= self.max_trace_spans
                 && let Some(entry) = state.index.remove(trace)
             {
                 too_many.push((*trace, entry));
                 continue;
             }
             if self.max_trace_bytes > 0
-                && state
-                    .index
-                    .get(trace)
-                    .is_some_and(|e| u64::from(e.stats.bytes) > self.max_trace_bytes)
+                && u64::from(observed.bytes) > self.max_trace_bytes
                 && let Some(entry) = state.index.remove(trace)
             {
                 too_large.push((*trace, entry));

@@ -235,7 +235,13 @@ mod tests {
             let mut shard = shards.lock(*at);
             for trace in part {
                 assert_eq!(shards.of(trace), *at);
-                assert!(shard.index.observe(*trace, &arrival, &[], 0).is_none());
+                assert!(
+                    shard
+                        .index
+                        .observe(*trace, &arrival, &[], 0)
+                        .evicted
+                        .is_none()
+                );
             }
         }
         assert_eq!(shards.traces(), traces.len());
@@ -260,6 +266,7 @@ mod tests {
                     .lock_trace(&id)
                     .index
                     .observe(id, &arrival, &[], u64::from(i))
+                    .evicted
                     .is_some(),
             );
         }

@@ -198,7 +198,7 @@ impl Engine {
                     logs: logs_left,
                     generation: t.entry.generation,
                 };
-                full.extend(state.index.observe(t.trace, &arrival, &left, now));
+                full.extend(state.index.observe(t.trace, &arrival, &left, now).evicted);
             }
             evicted.extend(self.decide_locked(&mut state, full));
         }
