@@ -493,10 +493,14 @@ impl Engine {
             .map(|(i, group)| (u128::from_be_bytes(group.trace), i))
             .collect();
         keyed.sort_unstable();
-        let order: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
-        let runs: Vec<&[usize]> = order
-            .chunk_by(|&a, &b| parsed.groups[a].trace == parsed.groups[b].trace)
-            .collect();
+        let order: Vec<usize> = keyed.iter().map(|&(_, i)| i).collect();
+        // Runs of one trace, found on the sorted keys (no read through the groups).
+        let mut runs: Vec<&[usize]> = Vec::new();
+        let mut start = 0;
+        for run in keyed.chunk_by(|a, b| a.0 == b.0) {
+            runs.push(&order[start..start + run.len()]);
+            start += run.len();
+        }
         let took = TookSpans {
             refused: parsed.refused.clone(),
             spans: parsed.span_count() as u64,
