@@ -376,7 +376,7 @@ mod tests {
         assert_eq!(taken[0].spans.len(), 1);
         assert_eq!(taken[0].logs.len(), 1);
         assert_eq!(f.engine.active_traces(), 0, "taken traces leave the index");
-        // A span arriving mid-handoff lands above the watermark and starts a fresh entry.
+        // A span arriving mid-handoff is not among the taken items: it starts a fresh entry.
         f.engine.ingest_traces(spans(1, 1)).unwrap();
         let done = f
             .engine
