@@ -92,6 +92,21 @@ impl<V> Ring<V> {
         }
     }
 
+    /// Remembers `value` for `trace` at the place [`Ring::make_room`] gives; that place and
+    /// the trace whose decision it replaced, or `None` if the ring is disabled (capacity 0).
+    fn put(&mut self, trace: TraceId, value: V) -> Option<(usize, Option<TraceId>)> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let (at, evicted) = self.make_room();
+        self.entries[at] = Some(Remembered {
+            trace,
+            value,
+            referenced: false,
+        });
+        Some((at, evicted))
+    }
+
     /// The decisions held, newest first by insertion.
     fn newest_first(&self) -> impl Iterator<Item = &Remembered<V>> {
         let len = self.entries.len();
@@ -157,34 +172,19 @@ impl DecisionCache {
                 self.not_sampled.entries[at] = None;
             }
         }
-        let place = match decision {
-            Cached::Sampled(kept) => {
-                if self.sampled.capacity == 0 {
-                    return;
-                }
-                let (at, evicted) = self.sampled.make_room();
-                self.forget(evicted, at as Place | SAMPLED);
-                self.sampled.entries[at] = Some(Remembered {
-                    trace,
-                    value: kept,
-                    referenced: false,
-                });
-                at as Place | SAMPLED
-            }
+        let put = match decision {
+            Cached::Sampled(kept) => self
+                .sampled
+                .put(trace, kept)
+                .map(|(at, evicted)| (at as Place | SAMPLED, evicted)),
             Cached::NotSampled => {
-                if self.not_sampled.capacity == 0 {
-                    return;
-                }
-                let (at, evicted) = self.not_sampled.make_room();
-                self.forget(evicted, at as Place);
-                self.not_sampled.entries[at] = Some(Remembered {
-                    trace,
-                    value: (),
-                    referenced: false,
-                });
-                at as Place
+                (self.not_sampled.put(trace, ())).map(|(at, evicted)| (at as Place, evicted))
             }
         };
+        let Some((place, evicted)) = put else {
+            return;
+        };
+        self.forget(evicted, place);
         let (sampled, not_sampled, hasher) = (&self.sampled, &self.not_sampled, &self.hasher);
         self.table.insert_unique(hash, place, |&place| {
             let trace = trace_at(sampled, not_sampled, place).expect("the table names held places");
@@ -192,7 +192,7 @@ impl DecisionCache {
         });
     }
 
-    /// Removes the table's entry for `evicted`, the decision at `place` being replaced.
+    /// Removes the table's entry for `evicted`, the decision that `place` held before.
     fn forget(&mut self, evicted: Option<TraceId>, place: Place) {
         if let Some(trace) = evicted
             && let Ok(found) = self

@@ -668,7 +668,7 @@ impl Engine {
                     } else {
                         late.route(&mut shard.cache, trace, arrival, || staged.item(item))
                     };
-                    let (_, location) = staged.location(item);
+                    let location = staged.location(item);
                     match routed {
                         Some(arrival) => indexed.push((trace, arrival, location)),
                         None => forgetting.forget([location]),
@@ -761,7 +761,8 @@ impl Engine {
             for rl in &without_trace.resource_logs {
                 self.settler.hold_logs(&mut batch, rl, now_unix);
             }
-            let mut buffered: Vec<Vec<(TraceId, Arrival)>> = vec![Vec::new(); parts.len()];
+            // Per part, each buffered record's trace and its item's place in `value`.
+            let mut buffered: Vec<Vec<(TraceId, usize)>> = vec![Vec::new(); parts.len()];
             let mut value = RequestValue::default();
             for (part, (_, records)) in parts.into_iter().enumerate() {
                 for (trace, mut rl) in records {
@@ -774,34 +775,27 @@ impl Engine {
                             self.settler.hold_logs(&mut batch, &rl, now_unix)
                         }
                         None => {
+                            buffered[part].push((trace, value.len()));
                             value.push(trace, BufferedKind::Logs, &rl);
-                            buffered[part].push((trace, arrival.clone()));
                         }
                     }
                 }
             }
             let staged = (!value.is_empty()).then(|| self.storage.stage_request(&mut batch, value));
-            // The items were staged part after part, in the order `buffered` lists them.
-            let mut locations = self
-                .storage
-                .write_staged(batch, staged)?
-                .into_iter()
-                .flat_map(|staged| staged.locations().map(|(_, l)| l).collect::<Vec<_>>());
-            let buffered: Vec<Vec<(TraceId, Arrival, Location)>> = buffered
-                .into_iter()
-                .map(|part| {
-                    part.into_iter()
-                        .map(|(trace, arrival)| {
-                            let location = locations.next().expect("one item per arrival");
-                            (trace, arrival, location)
-                        })
-                        .collect()
-                })
-                .collect();
+            let staged = self.storage.write_staged(batch, staged)?;
             evicted = locked
                 .iter_mut()
                 .zip(&buffered)
-                .flat_map(|(shard, part)| self.index_buffered(shard, part, now))
+                .flat_map(|(shard, part)| {
+                    let part: Vec<(TraceId, Arrival, Location)> = part
+                        .iter()
+                        .map(|&(trace, item)| {
+                            let staged = staged.as_ref().expect("buffered records were staged");
+                            (trace, arrival.clone(), staged.location(item))
+                        })
+                        .collect();
+                    self.index_buffered(shard, &part, now)
+                })
                 .collect::<Vec<_>>();
         }
         if !late_kept.is_empty() {
@@ -1080,10 +1074,10 @@ impl Engine {
         let mut items: Vec<Vec<(ItemKey, BufferedKind, std::ops::Range<usize>)>> =
             vec![Vec::new(); kept_traces];
         self.storage
-            .visit_items(kept_items, |index, key, kind, payload| {
+            .visit_items(kept_items, |index, location, kind, payload| {
                 let start = stored.len();
                 stored.extend_from_slice(payload);
-                items[index].push((key, kind, start..stored.len()));
+                items[index].push((location.key(), kind, start..stored.len()));
             })?;
         let stored = &stored[..];
         let mut items = items.into_iter();

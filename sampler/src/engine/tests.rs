@@ -495,7 +495,7 @@ fn stage_raw(engine: &Engine, trace: TraceId, payload: &[u8]) {
     let mut batch = WriteBatch::default();
     let staged = engine.storage.stage_request(&mut batch, value);
     engine.storage.write(batch).unwrap();
-    let (_, location) = staged.location(0);
+    let location = staged.location(0);
     let now = engine.now_ms();
     engine
         .shard(&trace)

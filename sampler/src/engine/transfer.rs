@@ -269,23 +269,20 @@ impl Engine {
     ) -> Result<(Vec<TakenItem>, Vec<TakenItem>), StorageError> {
         let mut spans = Vec::new();
         let mut logs = Vec::new();
-        self.storage.visit_trace(locations, |key, kind, payload| {
-            let location = *locations
-                .iter()
-                .find(|l| l.key() == key)
-                .expect("a visited item is one of the locations asked for");
-            let item = |payload: Vec<u8>| TakenItem { location, payload };
-            match kind {
-                BufferedKind::Spans => spans.push(item(payload.to_vec())),
-                BufferedKind::Logs => logs.push(item(payload.to_vec())),
-                // Sent as one item per group (the peer takes `ResourceSpans`); a
-                // group that does not decode goes as it is, for the peer to refuse.
-                BufferedKind::TraceSpans => match kind.decode_spans(payload) {
-                    Ok(all) => spans.extend(all.iter().map(|rs| item(rs.encode_to_vec()))),
-                    Err(_) => spans.push(item(payload.to_vec())),
-                },
-            }
-        })?;
+        self.storage
+            .visit_trace(locations, |location, kind, payload| {
+                let item = |payload: Vec<u8>| TakenItem { location, payload };
+                match kind {
+                    BufferedKind::Spans => spans.push(item(payload.to_vec())),
+                    BufferedKind::Logs => logs.push(item(payload.to_vec())),
+                    // Sent as one item per group (the peer takes `ResourceSpans`); a
+                    // group that does not decode goes as it is, for the peer to refuse.
+                    BufferedKind::TraceSpans => match kind.decode_spans(payload) {
+                        Ok(all) => spans.extend(all.iter().map(|rs| item(rs.encode_to_vec()))),
+                        Err(_) => spans.push(item(payload.to_vec())),
+                    },
+                }
+            })?;
         Ok((spans, logs))
     }
 }

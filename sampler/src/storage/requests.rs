@@ -308,6 +308,11 @@ impl RequestValue {
         self.items.is_empty()
     }
 
+    /// Items pushed so far: the next one's place in [`StagedRequest::location`].
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
     /// Bytes the value takes in a write batch, record headers included: for sizing the
     /// batch once (a batch growing by doubling copies what it holds at every step).
     pub fn batch_bytes(&self) -> usize {
@@ -336,12 +341,13 @@ impl StagedRequest {
         &self.value.items
     }
 
-    /// The trace and location of the item staged `index`-th.
-    pub fn location(&self, index: usize) -> (TraceId, Location) {
-        self.value.items[index]
+    /// The location of the item staged `index`-th.
+    pub fn location(&self, index: usize) -> Location {
+        self.value.items[index].1
     }
 
     /// The trace and location of every item, in staging order.
+    #[cfg(test)]
     pub fn locations(&self) -> impl Iterator<Item = (TraceId, Location)> + '_ {
         self.value.items.iter().copied()
     }
@@ -532,16 +538,16 @@ impl Storage {
         Ok(staged)
     }
 
-    /// Visits the items at `locations` (one trace's, in arrival order) with each item's
-    /// key. One point read per request chunk holding any of them.
+    /// Visits the items at `locations` (one trace's, in arrival order), each with its
+    /// location. One point read per request chunk holding any of them.
     pub fn visit_trace(
         &self,
         locations: &[Location],
-        mut visit: impl FnMut(ItemKey, BufferedKind, &[u8]),
+        mut visit: impl FnMut(Location, BufferedKind, &[u8]),
     ) -> Result<(), StorageError> {
         self.visit_items(
             locations.iter().map(|l| (0, *l)).collect(),
-            |_, key, kind, payload| visit(key, kind, payload),
+            |_, location, kind, payload| visit(location, kind, payload),
         )
     }
 
@@ -552,7 +558,7 @@ impl Storage {
     pub fn visit_items(
         &self,
         mut items: Vec<(usize, Location)>,
-        mut visit: impl FnMut(usize, ItemKey, BufferedKind, &[u8]),
+        mut visit: impl FnMut(usize, Location, BufferedKind, &[u8]),
     ) -> Result<(), StorageError> {
         // Stable: a trace's items at the same place keep their order.
         items.sort_by_key(|(index, l)| (l.seq, *index, l.offset));
@@ -566,7 +572,7 @@ impl Storage {
             }
             let value = current.as_ref().and_then(|(_, v)| v.as_deref());
             match value.and_then(|v| shared::item_payload(v, &location)) {
-                Some(payload) => visit(index, location.key(), location.kind(), &payload),
+                Some(payload) => visit(index, location, location.kind(), &payload),
                 None => crate::events::corrupt_record(
                     Store::Buffer,
                     &format!(
@@ -583,6 +589,7 @@ impl Storage {
     }
 
     /// Reads the items at `locations`, in order.
+    #[cfg(test)]
     pub fn read_items(
         &self,
         locations: &[Location],

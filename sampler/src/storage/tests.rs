@@ -27,13 +27,13 @@ trait Indexed {
         &self,
         trace: &TraceId,
         upto: u64,
-        visit: impl FnMut(ItemKey, BufferedKind, &[u8]),
+        visit: impl FnMut(Location, BufferedKind, &[u8]),
     );
     /// Visits each of `traces`' items below its bound, with the trace's index.
     fn visit_traces(
         &self,
         traces: &[(TraceId, u64)],
-        visit: impl FnMut(usize, ItemKey, BufferedKind, &[u8]),
+        visit: impl FnMut(usize, Location, BufferedKind, &[u8]),
     );
     /// Reads `trace`'s items with a sequence below `upto`.
     fn read_trace(
@@ -104,7 +104,7 @@ impl Indexed for Storage {
         &self,
         trace: &TraceId,
         upto: u64,
-        visit: impl FnMut(ItemKey, BufferedKind, &[u8]),
+        visit: impl FnMut(Location, BufferedKind, &[u8]),
     ) {
         self.visit_trace(&indexed(trace, upto), visit).unwrap();
     }
@@ -112,7 +112,7 @@ impl Indexed for Storage {
     fn visit_traces(
         &self,
         traces: &[(TraceId, u64)],
-        visit: impl FnMut(usize, ItemKey, BufferedKind, &[u8]),
+        visit: impl FnMut(usize, Location, BufferedKind, &[u8]),
     ) {
         let items = traces
             .iter()
@@ -333,9 +333,9 @@ fn handed_off_items_are_forgotten_one_by_one() {
         ],
     );
     let mut spans = Vec::new();
-    storage.visit_indexed(&a, u64::MAX, |key, kind, _| {
+    storage.visit_indexed(&a, u64::MAX, |location, kind, _| {
         if kind == BufferedKind::Spans {
-            spans.push(key);
+            spans.push(location.key());
         }
     });
     let mut forgetting = Forgetting::default();
