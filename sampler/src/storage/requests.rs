@@ -382,10 +382,14 @@ struct Request {
 }
 
 /// The in-memory side of the layout: the live requests, whose lock is taken once per
-/// request written and once per finishing batch. Item locations live in the engine's index.
+/// request written and once per finishing batch, never across a write. Item locations
+/// live in the engine's index.
 #[derive(Default)]
 pub(super) struct Layout {
     requests: Mutex<BTreeMap<u64, Request>>,
+    /// Taken for the whole of [`Storage::write_forgetting`]: forgetting writes reach the
+    /// database in the order their lists were made, while requests are staged meanwhile.
+    forgetting: Mutex<()>,
 }
 
 impl Layout {
@@ -490,7 +494,22 @@ impl Storage {
     /// so the range deletes of [`Storage::write_forgetting`] never reach a request being
     /// written.
     pub fn stage_request(&self, batch: &mut WriteBatch, mut value: RequestValue) -> StagedRequest {
-        let seq = self.next_seq();
+        // The sequence is taken and entered in the table at once: a sequence missing from
+        // the table is then either dead or above every entry, so a range delete between
+        // two entries never reaches a request being written.
+        let seq = {
+            let mut requests = self.layout.requests();
+            let seq = self.next_seq();
+            requests.insert(
+                seq,
+                Request {
+                    alive: value.items.len() as u32,
+                    dead: Vec::new(),
+                    chunks: value.chunks.len() as u32,
+                },
+            );
+            seq
+        };
         let cf = self.cf(CF_BUFFER);
         let ends = value
             .chunks
@@ -504,14 +523,6 @@ impl Storage {
         for (_, location) in &mut value.items {
             location.seq = seq;
         }
-        self.layout.requests().insert(
-            seq,
-            Request {
-                alive: value.items.len() as u32,
-                dead: Vec::new(),
-                chunks: value.chunks.len() as u32,
-            },
-        );
         StagedRequest { value }
     }
 
@@ -604,8 +615,9 @@ impl Storage {
     /// Removes what `forgetting` forgot from its requests, then writes `batch` together
     /// with the on-disk record of it: each touched request's forgotten offsets, or its
     /// removal once nothing of it is left (runs of requests with nothing between them that
-    /// is still live go with one range delete). Writes are serialised here, so a request's
-    /// record on disk never goes back to an older list. Every [`Forgetting`] filled must
+    /// is still live go with one range delete). These writes are serialised among themselves,
+    /// so a request's record on disk never goes back to an older list; requests are staged
+    /// meanwhile. Every [`Forgetting`] filled must
     /// come here: until then its requests count the items as alive (one dropped on an
     /// error path keeps its requests until a restart rebuilds the table, as it does the
     /// decisions lost there).
@@ -614,6 +626,18 @@ impl Storage {
         mut batch: WriteBatch,
         forgetting: Forgetting,
     ) -> Result<(), StorageError> {
+        let _in_order = self
+            .layout
+            .forgetting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.record_forgetting(&mut batch, forgetting);
+        self.write(batch)
+    }
+
+    /// Removes what `forgetting` forgot from the table of live requests and stages the
+    /// record of it in `batch` (see [`Storage::write_forgetting`]), under the table's lock.
+    fn record_forgetting(&self, batch: &mut WriteBatch, forgetting: Forgetting) {
         let cf = self.cf(CF_BUFFER);
         let mut requests = self.layout.requests();
         let mut touched = Vec::with_capacity(forgetting.forgotten.len());
@@ -645,16 +669,15 @@ impl Storage {
                     Some((from, seq, chunks))
                 }
                 Some(done) => {
-                    delete_run(&mut batch, cf, done);
+                    delete_run(batch, cf, done);
                     Some((seq, seq, chunks))
                 }
                 None => Some((seq, seq, chunks)),
             };
         }
         if let Some(done) = run {
-            delete_run(&mut batch, cf, done);
+            delete_run(batch, cf, done);
         }
-        self.write(batch)
     }
 
     /// Approximate bytes of the in-memory table of live requests.

@@ -372,6 +372,107 @@ fn requests_dying_together_go_with_one_range_and_live_neighbours_stay() {
 }
 
 #[test]
+fn a_request_staged_but_not_yet_written_is_out_of_reach_of_range_deletes_around_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+    {
+        let storage = Storage::open(dir.path(), false).unwrap();
+        buffer(&storage, &[(a, BufferedKind::Spans, b"a")]);
+        let mut value = RequestValue::default();
+        value.push_encoded(b, BufferedKind::Spans, b"b");
+        let mut pending = WriteBatch::default();
+        let staged = storage.stage_request(&mut pending, value);
+        buffer(&storage, &[(c, BufferedKind::Spans, b"c")]);
+        // The requests on both sides die while the middle one is still being written.
+        let mut forgetting = Forgetting::default();
+        storage.forget_trace(&mut forgetting, &a, u64::MAX);
+        storage.forget_trace(&mut forgetting, &c, u64::MAX);
+        storage
+            .write_forgetting(WriteBatch::default(), forgetting)
+            .unwrap();
+        storage.write(pending).unwrap();
+        storage.committed(staged);
+        assert_eq!(
+            storage.read_trace(&b, u64::MAX).unwrap(),
+            vec![(BufferedKind::Spans, b"b".to_vec())]
+        );
+    }
+    let storage = Storage::open(dir.path(), false).unwrap();
+    assert_eq!(
+        scan_all(&storage),
+        vec![(b, BufferedKind::Spans, b"b".to_vec())]
+    );
+}
+
+#[test]
+fn requests_written_while_others_are_forgotten_keep_every_item_not_forgotten() {
+    // Writers stage and write requests while forgetting most of what they wrote before,
+    // concurrently: the forgetting writes no longer hold the table of live requests, so
+    // this is where a range delete reaching a request in flight would show.
+    let dir = tempfile::tempdir().unwrap();
+    let threads = 4u8;
+    let requests = 150u16;
+    let kept: Vec<(TraceId, Location)> = {
+        let storage = Storage::open(dir.path(), false).unwrap();
+        let kept = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let storage = &storage;
+                    scope.spawn(move || {
+                        let mut kept = Vec::new();
+                        for i in 0..requests {
+                            let [hi, lo] = i.to_be_bytes();
+                            let gone = [t, hi, lo, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                            let stays = [t, hi, lo, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                            let mut value = RequestValue::default();
+                            value.push_encoded(gone, BufferedKind::Spans, &gone);
+                            value.push_encoded(stays, BufferedKind::Spans, &stays);
+                            let mut batch = WriteBatch::default();
+                            let staged = storage.stage_request(&mut batch, value);
+                            let staged = storage.write_staged(batch, Some(staged)).unwrap();
+                            let staged = staged.unwrap();
+                            let mut forgetting = Forgetting::default();
+                            forgetting.forget([staged.location(0)]);
+                            if i % 3 == 0 {
+                                kept.push((stays, staged.location(1)));
+                            } else {
+                                forgetting.forget([staged.location(1)]);
+                            }
+                            storage
+                                .write_forgetting(WriteBatch::default(), forgetting)
+                                .unwrap();
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        for (trace, location) in &kept {
+            let mut read = Vec::new();
+            storage
+                .visit_trace(&[*location], |_, _, payload| read.push(payload.to_vec()))
+                .unwrap();
+            assert_eq!(read, vec![trace.to_vec()]);
+        }
+        kept
+    };
+    let storage = Storage::open(dir.path(), false).unwrap();
+    let mut found: Vec<TraceId> = scan_all(&storage).into_iter().map(|(t, _, _)| t).collect();
+    found.sort();
+    let mut expected: Vec<TraceId> = kept.iter().map(|(t, _)| *t).collect();
+    expected.sort();
+    assert_eq!(
+        expected.len(),
+        threads as usize * requests.div_ceil(3) as usize
+    );
+    assert_eq!(found, expected);
+}
+
+#[test]
 fn items_of_the_previous_layout_move_into_request_values_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = ([1u8; 16], [2u8; 16]);
