@@ -44,7 +44,7 @@ use crate::decision::{Cached, DecisionCache, Kept};
 use crate::dedup::SpanDedup;
 use crate::export_queue::ExportQueues;
 use crate::policy::{
-    PolicyEngine, PolicyError, PolicyState, TraceStats, apply_sample_rate,
+    PolicyEngine, PolicyError, PolicyState, SpanObserver, TraceStats, apply_sample_rate,
     apply_sampling_probability,
 };
 use crate::rollup::spans::SpanPoints;
@@ -105,6 +105,15 @@ struct Policies {
     generation: Generation,
     /// This node's share of the cluster's traffic, kept for a replacement set.
     share: f64,
+}
+
+/// What ingest reads of the policy set in force: its span observer and generation. Kept
+/// apart from [`Policies`], whose lock a decision batch holds, so that requests observe
+/// their spans meanwhile.
+#[derive(Clone)]
+struct Observing {
+    observer: Arc<SpanObserver>,
+    generation: Generation,
 }
 
 /// Span groups of a request whose trace was decided already: kept ones (with their
@@ -190,6 +199,8 @@ pub struct Engine {
     storage: Arc<Storage>,
     queues: Arc<ExportQueues>,
     policies: RwLock<Policies>,
+    /// The span observer of `policies`, replaced with it (lock order: `policies` first).
+    observing: RwLock<Observing>,
     /// Index and decision cache, split by trace id.
     shards: Shards,
     clock: Arc<dyn Clock>,
@@ -249,6 +260,10 @@ impl Engine {
         Ok(Engine {
             storage,
             queues,
+            observing: RwLock::new(Observing {
+                observer: policies.observer(),
+                generation: 0,
+            }),
             policies: RwLock::new(Policies {
                 engine: policies,
                 generation: 0,
@@ -302,6 +317,14 @@ impl Engine {
         policies.engine.set_share(share);
     }
 
+    /// The span observer in force, with its generation.
+    fn observing(&self) -> Observing {
+        self.observing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Traces currently buffered.
     pub fn active_traces(&self) -> usize {
         self.shards.traces()
@@ -316,8 +339,8 @@ impl Engine {
         let mut full = Vec::new();
         let mut corrupt = Vec::new();
         {
-            let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
-            let policies = &*policies;
+            let observing = self.observing();
+            let policies = &observing;
             self.storage.scan_buffer(|trace, location, kind, payload| {
                 let arrival = match kind {
                     BufferedKind::Logs => Arrival {
@@ -461,8 +484,8 @@ impl Engine {
         let groups = group_spans_by_trace(request);
         let mut value = RequestValue::default();
         let arrivals: Vec<(TraceId, Arrival)> = {
-            let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
-            let policies = &*policies;
+            let observing = self.observing();
+            let policies = &observing;
             groups
                 .into_iter()
                 .map(|(trace, rs)| {
@@ -537,8 +560,8 @@ impl Engine {
         let mut value =
             RequestValue::for_items(items.iter().map(|(_, len)| *len), parsed.resource_lens());
         let arrivals: Vec<(TraceId, Arrival)> = {
-            let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
-            let policies = &*policies;
+            let observing = self.observing();
+            let policies = &observing;
             items
                 .iter()
                 .map(|&(run, _)| {
@@ -591,8 +614,7 @@ impl Engine {
     /// What the policies and span metrics read of a span: its attributes only when one of
     /// them looks at attributes; all of it for OTTL conditions.
     fn span_needs(&self) -> wire::SpanNeeds {
-        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
-        match policies.engine.span_needs() {
+        match self.observing().observer.span_needs() {
             wire::SpanNeeds::Fixed if self.settler.span_metrics_read_attributes() => {
                 wire::SpanNeeds::Attributes
             }
@@ -1028,11 +1050,16 @@ impl Engine {
         let mut engine = PolicyEngine::new(policies, sample_on_first_match)?;
         let mut current = self.policies.write().unwrap_or_else(|e| e.into_inner());
         engine.set_share(current.share);
-        current.engine = engine;
-        current.generation = match current.generation.wrapping_add(1) {
+        let generation = match current.generation.wrapping_add(1) {
             STALE => 0,
             next => next,
         };
+        *self.observing.write().unwrap_or_else(|e| e.into_inner()) = Observing {
+            observer: engine.observer(),
+            generation,
+        };
+        current.engine = engine;
+        current.generation = generation;
         Ok(())
     }
 
@@ -1448,7 +1475,7 @@ pub fn group_logs_by_trace(
 /// What one trace's group of spans contributes to the index; `encoded_len` is the group's
 /// stored size, counted as the trace's bytes (for `bytes_limiting`) without walking every
 /// span's encoding again.
-fn arrival_of(policies: &Policies, rs: &ResourceSpans, encoded_len: usize) -> Arrival {
+fn arrival_of(policies: &Observing, rs: &ResourceSpans, encoded_len: usize) -> Arrival {
     let spans = rs
         .scope_spans
         .iter()
@@ -1458,7 +1485,7 @@ fn arrival_of(policies: &Policies, rs: &ResourceSpans, encoded_len: usize) -> Ar
 
 /// [`arrival_of`] for spans given one by one with their scopes.
 fn arrival_from<'a>(
-    policies: &Policies,
+    policies: &Observing,
     resource: Option<&Resource>,
     spans: impl Iterator<Item = (Option<&'a InstrumentationScope>, &'a Span)>,
     encoded_len: usize,
@@ -1474,7 +1501,7 @@ fn arrival_from<'a>(
     };
     for (scope, span) in spans {
         policies
-            .engine
+            .observer
             .observe_scoped_span(&mut arrival.policy, resource, scope, span);
         arrival.stats.span_count += 1;
         arrival.stats.min_start_unix_nano = arrival

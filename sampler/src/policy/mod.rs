@@ -350,10 +350,18 @@ impl Conditions {
 #[derive(Debug)]
 pub struct PolicyEngine {
     policies: Vec<TopPolicy>,
+    observer: Arc<SpanObserver>,
+    sample_on_first_match: bool,
+}
+
+/// What a policy set reads of each span as it arrives. It never changes once compiled, so
+/// it is shared ([`PolicyEngine::observer`]) and spans are observed without waiting for
+/// decisions, which change the policies' budgets.
+#[derive(Debug)]
+pub struct SpanObserver {
     conditions: Vec<SpanCheck>,
     /// Key fields of the dynamic policies, read from every span.
     key_fields: dynamic::KeyFields,
-    sample_on_first_match: bool,
 }
 
 impl PolicyEngine {
@@ -382,10 +390,17 @@ impl PolicyEngine {
         let key_fields = dynamic::register_fields(compiled.iter_mut().map(|p| &mut p.node))?;
         Ok(PolicyEngine {
             policies: compiled,
-            conditions: conditions.checks,
-            key_fields,
+            observer: Arc::new(SpanObserver {
+                conditions: conditions.checks,
+                key_fields,
+            }),
             sample_on_first_match,
         })
+    }
+
+    /// The set's span observer, to observe spans with apart from the engine.
+    pub fn observer(&self) -> Arc<SpanObserver> {
+        Arc::clone(&self.observer)
     }
 
     /// Tells the dynamic throughput policies this node's share of the cluster's traffic
@@ -404,32 +419,11 @@ impl PolicyEngine {
     /// Folds one span (with its resource) into the trace's state. Called once per span as it
     /// arrives.
     pub fn observe_span(&self, state: &mut PolicyState, resource: Option<&Resource>, span: &Span) {
-        self.observe_scoped_span(state, resource, None, span);
+        self.observer
+            .observe_scoped_span(state, resource, None, span);
     }
 
-    /// What [`PolicyEngine::observe_scoped_span`] reads of a span: attributes only for the
-    /// attribute predicates and the dynamic policies' key fields, everything for OTTL.
-    pub fn span_needs(&self) -> crate::engine::SpanNeeds {
-        use crate::engine::SpanNeeds;
-        let mut needs = if self.key_fields.is_empty() {
-            SpanNeeds::Fixed
-        } else {
-            SpanNeeds::Attributes
-        };
-        for check in &self.conditions {
-            match check {
-                SpanCheck::Ottl { .. } => return SpanNeeds::Everything,
-                SpanCheck::Predicate { predicate, .. } if predicate.reads_attributes() => {
-                    needs = SpanNeeds::Attributes
-                }
-                SpanCheck::Predicate { .. } => {}
-            }
-        }
-        needs
-    }
-
-    /// [`PolicyEngine::observe_span`] with the span's instrumentation scope, which OTTL
-    /// conditions can read (`instrumentation_scope.name`).
+    /// [`SpanObserver::observe_scoped_span`] of this set.
     pub fn observe_scoped_span(
         &self,
         state: &mut PolicyState,
@@ -437,44 +431,14 @@ impl PolicyEngine {
         scope: Option<&InstrumentationScope>,
         span: &Span,
     ) {
-        for check in &self.conditions {
-            match check {
-                SpanCheck::Predicate { bit, predicate } => {
-                    let bit = 1u64 << bit;
-                    if state.matched & bit == 0 && predicate.matches(resource, span) {
-                        state.matched |= bit;
-                    }
-                }
-                SpanCheck::Ottl {
-                    bit,
-                    error_bit,
-                    condition,
-                } => {
-                    let bit = 1u64 << bit;
-                    if state.matched & bit != 0 {
-                        continue;
-                    }
-                    match condition.evaluate(resource, scope, span) {
-                        SpanOutcome::Matched => state.matched |= bit,
-                        SpanOutcome::NotMatched => {}
-                        SpanOutcome::Failed(error) => {
-                            if let Some(error_bit) = error_bit {
-                                if state.matched & (1u64 << error_bit) == 0 {
-                                    tracing::debug!(%error, "OTTL condition failed on a span");
-                                }
-                                state.matched |= 1u64 << error_bit;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if !self.key_fields.is_empty() {
-            self.key_fields
-                .observe(&mut state.key_values, resource, span);
-        }
+        self.observer
+            .observe_scoped_span(state, resource, scope, span);
     }
 
+    /// [`SpanObserver::span_needs`] of this set.
+    pub fn span_needs(&self) -> crate::engine::SpanNeeds {
+        self.observer.span_needs()
+    }
     /// Decides a trace. `now_unix_nano` drives the rate_limiting/bytes_limiting/composite
     /// budgets.
     pub fn decide(
@@ -533,6 +497,77 @@ impl PolicyEngine {
     /// Policy names, for metric labels.
     pub fn policy_names(&self) -> Vec<Arc<str>> {
         self.policies.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+impl SpanObserver {
+    /// What [`SpanObserver::observe_scoped_span`] reads of a span: attributes only for the
+    /// attribute predicates and the dynamic policies' key fields, everything for OTTL.
+    pub fn span_needs(&self) -> crate::engine::SpanNeeds {
+        use crate::engine::SpanNeeds;
+        let mut needs = if self.key_fields.is_empty() {
+            SpanNeeds::Fixed
+        } else {
+            SpanNeeds::Attributes
+        };
+        for check in &self.conditions {
+            match check {
+                SpanCheck::Ottl { .. } => return SpanNeeds::Everything,
+                SpanCheck::Predicate { predicate, .. } if predicate.reads_attributes() => {
+                    needs = SpanNeeds::Attributes
+                }
+                SpanCheck::Predicate { .. } => {}
+            }
+        }
+        needs
+    }
+
+    /// Folds one span (with its resource and instrumentation scope, which OTTL conditions
+    /// can read as `instrumentation_scope.name`) into the trace's state. Called once per
+    /// span as it arrives.
+    pub fn observe_scoped_span(
+        &self,
+        state: &mut PolicyState,
+        resource: Option<&Resource>,
+        scope: Option<&InstrumentationScope>,
+        span: &Span,
+    ) {
+        for check in &self.conditions {
+            match check {
+                SpanCheck::Predicate { bit, predicate } => {
+                    let bit = 1u64 << bit;
+                    if state.matched & bit == 0 && predicate.matches(resource, span) {
+                        state.matched |= bit;
+                    }
+                }
+                SpanCheck::Ottl {
+                    bit,
+                    error_bit,
+                    condition,
+                } => {
+                    let bit = 1u64 << bit;
+                    if state.matched & bit != 0 {
+                        continue;
+                    }
+                    match condition.evaluate(resource, scope, span) {
+                        SpanOutcome::Matched => state.matched |= bit,
+                        SpanOutcome::NotMatched => {}
+                        SpanOutcome::Failed(error) => {
+                            if let Some(error_bit) = error_bit {
+                                if state.matched & (1u64 << error_bit) == 0 {
+                                    tracing::debug!(%error, "OTTL condition failed on a span");
+                                }
+                                state.matched |= 1u64 << error_bit;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !self.key_fields.is_empty() {
+            self.key_fields
+                .observe(&mut state.key_values, resource, span);
+        }
     }
 }
 
