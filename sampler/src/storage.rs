@@ -35,11 +35,16 @@ pub use requests::{
     StagedRequest,
 };
 
-/// Memtables of the buffer column family (the active one, those waiting to be merged, and
-/// one being flushed).
-const BUFFER_MEMTABLES: i32 = 6;
+/// Memtables of the buffer column family: the active one, those waiting to be merged, those
+/// being flushed, and room for traffic meanwhile.
+const BUFFER_MEMTABLES: i32 = 8;
 /// Full memtables a flush of the buffer waits for and merges.
-const BUFFER_MEMTABLES_TO_MERGE: i32 = 4;
+const BUFFER_MEMTABLES_TO_MERGE: i32 = 3;
+// RocksDB slows every write down (to `delayed_write_rate`, 16 MiB/s) once a column family
+// has `max_write_buffer_number - 1` unflushed memtables and a flush's worth of them is
+// full. With a merge's worth full and one active that must not be the normal state, or
+// each flush at full load throttles writes: the earlier 4 of 6 stalled ~5 times a second.
+const _: () = assert!(BUFFER_MEMTABLES_TO_MERGE + 1 < BUFFER_MEMTABLES - 2);
 /// Buffer values at least this long (request values; not the small forgotten-offset
 /// records) are written to blob files at flush, and SST files hold only references.
 const BLOB_MIN_BYTES: u64 = 4096;
@@ -217,7 +222,7 @@ impl Storage {
     /// Opens (or creates) the database in `dir`; the buffer's memtables may take
     /// `buffer_memory_bytes` (`sampler.buffer_memory_bytes`).
     ///
-    /// The buffer holds `BUFFER_MEMTABLES` memtables of a sixth of that each; a flush waits
+    /// The buffer holds `BUFFER_MEMTABLES` memtables of an eighth of that each; a flush waits
     /// until `BUFFER_MEMTABLES_TO_MERGE` of them are full and merges them, so an item
     /// forgotten within that much traffic is dropped by the flush instead of being written
     /// to a file and compacted away later (flushing and compacting dead data were a fifth
@@ -236,6 +241,12 @@ impl Storage {
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.set_max_background_jobs(2);
+        // Two flushes may run at once, so a flush waiting on its file's fsync does not hold
+        // the next back; compactions stay one. Deprecated in the bindings because
+        // `max_background_jobs` implies it, but that gives two flushes only with six
+        // compactions.
+        #[allow(deprecated)]
+        options.set_max_background_flushes(2);
         options.set_keep_log_file_num(3);
         let mut buffer_options = Options::default();
         // Buffered spans live for seconds: compressing them on flush cost ~7% of the CPU in
