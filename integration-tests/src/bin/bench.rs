@@ -20,8 +20,12 @@
 //! sampler's user+sys CPU seconds (`/proc/<pid>/stat`). Without `--pin` both float over
 //! every core.
 //!
+//! `--scaling` runs the throughput phase of that set-up twice, pinned and then over every
+//! core, and prints both accepted rates, their ratio and the cores each side used: the
+//! load generator runs on the same machine, so the cores it takes bound the unpinned rate.
+//!
 //! ```text
-//! cargo run --release -p otel-tail-integration-tests --bin otel-tail-bench -- [--pin] [--seconds N] [--traces N]
+//! cargo run --release -p otel-tail-integration-tests --bin otel-tail-bench -- [--pin | --scaling] [--seconds N] [--traces N]
 //! ```
 
 use std::collections::BTreeMap;
@@ -57,8 +61,12 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     batch_spans: usize,
     /// Pin the sampler to core 1 and the load generator to core 0 (the issue's set-up).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scaling")]
     pin: bool,
+    /// The throughput phase of the issue's set-up pinned, then unpinned; prints the ratio
+    /// of the accepted rates (skips the latency and memory phases).
+    #[arg(long)]
+    scaling: bool,
     /// Seconds of the decision-latency phase at half the sustained rate (0: skip).
     #[arg(long, default_value_t = 15)]
     latency_seconds: u64,
@@ -77,11 +85,14 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
         args.batch_spans
     );
+    if args.scaling {
+        return scaling(&args).await;
+    }
     if args.pin {
         pin(std::process::id(), 0)?;
         println!("pinned: load generator to core 0, sampler to core 1");
     }
-    let sustained = throughput(&args).await?;
+    let sustained = throughput(&args, args.pin).await?.rate;
     if args.latency_seconds > 0 {
         latency(&args, sustained / 2.0).await?;
     }
@@ -89,21 +100,59 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pins every thread of `pid` (and the threads it starts later, which inherit it) to `core`.
-fn pin(pid: u32, core: u32) -> anyhow::Result<()> {
-    let status = std::process::Command::new("taskset")
-        .args(["-a", "-cp", &core.to_string(), &pid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    anyhow::ensure!(
-        status.success(),
-        "taskset -a -cp {core} {pid} failed: {status}"
+/// `--scaling`: the issue's set-up pinned, then the same over every core.
+async fn scaling(args: &Args) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    pin(std::process::id(), 0)?;
+    println!("pinned: load generator to core 0, sampler to core 1");
+    let pinned = throughput(args, true).await?;
+    let every_core = format!("0-{}", cores.saturating_sub(1));
+    set_affinity(std::process::id(), &every_core)?;
+    println!("\nunpinned: load generator and sampler on cores {every_core}");
+    let unpinned = throughput(args, false).await?;
+    println!("\n== scaling: the same set-up pinned to one core, then over {cores} ==");
+    for (name, run) in [("pinned", &pinned), ("unpinned", &unpinned)] {
+        println!(
+            "{name:<9} accepted {:>9.0} spans/s  sampler {:.2} cores, load generator {:.2}",
+            run.rate, run.sampler_cores, run.generator_cores
+        );
+    }
+    let left = cores as f64 - unpinned.generator_cores;
+    println!(
+        "scaling   {:.2}x the pinned rate ({:.2}x the sampler's cores); the load generator left the sampler {left:.2} cores, so {:.2}x is the most it could reach at the pinned rate per core",
+        unpinned.rate / pinned.rate.max(f64::EPSILON),
+        unpinned.sampler_cores / pinned.sampler_cores.max(f64::EPSILON),
+        left / pinned.sampler_cores.max(f64::EPSILON)
     );
     Ok(())
 }
 
+/// Pins every thread of `pid` (and the threads it starts later, which inherit it) to `core`.
+fn pin(pid: u32, core: u32) -> anyhow::Result<()> {
+    set_affinity(pid, &core.to_string())
+}
+
+/// Sets the cores (a `taskset` list) of every thread of `pid` and those it starts later.
+fn set_affinity(pid: u32, cores: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-cp", cores, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "taskset -a -cp {cores} {pid} failed: {status}"
+    );
+    Ok(())
+}
+
+/// The issue's set-up (`--pin`'s policies, decision wait and file exporter), which
+/// `--scaling` runs pinned and unpinned.
+fn issue_setup(args: &Args) -> bool {
+    args.pin || args.scaling
+}
+
 fn policies(args: &Args) -> serde_json::Value {
-    if args.pin {
+    if issue_setup(args) {
         json!([
             {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
             {"name": "slow", "type": "latency", "latency": {"threshold_ms": 500}},
@@ -118,14 +167,15 @@ fn policies(args: &Args) -> serde_json::Value {
 }
 
 fn decision_wait(args: &Args) -> &'static str {
-    if args.pin { "5s" } else { "2s" }
+    if issue_setup(args) { "5s" } else { "2s" }
 }
 
-/// The sampler for the throughput and latency phases, pinned with `--pin`.
+/// The sampler for the throughput and latency phases, on core 1 when `pinned`.
 async fn start_sampler(
     args: &Args,
     sink: &OtlpSink,
     file_export: bool,
+    pinned: bool,
 ) -> anyhow::Result<(SamplerProcess, u32)> {
     let mut sampler_config = json!({
         "decision_wait": decision_wait(args),
@@ -149,7 +199,7 @@ async fn start_sampler(
     let pid = sampler
         .pid()
         .ok_or_else(|| anyhow::anyhow!("sampler not running"))?;
-    if args.pin {
+    if pinned {
         pin(pid, 1)?;
     }
     Ok((sampler, pid))
@@ -194,7 +244,7 @@ fn quantile(values: &mut [u64], q: f64) -> u64 {
 /// Decision latency at `rate` spans/s: span sent → kept trace at the sink.
 async fn latency(args: &Args, rate: f64) -> anyhow::Result<()> {
     let sink = OtlpSink::start(SinkMode::Count).await?;
-    let (sampler, _pid) = start_sampler(args, &sink, false).await?;
+    let (sampler, _pid) = start_sampler(args, &sink, false, args.pin).await?;
     println!(
         "\n== decision latency: {}s at {rate:.0} spans/s (half the sustained rate) ==",
         args.latency_seconds
@@ -257,9 +307,20 @@ fn thread_shares(
 }
 
 /// Maximum-rate phase; returns the sustained accepted spans/s.
-async fn throughput(args: &Args) -> anyhow::Result<f64> {
+/// What the throughput phase measured.
+struct Throughput {
+    /// Accepted spans per second of load.
+    rate: f64,
+    /// The sampler's CPU seconds per second of load.
+    sampler_cores: f64,
+    /// This process's (load generator and export sink) CPU seconds per second of load.
+    generator_cores: f64,
+}
+
+/// The throughput phase, the sampler on core 1 when `pinned`.
+async fn throughput(args: &Args, pinned: bool) -> anyhow::Result<Throughput> {
     let sink = OtlpSink::start(SinkMode::Count).await?;
-    let (sampler, pid) = start_sampler(args, &sink, args.pin).await?;
+    let (sampler, pid) = start_sampler(args, &sink, issue_setup(args), pinned).await?;
     println!("\n== throughput: {}s at maximum rate ==", args.seconds);
     let cpu_before = procfs::cpu_seconds(pid)?;
     let threads_before = procfs::cpu_seconds_by_thread(pid)?;
@@ -330,7 +391,7 @@ async fn throughput(args: &Args) -> anyhow::Result<f64> {
     println!(
         "spans_per_cpu_s         {:.0} (accepted spans / sampler user+sys CPU seconds, drain included{})",
         load.accepted_spans as f64 / cpu_total.max(f64::EPSILON),
-        if args.pin {
+        if pinned {
             "; sampler pinned to one core"
         } else {
             ""
@@ -340,7 +401,11 @@ async fn throughput(args: &Args) -> anyhow::Result<f64> {
         "decided traces          {}",
         metrics.sum("otel_tail_traces_decided_total", &[])
     );
-    Ok(load.accepted_spans as f64 / secs)
+    Ok(Throughput {
+        rate: load.accepted_spans as f64 / secs,
+        sampler_cores: cpu_load / secs,
+        generator_cores: generator_load / secs,
+    })
 }
 
 async fn memory(args: &Args) -> anyhow::Result<()> {
