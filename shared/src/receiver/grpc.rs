@@ -134,6 +134,9 @@ async fn read_grpc_body(
     use http_body_util::BodyExt;
     let read = async {
         let mut buffer = bytes::BytesMut::new();
+        // The first chunk as it came: a body that arrives in one HTTP/2 frame (the usual
+        // case, frames being up to `HTTP2_MAX_FRAME_BYTES`) is handed on without a copy.
+        let mut first: Option<bytes::Bytes> = None;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 (
@@ -141,28 +144,39 @@ async fn read_grpc_body(
                     reason::BODY_READ,
                 )
             })?;
-            if let Some(data) = frame.data_ref() {
-                if buffer.is_empty() {
-                    // The frame header announces the message's length: room for it at once
-                    // rather than growing (and copying) as it comes — up to a few MiB, so
-                    // a header that lies costs no more than that before its bytes arrive.
-                    let room = announced_len(data).min(wire_limit).min(PRESIZE_LIMIT);
-                    buffer.reserve(room.max(data.len()));
-                }
-                if buffer.len() + data.len() > wire_limit {
-                    return Err((
-                        Status::resource_exhausted(format!(
-                            "request body exceeds the limit of {wire_limit} bytes (receiver.max_request_bytes)"
-                        )),
-                        reason::TOO_LARGE,
-                    ));
-                }
-                held.take(in_flight, data.len())
-                    .map_err(|e| (status_of(&e), reason::OVERLOADED))?;
-                buffer.extend_from_slice(data);
+            // Trailers, and the empty frame that often only ends the stream, add nothing.
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
             }
+            let read = buffer.len() + first.as_ref().map_or(0, bytes::Bytes::len);
+            if read + data.len() > wire_limit {
+                return Err((
+                    Status::resource_exhausted(format!(
+                        "request body exceeds the limit of {wire_limit} bytes (receiver.max_request_bytes)"
+                    )),
+                    reason::TOO_LARGE,
+                ));
+            }
+            held.take(in_flight, data.len())
+                .map_err(|e| (status_of(&e), reason::OVERLOADED))?;
+            if read == 0 {
+                first = Some(data);
+                continue;
+            }
+            if let Some(earlier) = first.take() {
+                // The frame header announces the message's length: room for it at once
+                // rather than growing (and copying) as it comes — up to a few MiB, so a
+                // header that lies costs no more than that before its bytes arrive.
+                let room = announced_len(&earlier).min(wire_limit).min(PRESIZE_LIMIT);
+                buffer.reserve(room.max(earlier.len() + data.len()));
+                buffer.extend_from_slice(&earlier);
+            }
+            buffer.extend_from_slice(&data);
         }
-        Ok(buffer.freeze())
+        Ok(first.unwrap_or_else(|| buffer.freeze()))
     };
     tokio::time::timeout(in_flight.read_timeout(), read)
         .await

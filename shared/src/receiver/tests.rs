@@ -464,6 +464,20 @@ async fn grpc_accepts_all_three_signals() {
     harness.stop().await;
 }
 
+/// A body of several HTTP/2 frames is joined in order; one of a single frame is taken as
+/// it came. Both must reach the ingest unchanged.
+#[tokio::test]
+async fn grpc_requests_of_one_frame_and_of_many_arrive_whole() {
+    let harness = Harness::start(4 << 20).await;
+    let mut client = harness.traces_client().await;
+    let large = oversized_traces(1 << 20);
+    client.export(large.clone()).await.unwrap();
+    client.export(good_traces(2)).await.unwrap();
+    let received = harness.ingest.traces.lock().unwrap().clone();
+    assert_eq!(received, vec![large, good_traces(2)]);
+    harness.stop().await;
+}
+
 #[tokio::test]
 async fn grpc_accepts_gzip() {
     let harness = Harness::start(LIMIT).await;
