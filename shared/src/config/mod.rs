@@ -579,7 +579,7 @@ pub struct SamplerConfig {
     /// 0: no reserve.
     pub min_free_disk_bytes: u64,
     /// Memory for the buffer's RocksDB memtables. Recent requests stay in memory up to
-    /// about two thirds of this before they are flushed; a trace decided (and forgotten)
+    /// about three eighths of this before they are flushed; a trace decided (and forgotten)
     /// within that window is never written to a file. Requests flushed before their traces
     /// are decided go to blob files, which compaction does not rewrite, so a smaller value
     /// costs one sequential disk write of what outlived it, not repeated compaction.
