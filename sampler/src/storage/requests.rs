@@ -615,12 +615,11 @@ impl Storage {
     /// Removes what `forgetting` forgot from its requests, then writes `batch` together
     /// with the on-disk record of it: each touched request's forgotten offsets, or its
     /// removal once nothing of it is left (runs of requests with nothing between them that
-    /// is still live go with one range delete). These writes are serialised among themselves,
-    /// so a request's record on disk never goes back to an older list; requests are staged
-    /// meanwhile. Every [`Forgetting`] filled must
-    /// come here: until then its requests count the items as alive (one dropped on an
-    /// error path keeps its requests until a restart rebuilds the table, as it does the
-    /// decisions lost there).
+    /// is still live go with one range delete). These writes are serialised among
+    /// themselves, so a request's record on disk never goes back to an older list; requests
+    /// are staged meanwhile. Every [`Forgetting`] filled must come here: until then its
+    /// requests count the items as alive (one dropped on an error path keeps its requests
+    /// until a restart rebuilds the table, as it does the decisions lost there).
     pub fn write_forgetting(
         &self,
         mut batch: WriteBatch,
