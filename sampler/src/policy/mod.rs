@@ -435,10 +435,6 @@ impl PolicyEngine {
             .observe_scoped_span(state, resource, scope, span);
     }
 
-    /// [`SpanObserver::span_needs`] of this set.
-    pub fn span_needs(&self) -> crate::engine::SpanNeeds {
-        self.observer.span_needs()
-    }
     /// Decides a trace. `now_unix_nano` drives the rate_limiting/bytes_limiting/composite
     /// budgets.
     pub fn decide(
