@@ -98,11 +98,9 @@ impl Default for Wiring {
     }
 }
 
-/// The policy set in force and its generation (bumped by each reload, so traces observed
-/// under an earlier set are recognised; see [`Slot::generation`](crate::buffer::Slot::generation)).
+/// The policy set in force (its generation is [`Observing::generation`]).
 struct Policies {
     engine: PolicyEngine,
-    generation: Generation,
     /// This node's share of the cluster's traffic, kept for a replacement set.
     share: f64,
 }
@@ -113,6 +111,8 @@ struct Policies {
 #[derive(Clone)]
 struct Observing {
     observer: Arc<SpanObserver>,
+    /// Bumped by each reload, so traces observed under an earlier set are recognised (see
+    /// [`Slot::generation`](crate::buffer::Slot::generation)).
     generation: Generation,
 }
 
@@ -266,7 +266,6 @@ impl Engine {
             }),
             policies: RwLock::new(Policies {
                 engine: policies,
-                generation: 0,
                 share: 1.0,
             }),
             shards: Shards::new(
@@ -339,8 +338,7 @@ impl Engine {
         let mut full = Vec::new();
         let mut corrupt = Vec::new();
         {
-            let observing = self.observing();
-            let policies = &observing;
+            let policies = &self.observing();
             self.storage.scan_buffer(|trace, location, kind, payload| {
                 let arrival = match kind {
                     BufferedKind::Logs => Arrival {
@@ -484,8 +482,7 @@ impl Engine {
         let groups = group_spans_by_trace(request);
         let mut value = RequestValue::default();
         let arrivals: Vec<(TraceId, Arrival)> = {
-            let observing = self.observing();
-            let policies = &observing;
+            let policies = &self.observing();
             groups
                 .into_iter()
                 .map(|(trace, rs)| {
@@ -560,8 +557,7 @@ impl Engine {
         let mut value =
             RequestValue::for_items(items.iter().map(|(_, len)| *len), parsed.resource_lens());
         let arrivals: Vec<(TraceId, Arrival)> = {
-            let observing = self.observing();
-            let policies = &observing;
+            let policies = &self.observing();
             items
                 .iter()
                 .map(|&(run, _)| {
@@ -978,9 +974,11 @@ impl Engine {
         }
         let now_unix = self.unix_now();
         let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
+        // Read under the policies' lock, which a reload holds while it replaces both.
+        let generation = self.observing().generation;
         let mut decided = Vec::with_capacity(traces.len());
         for (trace, mut entry) in traces {
-            if entry.generation != policies.generation && entry.stats.span_count > 0 {
+            if entry.generation != generation && entry.stats.span_count > 0 {
                 entry.policy = self.observe_again(&policies.engine, &entry.items);
             }
             let decision = policies
@@ -1050,16 +1048,15 @@ impl Engine {
         let mut engine = PolicyEngine::new(policies, sample_on_first_match)?;
         let mut current = self.policies.write().unwrap_or_else(|e| e.into_inner());
         engine.set_share(current.share);
-        let generation = match current.generation.wrapping_add(1) {
-            STALE => 0,
-            next => next,
-        };
-        *self.observing.write().unwrap_or_else(|e| e.into_inner()) = Observing {
+        let mut observing = self.observing.write().unwrap_or_else(|e| e.into_inner());
+        *observing = Observing {
             observer: engine.observer(),
-            generation,
+            generation: match observing.generation.wrapping_add(1) {
+                STALE => 0,
+                next => next,
+            },
         };
         current.engine = engine;
-        current.generation = generation;
         Ok(())
     }
 

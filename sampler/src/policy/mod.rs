@@ -423,18 +423,6 @@ impl PolicyEngine {
             .observe_scoped_span(state, resource, None, span);
     }
 
-    /// [`SpanObserver::observe_scoped_span`] of this set.
-    pub fn observe_scoped_span(
-        &self,
-        state: &mut PolicyState,
-        resource: Option<&Resource>,
-        scope: Option<&InstrumentationScope>,
-        span: &Span,
-    ) {
-        self.observer
-            .observe_scoped_span(state, resource, scope, span);
-    }
-
     /// Decides a trace. `now_unix_nano` drives the rate_limiting/bytes_limiting/composite
     /// budgets.
     pub fn decide(

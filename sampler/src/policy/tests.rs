@@ -892,7 +892,8 @@ fn ottl_condition_reads_the_instrumentation_scope() {
     let mut state = PolicyState::default();
     e.observe_span(&mut state, None, &span(vec![]));
     assert!(!e.decide(&[1; 16], &state, &stats(1), 0).sampled);
-    e.observe_scoped_span(&mut state, None, Some(&scope), &span(vec![]));
+    e.observer()
+        .observe_scoped_span(&mut state, None, Some(&scope), &span(vec![]));
     assert!(e.decide(&[1; 16], &state, &stats(2), 0).sampled);
 }
 
