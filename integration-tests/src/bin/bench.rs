@@ -306,7 +306,6 @@ fn thread_shares(
         .join(", ")
 }
 
-/// Maximum-rate phase; returns the sustained accepted spans/s.
 /// What the throughput phase measured.
 struct Throughput {
     /// Accepted spans per second of load.
